@@ -3,7 +3,10 @@
 //! answers every request with an [`EchoReport`](crate::report::EchoReport).
 //!
 //! ```text
-//! request ─► /healthz? ──yes──► 200 "ok"
+//! request ─► content-type application/grpc? ──yes──► grpc::handle
+//!              │no
+//!              ▼
+//!            /healthz? ──yes──► 200 "ok"
 //!              │no
 //!              ▼
 //!        parse query (status, delay, size, header, url) ──bad──► 400 text
@@ -21,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,6 +32,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::call::{OutboundClient, call_all};
+use crate::grpc;
 use crate::identity::Workload;
 use crate::report::{EchoReport, header_map};
 use crate::shaping::{BodyKind, Shaping, fit_body};
@@ -84,7 +88,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<EchoState>) {
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(state.clone(), addrs, req));
+            let service = service_fn(move |req| dispatch(state.clone(), addrs, req));
             if let Err(err) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -92,6 +96,23 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<EchoState>) {
                 tracing::debug!(%peer, error = %err, "echo connection ended with an error");
             }
         });
+    }
+}
+
+/// The body of any answer: the plain echo's or the gRPC service's.
+type AnswerBody = Either<Full<Bytes>, tonic::body::Body>;
+
+async fn dispatch(
+    state: Arc<EchoState>,
+    addrs: ConnAddrs,
+    request: Request<Incoming>,
+) -> Result<Response<AnswerBody>, Infallible> {
+    if grpc::is_grpc(request.headers()) {
+        let response = grpc::handle(state, addrs.peer, addrs.local, request).await;
+        Ok(response.map(Either::Right))
+    } else {
+        let response = handle(state, addrs, request).await?;
+        Ok(response.map(Either::Left))
     }
 }
 

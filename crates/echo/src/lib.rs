@@ -46,6 +46,14 @@
 //!   string>}`, or `{"url":…,"status":null,"body":null,"error":"…"}` when no
 //!   answer came. The echo's own status stays 200 unless `status=` is given.
 //!
+//! # gRPC (on the HTTP ports)
+//!
+//! Requests with `content-type: application/grpc` go to a unary gRPC service,
+//! `halyard.echo.v1.EchoService/Echo` (`proto/echo.proto` in this crate): it
+//! answers with the request's message plus service, version, pod, namespace,
+//! request metadata, host, peer and local address, and the same `x-echo-*`
+//! headers as initial metadata. Other methods answer `UNIMPLEMENTED`.
+//!
 //! # TCP (`--tcp-port`, repeatable)
 //!
 //! Client speaks first. On the first bytes received the echo writes one line,
@@ -66,6 +74,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 mod call;
+pub mod grpc;
 mod http_server;
 mod identity;
 mod report;

@@ -268,11 +268,16 @@ async fn size_shapes_the_body_exactly() {
 async fn call_embeds_the_upstream_answer_and_forwards_trace_headers() {
     let (front, _) = start("productpage", "v1", "pp-1").await;
     let (back, _) = start("reviews", "v3", "rv-1").await;
-    // A port with nothing listening.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    // A port that hangs up on every connection.
+    let hangup = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let closed = hangup.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = hangup.accept().await {
+            drop(stream);
+        }
+    });
     let upstream = format!("http://{back}/reviews/1?q=2");
     let encoded: String = form_urlencoded_encode(&upstream);
     let url =
@@ -394,4 +399,72 @@ async fn garbage_gets_400_or_close_and_the_server_keeps_serving() {
     assert_eq!(a.json()["path"], "/after");
     let a = get(&h2_client(), &format!("http://{http}/after"), &[]).await;
     assert_eq!(a.json()["proto"], "HTTP/2.0");
+}
+
+type GrpcClient = tonic::client::Grpc<Client<HttpConnector, tonic::body::Body>>;
+
+fn grpc_client(addr: SocketAddr) -> GrpcClient {
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let origin = format!("http://{addr}").parse().expect("origin");
+    tonic::client::Grpc::with_origin(h2, origin)
+}
+
+async fn grpc_echo(
+    client: &mut GrpcClient,
+    path: &'static str,
+    message: &str,
+) -> Result<tonic::Response<echo::grpc::EchoResponse>, tonic::Status> {
+    timeout(WAIT, client.ready())
+        .await
+        .expect("in time")
+        .expect("ready");
+    let mut request = tonic::Request::new(echo::grpc::EchoRequest {
+        message: message.into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "grpc-1".parse().expect("ascii"));
+    let codec =
+        tonic_prost::ProstCodec::<echo::grpc::EchoRequest, echo::grpc::EchoResponse>::default();
+    timeout(
+        WAIT,
+        client.unary(request, http::uri::PathAndQuery::from_static(path), codec),
+    )
+    .await
+    .expect("in time")
+}
+
+#[tokio::test]
+async fn grpc_unary_echo_on_the_http_port() {
+    let (http, _) = start("ratings", "v4", "ratings-0").await;
+    let mut client = grpc_client(http);
+
+    let response = grpc_echo(&mut client, echo::grpc::ECHO_PATH, "hi there")
+        .await
+        .expect("Echo succeeds");
+    assert_eq!(
+        response.metadata().get("x-echo-version").expect("header"),
+        "v4"
+    );
+    let r = response.into_inner();
+    assert_eq!(r.message, "hi there");
+    assert_eq!(r.service, "ratings");
+    assert_eq!(r.version, "v4");
+    assert_eq!(r.pod, "ratings-0");
+    assert_eq!(r.namespace, "test-ns");
+    assert_eq!(r.metadata["x-request-id"], "grpc-1");
+    assert_eq!(r.host, http.to_string());
+    assert_eq!(r.local, http.to_string());
+    assert!(r.peer.starts_with("127.0.0.1:"));
+
+    let err = grpc_echo(&mut client, "/halyard.echo.v1.EchoService/Nope", "x")
+        .await
+        .expect_err("unknown method");
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+
+    // Plain HTTP keeps working on the same port.
+    let a = get(&h2_client(), &format!("http://{http}/plain"), &[]).await;
+    assert_eq!(a.json()["service"], "ratings");
 }
