@@ -24,3 +24,7 @@ pub mod type_url {
         }
     }
 }
+
+pub mod client;
+pub mod server;
+pub mod status;

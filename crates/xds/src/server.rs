@@ -1,0 +1,270 @@
+//! The ADS server: Envoy's aggregated discovery service over gRPC, both
+//! state-of-the-world (`StreamAggregatedResources`) and incremental
+//! (`DeltaAggregatedResources`). It serves immutable [`Snapshot`]s that a
+//! [`SnapshotSource`] (the pilot) hands out per proxy, and knows nothing of what
+//! the resources mean.
+//!
+//! ```text
+//!  proxy ──first request (node)──▶ AdsServer ──subscribe(node)──▶ SnapshotSource
+//!                                     │ one task per stream
+//!        ◀── responses (mpsc) ─── stream task ◀── watch<Arc<Snapshot>> changes
+//!        ─── ACK / NACK / names ─▶     │
+//!                                     ▼
+//!                                 SyncStatus (/debug/syncz)
+//! ```
+//!
+//! Per stream and type the task tracks the subscribed names, what it last sent
+//! and what the proxy ACKed or NACKed. On a snapshot change it pushes the types
+//! whose content changed in Envoy's safe order (CDS, EDS, LDS, RDS, then the
+//! rest), and only types the proxy has asked for. A NACK is recorded, never
+//! answered with the same content again: the next snapshot change is.
+
+mod delta;
+mod sotw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::status::SyncStatus;
+use crate::type_url;
+
+/// Largest gRPC message either way (a big mesh's CDS/EDS can pass gRPC's 4 MiB default).
+pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// Responses buffered per stream before its task waits for the proxy to read.
+const STREAM_BUFFER: usize = 16;
+
+/// One resource as served: its name, a content version (hash), and its body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    pub version: String,
+    pub body: prost_types::Any,
+}
+
+/// Everything one proxy should have, per type URL. Immutable; the pilot builds a
+/// new one per change.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub types: BTreeMap<String, TypeSnapshot>,
+}
+
+/// All resources of one type, with the type's version (changes whenever any
+/// resource of the type changes).
+#[derive(Clone, Debug, Default)]
+pub struct TypeSnapshot {
+    pub version: String,
+    pub resources: BTreeMap<String, Resource>,
+}
+
+/// What the server needs from the control plane.
+pub trait SnapshotSource: Send + Sync + 'static {
+    /// A proxy connected (first request's node). Give it a watch of its snapshot;
+    /// Err rejects the stream with the status.
+    fn subscribe(&self, node: &Node) -> Result<watch::Receiver<Arc<Snapshot>>, Status>;
+    /// The stream ended (optional hook).
+    fn disconnected(&self, _node: &Node) {}
+}
+
+/// The ADS gRPC service. Cheap: each stream runs in its own task.
+pub struct AdsServer {
+    source: Arc<dyn SnapshotSource>,
+    status: SyncStatus,
+}
+
+impl AdsServer {
+    pub fn new(source: Arc<dyn SnapshotSource>, status: SyncStatus) -> Self {
+        AdsServer { source, status }
+    }
+
+    /// The tonic service, with message size limits raised to [`MAX_MESSAGE_SIZE`].
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let ctx = StreamContext {
+            source: self.source.clone(),
+            status: self.status.clone(),
+        };
+        tokio::spawn(sotw::run(ctx, request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let ctx = StreamContext {
+            source: self.source.clone(),
+            status: self.status.clone(),
+        };
+        tokio::spawn(delta::run(ctx, request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// What a stream task needs from the server.
+struct StreamContext {
+    source: Arc<dyn SnapshotSource>,
+    status: SyncStatus,
+}
+
+impl StreamContext {
+    /// Accept a stream from its first request's node: subscribe to the proxy's
+    /// snapshot and register it in the sync status. Err is the status to end
+    /// the stream with.
+    fn open(
+        self,
+        node: Option<&Node>,
+        delta: bool,
+    ) -> Result<(StreamGuard, watch::Receiver<Arc<Snapshot>>), Status> {
+        let node = node
+            .cloned()
+            .ok_or_else(|| Status::invalid_argument("the first request must carry the node"))?;
+        let snapshots = self.source.subscribe(&node)?;
+        let stream_id = self.status.register(&node.id, delta);
+        tracing::info!(node = %node.id, stream_id, delta, "ADS stream opened");
+        let guard = StreamGuard {
+            source: self.source,
+            status: self.status,
+            node,
+            stream_id,
+        };
+        Ok((guard, snapshots))
+    }
+}
+
+/// Registered stream; unregisters (and tells the source) when the task ends,
+/// however it ends.
+struct StreamGuard {
+    source: Arc<dyn SnapshotSource>,
+    status: SyncStatus,
+    node: Node,
+    stream_id: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        tracing::info!(node = %self.node.id, stream_id = self.stream_id, "ADS stream closed");
+        self.status.unregister(self.stream_id);
+        self.source.disconnected(&self.node);
+    }
+}
+
+/// The proxy went away (its response channel closed).
+struct Closed;
+
+/// Which names of a type a stream is subscribed to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Subscription {
+    wildcard: bool,
+    names: BTreeSet<String>,
+}
+
+impl Subscription {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.wildcard && self.names.is_empty()
+    }
+
+    /// For the sync status: the names, with `*` for a wildcard.
+    fn to_list(&self) -> Vec<String> {
+        let star = self.wildcard.then(|| "*".to_string());
+        star.into_iter().chain(self.names.iter().cloned()).collect()
+    }
+}
+
+/// LDS and CDS are wildcard when a proxy names nothing; EDS, RDS and SDS never are.
+fn is_wildcard_type(url: &str) -> bool {
+    url == type_url::LISTENER || url == type_url::CLUSTER
+}
+
+/// The type URLs in Envoy's safe push order: CDS, EDS, LDS, RDS, then the rest.
+fn push_order<'a>(urls: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let rank = |url: &str| match url {
+        type_url::CLUSTER => 0,
+        type_url::ENDPOINT => 1,
+        type_url::LISTENER => 2,
+        type_url::ROUTE => 3,
+        _ => 4,
+    };
+    let mut urls: Vec<String> = urls.cloned().collect();
+    urls.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
+    urls
+}
+
+/// Envoy's generated messages carry their own `google.protobuf.Any`; ours is prost's.
+pub(crate) type WireAny = envoy_types::pb::google::protobuf::Any;
+
+pub(crate) fn to_wire(any: &prost_types::Any) -> WireAny {
+    WireAny {
+        type_url: any.type_url.clone(),
+        value: any.value.clone(),
+    }
+}
+
+pub(crate) fn from_wire(any: WireAny) -> prost_types::Any {
+    prost_types::Any {
+        type_url: any.type_url,
+        value: any.value,
+    }
+}
+
+/// The error text of a NACK (Envoy puts the reason in `error_detail.message`).
+fn nack_text(detail: &envoy_types::pb::google::rpc::Status) -> String {
+    if detail.message.is_empty() {
+        format!("NACK (code {})", detail.code)
+    } else {
+        detail.message.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_order_is_cds_eds_lds_rds_then_rest() {
+        let urls = [
+            type_url::SECRET,
+            type_url::ROUTE,
+            type_url::LISTENER,
+            type_url::ENDPOINT,
+            type_url::CLUSTER,
+        ]
+        .map(String::from);
+        let shorts: Vec<_> = push_order(urls.iter())
+            .iter()
+            .map(|u| type_url::short(u))
+            .collect();
+        assert_eq!(shorts, ["CDS", "EDS", "LDS", "RDS", "SDS"]);
+    }
+}

@@ -1,0 +1,179 @@
+//! State-of-the-world ADS streams: every response carries the whole subscribed
+//! set of a type (all of it for wildcard LDS/CDS, the requested names that exist
+//! for EDS/RDS), with the type's snapshot version as `version_info`.
+//!
+//! A type is (re)sent when its snapshot version differs from the one last sent,
+//! or when the proxy's subscribed names changed. Requests carrying a nonce other
+//! than the last one sent for the type are stale and ignored: Envoy repeats its
+//! current names in the ACK of the newer response anyway.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::{Status, Streaming};
+
+use super::{
+    Closed, Snapshot, StreamContext, Subscription, is_wildcard_type, nack_text, push_order,
+};
+use crate::status::SyncStatus;
+
+type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+
+/// Serve one SotW stream until the proxy or the snapshot source goes away.
+pub(super) async fn run(ctx: StreamContext, mut requests: Streaming<DiscoveryRequest>, tx: Tx) {
+    let Some(Ok(first)) = requests.next().await else {
+        return;
+    };
+    let (guard, mut snapshots) = match ctx.open(first.node.as_ref(), false) {
+        Ok(opened) => opened,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let mut stream = SotwStream {
+        stream_id: guard.stream_id,
+        status: guard.status.clone(),
+        snapshot: snapshots.borrow_and_update().clone(),
+        types: HashMap::new(),
+        nonce: 0,
+        tx,
+    };
+    if stream.on_request(first).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            request = requests.next() => match request {
+                Some(Ok(request)) => {
+                    if stream.on_request(request).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(node = %guard.node.id, %error, "ADS stream error");
+                    return;
+                }
+                None => return,
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    let _ = stream.tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+                    return;
+                }
+                stream.snapshot = snapshots.borrow_and_update().clone();
+                if stream.push_all().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What one stream knows about one type.
+#[derive(Default)]
+struct TypeState {
+    subscription: Subscription,
+    sent_version: Option<String>,
+    sent_nonce: Option<String>,
+    /// The subscription the last response answered.
+    sent_subscription: Option<Subscription>,
+}
+
+struct SotwStream {
+    stream_id: u64,
+    status: SyncStatus,
+    snapshot: Arc<Snapshot>,
+    types: HashMap<String, TypeState>,
+    nonce: u64,
+    tx: Tx,
+}
+
+impl SotwStream {
+    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), Closed> {
+        let url = request.type_url;
+        if url.is_empty() {
+            tracing::warn!(
+                stream_id = self.stream_id,
+                "ADS request without type_url ignored"
+            );
+            return Ok(());
+        }
+        let state = self.types.entry(url.clone()).or_default();
+        let nonce = request.response_nonce;
+        if !nonce.is_empty() && state.sent_nonce.as_deref() != Some(nonce.as_str()) {
+            tracing::debug!(stream_id = self.stream_id, %url, %nonce, "stale nonce ignored");
+            return Ok(());
+        }
+        if let Some(detail) = &request.error_detail {
+            let text = nack_text(detail);
+            tracing::warn!(stream_id = self.stream_id, %url, version = %request.version_info, error = %text, "NACK");
+            self.status.nacked(self.stream_id, &url, &text);
+        } else if !nonce.is_empty() {
+            self.status
+                .acked(self.stream_id, &url, &request.version_info);
+        }
+        let names = request.resource_names;
+        state.subscription = Subscription {
+            wildcard: names.iter().any(|n| n == "*")
+                || (names.is_empty() && is_wildcard_type(&url)),
+            names: names.into_iter().filter(|n| n != "*").collect(),
+        };
+        if state.sent_subscription.as_ref() != Some(&state.subscription) {
+            self.status
+                .subscribed(self.stream_id, &url, state.subscription.to_list());
+        }
+        self.maybe_send(&url).await
+    }
+
+    /// After a snapshot change: every requested type, in Envoy's safe order.
+    async fn push_all(&mut self) -> Result<(), Closed> {
+        for url in push_order(self.types.keys()) {
+            self.maybe_send(&url).await?;
+        }
+        Ok(())
+    }
+
+    /// Send the type if its version or the subscription changed since the last send.
+    async fn maybe_send(&mut self, url: &str) -> Result<(), Closed> {
+        let (Some(state), Some(snapshot)) = (self.types.get_mut(url), self.snapshot.types.get(url))
+        else {
+            return Ok(());
+        };
+        let unchanged = state.sent_version.as_deref() == Some(snapshot.version.as_str())
+            && state.sent_subscription.as_ref() == Some(&state.subscription);
+        if unchanged || state.subscription.is_empty() {
+            return Ok(());
+        }
+        let resources: Vec<_> = snapshot
+            .resources
+            .values()
+            .filter(|r| state.subscription.wants(&r.name))
+            .map(|r| super::to_wire(&r.body))
+            .collect();
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        state.sent_version = Some(snapshot.version.clone());
+        state.sent_nonce = Some(nonce.clone());
+        state.sent_subscription = Some(state.subscription.clone());
+        self.status.sent(
+            self.stream_id,
+            url,
+            &snapshot.version,
+            &nonce,
+            resources.len(),
+        );
+        tracing::debug!(stream_id = self.stream_id, %url, version = %snapshot.version, count = resources.len(), "push");
+        let response = DiscoveryResponse {
+            version_info: snapshot.version.clone(),
+            resources,
+            type_url: url.to_string(),
+            nonce,
+            ..Default::default()
+        };
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+    }
+}
