@@ -1,0 +1,324 @@
+//! Turning one YAML document (or one `List` item) into a [`Resource`]: read
+//! the header (apiVersion, kind, metadata), decide whether Halyard models the
+//! kind, then deserialise the typed spec, mapping any serde error to a
+//! [`ConfigError`] with the file's line, the field path and a did-you-mean.
+
+use std::path::Path;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde_yaml_ng::Value;
+
+use super::split::DocText;
+use crate::error::with_suggestion;
+use crate::meta::ObjectMeta;
+use crate::{ConfigError, Kind, Resource, Source, Spec, kube, networking};
+
+/// apiVersions accepted for networking.istio.io (one schema).
+pub const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+
+/// An Istio object: unknown top-level fields are errors; `status` is ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct IstioObject<S> {
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    metadata: ObjectMeta,
+    spec: S,
+    #[serde(default, rename = "status")]
+    _status: Option<IgnoredAny>,
+}
+
+/// A Kubernetes object: unknown fields are ignored, `spec` may be absent.
+#[derive(Deserialize)]
+struct KubeObject<S: Default> {
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: S,
+}
+
+/// Where the typed pass reads from: the document text (errors have
+/// positions) or an already parsed `List` item (errors point at the List).
+enum Input<'a> {
+    Text(&'a str),
+    Item(&'a Value),
+}
+
+/// A typed-pass failure: the field path and serde_yaml's error.
+struct Failure {
+    path: String,
+    error: serde_yaml_ng::Error,
+}
+
+impl Input<'_> {
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, Failure> {
+        let result = match self {
+            Input::Text(text) => {
+                serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
+            }
+            Input::Item(value) => serde_path_to_error::deserialize((*value).clone()),
+        };
+        result.map_err(|e| Failure {
+            path: e.path().to_string(),
+            error: e.into_inner(),
+        })
+    }
+}
+
+/// Who a document is, as far as its header says (for error messages).
+#[derive(Default)]
+struct Header<'a> {
+    api_version: Option<&'a str>,
+    kind: Option<&'a str>,
+    name: Option<&'a str>,
+    namespace: Option<&'a str>,
+}
+
+impl<'a> Header<'a> {
+    fn of(value: &'a Value) -> Header<'a> {
+        let meta = value.get("metadata");
+        let field =
+            |v: Option<&'a Value>, k: &str| v.and_then(|v| v.get(k)).and_then(Value::as_str);
+        Header {
+            api_version: field(Some(value), "apiVersion"),
+            kind: field(Some(value), "kind"),
+            name: field(meta, "name"),
+            namespace: field(meta, "namespace"),
+        }
+    }
+}
+
+/// Per-document context: the file and the line the document starts on.
+pub(crate) struct Loader<'a> {
+    pub file: &'a Path,
+    pub resources: Vec<Resource>,
+    pub errors: Vec<ConfigError>,
+}
+
+impl Loader<'_> {
+    /// Loads one document of the file.
+    pub(crate) fn document(&mut self, doc: DocText<'_>) {
+        let value: Value = match serde_yaml_ng::from_str(doc.text) {
+            Ok(v) => v,
+            Err(e) => {
+                let error = self.error(doc.start_line, &Header::default(), None, &e);
+                self.errors.push(error);
+                return;
+            }
+        };
+        if !value.is_mapping() {
+            return; // Not a Kubernetes object (a values file, a bare list): not ours.
+        }
+        let header = Header::of(&value);
+        let is_list =
+            header.kind.is_some_and(|k| k.ends_with("List")) && value.get("items").is_some();
+        if is_list {
+            let Some(items) = value.get("items").and_then(Value::as_sequence) else {
+                let msg = "`items` must be a list";
+                self.errors
+                    .push(self.message(doc.start_line, &header, "items", msg));
+                return;
+            };
+            for item in items {
+                if item.is_mapping() {
+                    self.object(doc.start_line, Header::of(item), Input::Item(item));
+                }
+            }
+        } else {
+            self.object(doc.start_line, header, Input::Text(doc.text));
+        }
+    }
+
+    /// Loads one object (a document or a List item) whose header is known.
+    fn object(&mut self, line: usize, header: Header<'_>, input: Input<'_>) {
+        let (api_version, kind_str) = match (header.api_version, header.kind) {
+            (None, None) => return, // Not a Kubernetes object.
+            (Some(a), Some(k)) => (a, k),
+            (None, Some(_)) => {
+                let msg = "missing or non-string `apiVersion`";
+                self.errors.push(self.message(line, &header, "", msg));
+                return;
+            }
+            (Some(_), None) => {
+                let msg = "missing or non-string `kind`";
+                self.errors.push(self.message(line, &header, "", msg));
+                return;
+            }
+        };
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let Some(kind) = Kind::from_group_kind(group, kind_str) else {
+            return; // ConfigMap, Gateway API, CRDs, ...: not ours.
+        };
+        let version_ok = match group {
+            "networking.istio.io" => NETWORKING_VERSIONS.contains(&version),
+            g if g.ends_with(".istio.io") => true,
+            _ => version == "v1",
+        };
+        if !version_ok {
+            if group == "networking.istio.io" {
+                let msg = format!(
+                    "unsupported apiVersion `{api_version}` (accepted: {})",
+                    NETWORKING_VERSIONS
+                        .map(|v| format!("{group}/{v}"))
+                        .join(", ")
+                );
+                self.errors
+                    .push(self.message(line, &header, "apiVersion", &msg));
+            }
+            return; // e.g. extensions/v1beta1 Deployment: not a version we read.
+        }
+        if !kind.is_modelled() {
+            return; // Recognised Istio kind Halyard does not implement yet.
+        }
+        match parse_typed(kind, &input) {
+            Ok((meta, spec)) => self.resources.push(Resource {
+                kind,
+                meta,
+                api_version: api_version.to_string(),
+                source: Source {
+                    file: self.file.to_path_buf(),
+                    line,
+                },
+                spec,
+            }),
+            Err(f) => {
+                let error = self.error(line, &header, Some(&f.path), &f.error);
+                self.errors.push(error);
+            }
+        }
+    }
+
+    /// A serde_yaml error, moved to file coordinates.
+    fn error(
+        &self,
+        start_line: usize,
+        header: &Header<'_>,
+        path: Option<&str>,
+        e: &serde_yaml_ng::Error,
+    ) -> ConfigError {
+        let (line, column) = match e.location() {
+            Some(loc) => (
+                start_line + loc.line().saturating_sub(1),
+                loc.column().max(1),
+            ),
+            None => (start_line, 1),
+        };
+        let message = clean_message(&e.to_string(), start_line);
+        let mut error = self.message(start_line, header, path.unwrap_or(""), &message);
+        error.line = line;
+        error.column = column;
+        error
+    }
+
+    /// An error about a document at its start line.
+    fn message(&self, line: usize, header: &Header<'_>, field: &str, msg: &str) -> ConfigError {
+        let mut e = ConfigError::new(self.file, line, with_suggestion(msg.to_string()));
+        e.kind = header.kind.map(str::to_string);
+        e.namespace = header.namespace.map(str::to_string);
+        e.name = header.name.map(str::to_string);
+        e.field = Some(field.to_string()).filter(|f| !f.is_empty() && f != ".");
+        e
+    }
+}
+
+/// Deserialises the object as `kind`.
+fn parse_typed(kind: Kind, input: &Input<'_>) -> Result<(ObjectMeta, Spec), Failure> {
+    fn istio<S: DeserializeOwned>(
+        input: &Input<'_>,
+        wrap: fn(S) -> Spec,
+    ) -> Result<(ObjectMeta, Spec), Failure> {
+        let o: IstioObject<S> = input.parse()?;
+        Ok((o.metadata, wrap(o.spec)))
+    }
+    fn kube<S: DeserializeOwned + Default>(
+        input: &Input<'_>,
+        wrap: fn(S) -> Spec,
+    ) -> Result<(ObjectMeta, Spec), Failure> {
+        let o: KubeObject<S> = input.parse()?;
+        Ok((o.metadata, wrap(o.spec)))
+    }
+    match kind {
+        Kind::VirtualService => istio::<networking::VirtualService>(input, Spec::VirtualService),
+        Kind::DestinationRule => istio::<networking::DestinationRule>(input, Spec::DestinationRule),
+        Kind::ServiceEntry => istio::<networking::ServiceEntry>(input, Spec::ServiceEntry),
+        Kind::WorkloadEntry => istio::<networking::WorkloadEntry>(input, Spec::WorkloadEntry),
+        Kind::Sidecar => istio::<networking::Sidecar>(input, Spec::Sidecar),
+        Kind::Gateway => istio::<networking::Gateway>(input, Spec::Gateway),
+        Kind::Namespace => kube::<Option<IgnoredAny>>(input, |_| Spec::Namespace),
+        Kind::ServiceAccount => kube::<Option<IgnoredAny>>(input, |_| Spec::ServiceAccount),
+        Kind::Service => kube::<kube::ServiceSpec>(input, Spec::Service),
+        Kind::Deployment => kube::<kube::DeploymentSpec>(input, Spec::Deployment),
+        Kind::Pod => kube::<kube::PodSpec>(input, Spec::Pod),
+        _ => Err(Failure {
+            path: String::new(),
+            error: serde::de::Error::custom(format!("{kind} is not modelled yet")),
+        }),
+    }
+}
+
+static AT_LINE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"line (\d+) column (\d+)").ok());
+static OWN_POSITION: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r" at line \d+ column \d+").ok());
+
+/// serde_yaml's message without its own path prefix and position suffix
+/// (the error carries both), other positions moved to file lines.
+fn clean_message(raw: &str, start_line: usize) -> String {
+    let mut msg = raw.to_string();
+    // First " at line L column C": the error's own position.
+    if let Some(m) = OWN_POSITION
+        .as_ref()
+        .and_then(|re| re.find(&msg).map(|m| m.range()))
+    {
+        msg.replace_range(m, "");
+    }
+    // A leading path (no spaces) such as `spec.http[0]: `.
+    if let Some((prefix, rest)) = msg.split_once(": ")
+        && !prefix.is_empty()
+        && !prefix.contains(char::is_whitespace)
+        && !rest.is_empty()
+    {
+        msg = rest.to_string();
+    }
+    match AT_LINE.as_ref() {
+        Some(re) => re
+            .replace_all(&msg, |c: &regex::Captures<'_>| {
+                let line: usize = c[1].parse().unwrap_or(1);
+                format!(
+                    "line {} column {}",
+                    start_line + line.saturating_sub(1),
+                    &c[2]
+                )
+            })
+            .into_owned(),
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleans_messages() {
+        assert_eq!(
+            clean_message("spec.http[0]: unknown field `rout` at line 3 column 5", 10),
+            "unknown field `rout`"
+        );
+        assert_eq!(
+            clean_message(
+                "did not find expected key at line 3 column 5, while parsing a block mapping at line 1 column 1",
+                10
+            ),
+            "did not find expected key, while parsing a block mapping at line 10 column 1"
+        );
+        assert_eq!(
+            clean_message("invalid type: integer `5`", 1),
+            "invalid type: integer `5`"
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! Gateway (networking.istio.io): the ports, hosts and TLS of a gateway proxy
+//! (selected by labels); also the server-side TLS settings shared with Sidecar.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::common::Port;
+
+/// `spec` of a Gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Gateway {
+    /// Labels of the gateway pods this applies to.
+    pub selector: BTreeMap<String, String>,
+    pub servers: Vec<Server>,
+}
+
+/// One listening port with its hosts and TLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Server {
+    pub port: Port,
+    #[serde(default)]
+    pub bind: Option<String>,
+    /// `[namespace/]dnsName`, wildcards allowed.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<ServerTlsSettings>,
+    #[serde(default)]
+    pub default_endpoint: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Server-side TLS (Gateway servers, Sidecar ingress listeners).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServerTlsSettings {
+    /// Answer plain HTTP with a 301 to HTTPS.
+    pub https_redirect: bool,
+    pub mode: Option<ServerTlsMode>,
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub ca_crl: Option<String>,
+    pub credential_name: Option<String>,
+    pub credential_names: Vec<String>,
+    pub ca_cert_credential_name: Option<String>,
+    pub tls_certificates: Vec<TlsCertificate>,
+    pub subject_alt_names: Vec<String>,
+    pub verify_certificate_spki: Vec<String>,
+    pub verify_certificate_hash: Vec<String>,
+    pub min_protocol_version: Option<TlsProtocolVersion>,
+    pub max_protocol_version: Option<TlsProtocolVersion>,
+    pub cipher_suites: Vec<String>,
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// A certificate/key pair given inline as file paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TlsCertificate {
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+}
+
+/// `tls.mode` of a Gateway server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerTlsMode {
+    Passthrough,
+    Simple,
+    Mutual,
+    AutoPassthrough,
+    IstioMutual,
+    OptionalMutual,
+}
+
+/// `minProtocolVersion` / `maxProtocolVersion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsProtocolVersion {
+    #[serde(rename = "TLS_AUTO")]
+    TlsAuto,
+    #[serde(rename = "TLSV1_0")]
+    TlsV1_0,
+    #[serde(rename = "TLSV1_1")]
+    TlsV1_1,
+    #[serde(rename = "TLSV1_2")]
+    TlsV1_2,
+    #[serde(rename = "TLSV1_3")]
+    TlsV1_3,
+}
