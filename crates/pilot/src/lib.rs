@@ -1,1 +1,154 @@
-//! pilot
+//! Halyard's control plane: Istio config in, Envoy xDS out.
+//!
+//! config dir → [`config`] (load, watch, last good) → [`compile`] →
+//! [`mesh::Mesh`] (immutable snapshot) → [`translate`] (pure, per proxy) →
+//! [`discovery`] (per-proxy snapshots) → ADS (`xds::server`).
+
+pub mod compile;
+pub mod config;
+pub mod debug;
+pub mod discovery;
+pub mod mesh;
+pub mod model;
+pub mod node;
+pub mod policy;
+pub mod routing;
+pub mod translate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::ConfigStore;
+use crate::debug::{ConfigReport, DebugState};
+use crate::discovery::Discovery;
+
+/// How to run the pilot.
+#[derive(Clone, Debug)]
+pub struct PilotOptions {
+    pub config_dir: PathBuf,
+    /// Plaintext ADS (Istio's 15010).
+    pub xds_addr: SocketAddr,
+    /// Debug/metrics (Istio's 15014).
+    pub debug_addr: SocketAddr,
+    /// Quiet time after an edit before reloading (Istio's PILOT_DEBOUNCE_AFTER).
+    pub debounce: Duration,
+}
+
+/// Why the pilot could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PilotError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("xDS server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("debug server: {0}")]
+    Debug(std::io::Error),
+}
+
+/// A started pilot: where it listens.
+pub struct Pilot {
+    pub xds_addr: SocketAddr,
+    pub debug_addr: SocketAddr,
+    pub discovery: Arc<Discovery>,
+    pub sync: xds::status::SyncStatus,
+}
+
+/// Bind, load config, and serve until the task is dropped. `ready` receives the
+/// bound addresses once both ports listen.
+pub async fn run(
+    opts: PilotOptions,
+    ready: Option<tokio::sync::oneshot::Sender<Pilot>>,
+) -> Result<(), PilotError> {
+    let xds_listener =
+        TcpListener::bind(opts.xds_addr)
+            .await
+            .map_err(|source| PilotError::Bind {
+                addr: opts.xds_addr,
+                source,
+            })?;
+    let debug_listener =
+        TcpListener::bind(opts.debug_addr)
+            .await
+            .map_err(|source| PilotError::Bind {
+                addr: opts.debug_addr,
+                source,
+            })?;
+    let xds_addr = xds_listener.local_addr().map_err(PilotError::Debug)?;
+    let debug_addr = debug_listener.local_addr().map_err(PilotError::Debug)?;
+
+    let mut store = ConfigStore::new(&opts.config_dir);
+    let mut fingerprint = config::fingerprint(&opts.config_dir);
+    let loaded = store.load();
+    let report = Arc::new(Mutex::new(report_of(&loaded, 1)));
+    let discovery = Arc::new(Discovery::new(compile::build(&loaded.resources)));
+    let sync = xds::status::SyncStatus::default();
+    tracing::info!(
+        resources = loaded.resources.len(),
+        errors = loaded.errors.len(),
+        dir = %opts.config_dir.display(),
+        "config loaded"
+    );
+
+    let ads = xds::server::AdsServer::new(discovery.clone(), sync.clone()).into_service();
+    let xds_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ads)
+            .serve_with_incoming(TcpListenerStream::new(xds_listener)),
+    );
+    let debug_state = DebugState {
+        discovery: discovery.clone(),
+        sync: sync.clone(),
+        config: report.clone(),
+    };
+    let debug_task =
+        tokio::spawn(async move { axum::serve(debug_listener, debug::router(debug_state)).await });
+    tracing::info!(%xds_addr, %debug_addr, "pilot serving");
+    if let Some(ready) = ready {
+        let _ = ready.send(Pilot {
+            xds_addr,
+            debug_addr,
+            discovery: discovery.clone(),
+            sync: sync.clone(),
+        });
+    }
+
+    let watch = async {
+        let mut loads = 1;
+        loop {
+            config::changed(&opts.config_dir, &mut fingerprint, opts.debounce).await;
+            let loaded = store.load();
+            loads += 1;
+            *report.lock().unwrap_or_else(|e| e.into_inner()) = report_of(&loaded, loads);
+            discovery.update(compile::build(&loaded.resources));
+            tracing::info!(
+                resources = loaded.resources.len(),
+                errors = loaded.errors.len(),
+                kept = loaded.kept.len(),
+                "config reloaded and pushed"
+            );
+        }
+    };
+    tokio::select! {
+        r = xds_task => r.map_err(|e| PilotError::Debug(std::io::Error::other(e)))??,
+        r = debug_task => r.map_err(|e| PilotError::Debug(std::io::Error::other(e)))?.map_err(PilotError::Debug)?,
+        () = watch => {}
+    }
+    Ok(())
+}
+
+fn report_of(loaded: &config::Loaded, loads: u64) -> ConfigReport {
+    ConfigReport {
+        resources: loaded.resources.iter().map(|r| r.key()).collect(),
+        errors: loaded.errors.iter().map(|e| e.to_string()).collect(),
+        kept_last_good: loaded.kept.clone(),
+        loads,
+    }
+}

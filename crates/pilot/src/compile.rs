@@ -1,0 +1,358 @@
+//! From loaded Istio and Kubernetes resources to the [`Mesh`] snapshot:
+//! services with their endpoints, compiled VirtualServices, DestinationRules
+//! and Sidecars, every host resolved to its FQDN.
+
+use std::collections::BTreeMap;
+
+use api::networking::{self as net, CaptureMode, OutboundTrafficMode, SimpleLb, StringMatch};
+use api::{Resource, Spec, kube};
+
+use crate::mesh::{EgressListener, HostImport, ListenerPort, Mesh, SidecarScope};
+use crate::model::{
+    DOMAIN_SUFFIX, Endpoint, Protocol, Resolution, Service, ServicePort, labels_match, resolve_host,
+};
+use crate::policy::{DestinationPolicy, LbAlgorithm, Subset, TrafficPolicy};
+use crate::routing::{
+    Destination, HttpRoute, RequestMatch, StrMatch, TcpRoute, VirtualServiceRule,
+};
+
+/// Build the mesh from every loaded resource.
+pub fn build(resources: &[Resource]) -> Mesh {
+    let workload_entries: Vec<(&Resource, &net::WorkloadEntry)> = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::WorkloadEntry(we) => Some((r, we)),
+            _ => None,
+        })
+        .collect();
+
+    let mut services: BTreeMap<String, Service> = BTreeMap::new();
+    for r in resources {
+        let built = match &r.spec {
+            Spec::Service(spec) => vec![kube_service(r, spec, &workload_entries)],
+            Spec::ServiceEntry(se) => service_entry(r, se, &workload_entries),
+            _ => continue,
+        };
+        for svc in built {
+            // First definition of a host wins, as in Istio (oldest first).
+            services.entry(svc.hostname.clone()).or_insert(svc);
+        }
+    }
+
+    let mut mesh = Mesh {
+        services: services.into_values().collect(),
+        ..Default::default()
+    };
+    for r in resources {
+        match &r.spec {
+            Spec::VirtualService(vs) => mesh.virtual_services.push(virtual_service(r, vs)),
+            Spec::DestinationRule(dr) => mesh.destination_rules.push(destination_rule(r, dr)),
+            Spec::Sidecar(sc) => mesh.sidecars.push(sidecar(r, sc)),
+            _ => {}
+        }
+    }
+    mesh
+}
+
+fn kube_service(
+    r: &Resource,
+    spec: &kube::ServiceSpec,
+    workload_entries: &[(&Resource, &net::WorkloadEntry)],
+) -> Service {
+    let ns = r.namespace();
+    let ports: Vec<ServicePort> = spec
+        .ports
+        .iter()
+        .map(|p| {
+            let name = p.name.clone().unwrap_or_default();
+            ServicePort {
+                protocol: Protocol::detect(None, p.app_protocol.as_deref(), &name),
+                name,
+                number: p.port,
+                target_port: match &p.target_port {
+                    Some(kube::IntOrString::Int(n)) => Some(*n),
+                    _ => None,
+                },
+            }
+        })
+        .collect();
+    let mut addresses: Vec<String> = spec.cluster_ips.clone();
+    if let Some(ip) = spec
+        .cluster_ip
+        .as_ref()
+        .filter(|ip| *ip != "None" && !ip.is_empty())
+    {
+        if !addresses.contains(ip) {
+            addresses.insert(0, ip.clone());
+        }
+    }
+    // Kubernetes Services also select WorkloadEntries in their namespace (Istio).
+    let endpoints = match &spec.selector {
+        Some(sel) if !sel.is_empty() => workload_entries
+            .iter()
+            .filter(|(wr, we)| wr.namespace() == ns && labels_match(sel, &we.labels))
+            .filter_map(|(_, we)| workload_endpoint(we, &ports))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Service {
+        hostname: format!("{}.{ns}.svc.{DOMAIN_SUFFIX}", r.meta.name),
+        namespace: ns.to_string(),
+        addresses,
+        ports,
+        resolution: Resolution::Static,
+        mesh_external: false,
+        endpoints,
+        origin: format!("Service {ns}/{}", r.meta.name),
+    }
+}
+
+fn service_entry(
+    r: &Resource,
+    se: &net::ServiceEntry,
+    workload_entries: &[(&Resource, &net::WorkloadEntry)],
+) -> Vec<Service> {
+    let ns = r.namespace();
+    let ports: Vec<ServicePort> = se
+        .ports
+        .iter()
+        .map(|p| {
+            let name = p.name.clone().unwrap_or_default();
+            ServicePort {
+                protocol: Protocol::detect(p.protocol.as_deref(), None, &name),
+                name,
+                number: p.number,
+                target_port: p.target_port,
+            }
+        })
+        .collect();
+    let resolution = match se.resolution {
+        Some(net::Resolution::Static) => Resolution::Static,
+        Some(
+            net::Resolution::Dns | net::Resolution::DnsRoundRobin | net::Resolution::DynamicDns,
+        ) => Resolution::Dns,
+        Some(net::Resolution::None) | None => Resolution::Passthrough,
+    };
+    let mut endpoints: Vec<Endpoint> = se
+        .endpoints
+        .iter()
+        .filter_map(|we| workload_endpoint(we, &ports))
+        .collect();
+    if let Some(sel) = &se.workload_selector {
+        endpoints.extend(
+            workload_entries
+                .iter()
+                .filter(|(wr, we)| wr.namespace() == ns && labels_match(&sel.labels, &we.labels))
+                .filter_map(|(_, we)| workload_endpoint(we, &ports)),
+        );
+    }
+    // A selector-based entry is served from its endpoints like STATIC.
+    let resolution = if se.workload_selector.is_some() && resolution == Resolution::Passthrough {
+        Resolution::Static
+    } else {
+        resolution
+    };
+    se.hosts
+        .iter()
+        .map(|host| Service {
+            hostname: host.clone(),
+            namespace: ns.to_string(),
+            addresses: se.addresses.clone(),
+            ports: ports.clone(),
+            resolution,
+            mesh_external: matches!(se.location, Some(net::Location::MeshExternal) | None),
+            endpoints: endpoints.clone(),
+            origin: format!("ServiceEntry {ns}/{}", r.meta.name),
+        })
+        .collect()
+}
+
+/// A WorkloadEntry as an endpoint: its port for each service port is the one
+/// it names (by port name), else the service's targetPort, else the port itself.
+fn workload_endpoint(we: &net::WorkloadEntry, ports: &[ServicePort]) -> Option<Endpoint> {
+    let address = we.address.clone()?;
+    let ports = ports
+        .iter()
+        .map(|p| {
+            let target = we
+                .ports
+                .get(&p.name)
+                .copied()
+                .or(p.target_port)
+                .unwrap_or(p.number);
+            (p.number, target)
+        })
+        .collect();
+    Some(Endpoint {
+        address,
+        ports,
+        labels: we.labels.clone(),
+        service_account: we.service_account.clone(),
+        weight: we.weight.filter(|w| *w > 0),
+    })
+}
+
+fn str_match(m: &StringMatch) -> StrMatch {
+    match m {
+        StringMatch::Exact(s) => StrMatch::Exact(s.clone()),
+        StringMatch::Prefix(s) => StrMatch::Prefix(s.clone()),
+        StringMatch::Regex(s) => StrMatch::Regex(s.clone()),
+        StringMatch::Present => StrMatch::Present,
+    }
+}
+
+fn pairs(map: &BTreeMap<String, StringMatch>) -> Vec<(String, StrMatch)> {
+    map.iter().map(|(k, v)| (k.clone(), str_match(v))).collect()
+}
+
+fn destination(d: &net::Destination, weight: i32, ns: &str) -> Destination {
+    Destination {
+        host: resolve_host(&d.host, ns),
+        subset: d.subset.clone(),
+        port: d.port.as_ref().map(|p| p.number),
+        weight: weight.max(0) as u32,
+    }
+}
+
+fn virtual_service(r: &Resource, vs: &net::VirtualService) -> VirtualServiceRule {
+    let ns = r.namespace();
+    let weighted = |dests: Vec<Destination>| -> Vec<Destination> {
+        // A lone destination without a weight takes all the traffic.
+        if dests.len() == 1 && dests[0].weight == 0 {
+            return dests
+                .into_iter()
+                .map(|d| Destination { weight: 100, ..d })
+                .collect();
+        }
+        dests
+    };
+    VirtualServiceRule {
+        namespace: ns.to_string(),
+        name: r.meta.name.clone(),
+        hosts: vs.hosts.iter().map(|h| resolve_host(h, ns)).collect(),
+        gateways: vs.gateways.clone(),
+        http: vs
+            .http
+            .iter()
+            .map(|h| HttpRoute {
+                name: h.name.clone(),
+                matches: h
+                    .matches
+                    .iter()
+                    .map(|m| RequestMatch {
+                        uri: m.uri.as_ref().map(str_match),
+                        method: m.method.as_ref().map(str_match),
+                        authority: m.authority.as_ref().map(str_match),
+                        scheme: m.scheme.as_ref().map(str_match),
+                        headers: pairs(&m.headers),
+                        without_headers: pairs(&m.without_headers),
+                        query_params: pairs(&m.query_params),
+                        ignore_uri_case: m.ignore_uri_case,
+                        port: m.port,
+                        source_labels: m.source_labels.clone(),
+                        source_namespace: m.source_namespace.clone(),
+                        gateways: m.gateways.clone(),
+                    })
+                    .collect(),
+                destinations: weighted(
+                    h.route
+                        .iter()
+                        .map(|d| destination(&d.destination, d.weight, ns))
+                        .collect(),
+                ),
+                timeout: h.timeout.map(|d| d.get()),
+            })
+            .collect(),
+        tcp: vs
+            .tcp
+            .iter()
+            .map(|t| TcpRoute {
+                ports: t.matches.iter().filter_map(|m| m.port).collect(),
+                destinations: weighted(
+                    t.route
+                        .iter()
+                        .map(|d| destination(&d.destination, d.weight, ns))
+                        .collect(),
+                ),
+            })
+            .collect(),
+    }
+}
+
+fn traffic_policy(p: Option<&net::TrafficPolicy>) -> TrafficPolicy {
+    let lb = p
+        .and_then(|p| p.load_balancer.as_ref())
+        .and_then(|lb| lb.simple)
+        .and_then(|s| match s {
+            SimpleLb::RoundRobin => Some(LbAlgorithm::RoundRobin),
+            SimpleLb::LeastRequest | SimpleLb::LeastConn => Some(LbAlgorithm::LeastRequest),
+            SimpleLb::Random => Some(LbAlgorithm::Random),
+            SimpleLb::Passthrough => Some(LbAlgorithm::Passthrough),
+            SimpleLb::Unspecified => None,
+        });
+    TrafficPolicy { lb }
+}
+
+fn destination_rule(r: &Resource, dr: &net::DestinationRule) -> DestinationPolicy {
+    let ns = r.namespace();
+    DestinationPolicy {
+        host: resolve_host(&dr.host, ns),
+        namespace: ns.to_string(),
+        name: r.meta.name.clone(),
+        policy: traffic_policy(dr.traffic_policy.as_ref()),
+        subsets: dr
+            .subsets
+            .iter()
+            .map(|s| Subset {
+                name: s.name.clone(),
+                labels: s.labels.clone(),
+                policy: traffic_policy(s.traffic_policy.as_ref()),
+            })
+            .collect(),
+    }
+}
+
+fn sidecar(r: &Resource, sc: &net::Sidecar) -> SidecarScope {
+    let ns = r.namespace();
+    SidecarScope {
+        namespace: ns.to_string(),
+        name: r.meta.name.clone(),
+        selector: sc.workload_selector.as_ref().map(|s| s.labels.clone()),
+        egress: sc
+            .egress
+            .iter()
+            .map(|e| EgressListener {
+                port: e.port.as_ref().map(|p| {
+                    let name = p.name.clone().unwrap_or_default();
+                    ListenerPort {
+                        number: p.number,
+                        protocol: Protocol::detect(p.protocol.as_deref(), None, &name),
+                        name,
+                    }
+                }),
+                bind: e.bind.clone(),
+                capture_none: e.capture_mode == Some(CaptureMode::None),
+                hosts: e
+                    .hosts
+                    .iter()
+                    .map(|h| {
+                        let (ns_part, host) = h.split_once('/').unwrap_or(("*", h));
+                        HostImport {
+                            namespace: ns_part.to_string(),
+                            host: if host == "*" {
+                                "*".to_string()
+                            } else {
+                                resolve_host(host, ns)
+                            },
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+        registry_only: sc
+            .outbound_traffic_policy
+            .as_ref()
+            .and_then(|p| p.mode)
+            .map(|m| m == OutboundTrafficMode::RegistryOnly),
+    }
+}

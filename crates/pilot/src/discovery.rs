@@ -1,0 +1,153 @@
+//! Serving the mesh to proxies: each connected proxy has a watch channel of its
+//! own xDS snapshot; a new mesh regenerates every proxy's snapshot and the ADS
+//! server pushes the types whose content changed (content-hash versions, so an
+//! endpoint-only change pushes only EDS).
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use prost::{Message, Name};
+use tokio::sync::watch;
+use xds::server::{Resource, Snapshot, SnapshotSource, TypeSnapshot};
+use xds::type_url;
+
+use crate::mesh::Mesh;
+use crate::node::ProxyNode;
+use crate::translate::{ProxyResources, translate};
+
+struct Connected {
+    node: ProxyNode,
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+/// The pilot's side of ADS: current mesh plus every connected proxy.
+pub struct Discovery {
+    mesh: ArcSwap<Mesh>,
+    proxies: Mutex<Vec<Connected>>,
+}
+
+impl Discovery {
+    pub fn new(mesh: Mesh) -> Self {
+        Discovery {
+            mesh: ArcSwap::from_pointee(mesh),
+            proxies: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn mesh(&self) -> Arc<Mesh> {
+        self.mesh.load_full()
+    }
+
+    /// Swap in a new mesh and push to every connected proxy.
+    pub fn update(&self, mesh: Mesh) {
+        self.mesh.store(Arc::new(mesh));
+        let mesh = self.mesh.load_full();
+        let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        proxies.retain(|p| !p.tx.is_closed());
+        for p in proxies.iter() {
+            let snap = Arc::new(snapshot(&translate(&mesh, &p.node)));
+            p.tx.send_if_modified(|cur| {
+                let changed = !same_versions(cur, &snap);
+                if changed {
+                    *cur = snap;
+                }
+                changed
+            });
+        }
+    }
+
+    /// Number of proxies with an open stream.
+    pub fn connected(&self) -> usize {
+        let proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        proxies.iter().filter(|p| !p.tx.is_closed()).count()
+    }
+
+    /// The snapshot last given to a connected proxy (for /debug/config_dump).
+    pub fn snapshot_for(&self, node_id: &str) -> Option<Arc<Snapshot>> {
+        let proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        proxies
+            .iter()
+            .rev()
+            .find(|p| p.node.id == node_id && !p.tx.is_closed())
+            .map(|p| p.tx.borrow().clone())
+    }
+}
+
+fn same_versions(a: &Snapshot, b: &Snapshot) -> bool {
+    a.types.len() == b.types.len()
+        && a.types
+            .iter()
+            .zip(b.types.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && va.version == vb.version)
+}
+
+impl SnapshotSource for Discovery {
+    fn subscribe(&self, node: &Node) -> Result<watch::Receiver<Arc<Snapshot>>, tonic::Status> {
+        let proxy = ProxyNode::from_node(node)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let snap = Arc::new(snapshot(&translate(&self.mesh.load(), &proxy)));
+        let (tx, rx) = watch::channel(snap);
+        let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        proxies.retain(|p| !p.tx.is_closed());
+        proxies.push(Connected { node: proxy, tx });
+        tracing::info!(node = %node.id, "proxy connected");
+        Ok(rx)
+    }
+
+    fn disconnected(&self, node: &Node) {
+        tracing::info!(node = %node.id, "proxy disconnected");
+    }
+}
+
+/// Package translated resources as an xDS snapshot with content versions.
+pub fn snapshot(res: &ProxyResources) -> Snapshot {
+    let mut types = BTreeMap::new();
+    types.insert(
+        type_url::CLUSTER.to_string(),
+        type_snapshot(&res.clusters, |c| &c.name),
+    );
+    types.insert(
+        type_url::ENDPOINT.to_string(),
+        type_snapshot(&res.endpoints, |e| &e.cluster_name),
+    );
+    types.insert(
+        type_url::LISTENER.to_string(),
+        type_snapshot(&res.listeners, |l| &l.name),
+    );
+    types.insert(
+        type_url::ROUTE.to_string(),
+        type_snapshot(&res.routes, |r| &r.name),
+    );
+    Snapshot { types }
+}
+
+fn type_snapshot<M: Message + Name>(items: &[M], name: impl Fn(&M) -> &String) -> TypeSnapshot {
+    let mut resources = BTreeMap::new();
+    let mut all = DefaultHasher::new();
+    for item in items {
+        let bytes = item.encode_to_vec();
+        let mut h = DefaultHasher::new();
+        bytes.hash(&mut h);
+        let version = format!("{:016x}", h.finish());
+        let name = name(item).clone();
+        (&name, &version).hash(&mut all);
+        resources.insert(
+            name.clone(),
+            Resource {
+                name,
+                version,
+                body: prost_types::Any {
+                    type_url: M::type_url(),
+                    value: bytes,
+                },
+            },
+        );
+    }
+    TypeSnapshot {
+        version: format!("{:016x}", all.finish()),
+        resources,
+    }
+}

@@ -1,0 +1,141 @@
+//! The mesh snapshot: an immutable, fully resolved view of services, routing
+//! and policy that translation reads. A new one is built for every config
+//! change and swapped in whole.
+
+use std::collections::BTreeMap;
+
+use crate::model::{Protocol, Service, host_matches, labels_match};
+use crate::node::ProxyNode;
+use crate::policy::DestinationPolicy;
+use crate::routing::VirtualServiceRule;
+
+/// Istio's root namespace: config here applies mesh-wide.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// A port as written in a Sidecar listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerPort {
+    pub number: u32,
+    pub protocol: Protocol,
+    pub name: String,
+}
+
+/// `namespace/host` import from a Sidecar egress listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostImport {
+    /// `*` any, `.` the Sidecar's own namespace, `~` none, or a name.
+    pub namespace: String,
+    /// `*`, `*.suffix`, or a host (resolved).
+    pub host: String,
+}
+
+/// One Sidecar `egress` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EgressListener {
+    pub port: Option<ListenerPort>,
+    pub bind: Option<String>,
+    pub capture_none: bool,
+    pub hosts: Vec<HostImport>,
+}
+
+/// A Sidecar resource, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SidecarScope {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Option<BTreeMap<String, String>>,
+    pub egress: Vec<EgressListener>,
+    /// `outboundTrafficPolicy.mode: REGISTRY_ONLY`.
+    pub registry_only: Option<bool>,
+}
+
+/// Everything translation needs, for every proxy.
+#[derive(Clone, Debug, Default)]
+pub struct Mesh {
+    /// Sorted by hostname.
+    pub services: Vec<Service>,
+    pub virtual_services: Vec<VirtualServiceRule>,
+    pub destination_rules: Vec<DestinationPolicy>,
+    pub sidecars: Vec<SidecarScope>,
+    /// Mesh-wide `outboundTrafficPolicy` (ALLOW_ANY unless set).
+    pub registry_only: bool,
+}
+
+impl Mesh {
+    /// The Sidecar that applies to a proxy: a selector match in its namespace,
+    /// else its namespace's selector-less one, else the root namespace's.
+    pub fn sidecar_for(&self, proxy: &ProxyNode) -> Option<&SidecarScope> {
+        let ns = proxy.namespace.as_str();
+        self.sidecars
+            .iter()
+            .find(|s| {
+                s.namespace == ns
+                    && s.selector
+                        .as_ref()
+                        .is_some_and(|sel| labels_match(sel, &proxy.labels))
+            })
+            .or_else(|| {
+                self.sidecars
+                    .iter()
+                    .find(|s| s.namespace == ns && s.selector.is_none())
+            })
+            .or_else(|| {
+                self.sidecars
+                    .iter()
+                    .find(|s| s.namespace == ROOT_NAMESPACE && s.selector.is_none())
+            })
+    }
+
+    pub fn service(&self, host: &str) -> Option<&Service> {
+        self.services
+            .binary_search_by(|s| s.hostname.as_str().cmp(host))
+            .ok()
+            .map(|i| &self.services[i])
+    }
+
+    /// The DestinationRule for a host as Istio picks it: the client's namespace
+    /// first, then the service's namespace, then the root namespace; an exact
+    /// host beats a wildcard.
+    pub fn destination_rule(
+        &self,
+        host: &str,
+        client_ns: &str,
+        svc_ns: &str,
+    ) -> Option<&DestinationPolicy> {
+        let pick = |ns: &str| {
+            let mut in_ns = self.destination_rules.iter().filter(|r| r.namespace == ns);
+            in_ns
+                .clone()
+                .find(|r| r.host == host)
+                .or_else(|| in_ns.find(|r| host_matches(&r.host, host)))
+        };
+        pick(client_ns)
+            .or_else(|| pick(svc_ns))
+            .or_else(|| pick(ROOT_NAMESPACE))
+    }
+
+    /// VirtualServices for sidecars that name this host, oldest-defined first.
+    pub fn virtual_services_for<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> impl Iterator<Item = &'a VirtualServiceRule> + 'a {
+        self.virtual_services
+            .iter()
+            .filter(|vs| vs.for_mesh())
+            .filter(move |vs| vs.hosts.iter().any(|h| host_matches(h, host)))
+    }
+
+    /// Is this service imported by the egress listener (or, with no Sidecar, at all)?
+    pub fn imports(egress: Option<&EgressListener>, sidecar_ns: &str, svc: &Service) -> bool {
+        let Some(egress) = egress else { return true };
+        egress.hosts.iter().any(|imp| {
+            let ns_ok = match imp.namespace.as_str() {
+                "*" => true,
+                "." => svc.namespace == sidecar_ns,
+                "~" => false,
+                ns => svc.namespace == ns,
+            };
+            ns_ok && host_matches(&imp.host, &svc.hostname)
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! VirtualServices compiled for translation: hosts resolved to FQDNs, HTTP
+//! routes as ordered (matches → weighted destinations), TCP routes by port.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Istio's StringMatch, plus presence (an empty `{}` header match).
+#[derive(Clone, Debug, PartialEq)]
+pub enum StrMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+    Present,
+}
+
+/// One `match` block of an HTTP route: every present condition must hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestMatch {
+    pub uri: Option<StrMatch>,
+    pub method: Option<StrMatch>,
+    pub authority: Option<StrMatch>,
+    pub scheme: Option<StrMatch>,
+    pub headers: Vec<(String, StrMatch)>,
+    pub without_headers: Vec<(String, StrMatch)>,
+    pub query_params: Vec<(String, StrMatch)>,
+    pub ignore_uri_case: bool,
+    /// Only for this listener port.
+    pub port: Option<u32>,
+    /// Only from workloads with these labels.
+    pub source_labels: BTreeMap<String, String>,
+    /// Only from this namespace.
+    pub source_namespace: Option<String>,
+    pub gateways: Vec<String>,
+}
+
+/// Where a route sends a share of its traffic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Destination {
+    /// Fully qualified host.
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<u32>,
+    pub weight: u32,
+}
+
+/// One entry of `http:`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HttpRoute {
+    pub name: Option<String>,
+    /// Any one must match; empty = everything.
+    pub matches: Vec<RequestMatch>,
+    pub destinations: Vec<Destination>,
+    pub timeout: Option<Duration>,
+}
+
+/// One entry of `tcp:`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TcpRoute {
+    /// Listener ports this route applies to; empty = all.
+    pub ports: Vec<u32>,
+    pub destinations: Vec<Destination>,
+}
+
+/// A VirtualService.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VirtualServiceRule {
+    pub namespace: String,
+    pub name: String,
+    /// Resolved hosts (FQDN or wildcard).
+    pub hosts: Vec<String>,
+    /// `mesh` when it applies to sidecars (the default).
+    pub gateways: Vec<String>,
+    pub http: Vec<HttpRoute>,
+    pub tcp: Vec<TcpRoute>,
+}
+
+impl VirtualServiceRule {
+    /// Applies to sidecars (its gateways include `mesh`, or none are listed).
+    pub fn for_mesh(&self) -> bool {
+        self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh")
+    }
+}

@@ -1,0 +1,187 @@
+//! CDS: one cluster per service port (`outbound|PORT||HOST`) and per
+//! DestinationRule subset (`outbound|PORT|SUBSET|HOST`), plus Istio's
+//! `PassthroughCluster` and `BlackHoleCluster`.
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster,
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+};
+use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, Metadata};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions,
+    http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    },
+};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+
+use super::common::{ads, any, millis};
+use super::endpoint;
+use crate::model::{Resolution, Service, ServicePort};
+use crate::policy::{DestinationPolicy, LbAlgorithm, Subset, TrafficPolicy};
+
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+pub const BLACKHOLE: &str = "BlackHoleCluster";
+pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// Istio's default connect timeout.
+const CONNECT_TIMEOUT_MS: u64 = 10_000;
+
+/// Istio's cluster name.
+pub fn outbound_name(port: u32, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+/// Istio's inbound cluster name.
+pub fn inbound_name(port: u32) -> String {
+    format!("inbound|{port}||")
+}
+
+/// The clusters for one service port: the default one and one per subset.
+pub fn for_service_port(
+    svc: &Service,
+    port: &ServicePort,
+    rule: Option<&DestinationPolicy>,
+) -> Vec<Cluster> {
+    let base = rule.map(|r| r.policy.clone()).unwrap_or_default();
+    let mut out = vec![cluster(svc, port, None, &base)];
+    for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
+        let policy = subset.policy.merged_over(&base);
+        out.push(cluster(svc, port, Some(subset), &policy));
+    }
+    out
+}
+
+fn cluster(
+    svc: &Service,
+    port: &ServicePort,
+    subset: Option<&Subset>,
+    policy: &TrafficPolicy,
+) -> Cluster {
+    let subset_name = subset.map(|s| s.name.as_str()).unwrap_or_default();
+    let name = outbound_name(port.number, subset_name, &svc.hostname);
+    let mut c = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(millis(CONNECT_TIMEOUT_MS)),
+        metadata: Some(istio_metadata(svc, subset_name)),
+        ..Default::default()
+    };
+    let lb = policy.lb;
+    match svc.resolution {
+        Resolution::Static if lb != Some(LbAlgorithm::Passthrough) => {
+            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+            c.eds_cluster_config = Some(EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: name.clone(),
+            });
+            c.lb_policy = lb_policy(lb) as i32;
+        }
+        Resolution::Dns => {
+            c.cluster_discovery_type =
+                Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+            c.load_assignment = Some(ClusterLoadAssignment {
+                cluster_name: name.clone(),
+                endpoints: endpoint::locality_endpoints(svc, port, subset),
+                ..Default::default()
+            });
+            c.lb_policy = lb_policy(lb) as i32;
+        }
+        _ => {
+            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
+                DiscoveryType::OriginalDst as i32,
+            ));
+            c.lb_policy = LbPolicy::ClusterProvided as i32;
+        }
+    }
+    if port.protocol.is_http2() {
+        c.typed_extension_protocol_options.insert(
+            HTTP_PROTOCOL_OPTIONS.to_string(),
+            any(&HttpProtocolOptions {
+                upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                    ExplicitHttpConfig {
+                        protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                            Http2ProtocolOptions::default(),
+                        )),
+                    },
+                )),
+                ..Default::default()
+            }),
+        );
+    }
+    c
+}
+
+fn lb_policy(lb: Option<LbAlgorithm>) -> LbPolicy {
+    match lb {
+        Some(LbAlgorithm::LeastRequest) => LbPolicy::LeastRequest,
+        Some(LbAlgorithm::Random) => LbPolicy::Random,
+        _ => LbPolicy::RoundRobin,
+    }
+}
+
+/// `filter_metadata.istio`: which service and subset the cluster is for.
+fn istio_metadata(svc: &Service, subset: &str) -> Metadata {
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    };
+    let mut service = Struct::default();
+    service.fields.insert("host".into(), s(&svc.hostname));
+    service.fields.insert("namespace".into(), s(&svc.namespace));
+    let name = svc.hostname.split('.').next().unwrap_or_default();
+    service.fields.insert("name".into(), s(name));
+    let mut istio = Struct::default();
+    istio.fields.insert(
+        "services".into(),
+        Value {
+            kind: Some(Kind::ListValue(
+                envoy_types::pb::google::protobuf::ListValue {
+                    values: vec![Value {
+                        kind: Some(Kind::StructValue(service)),
+                    }],
+                },
+            )),
+        },
+    );
+    if !subset.is_empty() {
+        istio.fields.insert("subset".into(), s(subset));
+    }
+    let mut m = Metadata::default();
+    m.filter_metadata.insert("istio".into(), istio);
+    m
+}
+
+/// `PassthroughCluster`: connect to wherever the client was going.
+pub fn passthrough(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        connect_timeout: Some(millis(CONNECT_TIMEOUT_MS)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        ..Default::default()
+    }
+}
+
+/// `BlackHoleCluster`: no endpoints, every request fails.
+pub fn blackhole() -> Cluster {
+    Cluster {
+        name: BLACKHOLE.to_string(),
+        connect_timeout: Some(millis(CONNECT_TIMEOUT_MS)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        ..Default::default()
+    }
+}
+
+/// `inbound|PORT||`: the local application behind this sidecar.
+pub fn inbound(port: u32, target_port: u32) -> Cluster {
+    let name = inbound_name(port);
+    Cluster {
+        name: name.clone(),
+        connect_timeout: Some(millis(CONNECT_TIMEOUT_MS)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        load_assignment: Some(endpoint::static_assignment(&name, "127.0.0.1", target_port)),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,294 @@
+//! Pure translation from the mesh snapshot to one proxy's Envoy resources.
+//! Same input, same output: golden-tested in `tests/golden.rs`.
+
+pub mod cluster;
+pub mod common;
+pub mod endpoint;
+pub mod listener;
+pub mod route;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
+    route_action::ClusterSpecifier, route_match::PathSpecifier,
+};
+
+use crate::mesh::{EgressListener, Mesh};
+use crate::model::{Protocol, Resolution, Service};
+use crate::node::{InterceptionMode, ProxyNode};
+use listener::Serve;
+
+/// Everything one proxy gets, by type.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyResources {
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteConfiguration>,
+}
+
+/// Translate the mesh for one proxy.
+pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
+    let sidecar = mesh.sidecar_for(proxy);
+    let sidecar_ns = sidecar.map_or(proxy.namespace.as_str(), |s| s.namespace.as_str());
+    let registry_only = sidecar
+        .and_then(|s| s.registry_only)
+        .unwrap_or(mesh.registry_only);
+    let fallback = if registry_only {
+        cluster::BLACKHOLE
+    } else {
+        cluster::PASSTHROUGH
+    };
+    let egress: Vec<Option<&EgressListener>> = match sidecar {
+        Some(s) => s.egress.iter().map(Some).collect(),
+        None => vec![None],
+    };
+    let in_scope = |e: Option<&EgressListener>| -> Vec<&Service> {
+        mesh.services
+            .iter()
+            .filter(|svc| Mesh::imports(e, sidecar_ns, svc))
+            .collect()
+    };
+
+    let mut out = ProxyResources::default();
+    // Route tables by port: the services each HTTP port's table covers.
+    let mut http_ports: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
+    let mut visible: BTreeSet<&str> = BTreeSet::new();
+
+    for e in &egress {
+        let services = in_scope(*e);
+        visible.extend(services.iter().map(|s| s.hostname.as_str()));
+        match e.and_then(|e| e.port.as_ref().map(|p| (e, p))) {
+            // An egress listener on one port.
+            Some((e, port)) => {
+                let on_port: Vec<&Service> = services
+                    .iter()
+                    .copied()
+                    .filter(|s| s.port(port.number).is_some())
+                    .collect();
+                let bind = e.capture_none || proxy.interception == InterceptionMode::None;
+                let address = e.bind.clone().unwrap_or_else(|| {
+                    if e.capture_none {
+                        "127.0.0.1"
+                    } else {
+                        "0.0.0.0"
+                    }
+                    .to_string()
+                });
+                let serve = if port.protocol.is_http() {
+                    http_ports
+                        .entry(port.number)
+                        .or_default()
+                        .extend(on_port.iter().map(|s| s.hostname.as_str()));
+                    Serve::Http {
+                        route: port.number.to_string(),
+                    }
+                } else {
+                    Serve::Tcp {
+                        cluster: tcp_cluster(&on_port, port.number, fallback),
+                    }
+                };
+                out.listeners
+                    .push(listener::outbound(&address, port.number, &serve, bind));
+            }
+            // The catch-all scope: per-port listeners behind 15001.
+            None if proxy.interception != InterceptionMode::None => {
+                outbound_port_listeners(&services, fallback, &mut out, &mut http_ports);
+            }
+            None => {}
+        }
+    }
+
+    if proxy.interception != InterceptionMode::None {
+        out.listeners.push(listener::virtual_outbound(fallback));
+        let inbound = inbound_ports(mesh, proxy);
+        for (port, target, _) in &inbound {
+            out.clusters.push(cluster::inbound(*port, *target));
+        }
+        let chains: Vec<(u32, Serve)> = inbound
+            .iter()
+            .map(|(port, target, protocol)| (*target, inbound_serve(*port, *protocol)))
+            .collect();
+        out.listeners.push(listener::virtual_inbound(
+            &chains,
+            cluster::INBOUND_PASSTHROUGH,
+        ));
+        out.clusters
+            .push(cluster::passthrough(cluster::INBOUND_PASSTHROUGH));
+    }
+
+    for (port, hosts) in &http_ports {
+        let services: Vec<&Service> = hosts.iter().filter_map(|h| mesh.service(h)).collect();
+        out.routes.push(route::outbound(
+            mesh,
+            proxy,
+            *port,
+            &services,
+            registry_only,
+        ));
+    }
+
+    for host in &visible {
+        let Some(svc) = mesh.service(host) else {
+            continue;
+        };
+        let rule = mesh.destination_rule(&svc.hostname, &proxy.namespace, &svc.namespace);
+        for port in &svc.ports {
+            for c in cluster::for_service_port(svc, port, rule) {
+                if c.eds_cluster_config.is_some() {
+                    let subset = rule.and_then(|r| {
+                        let name = c.name.split('|').nth(2).unwrap_or_default();
+                        r.subset(name)
+                    });
+                    out.endpoints
+                        .push(endpoint::assignment(&c.name, svc, port, subset));
+                }
+                out.clusters.push(c);
+            }
+        }
+    }
+    out.clusters
+        .push(cluster::passthrough(cluster::PASSTHROUGH));
+    out.clusters.push(cluster::blackhole());
+    out
+}
+
+/// Per-port listeners for the services in the catch-all scope.
+fn outbound_port_listeners<'a>(
+    services: &[&'a Service],
+    fallback: &str,
+    out: &mut ProxyResources,
+    http_ports: &mut BTreeMap<u32, BTreeSet<&'a str>>,
+) {
+    let mut by_port: BTreeMap<u32, Vec<(&Service, Protocol)>> = BTreeMap::new();
+    for svc in services {
+        for p in &svc.ports {
+            by_port.entry(p.number).or_default().push((svc, p.protocol));
+        }
+    }
+    for (port, entries) in by_port {
+        let http: Vec<&Service> = entries
+            .iter()
+            .filter(|(_, p)| p.is_http() || *p == Protocol::Auto)
+            .map(|(s, _)| *s)
+            .collect();
+        if !http.is_empty() {
+            http_ports
+                .entry(port)
+                .or_default()
+                .extend(http.iter().map(|s| s.hostname.as_str()));
+        }
+        let tcp: Vec<&Service> = entries
+            .iter()
+            .filter(|(_, p)| !p.is_http())
+            .map(|(s, _)| *s)
+            .collect();
+        let route = port.to_string();
+        let any_auto = entries.iter().any(|(_, p)| *p == Protocol::Auto);
+        if !http.is_empty() {
+            let serve = if any_auto {
+                Serve::Auto {
+                    route,
+                    cluster: tcp_cluster(&tcp, port, fallback),
+                }
+            } else {
+                Serve::Http { route }
+            };
+            out.listeners
+                .push(listener::outbound("0.0.0.0", port, &serve, false));
+        }
+        // TCP services with a VIP get their own listener; without one, the
+        // port's wildcard listener (when no HTTP service claims it).
+        for svc in tcp.iter().filter(|s| !s.addresses.is_empty()) {
+            let serve = Serve::Tcp {
+                cluster: cluster::outbound_name(port, "", &svc.hostname),
+            };
+            for vip in &svc.addresses {
+                out.listeners.push(listener::with_prefix_ranges(
+                    listener::outbound(vip, port, &serve, false),
+                    std::slice::from_ref(vip),
+                ));
+            }
+        }
+        if http.is_empty() && tcp.iter().any(|s| s.addresses.is_empty()) {
+            let serve = Serve::Tcp {
+                cluster: tcp_cluster(&tcp, port, fallback),
+            };
+            out.listeners
+                .push(listener::outbound("0.0.0.0", port, &serve, false));
+        }
+    }
+}
+
+/// A TCP port served by exactly one service goes to its cluster; otherwise
+/// the destination is ambiguous and traffic falls back.
+fn tcp_cluster(services: &[&Service], port: u32, fallback: &str) -> String {
+    match services {
+        [one] if one.resolution != Resolution::Passthrough || true => {
+            cluster::outbound_name(port, "", &one.hostname)
+        }
+        _ => fallback.to_string(),
+    }
+}
+
+/// The workload's own service ports: (service port, target port, protocol),
+/// from services with an endpoint on one of the proxy's IPs.
+fn inbound_ports(mesh: &Mesh, proxy: &ProxyNode) -> Vec<(u32, u32, Protocol)> {
+    let mut seen = BTreeMap::new();
+    for svc in &mesh.services {
+        for ep in svc
+            .endpoints
+            .iter()
+            .filter(|e| proxy.ips.contains(&e.address))
+        {
+            for p in &svc.ports {
+                if let Some(target) = ep.ports.get(&p.number) {
+                    seen.entry(*target)
+                        .or_insert((p.number, *target, p.protocol));
+                }
+            }
+        }
+    }
+    seen.into_values()
+        .map(|(_, target, protocol)| (target, target, protocol))
+        .collect()
+}
+
+/// An inbound port: HTTP through a connection manager to `inbound|PORT||`.
+fn inbound_serve(port: u32, protocol: Protocol) -> Serve {
+    let cluster = cluster::inbound_name(port);
+    if !protocol.is_http() && protocol != Protocol::Auto {
+        return Serve::Tcp { cluster };
+    }
+    let rc = RouteConfiguration {
+        name: cluster.clone(),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                name: "default".into(),
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.clone())),
+                    timeout: Some(common::millis(0)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    if protocol == Protocol::Auto {
+        // Sniffed inbound ports: keep it simple and serve HTTP when it is HTTP.
+        return Serve::HttpInline(Box::new(rc));
+    }
+    Serve::HttpInline(Box::new(rc))
+}
