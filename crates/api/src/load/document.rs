@@ -22,12 +22,13 @@ pub const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 /// An Istio object: unknown top-level fields are errors; `status` is ignored.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct IstioObject<S> {
+struct IstioObject<S: Default> {
     #[serde(rename = "apiVersion")]
     _api_version: IgnoredAny,
     #[serde(rename = "kind")]
     _kind: IgnoredAny,
     metadata: ObjectMeta,
+    #[serde(default)]
     spec: S,
     #[serde(default, rename = "status")]
     _status: Option<IgnoredAny>,
@@ -227,7 +228,7 @@ impl Loader<'_> {
 
 /// Deserialises the object as `kind`.
 fn parse_typed(kind: Kind, input: &Input<'_>) -> Result<(ObjectMeta, Spec), Failure> {
-    fn istio<S: DeserializeOwned>(
+    fn istio<S: DeserializeOwned + Default>(
         input: &Input<'_>,
         wrap: fn(S) -> Spec,
     ) -> Result<(ObjectMeta, Spec), Failure> {

@@ -313,3 +313,18 @@ fn load_dir_recurses_sorted_and_reads_json() {
         errs[0]
     );
 }
+
+/// Loads all of Istio's test data and prints every error (run with
+/// `--ignored --nocapture` to review; invalid-config files are expected to fail).
+#[test]
+#[ignore]
+fn corpus_report() {
+    let Some(dir) = shared("istio-testdata") else {
+        return;
+    };
+    let (res, errs) = load_dir(&dir);
+    for e in &errs {
+        println!("{e}");
+    }
+    println!("{} resources, {} errors", res.len(), errs.len());
+}

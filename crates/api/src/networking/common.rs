@@ -100,7 +100,7 @@ pub struct Destination {
 
 /// A port declaration (Gateway server, Sidecar listener, ServiceEntry port).
 /// `protocol` is Istio's name (HTTP, HTTPS, GRPC, HTTP2, MONGO, TCP, TLS, ...),
-/// compared case-insensitively by Istio.
+/// compared case-insensitively by Istio. `number` 0 means the port was absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Port {

@@ -20,6 +20,8 @@ pub struct Gateway {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Server {
+    /// Required by Istio; absent loads as port 0 (validation flags it).
+    #[serde(default)]
     pub port: Port,
     #[serde(default)]
     pub bind: Option<String>,

@@ -23,6 +23,8 @@ pub struct Sidecar {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IstioIngressListener {
+    /// Required by Istio; absent loads as port 0 (validation flags it).
+    #[serde(default)]
     pub port: Port,
     #[serde(default)]
     pub bind: Option<String>,
@@ -47,6 +49,7 @@ pub struct IstioEgressListener {
     pub bind: Option<String>,
     #[serde(default)]
     pub capture_mode: Option<CaptureMode>,
+    #[serde(default)]
     pub hosts: Vec<String>,
 }
 

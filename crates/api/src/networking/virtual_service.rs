@@ -73,6 +73,8 @@ pub struct HttpMatchRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteDestination {
+    /// Required by Istio; an absent one loads as an empty host (validation flags it).
+    #[serde(default)]
     pub destination: Destination,
     /// Relative weight; 0/absent with a single destination means 100.
     #[serde(default)]
@@ -194,6 +196,7 @@ pub struct Abort {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpMirrorPolicy {
+    #[serde(default)]
     pub destination: Destination,
     #[serde(default)]
     pub percentage: Option<Percent>,
@@ -269,6 +272,7 @@ pub struct L4MatchAttributes {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteDestination {
+    #[serde(default)]
     pub destination: Destination,
     #[serde(default)]
     pub weight: i32,
