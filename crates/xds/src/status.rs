@@ -97,14 +97,16 @@ impl SyncStatus {
         self.lock().proxies.get(&stream_id).cloned()
     }
 
-    /// True when every connected proxy that subscribed to `type_url` has ACKed
-    /// `version` for it. Vacuously true when none did: check the count too.
+    /// True when every connected proxy that subscribes to names of `type_url`
+    /// (or was sent some) has ACKed `version` for it. Vacuously true when none
+    /// does: check the count too.
     pub fn all_acked(&self, type_url: &str, version: &str) -> bool {
         let key = type_key(type_url);
         self.lock()
             .proxies
             .values()
             .filter_map(|p| p.types.get(&key))
+            .filter(|t| !t.subscribed.is_empty() || t.sent_version.is_some())
             .all(|t| t.acked_version.as_deref() == Some(version))
     }
 
@@ -274,7 +276,7 @@ mod tests {
             status.proxy(a).unwrap().types["CDS"].nack.as_deref(),
             Some("bad cluster")
         );
-        assert!(status.all_acked(CLUSTER, "v1") == false);
+        assert!(!status.all_acked(CLUSTER, "v1"));
         status.acked(a, CLUSTER, "v1");
         let cds = &status.proxy(a).unwrap().types["CDS"];
         assert_eq!(

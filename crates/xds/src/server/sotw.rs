@@ -5,7 +5,9 @@
 //! A type is (re)sent when its snapshot version differs from the one last sent,
 //! or when the proxy's subscribed names changed. Requests carrying a nonce other
 //! than the last one sent for the type are stale and ignored: Envoy repeats its
-//! current names in the ACK of the newer response anyway.
+//! current names in the ACK of the newer response anyway. The version and nonce
+//! a proxy brings from a previous stream are not trusted: the first request for
+//! a type on a stream is always answered in full.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -104,15 +106,19 @@ impl SotwStream {
         }
         let state = self.types.entry(url.clone()).or_default();
         let nonce = request.response_nonce;
-        if !nonce.is_empty() && state.sent_nonce.as_deref() != Some(nonce.as_str()) {
+        // Stale: answers an older response of this stream. (A nonce on a type not
+        // yet answered on this stream comes from a previous stream: accept it.)
+        let stale = matches!(&state.sent_nonce, Some(sent) if !nonce.is_empty() && *sent != nonce);
+        if stale {
             tracing::debug!(stream_id = self.stream_id, %url, %nonce, "stale nonce ignored");
             return Ok(());
         }
-        if let Some(detail) = &request.error_detail {
+        let answers_ours = !nonce.is_empty() && state.sent_nonce.is_some();
+        if let Some(detail) = request.error_detail.as_ref().filter(|_| answers_ours) {
             let text = nack_text(detail);
             tracing::warn!(stream_id = self.stream_id, %url, version = %request.version_info, error = %text, "NACK");
             self.status.nacked(self.stream_id, &url, &text);
-        } else if !nonce.is_empty() {
+        } else if answers_ours {
             self.status
                 .acked(self.stream_id, &url, &request.version_info);
         }
