@@ -1,1 +1,92 @@
-fn main() {}
+//! `halyard`: the one binary — control plane, sidecar proxy, bootstrap
+//! generator and the echo test app.
+
+mod bootstrap;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "halyard",
+    version,
+    about = "A service mesh for Istio's YAML, in Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Control plane: load Istio config from a directory, serve it over ADS.
+    Pilot(PilotArgs),
+    /// Print an Envoy bootstrap for a sidecar (works for Envoy and `halyard proxy`).
+    Bootstrap(bootstrap::BootstrapArgs),
+    /// The test application: echoes requests as JSON, makes calls on request.
+    Echo(echo::EchoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PilotArgs {
+    /// Directory (or file) of Istio and Kubernetes YAML; watched for edits.
+    #[arg(long = "config")]
+    config: PathBuf,
+    /// Plaintext xDS (ADS) address.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds: SocketAddr,
+    /// Debug address (/debug/syncz, /debug/configz, /debug/config_dump).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    debug: SocketAddr,
+    /// Quiet time after an edit before pushing, e.g. 100ms.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    debounce: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<api::Duration>()
+        .map(|d| d.get())
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HALYARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bootstrap(args) => {
+            print!("{}", bootstrap::render(&args)?);
+            Ok(())
+        }
+        Command::Pilot(args) => runtime(None)?.block_on(async {
+            let opts = pilot::PilotOptions {
+                config_dir: args.config,
+                xds_addr: args.xds,
+                debug_addr: args.debug,
+                debounce: args.debounce,
+            };
+            tokio::select! {
+                r = pilot::run(opts, None) => r.context("pilot"),
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }),
+        Command::Echo(args) => runtime(None)?.block_on(echo::run(args)),
+    }
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    Ok(b.enable_all().build()?)
+}
