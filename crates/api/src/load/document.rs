@@ -93,6 +93,21 @@ impl<'a> Header<'a> {
     }
 }
 
+/// The header of a document that is not valid as a whole.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LooseHeader {
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: Option<LooseMeta>,
+}
+
+#[derive(Default, Deserialize)]
+struct LooseMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
 /// Per-document context: the file and the line the document starts on.
 pub(crate) struct Loader<'a> {
     pub file: &'a Path,
@@ -106,7 +121,17 @@ impl Loader<'_> {
         let value: Value = match serde_yaml_ng::from_str(doc.text) {
             Ok(v) => v,
             Err(e) => {
-                let error = self.error(doc.start_line, &Header::default(), None, &e);
+                // Name the document if its header still parses (e.g. a
+                // duplicate key further down).
+                let loose: LooseHeader = serde_yaml_ng::from_str(doc.text).unwrap_or_default();
+                let meta = loose.metadata.unwrap_or_default();
+                let header = Header {
+                    api_version: loose.api_version.as_deref(),
+                    kind: loose.kind.as_deref(),
+                    name: meta.name.as_deref(),
+                    namespace: meta.namespace.as_deref(),
+                };
+                let error = self.error(doc.start_line, &header, None, &e);
                 self.errors.push(error);
                 return;
             }
@@ -263,6 +288,9 @@ fn parse_typed(kind: Kind, input: &Input<'_>) -> Result<(ObjectMeta, Spec), Fail
 
 static AT_LINE: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"line (\d+) column (\d+)").ok());
+static RUST_TYPES: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"expected (struct \w+|u8|u16|u32|u64|i32|i64|f64|a sequence|a map)$").ok()
+});
 static OWN_POSITION: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r" at line \d+ column \d+").ok());
 
@@ -284,6 +312,19 @@ fn clean_message(raw: &str, start_line: usize) -> String {
         && !rest.is_empty()
     {
         msg = rest.to_string();
+    }
+    // serde names Rust types; say what to write in YAML instead.
+    if let Some(m) = RUST_TYPES.as_ref().and_then(|re| re.captures(&msg)) {
+        let ty = &m[1];
+        let plain = match ty {
+            "u8" | "u16" | "u32" | "u64" => "a non-negative integer",
+            "i32" | "i64" => "an integer",
+            "f64" => "a number",
+            "a sequence" => "a list",
+            _ => "a mapping",
+        };
+        let start = m.get(0).map_or(0, |m| m.start());
+        msg = format!("{}expected {plain}", &msg[..start]);
     }
     match AT_LINE.as_ref() {
         Some(re) => re
