@@ -1,0 +1,193 @@
+//! The admin interface (Envoy's, on `admin.address`): `/config_dump`,
+//! `/clusters`, `/stats`, `/ready`; and the `/healthz/ready` probe port.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::config::store::ConfigStore;
+
+const ADMIN_TYPE: &str = "type.googleapis.com/envoy.admin.v3.";
+
+/// Serve admin requests on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, store: Arc<ConfigStore>, bootstrap: Arc<Bootstrap>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let store = store.clone();
+        let bootstrap = bootstrap.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let resp = admin(&req, &store, &bootstrap);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Serve `/healthz/ready` (Istio's 15021) until the task is dropped.
+pub async fn serve_ready(listener: TcpListener, store: Arc<ConfigStore>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let resp = match req.uri().path() {
+                    "/healthz/ready" => ready(&store),
+                    _ => text(StatusCode::NOT_FOUND, "not found\n"),
+                };
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn admin(
+    req: &Request<Incoming>,
+    store: &ConfigStore,
+    bootstrap: &Bootstrap,
+) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/ready" => ready(store),
+        "/stats" => text(StatusCode::OK, store.stats.render()),
+        "/clusters" => text(StatusCode::OK, clusters(store)),
+        "/config_dump" => {
+            let body =
+                serde_json::to_string_pretty(&config_dump(store, bootstrap)).unwrap_or_default();
+            let mut resp = text(StatusCode::OK, body);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                "application/json".parse().expect("static"),
+            );
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, "unknown admin path\n"),
+    }
+}
+
+fn ready(store: &ConfigStore) -> Response<Full<Bytes>> {
+    if store.is_ready() {
+        text(StatusCode::OK, "LIVE\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n")
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "text/plain; charset=UTF-8".parse().expect("static"),
+    );
+    resp
+}
+
+/// Envoy's `/clusters` text: `cluster::host::stat::value` lines.
+pub fn clusters(store: &ConfigStore) -> String {
+    let snapshot = store.load();
+    let mut names: Vec<&String> = snapshot.clusters.keys().collect();
+    names.sort();
+    let mut out = String::new();
+    for name in names {
+        let c = &snapshot.clusters[name];
+        for (host, weight, health) in c.hosts_for_admin() {
+            let p = format!("{name}::{}", host.addr);
+            out.push_str(&format!("{p}::cx_active::{}\n", host.cx_active.get()));
+            out.push_str(&format!(
+                "{p}::cx_connect_fail::{}\n",
+                host.cx_connect_fail.get()
+            ));
+            out.push_str(&format!("{p}::cx_total::{}\n", host.cx_total.get()));
+            out.push_str(&format!("{p}::rq_active::{}\n", host.rq_active.get()));
+            out.push_str(&format!("{p}::rq_error::{}\n", host.rq_error.get()));
+            out.push_str(&format!("{p}::rq_total::{}\n", host.rq_total.get()));
+            out.push_str(&format!("{p}::weight::{weight}\n"));
+            out.push_str(&format!("{p}::health_flags::{}\n", health.flags()));
+        }
+    }
+    out
+}
+
+fn with_type(mut v: Value, type_url: &str) -> Value {
+    if let Value::Object(map) = &mut v {
+        map.insert("@type".into(), Value::String(type_url.to_string()));
+    }
+    v
+}
+
+/// Envoy's `/config_dump` shape: Bootstrap, Clusters, Listeners, Routes and
+/// Endpoints config dumps.
+pub fn config_dump(store: &ConfigStore, bootstrap: &Bootstrap) -> Value {
+    let state = store.lock();
+    let version = |t: &str| state.versions.get(t).cloned().unwrap_or_default();
+    let static_clusters: Vec<Value> = state
+        .static_clusters
+        .iter()
+        .map(|(p, _)| json!({"cluster": with_type(xds::json::to_json(p), xds::type_url::CLUSTER)}))
+        .collect();
+    let dynamic_clusters: Vec<Value> = state
+        .clusters
+        .values()
+        .map(|v| json!({"version_info": v.version, "cluster": with_type(xds::json::to_json(&v.proto), xds::type_url::CLUSTER)}))
+        .collect();
+    let static_listeners: Vec<Value> = state
+        .static_listeners
+        .iter()
+        .map(
+            |(p, _)| json!({"listener": with_type(xds::json::to_json(p), xds::type_url::LISTENER)}),
+        )
+        .collect();
+    let dynamic_listeners: Vec<Value> = state
+        .listeners
+        .iter()
+        .map(|(name, v)| {
+            json!({"name": name, "active_state": {"version_info": v.version,
+            "listener": with_type(xds::json::to_json(&v.proto), xds::type_url::LISTENER)}})
+        })
+        .collect();
+    let dynamic_routes: Vec<Value> = state
+        .routes
+        .values()
+        .map(|v| json!({"version_info": v.version, "route_config": with_type(xds::json::to_json(&v.proto), xds::type_url::ROUTE)}))
+        .collect();
+    let dynamic_endpoints: Vec<Value> = state
+        .endpoints
+        .values()
+        .map(|v| json!({"version_info": v.version, "endpoint_config": with_type(xds::json::to_json(&v.proto), xds::type_url::ENDPOINT)}))
+        .collect();
+    json!({"configs": [
+        {"@type": format!("{ADMIN_TYPE}BootstrapConfigDump"), "bootstrap": xds::json::to_json(bootstrap)},
+        {"@type": format!("{ADMIN_TYPE}ClustersConfigDump"), "version_info": version(xds::type_url::CLUSTER),
+         "static_clusters": static_clusters, "dynamic_active_clusters": dynamic_clusters},
+        {"@type": format!("{ADMIN_TYPE}ListenersConfigDump"), "version_info": version(xds::type_url::LISTENER),
+         "static_listeners": static_listeners, "dynamic_listeners": dynamic_listeners},
+        {"@type": format!("{ADMIN_TYPE}RoutesConfigDump"), "dynamic_route_configs": dynamic_routes},
+        {"@type": format!("{ADMIN_TYPE}EndpointsConfigDump"), "dynamic_endpoint_configs": dynamic_endpoints},
+    ]})
+}
+
+/// Bind an admin-style listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    crate::listener::bind(addr)
+}

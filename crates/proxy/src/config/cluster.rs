@@ -1,0 +1,243 @@
+//! Cluster (CDS or static) as the upstream side runs it: how endpoints are
+//! discovered, the load-balancing policy, connect timeout and upstream HTTP
+//! protocol.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3 as xds_cluster;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
+
+use super::endpoint::LoadAssignment;
+use super::{check_subset, decode_any, duration, subset};
+use crate::error::ConfigError;
+
+pub type XdsCluster = xds_cluster::Cluster;
+
+/// Envoy's default connect_timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub discovery: Discovery,
+    pub lb_policy: LbPolicy,
+    pub connect_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    Static(LoadAssignment),
+    StrictDns(LoadAssignment),
+    /// Endpoints come from the EDS resource with this name.
+    Eds(String),
+    /// Connect to the downstream connection's original destination.
+    OriginalDst,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    ClusterProvided,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// h2c with prior knowledge.
+    Http2,
+    /// Whatever the downstream request used.
+    UseDownstream,
+}
+
+impl TryFrom<&XdsCluster> for ClusterConfig {
+    type Error = ConfigError;
+
+    fn try_from(c: &XdsCluster) -> Result<Self, ConfigError> {
+        use xds_cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as XLb};
+        check_subset(c, subset::CLUSTER)?;
+        if c.name.is_empty() {
+            return Err(ConfigError::new("name", "required"));
+        }
+        let kind = match &c.cluster_discovery_type {
+            None => DiscoveryType::Static,
+            Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t)
+                .map_err(|_| ConfigError::new("type", "unknown discovery type"))?,
+            Some(ClusterDiscoveryType::ClusterType(_)) => {
+                return Err(ConfigError::new(
+                    "cluster_type",
+                    "custom cluster types are unsupported",
+                ));
+            }
+        };
+        let assignment = || -> Result<LoadAssignment, ConfigError> {
+            match &c.load_assignment {
+                Some(la) => LoadAssignment::try_from(la).map_err(|e| e.under("load_assignment")),
+                None => Ok(LoadAssignment {
+                    cluster_name: c.name.clone(),
+                    endpoints: Vec::new(),
+                }),
+            }
+        };
+        let discovery = match kind {
+            DiscoveryType::Static => {
+                let la = assignment()?;
+                if let Some(i) = la
+                    .endpoints
+                    .iter()
+                    .position(|e| !matches!(e.address, super::endpoint::EndpointAddress::Ip(_)))
+                {
+                    return Err(ConfigError::new(
+                        format!("load_assignment.endpoints[..].lb_endpoints[{i}].endpoint.address"),
+                        "STATIC clusters need IP addresses",
+                    ));
+                }
+                Discovery::Static(la)
+            }
+            DiscoveryType::StrictDns => Discovery::StrictDns(assignment()?),
+            DiscoveryType::Eds => {
+                if c.load_assignment.is_some() {
+                    return Err(ConfigError::new(
+                        "load_assignment",
+                        "not allowed on EDS clusters",
+                    ));
+                }
+                let service = c
+                    .eds_cluster_config
+                    .as_ref()
+                    .map(|e| e.service_name.clone())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| c.name.clone());
+                Discovery::Eds(service)
+            }
+            DiscoveryType::OriginalDst => {
+                if c.load_assignment.is_some() {
+                    return Err(ConfigError::new(
+                        "load_assignment",
+                        "not allowed on ORIGINAL_DST clusters",
+                    ));
+                }
+                Discovery::OriginalDst
+            }
+            other => {
+                return Err(ConfigError::new(
+                    "type",
+                    format!("unsupported discovery type {}", other.as_str_name()),
+                ));
+            }
+        };
+        let lb_policy = match XLb::try_from(c.lb_policy) {
+            Ok(XLb::RoundRobin) => LbPolicy::RoundRobin,
+            Ok(XLb::LeastRequest) => LbPolicy::LeastRequest,
+            Ok(XLb::Random) => LbPolicy::Random,
+            Ok(XLb::ClusterProvided) => LbPolicy::ClusterProvided,
+            Ok(other) => {
+                return Err(ConfigError::new(
+                    "lb_policy",
+                    format!("unsupported lb_policy {}", other.as_str_name()),
+                ));
+            }
+            Err(_) => return Err(ConfigError::new("lb_policy", "unknown lb_policy")),
+        };
+        match (&discovery, lb_policy) {
+            (Discovery::OriginalDst, LbPolicy::ClusterProvided) => {}
+            (Discovery::OriginalDst, _) | (_, LbPolicy::ClusterProvided) => {
+                return Err(ConfigError::new(
+                    "lb_policy",
+                    "CLUSTER_PROVIDED goes with ORIGINAL_DST and only with it",
+                ));
+            }
+            _ => {}
+        }
+        let connect_timeout = c
+            .connect_timeout
+            .as_ref()
+            .map(|d| duration(d, "connect_timeout"))
+            .transpose()?
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let mut protocol = UpstreamProtocol::Http1;
+        for (key, any) in &c.typed_extension_protocol_options {
+            let path = format!("typed_extension_protocol_options[\"{key}\"]");
+            let opts: upstream_http::HttpProtocolOptions = decode_any(any, &path)?;
+            protocol = upstream_protocol(&opts).map_err(|e| e.under(&path))?;
+        }
+        Ok(ClusterConfig {
+            name: c.name.clone(),
+            discovery,
+            lb_policy,
+            connect_timeout,
+            protocol,
+        })
+    }
+}
+
+fn upstream_protocol(
+    opts: &upstream_http::HttpProtocolOptions,
+) -> Result<UpstreamProtocol, ConfigError> {
+    use upstream_http::http_protocol_options::UpstreamProtocolOptions as P;
+    use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
+    Ok(match &opts.upstream_protocol_options {
+        None => UpstreamProtocol::Http1,
+        Some(P::ExplicitHttpConfig(e)) => match &e.protocol_config {
+            Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+            Some(ProtocolConfig::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "explicit_http_config",
+                    "HTTP/3 is unsupported",
+                ));
+            }
+        },
+        Some(P::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
+        Some(_) => {
+            return Err(ConfigError::new(
+                "upstream_protocol_options",
+                "only explicit_http_config or use_downstream_protocol_config",
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(yaml: &str) -> Result<ClusterConfig, ConfigError> {
+        let c: XdsCluster = xds::json::from_yaml(yaml).expect("parses");
+        ClusterConfig::try_from(&c)
+    }
+
+    #[test]
+    fn converts_eds_h2_cluster() {
+        let c = cluster(
+            r#"
+name: outbound|9080||reviews.default.svc.cluster.local
+type: EDS
+eds_cluster_config: {eds_config: {ads: {}, resource_api_version: V3}, service_name: svc}
+connect_timeout: 2s
+lb_policy: LEAST_REQUEST
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {http2_protocol_options: {}}
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.discovery, Discovery::Eds("svc".into()));
+        assert_eq!(c.lb_policy, LbPolicy::LeastRequest);
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.protocol, UpstreamProtocol::Http2);
+    }
+
+    #[test]
+    fn refuses_unsupported_type_and_policy() {
+        let err = cluster("name: c\ntype: LOGICAL_DNS").unwrap_err();
+        assert_eq!(err.path, "type");
+        let err = cluster("name: c\nlb_policy: MAGLEV").unwrap_err();
+        assert_eq!(err.to_string(), "lb_policy: unsupported lb_policy MAGLEV");
+        let err = cluster("name: c\noutlier_detection: {}").unwrap_err();
+        assert_eq!(err.to_string(), "outlier_detection: unsupported field");
+    }
+}

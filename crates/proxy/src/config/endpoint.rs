@@ -1,0 +1,163 @@
+//! ClusterLoadAssignment (EDS, or a cluster's inline load_assignment) as the
+//! load balancer uses it: a flat list of endpoints with weight and health.
+
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+use envoy_types::pb::envoy::config::endpoint::v3 as xds_endpoint;
+
+use super::{check_subset, host_port, subset};
+use crate::error::ConfigError;
+
+pub type XdsClusterLoadAssignment = xds_endpoint::ClusterLoadAssignment;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadAssignment {
+    pub cluster_name: String,
+    pub endpoints: Vec<LbEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbEndpoint {
+    pub address: EndpointAddress,
+    pub weight: u32,
+    pub health: Health,
+}
+
+/// An endpoint's address: an IP, or a DNS name for STRICT_DNS clusters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    Ip(SocketAddr),
+    Dns(String, u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    Draining,
+    Degraded,
+}
+
+impl Health {
+    /// Whether the load balancer may pick this endpoint.
+    pub fn routable(self) -> bool {
+        matches!(self, Health::Healthy | Health::Degraded)
+    }
+
+    /// Envoy's `/clusters` `health_flags` text.
+    pub fn flags(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "/failed_eds_health",
+            Health::Draining => "/pending_dynamic_removal",
+            Health::Degraded => "/degraded_eds_health",
+        }
+    }
+}
+
+impl TryFrom<&XdsClusterLoadAssignment> for LoadAssignment {
+    type Error = ConfigError;
+
+    fn try_from(cla: &XdsClusterLoadAssignment) -> Result<Self, ConfigError> {
+        check_subset(cla, subset::CLUSTER_LOAD_ASSIGNMENT)?;
+        let mut endpoints = Vec::new();
+        for (li, locality) in cla.endpoints.iter().enumerate() {
+            let lpath = format!("endpoints[{li}]");
+            if locality.priority != 0 {
+                return Err(ConfigError::new(
+                    format!("{lpath}.priority"),
+                    "only priority 0 is supported",
+                ));
+            }
+            for (ei, e) in locality.lb_endpoints.iter().enumerate() {
+                let epath = format!("{lpath}.lb_endpoints[{ei}]");
+                endpoints.push(lb_endpoint(e).map_err(|err| err.under(&epath))?);
+            }
+        }
+        Ok(LoadAssignment {
+            cluster_name: cla.cluster_name.clone(),
+            endpoints,
+        })
+    }
+}
+
+fn lb_endpoint(e: &xds_endpoint::LbEndpoint) -> Result<LbEndpoint, ConfigError> {
+    use xds_endpoint::lb_endpoint::HostIdentifier;
+    let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+        return Err(ConfigError::new("endpoint", "required"));
+    };
+    let (host, port) =
+        host_port(ep.address.as_ref()).map_err(|err| err.under("endpoint.address"))?;
+    let address = match host.parse() {
+        Ok(ip) => EndpointAddress::Ip(SocketAddr::new(ip, port)),
+        Err(_) if !host.is_empty() => EndpointAddress::Dns(host, port),
+        Err(_) => {
+            return Err(ConfigError::new(
+                "endpoint.address.socket_address.address",
+                "required",
+            ));
+        }
+    };
+    let weight = e.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+    if weight == 0 {
+        return Err(ConfigError::new(
+            "load_balancing_weight",
+            "must be at least 1",
+        ));
+    }
+    let health = match HealthStatus::try_from(e.health_status) {
+        Ok(HealthStatus::Unhealthy | HealthStatus::Timeout) => Health::Unhealthy,
+        Ok(HealthStatus::Draining) => Health::Draining,
+        Ok(HealthStatus::Degraded) => Health::Degraded,
+        _ => Health::Healthy,
+    };
+    Ok(LbEndpoint {
+        address,
+        weight,
+        health,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cla(yaml: &str) -> Result<LoadAssignment, ConfigError> {
+        let c: XdsClusterLoadAssignment = xds::json::from_yaml(yaml).expect("parses");
+        LoadAssignment::try_from(&c)
+    }
+
+    #[test]
+    fn converts_endpoints_with_weight_and_health() {
+        let la = cla(r#"
+cluster_name: outbound|9080||reviews.default.svc.cluster.local
+endpoints:
+- lb_endpoints:
+  - endpoint: {address: {socket_address: {address: 10.0.0.1, port_value: 9080}}}
+    load_balancing_weight: 3
+  - endpoint: {address: {socket_address: {address: 10.0.0.2, port_value: 9080}}}
+    health_status: UNHEALTHY
+"#)
+        .unwrap();
+        assert_eq!(la.endpoints.len(), 2);
+        assert_eq!(la.endpoints[0].weight, 3);
+        assert_eq!(
+            la.endpoints[0].address,
+            EndpointAddress::Ip("10.0.0.1:9080".parse().unwrap())
+        );
+        assert!(!la.endpoints[1].health.routable());
+    }
+
+    #[test]
+    fn bad_endpoint_names_the_field() {
+        let err = cla("cluster_name: c\nendpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 10.0.0.1}}}}]}]")
+            .unwrap_err();
+        assert_eq!(
+            err.path,
+            "endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value"
+        );
+        let err = cla("cluster_name: c\nendpoints: [{priority: 1}]").unwrap_err();
+        assert_eq!(err.path, "endpoints[0].priority");
+    }
+}

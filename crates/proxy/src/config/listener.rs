@@ -1,0 +1,458 @@
+//! Listener (LDS) as the proxy runs it: address, listener filters, filter chains
+//! with their match, and the one terminal network filter of each chain (HCM or
+//! tcp_proxy).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::listener::v3 as xds_listener;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+
+use super::route::{RouteConfig, WeightedClusters};
+use super::{check_subset, decode_any, socket_addr, subset};
+use crate::error::ConfigError;
+use crate::stats::{HttpStats, Stats};
+
+pub type XdsListener = xds_listener::Listener;
+
+#[derive(Debug)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub bind_to_port: bool,
+    /// `use_original_dst` with the original_dst listener filter present.
+    pub use_original_dst: bool,
+    pub http_inspector: bool,
+    pub filter_chains: Vec<FilterChain>,
+    pub default_filter_chain: Option<FilterChain>,
+}
+
+#[derive(Debug)]
+pub struct FilterChain {
+    pub name: String,
+    pub matcher: FilterChainMatch,
+    pub filter: NetworkFilter,
+}
+
+/// `filter_chain_match`, the fields of the subset. Empty = matches anything.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FilterChainMatch {
+    pub destination_port: Option<u16>,
+    pub prefix_ranges: Vec<Cidr>,
+    pub transport_protocol: Option<String>,
+    pub application_protocols: Vec<String>,
+}
+
+/// An IP prefix (`CidrRange`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len as u32)
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len as u32)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The terminal network filter of a chain.
+#[derive(Debug, Clone)]
+pub enum NetworkFilter {
+    HttpConnectionManager(Arc<HttpConnectionManager>),
+    TcpProxy(Arc<TcpProxy>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// Where an HCM's routes come from.
+#[derive(Debug, Clone)]
+pub enum RouteSource {
+    Rds(String),
+    Inline(Arc<RouteConfig>),
+}
+
+#[derive(Debug)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub routes: RouteSource,
+    pub websocket: bool,
+    pub use_remote_address: bool,
+    stats: OnceLock<HttpStats>,
+}
+
+impl HttpConnectionManager {
+    /// `http.<stat_prefix>.*`, registered on first use.
+    pub fn stats(&self, registry: &Stats) -> &HttpStats {
+        self.stats
+            .get_or_init(|| HttpStats::new(registry, &self.stat_prefix))
+    }
+}
+
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub clusters: WeightedClusters,
+}
+
+impl TryFrom<&XdsListener> for ListenerConfig {
+    type Error = ConfigError;
+
+    fn try_from(l: &XdsListener) -> Result<Self, ConfigError> {
+        check_subset(l, subset::LISTENER)?;
+        let address = socket_addr(l.address.as_ref()).map_err(|e| e.under("address"))?;
+        let mut original_dst_filter = false;
+        let mut http_inspector = false;
+        for (i, f) in l.listener_filters.iter().enumerate() {
+            let path = format!("listener_filters[{i}]");
+            match f.name.as_str() {
+                "envoy.filters.listener.original_dst" => original_dst_filter = true,
+                "envoy.filters.listener.http_inspector" => http_inspector = true,
+                other => {
+                    // The name is free-form when typed_config is set; go by type.
+                    match &f.config_type {
+                        Some(xds_listener::listener_filter::ConfigType::TypedConfig(any))
+                            if any.type_url.ends_with(subset::ORIGINAL_DST_TYPE) =>
+                        {
+                            original_dst_filter = true
+                        }
+                        Some(xds_listener::listener_filter::ConfigType::TypedConfig(any))
+                            if any.type_url.ends_with(subset::HTTP_INSPECTOR_TYPE) =>
+                        {
+                            http_inspector = true
+                        }
+                        _ => {
+                            return Err(ConfigError::new(
+                                path,
+                                format!("unsupported listener filter {other}"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let use_original_dst = l.use_original_dst.as_ref().is_some_and(|b| b.value);
+        let filter_chains = l
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(i, fc)| {
+                FilterChain::try_from(fc).map_err(|e| e.under(&format!("filter_chains[{i}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_filter_chain = l
+            .default_filter_chain
+            .as_ref()
+            .map(|fc| FilterChain::try_from(fc).map_err(|e| e.under("default_filter_chain")))
+            .transpose()?;
+        if filter_chains.is_empty() && default_filter_chain.is_none() {
+            return Err(ConfigError::new(
+                "filter_chains",
+                "no filter chains and no default_filter_chain",
+            ));
+        }
+        for (i, a) in filter_chains.iter().enumerate() {
+            if filter_chains[..i].iter().any(|b| b.matcher == a.matcher) {
+                return Err(ConfigError::new(
+                    format!("filter_chains[{i}].filter_chain_match"),
+                    "multiple filter chains with the same matching rules are defined",
+                ));
+            }
+        }
+        Ok(ListenerConfig {
+            name: l.name.clone(),
+            address,
+            bind_to_port: l.bind_to_port.as_ref().is_none_or(|b| b.value),
+            use_original_dst: use_original_dst && original_dst_filter,
+            http_inspector,
+            filter_chains,
+            default_filter_chain,
+        })
+    }
+}
+
+impl TryFrom<&xds_listener::FilterChain> for FilterChain {
+    type Error = ConfigError;
+
+    fn try_from(fc: &xds_listener::FilterChain) -> Result<Self, ConfigError> {
+        let matcher = match &fc.filter_chain_match {
+            None => FilterChainMatch::default(),
+            Some(m) => FilterChainMatch::try_from(m).map_err(|e| e.under("filter_chain_match"))?,
+        };
+        let [filter] = fc.filters.as_slice() else {
+            return Err(ConfigError::new(
+                "filters",
+                "exactly one network filter (http_connection_manager or tcp_proxy) is supported",
+            ));
+        };
+        let Some(xds_listener::filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+            return Err(ConfigError::new("filters[0].typed_config", "required"));
+        };
+        let path = "filters[0].typed_config";
+        let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+        let filter = match type_name {
+            subset::HCM_TYPE => {
+                let h: hcm::HttpConnectionManager = decode_any(any, path)?;
+                NetworkFilter::HttpConnectionManager(Arc::new(
+                    HttpConnectionManager::try_from(&h).map_err(|e| e.under(path))?,
+                ))
+            }
+            subset::TCP_PROXY_TYPE => {
+                let t: tcp::TcpProxy = decode_any(any, path)?;
+                NetworkFilter::TcpProxy(Arc::new(
+                    TcpProxy::try_from(&t).map_err(|e| e.under(path))?,
+                ))
+            }
+            other => {
+                return Err(ConfigError::new(path, format!("unsupported type {other}")));
+            }
+        };
+        Ok(FilterChain {
+            name: fc.name.clone(),
+            matcher,
+            filter,
+        })
+    }
+}
+
+impl TryFrom<&xds_listener::FilterChainMatch> for FilterChainMatch {
+    type Error = ConfigError;
+
+    fn try_from(m: &xds_listener::FilterChainMatch) -> Result<Self, ConfigError> {
+        let destination_port = m
+            .destination_port
+            .as_ref()
+            .map(|p| {
+                u16::try_from(p.value)
+                    .map_err(|_| ConfigError::new("destination_port", "out of range"))
+            })
+            .transpose()?;
+        let prefix_ranges = m
+            .prefix_ranges
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cidr(c).map_err(|e| e.under(&format!("prefix_ranges[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let transport_protocol = match m.transport_protocol.as_str() {
+            "" => None,
+            "raw_buffer" => Some("raw_buffer".to_string()),
+            other => {
+                return Err(ConfigError::new(
+                    "transport_protocol",
+                    format!("unsupported transport protocol {other} (no TLS inspector yet)"),
+                ));
+            }
+        };
+        Ok(FilterChainMatch {
+            destination_port,
+            prefix_ranges,
+            transport_protocol,
+            application_protocols: m.application_protocols.clone(),
+        })
+    }
+}
+
+fn cidr(c: &core::CidrRange) -> Result<Cidr, ConfigError> {
+    let addr: IpAddr = c.address_prefix.parse().map_err(|_| {
+        ConfigError::new("address_prefix", format!("not an IP: {}", c.address_prefix))
+    })?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = c.prefix_len.as_ref().map_or(max, |l| l.value);
+    if len > max {
+        return Err(ConfigError::new("prefix_len", "out of range"));
+    }
+    Ok(Cidr {
+        addr,
+        len: len as u8,
+    })
+}
+
+impl TryFrom<&hcm::HttpConnectionManager> for HttpConnectionManager {
+    type Error = ConfigError;
+
+    fn try_from(h: &hcm::HttpConnectionManager) -> Result<Self, ConfigError> {
+        use hcm::http_connection_manager::{CodecType, RouteSpecifier};
+        let codec = match CodecType::try_from(h.codec_type) {
+            Ok(CodecType::Auto) => Codec::Auto,
+            Ok(CodecType::Http1) => Codec::Http1,
+            Ok(CodecType::Http2) => Codec::Http2,
+            _ => return Err(ConfigError::new("codec_type", "unsupported codec")),
+        };
+        let routes = match &h.route_specifier {
+            Some(RouteSpecifier::Rds(rds)) => {
+                if rds.route_config_name.is_empty() {
+                    return Err(ConfigError::new("rds.route_config_name", "required"));
+                }
+                RouteSource::Rds(rds.route_config_name.clone())
+            }
+            Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Arc::new(
+                RouteConfig::try_from(rc).map_err(|e| e.under("route_config"))?,
+            )),
+            _ => {
+                return Err(ConfigError::new(
+                    "route_specifier",
+                    "rds or route_config required",
+                ));
+            }
+        };
+        match h.http_filters.as_slice() {
+            [] => {}
+            [only] if only.name == "envoy.filters.http.router" || router_type(only) => {}
+            [.., _] => {
+                return Err(ConfigError::new(
+                    "http_filters",
+                    "only [envoy.filters.http.router] is supported",
+                ));
+            }
+        }
+        let mut websocket = false;
+        for (i, u) in h.upgrade_configs.iter().enumerate() {
+            if !u.upgrade_type.eq_ignore_ascii_case("websocket") {
+                return Err(ConfigError::new(
+                    format!("upgrade_configs[{i}].upgrade_type"),
+                    format!("unsupported upgrade {}", u.upgrade_type),
+                ));
+            }
+            websocket = u.enabled.as_ref().is_none_or(|b| b.value);
+        }
+        Ok(HttpConnectionManager {
+            stat_prefix: h.stat_prefix.clone(),
+            codec,
+            routes,
+            websocket,
+            use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
+            stats: OnceLock::new(),
+        })
+    }
+}
+
+fn router_type(f: &hcm::HttpFilter) -> bool {
+    matches!(&f.config_type, Some(hcm::http_filter::ConfigType::TypedConfig(any))
+        if any.type_url.ends_with("envoy.extensions.filters.http.router.v3.Router"))
+}
+
+impl TryFrom<&tcp::TcpProxy> for TcpProxy {
+    type Error = ConfigError;
+
+    fn try_from(t: &tcp::TcpProxy) -> Result<Self, ConfigError> {
+        use tcp::tcp_proxy::ClusterSpecifier;
+        let clusters = match &t.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => WeightedClusters::single(c),
+            Some(ClusterSpecifier::WeightedClusters(w)) => {
+                let list = w
+                    .clusters
+                    .iter()
+                    .map(|c| (c.name.clone(), c.weight))
+                    .collect::<Vec<_>>();
+                WeightedClusters::new(list).map_err(|e| e.under("weighted_clusters"))?
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    "cluster",
+                    "cluster or weighted_clusters required",
+                ));
+            }
+        };
+        Ok(TcpProxy {
+            stat_prefix: t.stat_prefix.clone(),
+            clusters,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(yaml: &str) -> Result<ListenerConfig, ConfigError> {
+        let l: XdsListener = xds::json::from_yaml(yaml).expect("parses");
+        ListenerConfig::try_from(&l)
+    }
+
+    const GOOD: &str = r#"
+name: l
+address: {socket_address: {address: 0.0.0.0, port_value: 15001}}
+use_original_dst: true
+listener_filters:
+- name: envoy.filters.listener.original_dst
+  typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
+filter_chains:
+- filter_chain_match: {destination_port: 80, prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}
+  filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c}
+default_filter_chain:
+  filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: h
+      rds: {config_source: {ads: {}}, route_config_name: "80"}
+      http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+"#;
+
+    #[test]
+    fn converts_a_good_listener() {
+        let l = listener(GOOD).unwrap();
+        assert!(l.use_original_dst && l.bind_to_port);
+        assert_eq!(l.filter_chains[0].matcher.destination_port, Some(80));
+        assert!(l.filter_chains[0].matcher.prefix_ranges[0].contains("10.1.2.3".parse().unwrap()));
+        assert!(matches!(
+            l.default_filter_chain.unwrap().filter,
+            NetworkFilter::HttpConnectionManager(h) if matches!(&h.routes, RouteSource::Rds(n) if n == "80")
+        ));
+    }
+
+    #[test]
+    fn refuses_unsupported_http_filter_with_path() {
+        let bad = GOOD.replace(
+            "http_filters: [",
+            "http_filters: [{name: envoy.filters.http.fault, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}}, ",
+        );
+        let err = listener(&bad).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "default_filter_chain.filters[0].typed_config.http_filters[0].typed_config: unsupported type envoy.extensions.filters.http.fault.v3.HTTPFault"
+        );
+    }
+
+    #[test]
+    fn refuses_missing_address_and_tls_match() {
+        let err = listener("name: l\nfilter_chains: [{filters: []}]").unwrap_err();
+        assert_eq!(err.path, "address.socket_address");
+        let bad = GOOD.replace(
+            "destination_port: 80,",
+            "destination_port: 80, transport_protocol: tls,",
+        );
+        assert_eq!(
+            listener(&bad).unwrap_err().path,
+            "filter_chains[0].filter_chain_match.transport_protocol"
+        );
+    }
+}

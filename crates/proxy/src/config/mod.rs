@@ -1,0 +1,84 @@
+//! Typed config: Envoy wire types converted at the edge (`TryFrom<&Xds...>`)
+//! into the domain types the data path runs, one module per resource kind, and
+//! the store that holds the last good version of each resource.
+
+pub mod cluster;
+pub mod endpoint;
+pub mod listener;
+pub mod route;
+pub mod store;
+pub mod subset;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::google::protobuf;
+
+use crate::error::ConfigError;
+
+/// `Address.socket_address` as a socket address; the path names the field.
+pub(crate) fn socket_addr(addr: Option<&core::Address>) -> Result<SocketAddr, ConfigError> {
+    let (host, port) = host_port(addr)?;
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| ConfigError::new("socket_address.address", format!("not an IP: {host}")))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// `Address.socket_address` as (host, port) without resolving the host.
+pub(crate) fn host_port(addr: Option<&core::Address>) -> Result<(String, u16), ConfigError> {
+    let Some(core::address::Address::SocketAddress(sa)) = addr.and_then(|a| a.address.as_ref())
+    else {
+        return Err(ConfigError::new("socket_address", "required"));
+    };
+    let port = match sa.port_specifier {
+        Some(core::socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p)
+            .map_err(|_| ConfigError::new("socket_address.port_value", "out of range"))?,
+        _ => return Err(ConfigError::new("socket_address.port_value", "required")),
+    };
+    if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
+        return Err(ConfigError::new(
+            "socket_address.protocol",
+            "only TCP is supported",
+        ));
+    }
+    Ok((sa.address.clone(), port))
+}
+
+/// A protobuf Duration as a std Duration (negative = error).
+pub(crate) fn duration(d: &protobuf::Duration, path: &str) -> Result<Duration, ConfigError> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(ConfigError::new(path, "negative duration"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// The JSON of a message checked against a subset table.
+pub(crate) fn check_subset<M: prost::Message + prost::Name>(
+    msg: &M,
+    schema: &'static [(&'static str, subset::Field)],
+) -> Result<(), ConfigError> {
+    subset::check(&xds::json::to_json(msg), schema)
+}
+
+/// Decode an `Any` of the expected type.
+pub(crate) fn decode_any<M: prost::Message + prost::Name + Default>(
+    any: &protobuf::Any,
+    path: &str,
+) -> Result<M, ConfigError> {
+    let want = M::full_name();
+    let got = any.type_url.rsplit('/').next().unwrap_or_default();
+    if got != want {
+        return Err(ConfigError::new(path, format!("unsupported type {got}")));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| ConfigError::new(path, e.to_string()))
+}
+
+/// A `prost_types::Any` (the xDS client's) as envoy-types' own `Any`.
+pub(crate) fn envoy_any(any: &prost_types::Any) -> protobuf::Any {
+    protobuf::Any {
+        type_url: any.type_url.clone(),
+        value: any.value.clone(),
+    }
+}

@@ -1,0 +1,395 @@
+//! RouteConfiguration (RDS or inline) as the router runs it: virtual hosts
+//! indexed by domain the way Envoy picks them, routes with compiled matchers,
+//! and route actions (one cluster or weighted clusters, timeout).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::route::v3 as xds_route;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use regex::Regex;
+
+use super::{check_subset, duration, subset};
+use crate::error::ConfigError;
+
+pub type XdsRouteConfiguration = xds_route::RouteConfiguration;
+
+/// Envoy's default route timeout when `timeout` is unset.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub(crate) domains: DomainIndex,
+}
+
+/// Domains of all virtual hosts, in Envoy's lookup order.
+#[derive(Debug, Default)]
+pub(crate) struct DomainIndex {
+    pub exact: HashMap<String, usize>,
+    /// `*.suffix` / `*-suffix`: (suffix, vhost), longest suffix first.
+    pub suffixes: Vec<(String, usize)>,
+    /// `prefix*`: (prefix, vhost), longest prefix first.
+    pub prefixes: Vec<(String, usize)>,
+    pub any: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: String,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+}
+
+#[derive(Debug)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatcher>,
+    pub query_parameters: Vec<QueryParameterMatcher>,
+}
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Prefix(String),
+    Path(String),
+    /// Anchored at both ends: the whole path (without query) must match.
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub struct HeaderMatcher {
+    /// Lower-case header name, or a pseudo-header (`:path`, `:method`, `:authority`).
+    pub name: String,
+    pub kind: HeaderMatch,
+    pub invert: bool,
+    pub treat_missing_as_empty: bool,
+}
+
+#[derive(Debug)]
+pub enum HeaderMatch {
+    Present(bool),
+    String(StringMatch),
+}
+
+#[derive(Debug)]
+pub struct QueryParameterMatcher {
+    pub name: String,
+    /// None = present_match.
+    pub string_match: Option<StringMatch>,
+}
+
+/// `envoy.type.matcher.v3.StringMatcher`.
+#[derive(Debug)]
+pub enum StringMatch {
+    Exact(String, bool),
+    Prefix(String, bool),
+    Suffix(String, bool),
+    Contains(String, bool),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+pub struct RouteAction {
+    pub clusters: WeightedClusters,
+    /// None = no timeout (`timeout: 0s`).
+    pub timeout: Option<Duration>,
+}
+
+/// One cluster, or several picked per request by weight.
+#[derive(Debug, Clone)]
+pub struct WeightedClusters {
+    /// (cluster, cumulative weight upper bound).
+    pub clusters: Vec<(String, u32)>,
+    pub total: u32,
+}
+
+impl WeightedClusters {
+    pub fn single(name: &str) -> Self {
+        WeightedClusters {
+            clusters: vec![(name.to_string(), 1)],
+            total: 1,
+        }
+    }
+
+    pub fn new(list: Vec<(String, u32)>) -> Result<Self, ConfigError> {
+        let mut total = 0u32;
+        let mut clusters = Vec::with_capacity(list.len());
+        for (i, (name, w)) in list.into_iter().enumerate() {
+            if name.is_empty() {
+                return Err(ConfigError::new(format!("clusters[{i}].name"), "required"));
+            }
+            total = total
+                .checked_add(w)
+                .ok_or_else(|| ConfigError::new("clusters", "weights overflow"))?;
+            clusters.push((name, total));
+        }
+        if total == 0 {
+            return Err(ConfigError::new(
+                "clusters",
+                "sum of weights must be positive",
+            ));
+        }
+        Ok(WeightedClusters { clusters, total })
+    }
+
+    /// The cluster for a random value (any u64; reduced mod the total).
+    pub fn pick(&self, random: u64) -> &str {
+        if self.clusters.len() == 1 {
+            return &self.clusters[0].0;
+        }
+        let r = (random % self.total as u64) as u32;
+        let i = self.clusters.partition_point(|(_, upper)| *upper <= r);
+        &self.clusters[i.min(self.clusters.len() - 1)].0
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.clusters.iter().map(|(n, _)| n.as_str())
+    }
+}
+
+impl TryFrom<&XdsRouteConfiguration> for RouteConfig {
+    type Error = ConfigError;
+
+    fn try_from(rc: &XdsRouteConfiguration) -> Result<Self, ConfigError> {
+        check_subset(rc, subset::ROUTE_CONFIGURATION)?;
+        let mut domains = DomainIndex::default();
+        let mut seen = HashMap::new();
+        let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());
+        for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
+            let vpath = format!("virtual_hosts[{vi}]");
+            for (di, d) in vh.domains.iter().enumerate() {
+                let d = d.to_ascii_lowercase();
+                if seen.insert(d.clone(), vi).is_some() {
+                    return Err(ConfigError::new(
+                        format!("{vpath}.domains[{di}]"),
+                        format!("only unique values for domains are permitted: {d}"),
+                    ));
+                }
+                if d == "*" {
+                    domains.any = Some(vi);
+                } else if let Some(s) = d.strip_prefix('*') {
+                    domains.suffixes.push((s.to_string(), vi));
+                } else if let Some(p) = d.strip_suffix('*') {
+                    domains.prefixes.push((p.to_string(), vi));
+                } else {
+                    domains.exact.insert(d, vi);
+                }
+            }
+            let routes = vh
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(ri, r)| {
+                    Route::try_from(r).map_err(|e| e.under(&format!("{vpath}.routes[{ri}]")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            virtual_hosts.push(VirtualHost {
+                name: vh.name.clone(),
+                routes,
+            });
+        }
+        domains
+            .suffixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        domains
+            .prefixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        Ok(RouteConfig {
+            name: rc.name.clone(),
+            virtual_hosts,
+            domains,
+        })
+    }
+}
+
+impl TryFrom<&xds_route::Route> for Route {
+    type Error = ConfigError;
+
+    fn try_from(r: &xds_route::Route) -> Result<Self, ConfigError> {
+        let m = r
+            .r#match
+            .as_ref()
+            .ok_or_else(|| ConfigError::new("match", "required"))?;
+        let matcher = RouteMatch::try_from(m).map_err(|e| e.under("match"))?;
+        let action = match &r.action {
+            Some(xds_route::route::Action::Route(a)) => {
+                RouteAction::try_from(a).map_err(|e| e.under("route"))?
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "action",
+                    "only route actions are supported",
+                ));
+            }
+            None => return Err(ConfigError::new("route", "required")),
+        };
+        Ok(Route {
+            name: r.name.clone(),
+            matcher,
+            action,
+        })
+    }
+}
+
+impl TryFrom<&xds_route::RouteMatch> for RouteMatch {
+    type Error = ConfigError;
+
+    fn try_from(m: &xds_route::RouteMatch) -> Result<Self, ConfigError> {
+        use xds_route::route_match::PathSpecifier;
+        let case_sensitive = m.case_sensitive.as_ref().is_none_or(|b| b.value);
+        let lower = |s: &str| {
+            if case_sensitive {
+                s.to_string()
+            } else {
+                s.to_ascii_lowercase()
+            }
+        };
+        let path = match &m.path_specifier {
+            Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(lower(p)),
+            Some(PathSpecifier::Path(p)) => PathMatch::Path(lower(p)),
+            Some(PathSpecifier::SafeRegex(r)) => PathMatch::Regex(
+                anchored(&r.regex, !case_sensitive).map_err(|e| e.under("safe_regex"))?,
+            ),
+            _ => {
+                return Err(ConfigError::new(
+                    "path_specifier",
+                    "prefix, path or safe_regex required",
+                ));
+            }
+        };
+        let headers = m
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| header_matcher(h).map_err(|e| e.under(&format!("headers[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let query_parameters = m
+            .query_parameters
+            .iter()
+            .enumerate()
+            .map(|(i, q)| query_matcher(q).map_err(|e| e.under(&format!("query_parameters[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RouteMatch {
+            path,
+            case_sensitive,
+            headers,
+            query_parameters,
+        })
+    }
+}
+
+fn anchored(re: &str, ignore_case: bool) -> Result<Regex, ConfigError> {
+    let flags = if ignore_case { "(?i)" } else { "" };
+    Regex::new(&format!("{flags}^(?:{re})$"))
+        .map_err(|e| ConfigError::new("regex", format!("invalid regex: {e}")))
+}
+
+// The deprecated direct matchers (exact_match, ...) are still accepted by Envoy.
+#[allow(deprecated)]
+fn header_matcher(h: &xds_route::HeaderMatcher) -> Result<HeaderMatcher, ConfigError> {
+    use xds_route::header_matcher::HeaderMatchSpecifier as S;
+    let kind = match &h.header_match_specifier {
+        None => HeaderMatch::Present(true),
+        Some(S::PresentMatch(p)) => HeaderMatch::Present(*p),
+        Some(S::ExactMatch(v)) => HeaderMatch::String(StringMatch::Exact(v.clone(), false)),
+        Some(S::PrefixMatch(v)) => HeaderMatch::String(StringMatch::Prefix(v.clone(), false)),
+        Some(S::SuffixMatch(v)) => HeaderMatch::String(StringMatch::Suffix(v.clone(), false)),
+        Some(S::ContainsMatch(v)) => HeaderMatch::String(StringMatch::Contains(v.clone(), false)),
+        Some(S::SafeRegexMatch(r)) => HeaderMatch::String(StringMatch::Regex(
+            anchored(&r.regex, false).map_err(|e| e.under("safe_regex_match"))?,
+        )),
+        Some(S::StringMatch(s)) => {
+            HeaderMatch::String(string_match(s).map_err(|e| e.under("string_match"))?)
+        }
+        Some(_) => return Err(ConfigError::new("header_match_specifier", "unsupported")),
+    };
+    if h.name.is_empty() {
+        return Err(ConfigError::new("name", "required"));
+    }
+    Ok(HeaderMatcher {
+        name: h.name.to_ascii_lowercase(),
+        kind,
+        invert: h.invert_match,
+        treat_missing_as_empty: h.treat_missing_header_as_empty,
+    })
+}
+
+fn query_matcher(
+    q: &xds_route::QueryParameterMatcher,
+) -> Result<QueryParameterMatcher, ConfigError> {
+    use xds_route::query_parameter_matcher::QueryParameterMatchSpecifier as S;
+    let string_match = match &q.query_parameter_match_specifier {
+        Some(S::StringMatch(s)) => Some(string_match(s).map_err(|e| e.under("string_match"))?),
+        Some(S::PresentMatch(true)) => None,
+        _ => {
+            return Err(ConfigError::new(
+                "query_parameter_match_specifier",
+                "string_match or present_match: true required",
+            ));
+        }
+    };
+    Ok(QueryParameterMatcher {
+        name: q.name.clone(),
+        string_match,
+    })
+}
+
+pub(crate) fn string_match(s: &matcher::StringMatcher) -> Result<StringMatch, ConfigError> {
+    use matcher::string_matcher::MatchPattern as P;
+    let ic = s.ignore_case;
+    let fold = |v: &String| {
+        if ic {
+            v.to_ascii_lowercase()
+        } else {
+            v.clone()
+        }
+    };
+    Ok(match &s.match_pattern {
+        Some(P::Exact(v)) => StringMatch::Exact(fold(v), ic),
+        Some(P::Prefix(v)) => StringMatch::Prefix(fold(v), ic),
+        Some(P::Suffix(v)) => StringMatch::Suffix(fold(v), ic),
+        Some(P::Contains(v)) => StringMatch::Contains(fold(v), ic),
+        Some(P::SafeRegex(r)) => {
+            StringMatch::Regex(anchored(&r.regex, false).map_err(|e| e.under("safe_regex"))?)
+        }
+        _ => return Err(ConfigError::new("match_pattern", "unsupported")),
+    })
+}
+
+impl TryFrom<&xds_route::RouteAction> for RouteAction {
+    type Error = ConfigError;
+
+    fn try_from(a: &xds_route::RouteAction) -> Result<Self, ConfigError> {
+        use xds_route::route_action::ClusterSpecifier;
+        let clusters = match &a.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => WeightedClusters::single(c),
+            Some(ClusterSpecifier::WeightedClusters(w)) => {
+                let list = w
+                    .clusters
+                    .iter()
+                    .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
+                    .collect();
+                WeightedClusters::new(list).map_err(|e| e.under("weighted_clusters"))?
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    "cluster_specifier",
+                    "cluster or weighted_clusters required",
+                ));
+            }
+        };
+        let timeout = match &a.timeout {
+            None => Some(DEFAULT_ROUTE_TIMEOUT),
+            Some(d) => Some(duration(d, "timeout")?).filter(|d| !d.is_zero()),
+        };
+        Ok(RouteAction { clusters, timeout })
+    }
+}

@@ -1,0 +1,479 @@
+//! The proxy's config: static resources from the bootstrap plus the last good
+//! version of every xDS resource, compiled into an immutable [`Snapshot`] that
+//! the data path loads from an `ArcSwap` (in-flight work keeps the old one).
+//! Updates arrive as full sets per type; each bad resource is rejected on its
+//! own (the reasons become the NACK) and its previous version is kept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use xds::type_url;
+
+use super::cluster::{ClusterConfig, Discovery, XdsCluster};
+use super::endpoint::{EndpointAddress, Health, LoadAssignment, XdsClusterLoadAssignment};
+use super::listener::{ListenerConfig, NetworkFilter, RouteSource, XdsListener};
+use super::route::{RouteConfig, XdsRouteConfiguration};
+use crate::error::ConfigError;
+use crate::stats::{Stats, XdsStats};
+use crate::upstream::cluster::{ClusterRuntime, UpstreamCluster};
+
+/// Everything the data path needs, immutable.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub listeners: HashMap<String, Arc<ListenerConfig>>,
+    pub routes: HashMap<String, Arc<RouteConfig>>,
+    pub clusters: HashMap<String, Arc<UpstreamCluster>>,
+}
+
+impl Snapshot {
+    /// The listener an original destination is handed to: exact ip:port, else
+    /// a wildcard address on that port.
+    pub fn listener_for(&self, dst: SocketAddr) -> Option<&Arc<ListenerConfig>> {
+        self.listeners
+            .values()
+            .find(|l| l.address == dst)
+            .or_else(|| {
+                self.listeners.values().find(|l| {
+                    l.address.port() == dst.port()
+                        && l.address.ip().is_unspecified()
+                        && l.address.is_ipv4() == dst.is_ipv4()
+                })
+            })
+    }
+}
+
+/// A resource as received (for config_dump) with its converted form.
+#[derive(Debug)]
+pub(crate) struct Versioned<D, P> {
+    pub version: String,
+    pub proto: P,
+    pub config: Arc<D>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub ads: bool,
+    pub static_listeners: Vec<(XdsListener, Arc<ListenerConfig>)>,
+    pub static_clusters: Vec<(XdsCluster, Arc<ClusterConfig>)>,
+    pub listeners: BTreeMap<String, Versioned<ListenerConfig, XdsListener>>,
+    pub clusters: BTreeMap<String, Versioned<ClusterConfig, XdsCluster>>,
+    pub routes: BTreeMap<String, Versioned<RouteConfig, XdsRouteConfiguration>>,
+    pub endpoints: BTreeMap<String, Versioned<LoadAssignment, XdsClusterLoadAssignment>>,
+    /// Resolved addresses of STRICT_DNS clusters, by cluster name.
+    pub dns: HashMap<String, Vec<(SocketAddr, u32, Health)>>,
+    pub versions: HashMap<&'static str, String>,
+    runtime: HashMap<String, ClusterRuntime>,
+}
+
+pub struct ConfigStore {
+    snapshot: ArcSwap<Snapshot>,
+    state: Mutex<State>,
+    pub stats: Arc<Stats>,
+    ready: watch::Sender<bool>,
+    /// Bumped whenever the listener set may have changed.
+    listeners_changed: watch::Sender<u64>,
+    lds: XdsStats,
+    cds: XdsStats,
+}
+
+impl std::fmt::Debug for ConfigStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigStore").finish_non_exhaustive()
+    }
+}
+
+impl ConfigStore {
+    /// A store holding the bootstrap's static resources; `ads` says whether
+    /// readiness waits for the control plane.
+    pub fn new(
+        static_listeners: Vec<(XdsListener, Arc<ListenerConfig>)>,
+        static_clusters: Vec<(XdsCluster, Arc<ClusterConfig>)>,
+        ads: bool,
+        stats: Arc<Stats>,
+    ) -> Arc<Self> {
+        let store = Arc::new(ConfigStore {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            state: Mutex::new(State {
+                ads,
+                static_listeners,
+                static_clusters,
+                ..State::default()
+            }),
+            lds: XdsStats::new(&stats, "listener_manager.lds"),
+            cds: XdsStats::new(&stats, "cluster_manager.cds"),
+            stats,
+            ready: watch::channel(false).0,
+            listeners_changed: watch::channel(0).0,
+        });
+        let mut state = store.lock();
+        store.publish(&mut state);
+        drop(state);
+        store
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current snapshot (cheap: one atomic load).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// The current snapshot as an owned Arc, to hold across awaits.
+    pub fn load_full_snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    pub fn listeners_changed(&self) -> watch::Receiver<u64> {
+        self.listeners_changed.subscribe()
+    }
+
+    /// Apply the full current set of one resource type. Err lists every
+    /// rejected resource with its reason; the others are applied.
+    pub fn apply(
+        &self,
+        type_url: &str,
+        version: &str,
+        resources: &BTreeMap<String, prost_types::Any>,
+    ) -> Result<(), String> {
+        let mut state = self.lock();
+        let mut errors = Vec::new();
+        match type_url {
+            type_url::LISTENER => {
+                self.lds.update_attempt.inc();
+                state.listeners = convert_all(
+                    &state.listeners,
+                    resources,
+                    version,
+                    "listener",
+                    &mut errors,
+                );
+                state
+                    .versions
+                    .insert(type_url::LISTENER, version.to_string());
+                let xs = &self.lds;
+                if errors.is_empty() {
+                    xs.update_success.inc()
+                } else {
+                    xs.update_rejected.inc()
+                }
+            }
+            type_url::CLUSTER => {
+                self.cds.update_attempt.inc();
+                state.clusters =
+                    convert_all(&state.clusters, resources, version, "cluster", &mut errors);
+                state
+                    .versions
+                    .insert(type_url::CLUSTER, version.to_string());
+                let xs = &self.cds;
+                if errors.is_empty() {
+                    xs.update_success.inc()
+                } else {
+                    xs.update_rejected.inc()
+                }
+            }
+            type_url::ROUTE => {
+                let mut per_route = Vec::new();
+                let new = convert_all(&state.routes, resources, version, "route", &mut per_route);
+                state.routes = new;
+                state.versions.insert(type_url::ROUTE, version.to_string());
+                for name in resources.keys() {
+                    let failed = per_route.iter().any(|(n, _): &(String, String)| n == name);
+                    for prefix in hcm_prefixes_for_route(&state, name) {
+                        let what = if failed {
+                            "update_rejected"
+                        } else {
+                            "update_success"
+                        };
+                        self.stats
+                            .counter(format!("http.{prefix}.rds.{name}.{what}"))
+                            .inc();
+                    }
+                }
+                errors = per_route;
+            }
+            type_url::ENDPOINT => {
+                state.endpoints = convert_all(
+                    &state.endpoints,
+                    resources,
+                    version,
+                    "cluster_load_assignment",
+                    &mut errors,
+                );
+                state
+                    .versions
+                    .insert(type_url::ENDPOINT, version.to_string());
+                for name in resources.keys() {
+                    let failed = errors.iter().any(|(n, _)| n == name);
+                    let what = if failed {
+                        "update_rejected"
+                    } else {
+                        "update_success"
+                    };
+                    self.stats.counter(format!("cluster.{name}.{what}")).inc();
+                }
+            }
+            other => return Err(format!("unsupported resource type {other}")),
+        }
+        self.publish(&mut state);
+        if type_url == type_url::LISTENER {
+            self.listeners_changed.send_modify(|g| *g += 1);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect::<Vec<_>>()
+                .join("; "))
+        }
+    }
+
+    /// Names to subscribe to for EDS and RDS (None = wildcard for LDS/CDS).
+    pub fn wanted(&self, type_url: &str) -> Option<Vec<String>> {
+        let state = self.lock();
+        match type_url {
+            type_url::ENDPOINT => Some(eds_names(&state)),
+            type_url::ROUTE => Some(rds_names(&state)),
+            _ => None,
+        }
+    }
+
+    /// STRICT_DNS clusters and the hosts to resolve for each.
+    pub fn dns_targets(&self) -> Vec<(String, Vec<(String, u16, u32, Health)>)> {
+        let state = self.lock();
+        all_clusters(&state)
+            .filter_map(|c| match &c.discovery {
+                Discovery::StrictDns(la) => Some((
+                    c.name.clone(),
+                    la.endpoints
+                        .iter()
+                        .map(|e| match &e.address {
+                            EndpointAddress::Dns(h, p) => (h.clone(), *p, e.weight, e.health),
+                            EndpointAddress::Ip(a) => {
+                                (a.ip().to_string(), a.port(), e.weight, e.health)
+                            }
+                        })
+                        .collect(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Record the resolved addresses of a STRICT_DNS cluster.
+    pub fn set_dns(&self, cluster: &str, resolved: Vec<(SocketAddr, u32, Health)>) {
+        let mut state = self.lock();
+        if state.dns.get(cluster) == Some(&resolved) {
+            return;
+        }
+        state.dns.insert(cluster.to_string(), resolved);
+        self.publish(&mut state);
+    }
+
+    /// Rebuild the snapshot from the state and swap it in.
+    fn publish(&self, state: &mut State) {
+        let mut listeners = HashMap::new();
+        for (_, l) in &state.static_listeners {
+            listeners.insert(l.name.clone(), l.clone());
+        }
+        for (name, l) in &state.listeners {
+            listeners.insert(name.clone(), l.config.clone());
+        }
+        let routes = state
+            .routes
+            .iter()
+            .map(|(n, r)| (n.clone(), r.config.clone()))
+            .collect();
+        let configs: Vec<Arc<ClusterConfig>> = all_clusters(state).cloned().collect();
+        let mut clusters = HashMap::new();
+        for config in configs {
+            let endpoints: Vec<(SocketAddr, u32, Health)> = match &config.discovery {
+                Discovery::Static(la) => ip_endpoints(la),
+                Discovery::Eds(service) => state
+                    .endpoints
+                    .get(service)
+                    .map(|v| ip_endpoints(&v.config))
+                    .unwrap_or_default(),
+                Discovery::StrictDns(_) => state.dns.get(&config.name).cloned().unwrap_or_default(),
+                Discovery::OriginalDst => Vec::new(),
+            };
+            let runtime = state
+                .runtime
+                .entry(config.name.clone())
+                .or_insert_with(|| ClusterRuntime::new(&self.stats, &config.name));
+            clusters.insert(
+                config.name.clone(),
+                Arc::new(runtime.build(config.clone(), &endpoints)),
+            );
+        }
+        state.runtime.retain(|name, _| clusters.contains_key(name));
+        self.stats
+            .counter("cluster_manager.active_clusters")
+            .set(clusters.len() as i64);
+        self.stats
+            .counter("listener_manager.total_listeners_active")
+            .set(listeners.len() as i64);
+        self.snapshot.store(Arc::new(Snapshot {
+            listeners,
+            routes,
+            clusters,
+        }));
+        if !*self.ready.borrow() && is_warm(state) {
+            self.ready.send_replace(true);
+        }
+    }
+}
+
+/// Static clusters, then dynamic ones (a dynamic one cannot replace a static one).
+fn all_clusters(state: &State) -> impl Iterator<Item = &Arc<ClusterConfig>> {
+    let statics = state.static_clusters.iter().map(|(_, c)| c);
+    let dynamics = state
+        .clusters
+        .values()
+        .filter(|c| {
+            !state
+                .static_clusters
+                .iter()
+                .any(|(_, s)| s.name == c.config.name)
+        })
+        .map(|c| &c.config);
+    statics.chain(dynamics)
+}
+
+fn all_listeners(state: &State) -> impl Iterator<Item = &Arc<ListenerConfig>> {
+    state
+        .static_listeners
+        .iter()
+        .map(|(_, l)| l)
+        .chain(state.listeners.values().map(|l| &l.config))
+}
+
+fn ip_endpoints(la: &LoadAssignment) -> Vec<(SocketAddr, u32, Health)> {
+    la.endpoints
+        .iter()
+        .filter_map(|e| match e.address {
+            EndpointAddress::Ip(a) => Some((a, e.weight, e.health)),
+            EndpointAddress::Dns(..) => None,
+        })
+        .collect()
+}
+
+fn eds_names(state: &State) -> Vec<String> {
+    let mut names: Vec<String> = all_clusters(state)
+        .filter_map(|c| match &c.discovery {
+            Discovery::Eds(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn rds_names(state: &State) -> Vec<String> {
+    let mut names: Vec<String> = all_listeners(state)
+        .flat_map(|l| l.filter_chains.iter().chain(l.default_filter_chain.iter()))
+        .filter_map(|fc| match &fc.filter {
+            NetworkFilter::HttpConnectionManager(h) => match &h.routes {
+                RouteSource::Rds(n) => Some(n.clone()),
+                RouteSource::Inline(_) => None,
+            },
+            NetworkFilter::TcpProxy(_) => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn hcm_prefixes_for_route(state: &State, route: &str) -> Vec<String> {
+    let mut prefixes: Vec<String> = all_listeners(state)
+        .flat_map(|l| l.filter_chains.iter().chain(l.default_filter_chain.iter()))
+        .filter_map(|fc| match &fc.filter {
+            NetworkFilter::HttpConnectionManager(h) => {
+                matches!(&h.routes, RouteSource::Rds(n) if n == route)
+                    .then(|| h.stat_prefix.clone())
+            }
+            NetworkFilter::TcpProxy(_) => None,
+        })
+        .collect();
+    prefixes.sort();
+    prefixes.dedup();
+    prefixes
+}
+
+/// Ready: static-only, or LDS and CDS applied and every EDS/RDS name they
+/// need has arrived.
+fn is_warm(state: &State) -> bool {
+    if !state.ads {
+        return true;
+    }
+    state.versions.contains_key(type_url::LISTENER)
+        && state.versions.contains_key(type_url::CLUSTER)
+        && eds_names(state)
+            .iter()
+            .all(|n| state.endpoints.contains_key(n))
+        && rds_names(state)
+            .iter()
+            .all(|n| state.routes.contains_key(n))
+}
+
+/// Convert a full set of resources, keeping the previous version of each one
+/// that fails. Errors are (resource name, "kind name: path: reason").
+fn convert_all<D, P>(
+    old: &BTreeMap<String, Versioned<D, P>>,
+    resources: &BTreeMap<String, prost_types::Any>,
+    version: &str,
+    kind: &str,
+    errors: &mut Vec<(String, String)>,
+) -> BTreeMap<String, Versioned<D, P>>
+where
+    P: prost::Message + prost::Name + Default + Clone,
+    D: for<'a> TryFrom<&'a P, Error = ConfigError>,
+{
+    let mut next = BTreeMap::new();
+    for (name, any) in resources {
+        let converted = super::decode_any::<P>(&super::envoy_any(any), "")
+            .and_then(|proto| D::try_from(&proto).map(|d| (proto, d)));
+        match converted {
+            Ok((proto, config)) => {
+                next.insert(
+                    name.clone(),
+                    Versioned {
+                        version: version.to_string(),
+                        proto,
+                        config: Arc::new(config),
+                    },
+                );
+            }
+            Err(e) => {
+                errors.push((name.clone(), format!("{kind} {name}: {e}")));
+                if let Some(prev) = old.get(name) {
+                    next.insert(
+                        name.clone(),
+                        Versioned {
+                            version: prev.version.clone(),
+                            proto: prev.proto.clone(),
+                            config: prev.config.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    next
+}

@@ -1,0 +1,160 @@
+//! Error types: config refusals (with the Envoy field path that was refused) and
+//! data-path failures (with the Envoy response flag they are logged as).
+
+use http::StatusCode;
+
+/// A refused piece of config: the field path inside the resource and why.
+/// Display is `path: reason`, the text that goes into a NACK or a start error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ConfigError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error seen from an enclosing message: `prefix.path`.
+    pub fn under(self, prefix: &str) -> Self {
+        let path = if self.path.is_empty() {
+            prefix.to_string()
+        } else if self.path.starts_with('[') {
+            format!("{prefix}{}", self.path)
+        } else {
+            format!("{prefix}.{}", self.path)
+        };
+        ConfigError { path, ..self }
+    }
+}
+
+/// Envoy's response flags (`%RESPONSE_FLAGS%`), the short codes operators know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFlag {
+    /// No route configured for the request.
+    NoRouteFound,
+    /// The route names a cluster that does not exist.
+    NoClusterFound,
+    /// No healthy upstream host in the cluster.
+    NoHealthyUpstream,
+    /// Upstream connection failure.
+    UpstreamConnectionFailure,
+    /// Upstream request timeout.
+    UpstreamRequestTimeout,
+    /// Upstream connection terminated before a response.
+    UpstreamConnectionTermination,
+    /// Request refused locally (e.g. an upgrade that is not configured).
+    DownstreamProtocolError,
+}
+
+impl ResponseFlag {
+    pub fn code(self) -> &'static str {
+        match self {
+            ResponseFlag::NoRouteFound => "NR",
+            ResponseFlag::NoClusterFound => "NC",
+            ResponseFlag::NoHealthyUpstream => "UH",
+            ResponseFlag::UpstreamConnectionFailure => "UF",
+            ResponseFlag::UpstreamRequestTimeout => "UT",
+            ResponseFlag::UpstreamConnectionTermination => "UC",
+            ResponseFlag::DownstreamProtocolError => "DPE",
+        }
+    }
+}
+
+impl std::fmt::Display for ResponseFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Why a request could not be proxied. Becomes a local reply in one place
+/// (`http::router::local_reply`).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("no route")]
+    NoRoute,
+    #[error("cluster {0} not found")]
+    NoCluster(String),
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    #[error(
+        "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+    )]
+    ConnectFailure(#[source] std::io::Error),
+    #[error("upstream request timeout")]
+    Timeout,
+    #[error(
+        "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+    )]
+    UpstreamReset(#[source] hyper::Error),
+    #[error("upgrade not allowed")]
+    UpgradeRefused,
+}
+
+impl RequestError {
+    pub fn flag(&self) -> ResponseFlag {
+        match self {
+            RequestError::NoRoute => ResponseFlag::NoRouteFound,
+            RequestError::NoCluster(_) => ResponseFlag::NoClusterFound,
+            RequestError::NoHealthyUpstream => ResponseFlag::NoHealthyUpstream,
+            RequestError::ConnectFailure(_) => ResponseFlag::UpstreamConnectionFailure,
+            RequestError::Timeout => ResponseFlag::UpstreamRequestTimeout,
+            RequestError::UpstreamReset(_) => ResponseFlag::UpstreamConnectionTermination,
+            RequestError::UpgradeRefused => ResponseFlag::DownstreamProtocolError,
+        }
+    }
+
+    /// The status Envoy answers with for this failure.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RequestError::NoRoute => StatusCode::NOT_FOUND,
+            RequestError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            RequestError::UpgradeRefused => StatusCode::FORBIDDEN,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Whether a retry policy may try again (no retry policy is supported yet;
+    /// kept so retries slot in without reshaping errors).
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            RequestError::ConnectFailure(_) | RequestError::UpstreamReset(_)
+        )
+    }
+
+    /// Body of the local reply; Envoy sends an empty body for NR.
+    pub fn body(&self) -> String {
+        match self {
+            RequestError::NoRoute | RequestError::NoCluster(_) => String::new(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Failures that stop the proxy from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("reading bootstrap {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing bootstrap: {0}")]
+    Parse(String),
+    #[error("{0}")]
+    Refused(#[from] ConfigError),
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}

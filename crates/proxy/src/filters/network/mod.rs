@@ -1,0 +1,4 @@
+//! Terminal network filters (`envoy.filters.network.*`). The HTTP connection
+//! manager is `crate::http::connection_manager`.
+
+pub mod tcp_proxy;

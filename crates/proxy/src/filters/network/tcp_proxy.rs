@@ -1,0 +1,59 @@
+//! `envoy.filters.network.tcp_proxy`: pick a cluster (weighted), pick a host,
+//! connect within connect_timeout, then copy bytes both ways until either side
+//! closes.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::config::listener::TcpProxy;
+use crate::config::store::ConfigStore;
+use crate::listener::Downstream;
+use crate::upstream::connect::connect;
+use crate::upstream::host::ActiveRequest;
+use crate::upstream::lb::random;
+use crate::upstream::pool::ConnectionGuard;
+
+pub async fn proxy(
+    mut downstream: TcpStream,
+    conn: Downstream,
+    config: Arc<TcpProxy>,
+    store: Arc<ConfigStore>,
+) {
+    let prefix = &config.stat_prefix;
+    store
+        .stats
+        .counter(format!("tcp.{prefix}.downstream_cx_total"))
+        .inc();
+    let cluster_name = config.clusters.pick(random());
+    let Some(cluster) = store.load().clusters.get(cluster_name).cloned() else {
+        tracing::debug!(cluster = cluster_name, "tcp_proxy: no such cluster");
+        store
+            .stats
+            .counter(format!("tcp.{prefix}.downstream_cx_no_route"))
+            .inc();
+        return;
+    };
+    let Some(host) = cluster.pick(conn.original_dst) else {
+        cluster.stats.upstream_cx_none_healthy.inc();
+        tracing::debug!(
+            cluster = cluster_name,
+            "tcp_proxy: no healthy upstream (UH)"
+        );
+        return;
+    };
+    host.cx_total.inc();
+    let mut upstream = match connect(host.addr, cluster.config.connect_timeout, &cluster.stats)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            host.cx_connect_fail.inc();
+            tracing::debug!(cluster = cluster_name, host = %host.addr, error = %e, "tcp_proxy: connect failed (UF)");
+            return;
+        }
+    };
+    let _cx = ConnectionGuard::new(&host, &cluster.stats);
+    let _active = ActiveRequest::new(host.clone(), cluster.stats.upstream_rq_active.clone());
+    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+}

@@ -1,0 +1,70 @@
+//! `envoy.filters.network.http_connection_manager`: serve one downstream
+//! connection as HTTP/1.1 or h2c (codec_type AUTO picks by the preface), with
+//! upgrades, handing every request to the router.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+
+use crate::config::listener::{Codec, HttpConnectionManager};
+use crate::config::store::ConfigStore;
+use crate::listener::Downstream;
+use crate::stats::HttpStats;
+
+use super::router;
+
+/// What every request on one downstream connection shares.
+#[derive(Debug)]
+pub struct HttpContext {
+    pub hcm: Arc<HttpConnectionManager>,
+    pub store: Arc<ConfigStore>,
+    pub downstream: Downstream,
+    pub stats: HttpStats,
+}
+
+pub async fn serve(
+    stream: TcpStream,
+    downstream: Downstream,
+    hcm: Arc<HttpConnectionManager>,
+    store: Arc<ConfigStore>,
+) {
+    let stats = hcm.stats(&store.stats).clone();
+    stats.downstream_cx_total.inc();
+    stats.downstream_cx_active.inc();
+    let codec = hcm.codec;
+    let ctx = Arc::new(HttpContext {
+        hcm,
+        store,
+        downstream,
+        stats: stats.clone(),
+    });
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(router::handle(req, &ctx).await) }
+    });
+    let io = TokioIo::new(stream);
+    let result = match codec {
+        Codec::Auto => auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(io, svc)
+            .await
+            .map_err(|e| e.to_string()),
+        Codec::Http1 => http1::Builder::new()
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+            .map_err(|e| e.to_string()),
+        Codec::Http2 => http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "downstream connection ended with error");
+    }
+    stats.downstream_cx_active.dec();
+}

@@ -1,0 +1,229 @@
+//! Listeners: bind every listener with `bind_to_port`, follow LDS (bind new
+//! ones, close removed ones; open connections drain on their own), and run
+//! each accepted connection through listener filters (original_dst hand-off,
+//! http_inspector) and filter chain selection into its network filter.
+
+pub mod filter_chain;
+pub mod http_inspector;
+pub mod original_dst;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::config::listener::{ListenerConfig, NetworkFilter};
+use crate::config::store::ConfigStore;
+use crate::error::StartError;
+use crate::filters::network::tcp_proxy;
+use crate::http::connection_manager;
+use filter_chain::ConnectionInfo;
+
+/// Envoy's default listener_filters_timeout.
+const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Facts about an accepted downstream connection that the filters use.
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream {
+    pub peer: SocketAddr,
+    /// The address the client connected to (original destination if restored).
+    pub destination: SocketAddr,
+    /// Set when the original_dst filter restored a destination.
+    pub original_dst: Option<SocketAddr>,
+}
+
+struct Bound {
+    configured: SocketAddr,
+    local: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+/// The bound listeners of one proxy, kept in step with the config store.
+pub struct Listeners {
+    store: Arc<ConfigStore>,
+    bound: Mutex<HashMap<String, Bound>>,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners").finish_non_exhaustive()
+    }
+}
+
+impl Listeners {
+    pub fn new(store: Arc<ConfigStore>) -> Arc<Self> {
+        Arc::new(Listeners {
+            store,
+            bound: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The address a listener is bound to (its real port when configured with 0).
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        bound.get(name).map(|b| b.local)
+    }
+
+    /// Bind what is configured and not bound, close what is no longer
+    /// configured. Errors name the first listener that failed to bind; the
+    /// others are still reconciled.
+    pub fn reconcile(self: &Arc<Self>) -> Result<(), StartError> {
+        let snapshot = self.store.load_full_snapshot();
+        let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        bound.retain(|name, b| {
+            let keep = snapshot
+                .listeners
+                .get(name)
+                .is_some_and(|l| l.bind_to_port && l.address == b.configured);
+            if !keep {
+                tracing::info!(listener = %name, "closing listener");
+                b.task.abort();
+            }
+            keep
+        });
+        let mut first_error = None;
+        for (name, l) in &snapshot.listeners {
+            if !l.bind_to_port || bound.contains_key(name) {
+                continue;
+            }
+            match bind(l.address) {
+                Ok(listener) => {
+                    let local = listener.local_addr().unwrap_or(l.address);
+                    tracing::info!(listener = %name, %local, "listening");
+                    let task =
+                        tokio::spawn(accept_loop(listener, name.clone(), self.store.clone()));
+                    bound.insert(
+                        name.clone(),
+                        Bound {
+                            configured: l.address,
+                            local,
+                            task,
+                        },
+                    );
+                }
+                Err(source) => {
+                    tracing::error!(listener = %name, error = %source, "cannot bind");
+                    first_error.get_or_insert(StartError::Bind {
+                        what: format!("listener {name}"),
+                        addr: l.address,
+                        source,
+                    });
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Follow LDS updates until the task is dropped.
+    pub async fn follow(self: Arc<Self>) {
+        let mut changed = self.store.listeners_changed();
+        while changed.changed().await.is_ok() {
+            let _ = self.reconcile();
+        }
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        let bound = self.bound.get_mut().unwrap_or_else(|e| e.into_inner());
+        for b in bound.values() {
+            b.task.abort();
+        }
+    }
+}
+
+/// A listening socket with SO_REUSEADDR.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(true);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, name: String, store: Arc<ConfigStore>) {
+    let name: Arc<str> = name.into();
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(handle_connection(stream, peer, name.clone(), store.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Listener filters, hand-off, filter chain selection, then the network filter.
+async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    name: Arc<str>,
+    store: Arc<ConfigStore>,
+) {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let snapshot = store.load_full_snapshot();
+    let Some(mut listener) = snapshot.listeners.get(&*name).cloned() else {
+        return;
+    };
+    let mut downstream = Downstream {
+        peer,
+        destination: local,
+        original_dst: None,
+    };
+    if listener.use_original_dst {
+        if let Some(dst) = original_dst::original_dst(&stream) {
+            downstream.destination = dst;
+            downstream.original_dst = Some(dst);
+            if let Some(target) = snapshot.listener_for(dst) {
+                listener = target.clone();
+            }
+        }
+    }
+    let app_protocol = if listener.http_inspector {
+        http_inspector::inspect(&stream, LISTENER_FILTERS_TIMEOUT).await
+    } else {
+        None
+    };
+    let info = ConnectionInfo {
+        destination: downstream.destination,
+        transport_protocol: "raw_buffer",
+        application_protocol: app_protocol,
+    };
+    let Some(chain) = filter_chain::select(&listener, &info) else {
+        tracing::debug!(listener = %listener.name, dst = %downstream.destination, "no matching filter chain; closing");
+        store
+            .stats
+            .counter(format!(
+                "listener.{}.no_filter_chain_match",
+                stat_addr(&listener)
+            ))
+            .inc();
+        return;
+    };
+    let filter = chain.filter.clone();
+    drop(snapshot);
+    match filter {
+        NetworkFilter::HttpConnectionManager(hcm) => {
+            connection_manager::serve(stream, downstream, hcm, store).await
+        }
+        NetworkFilter::TcpProxy(tcp) => tcp_proxy::proxy(stream, downstream, tcp, store).await,
+    }
+}
+
+fn stat_addr(l: &ListenerConfig) -> String {
+    format!("{}_{}", l.address.ip(), l.address.port())
+}

@@ -1,0 +1,123 @@
+//! A cluster as the data path sees it: its config, the hosts it may pick from
+//! now, and the state that survives config updates (stats, round-robin
+//! counter, hosts by address with their pools, ORIGINAL_DST hosts).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use arc_swap::ArcSwap;
+
+use crate::config::cluster::{ClusterConfig, Discovery};
+use crate::config::endpoint::Health;
+use crate::stats::{ClusterStats, Stats};
+use crate::upstream::host::Host;
+use crate::upstream::lb::HostSet;
+
+/// State of a cluster name that outlives updates of its config or endpoints.
+#[derive(Debug)]
+pub struct ClusterRuntime {
+    pub stats: ClusterStats,
+    rr: Arc<AtomicU64>,
+    hosts: HashMap<SocketAddr, Arc<Host>>,
+    original_dst: Arc<ArcSwap<HashMap<SocketAddr, Arc<Host>>>>,
+}
+
+impl ClusterRuntime {
+    pub fn new(stats: &Stats, name: &str) -> Self {
+        ClusterRuntime {
+            stats: ClusterStats::new(stats, name),
+            rr: Arc::default(),
+            hosts: HashMap::new(),
+            original_dst: Arc::default(),
+        }
+    }
+
+    /// Build the data-path view of `config` with these endpoints (address,
+    /// weight, health), reusing hosts whose address is unchanged.
+    pub fn build(
+        &mut self,
+        config: Arc<ClusterConfig>,
+        endpoints: &[(SocketAddr, u32, Health)],
+    ) -> UpstreamCluster {
+        let mut all = Vec::with_capacity(endpoints.len());
+        let mut routable = Vec::with_capacity(endpoints.len());
+        let mut next = HashMap::with_capacity(endpoints.len());
+        for (addr, weight, health) in endpoints {
+            let host = self
+                .hosts
+                .get(addr)
+                .cloned()
+                .unwrap_or_else(|| Host::new(*addr));
+            next.insert(*addr, host.clone());
+            if health.routable() {
+                routable.push((host.clone(), *weight));
+            }
+            all.push((host, *weight, *health));
+        }
+        self.hosts = next;
+        self.stats.membership_total.set(all.len() as i64);
+        self.stats.membership_healthy.set(routable.len() as i64);
+        UpstreamCluster {
+            config,
+            all,
+            routable: HostSet::new(routable),
+            stats: self.stats.clone(),
+            rr: self.rr.clone(),
+            original_dst: self.original_dst.clone(),
+        }
+    }
+}
+
+/// One cluster, immutable once built; a new one replaces it on updates.
+#[derive(Debug)]
+pub struct UpstreamCluster {
+    pub config: Arc<ClusterConfig>,
+    /// Every host with its weight and health, for `/clusters`.
+    pub all: Vec<(Arc<Host>, u32, Health)>,
+    pub routable: HostSet,
+    pub stats: ClusterStats,
+    rr: Arc<AtomicU64>,
+    original_dst: Arc<ArcSwap<HashMap<SocketAddr, Arc<Host>>>>,
+}
+
+impl UpstreamCluster {
+    /// Choose a host for a request or connection whose downstream original
+    /// destination is `original_dst`.
+    pub fn pick(&self, original_dst: Option<SocketAddr>) -> Option<Arc<Host>> {
+        if let Discovery::OriginalDst = self.config.discovery {
+            return original_dst.map(|dst| self.original_dst_host(dst));
+        }
+        self.routable.pick(self.config.lb_policy, &self.rr).cloned()
+    }
+
+    /// The host for an original destination, created on first use so its
+    /// connections are pooled like any other host's.
+    fn original_dst_host(&self, dst: SocketAddr) -> Arc<Host> {
+        if let Some(h) = self.original_dst.load().get(&dst) {
+            return h.clone();
+        }
+        let mut created = None;
+        self.original_dst.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            let h = map.entry(dst).or_insert_with(|| Host::new(dst)).clone();
+            created = Some(h);
+            map
+        });
+        created.unwrap_or_else(|| Host::new(dst))
+    }
+
+    /// Hosts shown by `/clusters` (ORIGINAL_DST ones as they are created).
+    pub fn hosts_for_admin(&self) -> Vec<(Arc<Host>, u32, Health)> {
+        if let Discovery::OriginalDst = self.config.discovery {
+            return self
+                .original_dst
+                .load()
+                .values()
+                .map(|h| (h.clone(), 1, Health::Healthy))
+                .collect();
+        }
+        self.all.clone()
+    }
+}

@@ -1,0 +1,67 @@
+//! One upstream host (endpoint address) of a cluster: its per-host counters
+//! (shown by `/clusters`) and its idle connection pools. A host outlives config
+//! updates that keep its address, so pooled connections survive EDS pushes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::stats::Counter;
+use crate::upstream::pool::HostPool;
+
+#[derive(Debug)]
+pub struct Host {
+    pub addr: SocketAddr,
+    pub rq_total: Counter,
+    pub rq_active: Counter,
+    pub rq_error: Counter,
+    pub cx_active: Counter,
+    pub cx_total: Counter,
+    pub cx_connect_fail: Counter,
+    pub(crate) pool: HostPool,
+}
+
+impl Host {
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Host {
+            addr,
+            rq_total: Counter::default(),
+            rq_active: Counter::default(),
+            rq_error: Counter::default(),
+            cx_active: Counter::default(),
+            cx_total: Counter::default(),
+            cx_connect_fail: Counter::default(),
+            pool: HostPool::default(),
+        })
+    }
+}
+
+/// Counts a request as active on a host (and its cluster) until dropped:
+/// LEAST_REQUEST reads these counts.
+#[derive(Debug)]
+pub struct ActiveRequest {
+    host: Arc<Host>,
+    cluster_active: Counter,
+}
+
+impl ActiveRequest {
+    pub fn new(host: Arc<Host>, cluster_active: Counter) -> Self {
+        host.rq_total.inc();
+        host.rq_active.inc();
+        cluster_active.inc();
+        ActiveRequest {
+            host,
+            cluster_active,
+        }
+    }
+
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.host.rq_active.dec();
+        self.cluster_active.dec();
+    }
+}

@@ -1,0 +1,11 @@
+//! The upstream side: clusters with their live host sets, load balancing,
+//! connection pools, and connecting with a timeout.
+
+pub mod cluster;
+pub mod connect;
+pub mod host;
+pub mod lb;
+pub mod pool;
+
+pub use cluster::UpstreamCluster;
+pub use host::Host;
