@@ -88,6 +88,10 @@ async fn connect(
     let channel = Endpoint::from_shared(config.endpoint.clone())?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
+        // Notice a control plane that vanished without closing the connection.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
         .connect()
         .await?;
     Ok(AggregatedDiscoveryServiceClient::new(channel)
