@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_yaml_ng::Value;
 
-use super::split::DocText;
+use super::split::{self, DocText};
 use crate::error::with_suggestion;
 use crate::meta::ObjectMeta;
 use crate::{ConfigError, Kind, Resource, Source, Spec, kube, networking};
@@ -149,9 +149,23 @@ impl Loader<'_> {
                     .push(self.message(doc.start_line, &header, "items", msg));
                 return;
             };
-            for item in items {
-                if item.is_mapping() {
-                    self.object(doc.start_line, Header::of(item), Input::Item(item));
+            // Parse each item from its own lines when they can be cut out
+            // exactly, so errors inside items keep their positions.
+            let texts = split::list_item_texts(doc.text)
+                .filter(|t| t.len() == items.len())
+                .unwrap_or_default();
+            for (i, item) in items.iter().enumerate() {
+                if !item.is_mapping() {
+                    continue;
+                }
+                let exact = texts.get(i).filter(|(_, text)| {
+                    serde_yaml_ng::from_str::<Value>(text).is_ok_and(|v| &v == item)
+                });
+                match exact {
+                    Some((offset, text)) => {
+                        self.object(doc.start_line + offset, Header::of(item), Input::Text(text))
+                    }
+                    None => self.object(doc.start_line, Header::of(item), Input::Item(item)),
                 }
             }
         } else {

@@ -55,6 +55,56 @@ pub(crate) fn split_documents(text: &str) -> Vec<DocText<'_>> {
     docs
 }
 
+/// The items of a block-style `items:` list (as `kubectl get -o yaml`
+/// writes it), each as standalone YAML text with the same lines and
+/// columns: the item's `-` becomes a space. Returns `(line offset within the
+/// document, text)` per item, or `None` when the layout is not recognised.
+/// Callers check each text parses to the same value as the item.
+pub(crate) fn list_item_texts(doc: &str) -> Option<Vec<(usize, String)>> {
+    let lines: Vec<&str> = doc.split_inclusive('\n').collect();
+    let is_skippable = |l: &str| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#')
+    };
+    let items_at = lines.iter().position(|l| {
+        l.strip_prefix("items:").is_some_and(|rest| {
+            let t = rest.trim();
+            t.is_empty() || t.starts_with('#')
+        })
+    })?;
+    let first = (items_at + 1..lines.len()).find(|&i| !is_skippable(lines[i]))?;
+    let indent = lines[first].len() - lines[first].trim_start_matches(' ').len();
+    let starts_item = |l: &str| {
+        l.len() > indent
+            && l[..indent].bytes().all(|b| b == b' ')
+            && l[indent..].starts_with('-')
+            && l[indent + 1..].starts_with([' ', '\n', '\r'])
+    };
+    if !starts_item(lines[first]) {
+        return None;
+    }
+    let mut items: Vec<(usize, String)> = Vec::new();
+    for (i, line) in lines.iter().enumerate().skip(first) {
+        if starts_item(line) {
+            let mut text = String::with_capacity(line.len());
+            text.push_str(&line[..indent]);
+            text.push(' ');
+            text.push_str(&line[indent + 1..]);
+            items.push((i, text));
+            continue;
+        }
+        let leading = line.len() - line.trim_start_matches(' ').len();
+        if is_skippable(line) || leading > indent {
+            if let Some((_, text)) = items.last_mut() {
+                text.push_str(line);
+            }
+        } else {
+            break; // The next key after the list.
+        }
+    }
+    Some(items)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +139,23 @@ mod tests {
         assert_eq!(docs[0].start_line, 2);
         assert_eq!(docs[1].start_line, 4);
         assert_eq!(docs[1].text, "b: 2");
+    }
+
+    #[test]
+    fn list_items_keep_their_lines() {
+        let doc = "apiVersion: v1\nitems:\n- a: 1\n  b: [x,\n    y]\n# c\n-\n  a: 2\nkind: List\n";
+        let items = list_item_texts(doc).expect("items");
+        assert_eq!(
+            items,
+            vec![
+                (2, "  a: 1\n  b: [x,\n    y]\n# c\n".to_string()),
+                (6, " \n  a: 2\n".to_string())
+            ]
+        );
+        let nested = "kind: List\nitems:\n  - a: 1\n  - b: 2\n";
+        assert_eq!(list_item_texts(nested).map(|i| i.len()), Some(2));
+        assert_eq!(list_item_texts("items: [a, b]\n"), None);
+        assert_eq!(list_item_texts("items:\n  a: 1\n"), None);
     }
 
     #[test]

@@ -228,12 +228,22 @@ fn kubectl_list_items() {
     let (res, errs) = load(text);
     assert_eq!(res.len(), 1);
     assert_eq!(res[0].key(), "Service/n/a");
-    assert_eq!(res[0].source.line, 1);
+    assert_eq!(res[0].source.line, 5);
     assert_eq!(errs.len(), 1);
     assert!(
         errs[0]
             .to_string()
-            .starts_with("t.yaml:1:1: VirtualService v: spec.hostz: unknown field `hostz`"),
+            .starts_with("t.yaml:15:10: VirtualService v: spec.hostz: unknown field `hostz`"),
+        "{}",
+        errs[0]
+    );
+    // Flow-style items cannot be cut out: errors point at the List.
+    let text = "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Service, metadata: {name: a}, spec: {ports: 1}}]\n";
+    let (_, errs) = load(text);
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("t.yaml:1:1: Service a: spec.ports: invalid type"),
         "{}",
         errs[0]
     );
