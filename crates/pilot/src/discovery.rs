@@ -129,9 +129,7 @@ fn type_snapshot<M: Message + Name>(items: &[M], name: impl Fn(&M) -> &String) -
     let mut all = DefaultHasher::new();
     for item in items {
         let bytes = item.encode_to_vec();
-        let mut h = DefaultHasher::new();
-        bytes.hash(&mut h);
-        let version = format!("{:016x}", h.finish());
+        let version = crate::version::stable_version(&M::full_name(), &bytes);
         let name = name(item).clone();
         (&name, &version).hash(&mut all);
         resources.insert(
@@ -149,5 +147,76 @@ fn type_snapshot<M: Message + Name>(items: &[M], name: impl Fn(&M) -> &String) -
     TypeSnapshot {
         version: format!("{:016x}", all.finish()),
         resources,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(yaml: &str) -> Mesh {
+        let (resources, errors) = api::load::load_str(std::path::Path::new("t.yaml"), yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        crate::compile::build(&resources)
+    }
+
+    const CONFIG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: bookinfo}
+spec:
+  selector: {app: ratings}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ratings-1, namespace: bookinfo}
+spec: {address: ADDRESS, labels: {app: ratings}}
+"#;
+
+    fn node() -> Node {
+        Node {
+            id: "sidecar~10.0.0.1~productpage-0.bookinfo~bookinfo.svc.cluster.local".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn endpoint_change_changes_only_eds() {
+        let d = Discovery::new(mesh(&CONFIG.replace("ADDRESS", "10.0.0.7")));
+        let mut rx = d.subscribe(&node()).expect("subscribe");
+        let before = rx.borrow_and_update().clone();
+        d.update(mesh(&CONFIG.replace("ADDRESS", "10.0.0.8")));
+        assert!(rx.has_changed().expect("open"));
+        let after = rx.borrow_and_update().clone();
+        let changed: Vec<&str> = before
+            .types
+            .iter()
+            .filter(|(url, t)| after.types[*url].version != t.version)
+            .map(|(url, _)| type_url::short(url))
+            .collect();
+        assert_eq!(changed, vec!["EDS"]);
+    }
+
+    #[test]
+    fn identical_mesh_pushes_nothing() {
+        let d = Discovery::new(mesh(&CONFIG.replace("ADDRESS", "10.0.0.7")));
+        let mut rx = d.subscribe(&node()).expect("subscribe");
+        rx.borrow_and_update();
+        d.update(mesh(&CONFIG.replace("ADDRESS", "10.0.0.7")));
+        assert!(!rx.has_changed().expect("open"));
+        assert_eq!(d.connected(), 1);
+        drop(rx);
+        assert_eq!(d.connected(), 0);
+    }
+
+    #[test]
+    fn bad_node_is_refused() {
+        let d = Discovery::new(Mesh::default());
+        let bad = Node {
+            id: "nonsense".into(),
+            ..Default::default()
+        };
+        assert!(d.subscribe(&bad).is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod node;
 pub mod policy;
 pub mod routing;
 pub mod translate;
+pub mod version;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

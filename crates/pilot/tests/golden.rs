@@ -35,8 +35,12 @@ fn run_case(dir: &Path) {
         std::fs::write(&expected_path, &text).expect("write golden");
         return;
     }
-    let expected = std::fs::read_to_string(&expected_path)
-        .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", expected_path.display()));
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
+        panic!(
+            "{} missing: run with UPDATE_GOLDEN=1",
+            expected_path.display()
+        )
+    });
     if expected != text {
         let diff: Vec<String> = expected
             .lines()
