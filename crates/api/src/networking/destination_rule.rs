@@ -41,6 +41,7 @@ pub struct Subset {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TrafficPolicy {
+    #[serde(deserialize_with = "super::one_of::checked")]
     pub load_balancer: Option<LoadBalancerSettings>,
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<OutlierDetection>,
@@ -56,6 +57,7 @@ pub struct TrafficPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PortTrafficPolicy {
     pub port: Option<PortSelector>,
+    #[serde(deserialize_with = "super::one_of::checked")]
     pub load_balancer: Option<LoadBalancerSettings>,
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<OutlierDetection>,
@@ -68,6 +70,7 @@ pub struct PortTrafficPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LoadBalancerSettings {
     pub simple: Option<SimpleLb>,
+    #[serde(deserialize_with = "super::one_of::checked")]
     pub consistent_hash: Option<ConsistentHashLb>,
     pub locality_lb_setting: Option<LocalityLbSetting>,
     pub warmup_duration_secs: Option<Duration>,

@@ -11,6 +11,7 @@ mod common;
 mod connection_pool;
 mod destination_rule;
 mod gateway;
+mod one_of;
 mod service_entry;
 mod sidecar;
 mod virtual_service;

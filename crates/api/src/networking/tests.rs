@@ -497,3 +497,57 @@ fn istio_api_valid_testdata_loads() {
     }
     assert_eq!(loaded, 13);
 }
+
+#[test]
+fn one_of_fields_are_exclusive() {
+    let head = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n";
+    let e = err(&format!(
+        "{head}  - fault: {{abort: {{httpStatus: 500, grpcStatus: UNAVAILABLE}}}}\n"
+    ));
+    assert!(
+        e.contains("spec.http[0].fault.abort: set at most one of `httpStatus`, `grpcStatus`, `http2Error` (found `httpStatus` and `grpcStatus`)"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{head}  - fault: {{delay: {{fixedDelay: 1s, exponentialDelay: 1s}}}}\n"
+    ));
+    assert!(
+        e.contains("spec.http[0].fault.delay: set at most one of"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{head}  - redirect: {{port: 1, derivePort: FROM_REQUEST_PORT}}\n"
+    ));
+    assert!(
+        e.contains("spec.http[0].redirect: set at most one of `port`, `derivePort`"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{head}  - directResponse: {{status: 200, body: {{string: a, bytes: YQ==}}}}\n"
+    ));
+    assert!(
+        e.contains("spec.http[0].directResponse.body: set at most one"),
+        "{e}"
+    );
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: d\n";
+    let e = err(&format!(
+        "{dr}  trafficPolicy: {{loadBalancer: {{simple: RANDOM, consistentHash: {{useSourceIp: true}}}}}}\n"
+    ));
+    assert!(
+        e.contains(
+            "spec.trafficPolicy.loadBalancer: set at most one of `simple`, `consistentHash`"
+        ),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{dr}  subsets:\n  - name: a\n    trafficPolicy:\n      portLevelSettings:\n      - loadBalancer: {{consistentHash: {{httpHeaderName: x, useSourceIp: true}}}}\n"
+    ));
+    assert!(
+        e.starts_with("k.yaml:10:") && e.contains("spec.subsets[0].trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash: set at most one of"),
+        "{e}"
+    );
+    // One of each is fine.
+    one(&format!(
+        "{head}  - fault: {{abort: {{http2Error: x}}, delay: {{exponentialDelay: 1s}}}}\n    route: [{{destination: {{host: a}}}}]\n"
+    ));
+}

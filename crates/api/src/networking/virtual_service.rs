@@ -31,6 +31,7 @@ pub struct HttpRoute {
     #[serde(rename = "match")]
     pub matches: Vec<HttpMatchRequest>,
     pub route: Vec<HttpRouteDestination>,
+    #[serde(deserialize_with = "super::one_of::checked")]
     pub redirect: Option<HttpRedirect>,
     pub direct_response: Option<HttpDirectResponse>,
     pub delegate: Option<Delegate>,
@@ -110,7 +111,7 @@ pub enum RedirectPortSelection {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpDirectResponse {
     pub status: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::one_of::checked")]
     pub body: Option<HttpBody>,
 }
 
@@ -166,7 +167,9 @@ pub struct HttpRetry {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct HttpFaultInjection {
+    #[serde(deserialize_with = "super::one_of::checked")]
     pub delay: Option<Delay>,
+    #[serde(deserialize_with = "super::one_of::checked")]
     pub abort: Option<Abort>,
 }
 
