@@ -1,0 +1,182 @@
+//! Test helpers: tiny hyper backends on ephemeral ports that say who they are,
+//! a TCP echo server, and HTTP/1.1 and h2c clients.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend: answers every request with its name as the body and echoes
+/// what it saw in `x-seen-*` headers.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+}
+
+pub async fn backend(name: &'static str) -> Backend {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (connections.clone(), requests.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    async move { Ok::<_, Infallible>(answer(name, req)) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Backend {
+        addr,
+        connections,
+        requests,
+    }
+}
+
+fn answer(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get("host")
+                .map(|h| h.to_str().unwrap().to_string())
+        })
+        .unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(name.to_string())));
+    let h = resp.headers_mut();
+    h.insert("x-backend", name.parse().unwrap());
+    h.insert("x-seen-host", host.parse().unwrap());
+    h.insert(
+        "x-seen-version",
+        format!("{:?}", req.version()).parse().unwrap(),
+    );
+    if let Some(id) = req.headers().get("x-request-id") {
+        h.insert("x-seen-request-id", id.clone());
+    }
+    resp
+}
+
+/// A TCP server that echoes what it reads.
+pub async fn tcp_echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The answer to one request.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// One HTTP/1.1 keep-alive connection to the proxy.
+pub struct H1 {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+impl H1 {
+    pub async fn connect(addr: SocketAddr) -> H1 {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        H1 { sender }
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut b = Request::get(path).header("host", host);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.sender.ready().await.unwrap();
+        let resp = self
+            .sender
+            .send_request(b.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        reply(resp).await
+    }
+}
+
+/// One GET on a fresh HTTP/1.1 connection.
+pub async fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    H1::connect(addr).await.get(host, path, headers).await
+}
+
+/// One GET over h2c (prior knowledge) on a fresh connection.
+pub async fn get_h2(addr: SocketAddr, authority: &str, path: &str) -> Reply {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{authority}{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    reply(resp).await
+}
+
+async fn reply(resp: Response<Incoming>) -> Reply {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// GET an admin path; (status, body).
+pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let r = get(addr, "admin", path, &[]).await;
+    (r.status, r.body)
+}

@@ -1,0 +1,311 @@
+//! A static bootstrap (no control plane): HCM with an inline route_config in
+//! front of STATIC clusters of tiny hyper backends, tcp_proxy, h2c both ways,
+//! admin pages, and refusal of config outside the subset.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use proxy::{Proxy, ProxyOptions};
+
+fn cluster(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
+    let eps: Vec<String> = addrs
+        .iter()
+        .map(|a| {
+            format!(
+                "{{endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}}}",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{extra}    load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{}]}}]}}\n",
+        eps.join(", ")
+    )
+}
+
+const H2_OPTIONS: &str = "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {http2_protocol_options: {}}\n";
+
+const ROUTES: &str = r#"
+            virtual_hosts:
+            - name: backend
+              domains: ["*"]
+              routes:
+              - match: {path: /exact}
+                route: {cluster: b}
+              - match: {safe_regex: {regex: "/re/[0-9]+"}}
+                route: {cluster: b}
+              - match:
+                  prefix: /
+                  headers: [{name: end-user, string_match: {exact: jason}}]
+                route: {cluster: b}
+              - match:
+                  prefix: /
+                  query_parameters: [{name: v, string_match: {exact: "2"}}]
+                route: {cluster: b}
+              - match: {prefix: /weighted}
+                route: {weighted_clusters: {clusters: [{name: a, weight: 90}, {name: b, weight: 10}]}}
+              - match: {prefix: /rr}
+                route: {cluster: ab}
+              - match: {prefix: /empty}
+                route: {cluster: empty}
+              - match: {prefix: /h2up}
+                route: {cluster: h2}
+              - match: {prefix: /missing}
+                route: {cluster: no-such-cluster}
+              - match: {prefix: /a}
+                route: {cluster: a}
+"#;
+
+struct Setup {
+    proxy: Proxy,
+    a: Backend,
+    b: Backend,
+}
+
+async fn setup() -> Setup {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let c = backend("c").await;
+    let echo = tcp_echo().await;
+    let yaml = format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
+static_resources:
+  listeners:
+  - name: http
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
+          route_config:
+            name: local
+{ROUTES}
+  - name: tcp
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tcp, cluster: echo}}
+  clusters:
+{}{}{}{}{}{}"#,
+        cluster("a", &[a.addr], ""),
+        cluster("b", &[b.addr], ""),
+        cluster("ab", &[a.addr, b.addr], ""),
+        cluster("empty", &[], ""),
+        cluster("h2", &[c.addr], H2_OPTIONS),
+        cluster("echo", &[echo], ""),
+    );
+    let bootstrap = proxy::bootstrap::parse(&yaml, false).expect("bootstrap parses");
+    let opts = ProxyOptions {
+        ready_port: Some(0),
+        ..ProxyOptions::default()
+    };
+    let proxy = Proxy::start(bootstrap, &opts).await.expect("proxy starts");
+    Setup { proxy, a, b }
+}
+
+#[tokio::test]
+async fn route_matches_pick_the_right_cluster() {
+    let s = setup().await;
+    let addr = s.proxy.listener_addr("http").unwrap();
+    let mut c = H1::connect(addr).await;
+    assert_eq!(c.get("x", "/a", &[]).await.body, "a");
+    assert_eq!(c.get("x", "/exact", &[]).await.body, "b");
+    assert_eq!(c.get("x", "/exact/not", &[]).await.status, 404);
+    assert_eq!(c.get("x", "/re/42", &[]).await.body, "b");
+    assert_eq!(c.get("x", "/a/x", &[("end-user", "jason")]).await.body, "b");
+    assert_eq!(c.get("x", "/a?v=2", &[]).await.body, "b");
+    assert_eq!(c.get("x", "/a?v=3", &[]).await.body, "a");
+    let r = c.get("reviews:9080", "/a", &[]).await;
+    assert_eq!(
+        r.headers["x-seen-host"], "reviews:9080",
+        "Host is kept as sent"
+    );
+    assert_eq!(
+        r.headers["x-seen-request-id"].len(),
+        36,
+        "x-request-id generated"
+    );
+    let r = c.get("x", "/a", &[("x-request-id", "abc")]).await;
+    assert_eq!(r.headers["x-seen-request-id"], "abc");
+    assert!(r.headers.contains_key("x-envoy-upstream-service-time"));
+}
+
+#[tokio::test]
+async fn weighted_clusters_split_90_10() {
+    let s = setup().await;
+    let mut c = H1::connect(s.proxy.listener_addr("http").unwrap()).await;
+    let mut to_a = 0;
+    for _ in 0..2000 {
+        if c.get("x", "/weighted", &[]).await.body == "a" {
+            to_a += 1;
+        }
+    }
+    let pct = to_a as f64 / 20.0;
+    assert!((87.0..=93.0).contains(&pct), "{pct}% to a");
+}
+
+#[tokio::test]
+async fn round_robin_alternates_and_pools_connections() {
+    let s = setup().await;
+    let mut c = H1::connect(s.proxy.listener_addr("http").unwrap()).await;
+    let mut bodies = Vec::new();
+    for _ in 0..6 {
+        bodies.push(c.get("x", "/rr", &[]).await.body);
+    }
+    for pair in bodies.windows(2) {
+        assert_ne!(pair[0], pair[1], "{bodies:?}");
+    }
+    let before = s.a.connections.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..20 {
+        c.get("x", "/a", &[]).await;
+    }
+    // Sequential requests reuse one upstream connection per cluster and host
+    // (clusters `ab` and `a` both reach backend a, each with its own pool).
+    assert_eq!(before, 1);
+    assert_eq!(s.a.connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(s.b.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(s.a.requests.load(std::sync::atomic::Ordering::SeqCst), 23);
+}
+
+#[tokio::test]
+async fn local_replies_404_and_503() {
+    let s = setup().await;
+    let addr = s.proxy.listener_addr("http").unwrap();
+    let r = get(addr, "x", "/nothing-matches", &[]).await;
+    assert_eq!(r.status, 404);
+    let r = get(addr, "x", "/empty", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream"));
+    let r = get(addr, "x", "/missing", &[]).await;
+    assert_eq!(r.status, 503);
+}
+
+#[tokio::test]
+async fn tcp_proxy_round_trip() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await;
+    let mut conn = tokio::net::TcpStream::connect(s.proxy.listener_addr("tcp").unwrap())
+        .await
+        .unwrap();
+    conn.write_all(b"hello through the mesh").await.unwrap();
+    let mut buf = [0u8; 22];
+    conn.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello through the mesh");
+}
+
+#[tokio::test]
+async fn h2c_downstream_and_upstream() {
+    let s = setup().await;
+    let addr = s.proxy.listener_addr("http").unwrap();
+    let r = get_h2(addr, "reviews:9080", "/a").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-seen-version"], "HTTP/1.1");
+    assert_eq!(r.headers["x-seen-host"], "reviews:9080");
+    let r = get(addr, "ratings", "/h2up", &[]).await;
+    assert_eq!(r.body, "c");
+    assert_eq!(r.headers["x-seen-version"], "HTTP/2.0");
+    assert_eq!(
+        r.headers["x-seen-host"], "ratings",
+        ":authority carries Host"
+    );
+    let r = get_h2(addr, "ratings", "/h2up").await;
+    assert_eq!(
+        (r.status, r.headers["x-seen-version"].to_str().unwrap()),
+        (200, "HTTP/2.0")
+    );
+}
+
+#[tokio::test]
+async fn admin_pages() {
+    let s = setup().await;
+    let addr = s.proxy.listener_addr("http").unwrap();
+    get(addr, "x", "/a", &[]).await;
+    let admin = s.proxy.admin_addr();
+    assert_eq!(
+        admin_get(admin, "/ready").await,
+        (200, "LIVE\n".to_string())
+    );
+    let ready = s.proxy.ready_addr().unwrap();
+    let ready = SocketAddr::from(([127, 0, 0, 1], ready.port()));
+    assert_eq!(admin_get(ready, "/healthz/ready").await.0, 200);
+    let (_, stats) = admin_get(admin, "/stats").await;
+    assert!(
+        stats.contains("http.ingress_http.downstream_rq_total: 1\n"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("cluster.a.upstream_rq_total: 1\n"),
+        "{stats}"
+    );
+    assert!(stats.contains("cluster.a.upstream_rq_2xx: 1\n"), "{stats}");
+    let (_, clusters) = admin_get(admin, "/clusters").await;
+    assert!(
+        clusters.contains(&format!("a::{}::rq_total::1\n", s.a.addr)),
+        "{clusters}"
+    );
+    assert!(
+        clusters.contains(&format!("b::{}::health_flags::healthy\n", s.b.addr)),
+        "{clusters}"
+    );
+    let (_, dump) = admin_get(admin, "/config_dump").await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let clusters = &dump["configs"][1];
+    assert_eq!(
+        clusters["@type"],
+        "type.googleapis.com/envoy.admin.v3.ClustersConfigDump"
+    );
+    assert_eq!(clusters["static_clusters"][0]["cluster"]["name"], "a");
+}
+
+#[tokio::test]
+async fn unsupported_config_is_refused_with_its_path() {
+    let yaml = r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.redis_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy
+          stat_prefix: r
+"#;
+    let bootstrap = proxy::bootstrap::parse(yaml, false).unwrap();
+    let err = Proxy::start(
+        bootstrap,
+        &ProxyOptions {
+            ready_port: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config: unsupported type envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
+    );
+    let yaml =
+        "static_resources:\n  clusters:\n  - {name: c, type: STATIC, lb_policy: RING_HASH}\n";
+    let bootstrap = proxy::bootstrap::parse(yaml, false).unwrap();
+    let err = Proxy::start(
+        bootstrap,
+        &ProxyOptions {
+            ready_port: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "static_resources.clusters[0].lb_policy: unsupported lb_policy RING_HASH"
+    );
+}
