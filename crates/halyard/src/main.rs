@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Control plane: load Istio config from a directory, serve it over ADS.
     Pilot(PilotArgs),
+    /// Sidecar proxy: run an Envoy bootstrap (static resources and/or ADS).
+    Proxy(ProxyArgs),
     /// Print an Envoy bootstrap for a sidecar (works for Envoy and `halyard proxy`).
     Bootstrap(bootstrap::BootstrapArgs),
     /// The test application: echoes requests as JSON, makes calls on request.
@@ -45,6 +47,22 @@ struct PilotArgs {
     /// Quiet time after an edit before pushing, e.g. 100ms.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     debounce: Duration,
+}
+
+#[derive(clap::Args, Debug)]
+struct ProxyArgs {
+    /// Envoy bootstrap (JSON or YAML), e.g. from `halyard bootstrap`.
+    #[arg(long)]
+    bootstrap: PathBuf,
+    /// Port for /healthz/ready (0 = ephemeral, omit with --no-ready-port).
+    #[arg(long, default_value_t = 15021)]
+    ready_port: u16,
+    /// Do not serve the readiness port.
+    #[arg(long)]
+    no_ready_port: bool,
+    /// Worker threads (like Envoy's --concurrency).
+    #[arg(long)]
+    concurrency: Option<usize>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -78,6 +96,14 @@ fn main() -> anyhow::Result<()> {
                 r = pilot::run(opts, None) => r.context("pilot"),
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
+        }),
+        Command::Proxy(args) => runtime(args.concurrency)?.block_on(async {
+            let opts = proxy::ProxyOptions {
+                bootstrap: args.bootstrap,
+                ready_port: (!args.no_ready_port).then_some(args.ready_port),
+                concurrency: args.concurrency,
+            };
+            proxy::run(opts).await
         }),
         Command::Echo(args) => runtime(None)?.block_on(echo::run(args)),
     }

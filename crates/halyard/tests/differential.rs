@@ -1,0 +1,484 @@
+//! Differential end-to-end test on loopback (no root): one pilot, three echo
+//! backends (WorkloadEntries), and two proxies started from the same
+//! `halyard bootstrap` output — a stock Envoy on 127.0.0.2 and `halyard proxy`
+//! on 127.0.0.3, each with a Sidecar egress listener. Every routing scenario
+//! must give both proxies the distribution the VirtualService asks for, Envoy
+//! must ACK every resource, and a config edit under traffic fails no request.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const HOST: &str = "reviews.test.svc.cluster.local";
+const ENVOY_IP: &str = "127.0.0.2";
+const HALYARD_IP: &str = "127.0.0.3";
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    port: u16,
+    debug: SocketAddr,
+    envoy_admin: SocketAddr,
+    halyard_admin: SocketAddr,
+    _procs: Vec<Proc>,
+}
+
+fn base_config(port: u16, backends: &[(String, u16)]) -> String {
+    let mut s = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: test}}
+spec:
+  hosts: [{HOST}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: {port}, name: http, protocol: HTTP}}
+  workloadSelector:
+    labels: {{app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: test}}
+spec:
+  host: reviews
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+  - {{name: v3, labels: {{version: v3}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: envoy-client, namespace: test}}
+spec:
+  workloadSelector: {{labels: {{app: envoy-client}}}}
+  egress:
+  - port: {{number: {port}, protocol: HTTP, name: http}}
+    bind: {ENVOY_IP}
+    captureMode: NONE
+    hosts: ["./*"]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: halyard-client, namespace: test}}
+spec:
+  workloadSelector: {{labels: {{app: halyard-client}}}}
+  egress:
+  - port: {{number: {port}, protocol: HTTP, name: http}}
+    bind: {HALYARD_IP}
+    captureMode: NONE
+    hosts: ["./*"]
+"#
+    );
+    for (version, p) in backends {
+        s.push_str(&format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-{version}, namespace: test}}
+spec:
+  address: 127.0.0.1
+  ports: {{http: {p}}}
+  labels: {{app: reviews, version: {version}}}
+"#
+        ));
+    }
+    s
+}
+
+fn write_vs(dir: &Path, http: &str) {
+    let text = format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: test}}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
+    );
+    // Write then rename, so the pilot never reads half a file.
+    let tmp = dir.join(".vs.yaml.tmp");
+    std::fs::write(&tmp, text).expect("write vs");
+    std::fs::rename(&tmp, dir.join("vs.yaml")).expect("rename vs");
+}
+
+fn start(envoy: &Path) -> Mesh {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&logs).expect("logs");
+    std::fs::create_dir_all(&config).expect("config");
+    let mut procs = Vec::new();
+
+    let mut backends = Vec::new();
+    for version in ["v1", "v2", "v3"] {
+        let p = free_port(&["127.0.0.1"]);
+        procs.push(Proc::spawn(
+            &format!("echo-{version}"),
+            halyard()
+                .args(["echo", "--bind", "127.0.0.1", "--port", &p.to_string()])
+                .env("SERVICE_NAME", "reviews")
+                .env("SERVICE_VERSION", version)
+                .env("POD_NAME", format!("reviews-{version}-0")),
+            &logs,
+        ));
+        backends.push((version.to_string(), p));
+    }
+    let port = free_port(&[ENVOY_IP, HALYARD_IP]);
+    std::fs::write(config.join("base.yaml"), base_config(port, &backends)).expect("base");
+    write_vs(
+        &config,
+        "  - route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+
+    let xds = SocketAddr::new(ip("127.0.0.1"), free_port(&["127.0.0.1"]));
+    let debug = SocketAddr::new(ip("127.0.0.1"), free_port(&["127.0.0.1"]));
+    procs.push(Proc::spawn(
+        "pilot",
+        halyard().args([
+            "pilot",
+            "--config",
+            config.to_str().expect("utf8"),
+            "--xds",
+            &xds.to_string(),
+            "--debug",
+            &debug.to_string(),
+            "--debounce",
+            "50ms",
+        ]),
+        &logs,
+    ));
+
+    let envoy_admin = SocketAddr::new(ip("127.0.0.1"), free_port(&["127.0.0.1"]));
+    let halyard_admin = SocketAddr::new(ip("127.0.0.1"), free_port(&["127.0.0.1"]));
+    let bootstrap = |app: &str, node_ip: &str, admin: SocketAddr| {
+        let out = halyard()
+            .args([
+                "bootstrap",
+                "--node-id",
+                &format!("sidecar~{node_ip}~{app}-0.test~test.svc.cluster.local"),
+                "--xds",
+                &xds.to_string(),
+                "--admin",
+                &admin.to_string(),
+                "--label",
+                &format!("app={app}"),
+                "--interception-mode",
+                "NONE",
+                "--output",
+                "yaml",
+            ])
+            .output()
+            .expect("bootstrap");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = dir.path().join(format!("{app}.yaml"));
+        std::fs::write(&path, out.stdout).expect("write bootstrap");
+        path
+    };
+    let envoy_bootstrap = bootstrap("envoy-client", ENVOY_IP, envoy_admin);
+    let halyard_bootstrap = bootstrap("halyard-client", HALYARD_IP, halyard_admin);
+    procs.push(Proc::spawn(
+        "envoy",
+        std::process::Command::new(envoy).args([
+            "-c",
+            envoy_bootstrap.to_str().expect("utf8"),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+        ]),
+        &logs,
+    ));
+    let ready = free_port(&["127.0.0.1"]);
+    procs.push(Proc::spawn(
+        "halyard-proxy",
+        halyard().args([
+            "proxy",
+            "--bootstrap",
+            halyard_bootstrap.to_str().expect("utf8"),
+            "--ready-port",
+            &ready.to_string(),
+            "--concurrency",
+            "1",
+        ]),
+        &logs,
+    ));
+    let mesh = Mesh {
+        dir,
+        port,
+        debug,
+        envoy_admin,
+        halyard_admin,
+        _procs: procs,
+    };
+    for ip in [ENVOY_IP, HALYARD_IP] {
+        let client = proxy_client(&mesh, ip);
+        let url = format!("http://{HOST}:{port}/");
+        wait_for(
+            &format!("proxy on {ip} to route"),
+            Duration::from_secs(30),
+            || get(&client, &url).ok().filter(|(s, _)| *s == 200),
+        );
+    }
+    mesh
+}
+
+fn proxy_client(mesh: &Mesh, ip_s: &str) -> reqwest::blocking::Client {
+    client_via(HOST, SocketAddr::new(ip(ip_s), mesh.port))
+}
+
+/// RDS versions the pilot has sent and both proxies ACKed.
+fn rds_acked(mesh: &Mesh) -> Option<Vec<String>> {
+    let syncz: Value = reqwest::blocking::get(format!("http://{}/debug/syncz", mesh.debug))
+        .ok()?
+        .json()
+        .ok()?;
+    let proxies = syncz.as_array()?;
+    if proxies.len() != 2 {
+        return None;
+    }
+    proxies
+        .iter()
+        .map(|p| {
+            let rds = &p["types"]["RDS"];
+            let sent = rds["sent_version"].as_str()?;
+            (rds["acked_version"].as_str()? == sent).then(|| sent.to_string())
+        })
+        .collect()
+}
+
+/// Apply a VirtualService and wait until both proxies ACKed the new routes.
+fn apply_vs(mesh: &Mesh, http: &str) {
+    let before = rds_acked(mesh);
+    write_vs(&mesh.dir.path().join("config"), http);
+    wait_for(
+        "both proxies to ACK the new routes",
+        Duration::from_secs(10),
+        || rds_acked(mesh).filter(|now| Some(now) != before.as_ref()),
+    );
+}
+
+/// Send `n` requests through the proxy on `ip` and count answering versions.
+fn distribution(
+    mesh: &Mesh,
+    ip: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let client = proxy_client(mesh, ip);
+    let url = format!("http://{HOST}:{}{path}", mesh.port);
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let mut req = client.get(&url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req
+            .send()
+            .unwrap_or_else(|e| panic!("request via {ip}: {e}"));
+        let status = resp.status().as_u16();
+        let version = resp
+            .headers()
+            .get("x-echo-version")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("status {status}"));
+        *counts.entry(version).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn share(counts: &BTreeMap<String, usize>, version: &str) -> f64 {
+    let total: usize = counts.values().sum();
+    100.0 * *counts.get(version).unwrap_or(&0) as f64 / total as f64
+}
+
+fn both(
+    mesh: &Mesh,
+    path: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+    check: impl Fn(&str, &BTreeMap<String, usize>),
+) {
+    for (who, ip) in [("envoy", ENVOY_IP), ("halyard", HALYARD_IP)] {
+        let counts = distribution(mesh, ip, path, headers, n);
+        check(who, &counts);
+    }
+}
+
+fn only(version: &'static str) -> impl Fn(&str, &BTreeMap<String, usize>) {
+    move |who, counts| {
+        assert_eq!(
+            counts.keys().collect::<Vec<_>>(),
+            vec![version],
+            "{who}: {counts:?}"
+        );
+    }
+}
+
+fn envoy_rejections(mesh: &Mesh) -> Vec<String> {
+    let stats = reqwest::blocking::get(format!("http://{}/stats", mesh.envoy_admin))
+        .and_then(|r| r.text())
+        .expect("envoy stats");
+    let rejected: Vec<String> = stats
+        .lines()
+        .filter(|l| l.contains("update_rejected") && !l.ends_with(": 0"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        stats.contains("update_rejected"),
+        "envoy stats lack update_rejected"
+    );
+    rejected
+}
+
+#[test]
+fn envoy_and_halyard_route_alike() {
+    let Some(envoy) = envoy() else { return };
+    let mesh = start(&envoy);
+
+    // 90/10 split over 2,000 requests: each proxy within ±3 points.
+    apply_vs(
+        &mesh,
+        "  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 90\n    - destination: {host: reviews, subset: v2}\n      weight: 10\n",
+    );
+    both(&mesh, "/", &[], 2000, |who, c| {
+        let v1 = share(c, "v1");
+        assert!((87.0..=93.0).contains(&v1), "{who}: v1 {v1:.1}% of {c:?}");
+        assert_eq!(c.len(), 2, "{who}: {c:?}");
+    });
+
+    // Header match pins a subset; everything else goes to the default.
+    apply_vs(
+        &mesh,
+        "  - match:\n    - headers:\n        x-canary: {exact: \"true\"}\n    route:\n    - destination: {host: reviews, subset: v3}\n  - route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+    both(&mesh, "/", &[("x-canary", "true")], 200, only("v3"));
+    both(&mesh, "/", &[("x-canary", "false")], 200, only("v1"));
+    both(&mesh, "/", &[], 200, only("v1"));
+
+    // URI prefix and regex matches; route order (first match wins).
+    apply_vs(
+        &mesh,
+        concat!(
+            "  - match:\n    - uri: {prefix: /api}\n    route:\n    - destination: {host: reviews, subset: v2}\n",
+            "  - match:\n    - uri: {regex: \"/v[0-9]+/items\"}\n    route:\n    - destination: {host: reviews, subset: v3}\n",
+            "  - match:\n    - uri: {prefix: /a}\n    route:\n    - destination: {host: reviews, subset: v1}\n",
+            "  - match:\n    - uri: {prefix: /a/b}\n    route:\n    - destination: {host: reviews, subset: v3}\n",
+            "  - route:\n    - destination: {host: reviews, subset: v1}\n",
+        ),
+    );
+    both(&mesh, "/api/ratings", &[], 100, only("v2"));
+    both(&mesh, "/v2/items", &[], 100, only("v3"));
+    both(&mesh, "/v2/items/extra", &[], 100, only("v1"));
+    both(&mesh, "/a/b/c", &[], 100, only("v1"));
+
+    // 3-way split 50/30/20.
+    apply_vs(
+        &mesh,
+        concat!(
+            "  - route:\n",
+            "    - destination: {host: reviews, subset: v1}\n      weight: 50\n",
+            "    - destination: {host: reviews, subset: v2}\n      weight: 30\n",
+            "    - destination: {host: reviews, subset: v3}\n      weight: 20\n",
+        ),
+    );
+    both(&mesh, "/", &[], 2000, |who, c| {
+        for (v, want) in [("v1", 50.0), ("v2", 30.0), ("v3", 20.0)] {
+            let got = share(c, v);
+            assert!(
+                (got - want).abs() <= 3.0,
+                "{who}: {v} {got:.1}% (want {want}%) of {c:?}"
+            );
+        }
+    });
+
+    assert_eq!(
+        envoy_rejections(&mesh),
+        Vec::<String>::new(),
+        "Envoy rejected config"
+    );
+}
+
+#[test]
+fn config_edit_under_traffic_fails_no_request() {
+    let Some(envoy) = envoy() else { return };
+    let mesh = Arc::new(start(&envoy));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = [ENVOY_IP, HALYARD_IP]
+        .into_iter()
+        .map(|ip| {
+            let (mesh, stop, failures, sent) =
+                (mesh.clone(), stop.clone(), failures.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let client = proxy_client(&mesh, ip);
+                let url = format!("http://{HOST}:{}/", mesh.port);
+                // Bounded: at most 20,000 requests per proxy.
+                for _ in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match get(&client, &url) {
+                        Ok((200, _)) => {}
+                        other => {
+                            eprintln!("{ip}: {other:?}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    apply_vs(
+        &mesh,
+        "  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 50\n    - destination: {host: reviews, subset: v2}\n      weight: 50\n",
+    );
+    apply_vs(
+        &mesh,
+        "  - route:\n    - destination: {host: reviews, subset: v2}\n",
+    );
+    // A broken edit: the pilot keeps the last good VirtualService.
+    std::fs::write(
+        mesh.dir.path().join("config/vs.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: test}\nspec:\n  hosts: [reviews]\n  http:\n  - rout: []\n",
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("worker");
+    }
+    assert!(
+        sent.load(Ordering::Relaxed) > 100,
+        "too little traffic to judge"
+    );
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during config edits"
+    );
+    both(&mesh, "/", &[], 50, only("v2"));
+    let configz: Value = reqwest::blocking::get(format!("http://{}/debug/configz", mesh.debug))
+        .and_then(|r| r.json())
+        .expect("configz");
+    let errors = configz["errors"].to_string();
+    assert!(
+        errors.contains("vs.yaml") && errors.contains("rout"),
+        "{errors}"
+    );
+    assert!(
+        configz["kept_last_good"]
+            .to_string()
+            .contains("VirtualService/test/reviews")
+    );
+}
