@@ -4,6 +4,9 @@
 //!
 //! It subscribes to CDS and LDS as wildcards at start; after every apply it asks
 //! the sink which EDS and RDS names it wants and updates those subscriptions.
+//! The sink only ever sees subscribed names: resources of names just dropped
+//! (in a response already in flight) are filtered out, and dropping names
+//! re-applies the smaller set.
 //! When the control plane is unreachable or the stream breaks it retries forever
 //! with jittered exponential backoff, while the sink keeps serving what it has.
 
@@ -40,7 +43,8 @@ pub struct ClientConfig {
 pub trait ResourceSink: Send + Sync + 'static {
     /// The full current set of resources of one type (after merging a delta, or
     /// a SotW response). Return Err(reason) to NACK; the sink keeps its own last
-    /// good state (per resource).
+    /// good state (per resource). Also called, with no response to NACK, when
+    /// dropping EDS/RDS names shrinks the set the server will not re-send.
     fn apply(
         &self,
         type_url: &str,

@@ -154,3 +154,44 @@ async fn removal_sotw() {
 async fn removal_delta() {
     removal(true).await;
 }
+
+async fn unsubscribe_shrinks_the_sink(delta: bool) {
+    let (server, sink, client) = synced(delta).await;
+    // Cluster b goes; its endpoints stay in the snapshot but are no longer wanted.
+    let next = snapshot(&[
+        (CLUSTER, &[("a", "1")]),
+        (ENDPOINT, &[("a", "1"), ("b", "1"), ("c", "1")]),
+        (LISTENER, &[("l1", "1")]),
+        (ROUTE, &[("l1", "1"), ("l2", "1")]),
+    ]);
+    server.set(next.clone());
+    server.wait_acked(&next, &[CLUSTER]).await;
+    eventually("b's endpoints dropped", || {
+        sink.holds(ENDPOINT, &[("a", "1")])
+    })
+    .await;
+    // No clusters at all: nothing subscribed, nothing held.
+    let empty = snapshot(&[
+        (ENDPOINT, &[("a", "1"), ("b", "1")]),
+        (LISTENER, &[("l1", "1")]),
+        (ROUTE, &[("l1", "1")]),
+    ]);
+    server.set(empty.clone());
+    server.wait_acked(&empty, &[CLUSTER]).await;
+    eventually("no endpoints held", || sink.holds(ENDPOINT, &[])).await;
+    eventually("EDS unsubscribed", || {
+        server.proxy().types["EDS"].subscribed.is_empty()
+    })
+    .await;
+    client.abort();
+}
+
+#[tokio::test]
+async fn unsubscribe_shrinks_the_sink_sotw() {
+    unsubscribe_shrinks_the_sink(false).await;
+}
+
+#[tokio::test]
+async fn unsubscribe_shrinks_the_sink_delta() {
+    unsubscribe_shrinks_the_sink(true).await;
+}

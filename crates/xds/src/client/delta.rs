@@ -30,16 +30,21 @@ pub(super) struct DeltaState {
 struct TypeState {
     bodies: BTreeMap<String, Any>,
     versions: BTreeMap<String, String>,
+    /// `system_version_info` of the last response.
+    version: String,
     /// None until the type is subscribed.
     want: Option<Want>,
 }
 
 impl TypeState {
-    fn retain_wanted(&mut self) {
+    /// Drop what the subscription no longer covers; true if anything went.
+    fn retain_wanted(&mut self) -> bool {
+        let before = self.bodies.len();
         if let Some(Want::Names(names)) = &self.want {
             self.bodies.retain(|name, _| names.contains(name));
             self.versions.retain(|name, _| names.contains(name));
         }
+        self.bodies.len() != before
     }
 }
 
@@ -112,7 +117,12 @@ fn on_response(
     let url = response.type_url;
     let version = response.system_version_info;
     let t = state.types.entry(url.clone()).or_default();
+    t.version.clone_from(&version);
     for resource in response.resources {
+        // A response sent before our last unsubscribe may hold names we dropped.
+        if matches!(&t.want, Some(Want::Names(names)) if !names.contains(&resource.name)) {
+            continue;
+        }
         match resource.resource {
             Some(body) => {
                 t.versions.insert(resource.name.clone(), resource.version);
@@ -172,13 +182,20 @@ fn update_named(sink: &dyn ResourceSink, state: &mut DeltaState, tx: &Tx) {
         };
         tracing::debug!(type_url = %url, ?subscribe, ?unsubscribe, "subscription changed");
         t.want = Some(want);
-        t.retain_wanted();
+        let shrunk = t.retain_wanted();
         let _ = tx.send(DeltaDiscoveryRequest {
             type_url: url.to_string(),
             resource_names_subscribe: subscribe,
             resource_names_unsubscribe: unsubscribe,
             ..Default::default()
         });
+        if shrunk {
+            // The server says nothing about unsubscribed names: keep the sink's
+            // set equal to the subscribed one. Nothing to NACK here.
+            if let Err(error) = sink.apply(url, &t.version, &t.bodies) {
+                tracing::warn!(type_url = %url, %error, "rejected after unsubscribe");
+            }
+        }
     }
 }
 

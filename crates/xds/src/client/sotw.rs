@@ -90,13 +90,19 @@ fn on_response(
 ) {
     let url = response.type_url;
     let version = response.version_info;
+    let t = state.types.entry(url.clone()).or_default();
     let result = response
         .resources
         .into_iter()
         .map(named_resource)
         .collect::<Result<BTreeMap<_, _>, String>>()
-        .and_then(|resources| sink.apply(&url, &version, &resources));
-    let t = state.types.entry(url.clone()).or_default();
+        .and_then(|mut resources| {
+            // A response sent before our last names change may hold names we dropped.
+            if let Some(Want::Names(names)) = &t.want {
+                resources.retain(|name, _| names.contains(name));
+            }
+            sink.apply(&url, &version, &resources)
+        });
     t.nonce = response.nonce;
     let error_detail = match result {
         Ok(()) => {
@@ -141,6 +147,12 @@ fn update_named(sink: &dyn ResourceSink, state: &mut SotwState, tx: &Tx) {
             response_nonce: t.nonce.clone(),
             ..Default::default()
         });
+        if want.is_empty() {
+            // Nothing left to answer with: the sink's set is now empty.
+            if let Err(error) = sink.apply(url, &t.acked_version, &BTreeMap::new()) {
+                tracing::warn!(type_url = %url, %error, "rejected after unsubscribe");
+            }
+        }
         t.want = Some(want);
     }
 }
