@@ -59,7 +59,15 @@ pub(crate) fn check_subset<M: prost::Message + prost::Name>(
     msg: &M,
     schema: &'static [(&'static str, subset::Field)],
 ) -> Result<(), ConfigError> {
-    subset::check(&xds::json::to_json(msg), schema)
+    let json = xds::json::to_json(msg);
+    if json.is_null() {
+        // to_json fails only on an Any of a type outside Envoy's descriptors.
+        return Err(ConfigError::new(
+            "typed_config",
+            "an Any of a type outside Envoy's API",
+        ));
+    }
+    subset::check(&json, schema)
 }
 
 /// Decode an `Any` of the expected type.
