@@ -54,7 +54,9 @@ impl Resource {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Source {
     pub file: PathBuf,
-    /// 1-based line where the document starts (for `List` items: where the List starts).
+    /// 1-based line where the document starts: its first line that is not
+    /// blank or a comment. For a `List` item, the line of its `-` (or of the
+    /// List, when the items are written in flow style `[...]`).
     pub line: usize,
 }
 

@@ -108,6 +108,14 @@ struct LooseMeta {
     namespace: Option<String>,
 }
 
+/// Where a document is: the file line of its text's first line (for
+/// mapping parser positions) and of its first non-comment line (reported).
+#[derive(Clone, Copy)]
+struct Lines {
+    text: usize,
+    head: usize,
+}
+
 /// Per-document context: the file and the line the document starts on.
 pub(crate) struct Loader<'a> {
     pub file: &'a Path,
@@ -118,6 +126,10 @@ pub(crate) struct Loader<'a> {
 impl Loader<'_> {
     /// Loads one document of the file.
     pub(crate) fn document(&mut self, doc: DocText<'_>) {
+        let at = Lines {
+            text: doc.start_line,
+            head: doc.start_line + split::leading_blank_lines(doc.text),
+        };
         let value: Value = match serde_yaml_ng::from_str(doc.text) {
             Ok(v) => v,
             Err(e) => {
@@ -131,7 +143,7 @@ impl Loader<'_> {
                     name: meta.name.as_deref(),
                     namespace: meta.namespace.as_deref(),
                 };
-                let error = self.error(doc.start_line, &header, None, &e);
+                let error = self.error(at, &header, None, &e);
                 self.errors.push(error);
                 return;
             }
@@ -145,8 +157,7 @@ impl Loader<'_> {
         if is_list {
             let Some(items) = value.get("items").and_then(Value::as_sequence) else {
                 let msg = "`items` must be a list";
-                self.errors
-                    .push(self.message(doc.start_line, &header, "items", msg));
+                self.errors.push(self.message(at, &header, "items", msg));
                 return;
             };
             // Parse each item from its own lines when they can be cut out
@@ -163,29 +174,34 @@ impl Loader<'_> {
                 });
                 match exact {
                     Some((offset, text)) => {
-                        self.object(doc.start_line + offset, Header::of(item), Input::Text(text))
+                        let line = doc.start_line + offset;
+                        let item_at = Lines {
+                            text: line,
+                            head: line,
+                        };
+                        self.object(item_at, Header::of(item), Input::Text(text))
                     }
-                    None => self.object(doc.start_line, Header::of(item), Input::Item(item)),
+                    None => self.object(at, Header::of(item), Input::Item(item)),
                 }
             }
         } else {
-            self.object(doc.start_line, header, Input::Text(doc.text));
+            self.object(at, header, Input::Text(doc.text));
         }
     }
 
     /// Loads one object (a document or a List item) whose header is known.
-    fn object(&mut self, line: usize, header: Header<'_>, input: Input<'_>) {
+    fn object(&mut self, at: Lines, header: Header<'_>, input: Input<'_>) {
         let (api_version, kind_str) = match (header.api_version, header.kind) {
             (None, None) => return, // Not a Kubernetes object.
             (Some(a), Some(k)) => (a, k),
             (None, Some(_)) => {
                 let msg = "missing or non-string `apiVersion`";
-                self.errors.push(self.message(line, &header, "", msg));
+                self.errors.push(self.message(at, &header, "", msg));
                 return;
             }
             (Some(_), None) => {
                 let msg = "missing or non-string `kind`";
-                self.errors.push(self.message(line, &header, "", msg));
+                self.errors.push(self.message(at, &header, "", msg));
                 return;
             }
         };
@@ -207,7 +223,7 @@ impl Loader<'_> {
                         .join(", ")
                 );
                 self.errors
-                    .push(self.message(line, &header, "apiVersion", &msg));
+                    .push(self.message(at, &header, "apiVersion", &msg));
             }
             return; // e.g. extensions/v1beta1 Deployment: not a version we read.
         }
@@ -221,12 +237,12 @@ impl Loader<'_> {
                 api_version: api_version.to_string(),
                 source: Source {
                     file: self.file.to_path_buf(),
-                    line,
+                    line: at.head,
                 },
                 spec,
             }),
             Err(f) => {
-                let error = self.error(line, &header, Some(&f.path), &f.error);
+                let error = self.error(at, &header, Some(&f.path), &f.error);
                 self.errors.push(error);
             }
         }
@@ -235,28 +251,25 @@ impl Loader<'_> {
     /// A serde_yaml error, moved to file coordinates.
     fn error(
         &self,
-        start_line: usize,
+        at: Lines,
         header: &Header<'_>,
         path: Option<&str>,
         e: &serde_yaml_ng::Error,
     ) -> ConfigError {
         let (line, column) = match e.location() {
-            Some(loc) => (
-                start_line + loc.line().saturating_sub(1),
-                loc.column().max(1),
-            ),
-            None => (start_line, 1),
+            Some(loc) => (at.text + loc.line().saturating_sub(1), loc.column().max(1)),
+            None => (at.head, 1),
         };
-        let message = clean_message(&e.to_string(), start_line);
-        let mut error = self.message(start_line, header, path.unwrap_or(""), &message);
+        let message = clean_message(&e.to_string(), at.text);
+        let mut error = self.message(at, header, path.unwrap_or(""), &message);
         error.line = line;
         error.column = column;
         error
     }
 
-    /// An error about a document at its start line.
-    fn message(&self, line: usize, header: &Header<'_>, field: &str, msg: &str) -> ConfigError {
-        let mut e = ConfigError::new(self.file, line, with_suggestion(msg.to_string()));
+    /// An error about a document at its first line.
+    fn message(&self, at: Lines, header: &Header<'_>, field: &str, msg: &str) -> ConfigError {
+        let mut e = ConfigError::new(self.file, at.head, with_suggestion(msg.to_string()));
         e.kind = header.kind.map(str::to_string);
         e.namespace = header.namespace.map(str::to_string);
         e.name = header.name.map(str::to_string);

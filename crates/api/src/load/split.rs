@@ -30,6 +30,16 @@ pub(crate) fn is_blank(text: &str) -> bool {
     })
 }
 
+/// How many blank, comment or directive lines open `text`.
+pub(crate) fn leading_blank_lines(text: &str) -> usize {
+    text.lines()
+        .take_while(|l| {
+            let t = l.trim();
+            t.is_empty() || t.starts_with('#') || t.starts_with('%')
+        })
+        .count()
+}
+
 /// The documents of `text`, blank ones left out.
 pub(crate) fn split_documents(text: &str) -> Vec<DocText<'_>> {
     let mut docs = Vec::new();

@@ -137,6 +137,15 @@ fn bad_document_in_the_middle_is_isolated() {
 }
 
 #[test]
+fn source_line_skips_leading_comments() {
+    let (res, _) = load(
+        "# c\n\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n# d\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n",
+    );
+    let lines: Vec<_> = res.iter().map(|r| r.source.line).collect();
+    assert_eq!(lines, [3, 8]);
+}
+
+#[test]
 fn syntax_error_points_at_file_line() {
     let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\
                 apiVersion: v1\nkind: Namespace\nmetadata: {name: b\n---\n\
@@ -230,6 +239,7 @@ fn kubectl_list_items() {
     assert_eq!(res[0].key(), "Service/n/a");
     assert_eq!(res[0].source.line, 5);
     assert_eq!(errs.len(), 1);
+    assert_eq!(load(text).0[0].source.line, 5);
     assert!(
         errs[0]
             .to_string()
@@ -238,12 +248,12 @@ fn kubectl_list_items() {
         errs[0]
     );
     // Flow-style items cannot be cut out: errors point at the List.
-    let text = "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Service, metadata: {name: a}, spec: {ports: 1}}]\n";
+    let text = "\n# c\napiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Service, metadata: {name: a}, spec: {ports: 1}}]\n";
     let (_, errs) = load(text);
     assert!(
         errs[0]
             .to_string()
-            .starts_with("t.yaml:1:1: Service a: spec.ports: invalid type"),
+            .starts_with("t.yaml:3:1: Service a: spec.ports: invalid type"),
         "{}",
         errs[0]
     );
