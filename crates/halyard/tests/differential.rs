@@ -27,7 +27,19 @@ struct Mesh {
     debug: SocketAddr,
     envoy_admin: SocketAddr,
     halyard_admin: SocketAddr,
+    pilot_args: Vec<String>,
+    pilot: Option<Proc>,
     _procs: Vec<Proc>,
+}
+
+impl Mesh {
+    fn start_pilot(&mut self) {
+        self.pilot = Some(Proc::spawn(
+            "pilot",
+            halyard().args(&self.pilot_args),
+            &self.dir.path().join("logs"),
+        ));
+    }
 }
 
 fn base_config(port: u16, backends: &[(String, u16)]) -> String {
@@ -103,7 +115,7 @@ fn write_vs(dir: &Path, http: &str) {
     std::fs::rename(&tmp, dir.join("vs.yaml")).expect("rename vs");
 }
 
-fn start(envoy: &Path) -> Mesh {
+fn start(envoy: &Path, sotw: bool) -> Mesh {
     let dir = tempfile::tempdir().expect("tempdir");
     let logs = dir.path().join("logs");
     let config = dir.path().join("config");
@@ -134,28 +146,32 @@ fn start(envoy: &Path) -> Mesh {
 
     let xds = SocketAddr::new(ip("127.0.0.1"), free_port(&["127.0.0.1"]));
     let debug = SocketAddr::new(ip("127.0.0.1"), free_port(&["127.0.0.1"]));
-    procs.push(Proc::spawn(
+    let pilot_args: Vec<String> = [
         "pilot",
-        halyard().args([
-            "pilot",
-            "--config",
-            config.to_str().expect("utf8"),
-            "--xds",
-            &xds.to_string(),
-            "--debug",
-            &debug.to_string(),
-            "--debounce",
-            "50ms",
-        ]),
-        &logs,
-    ));
+        "--config",
+        config.to_str().expect("utf8"),
+        "--xds",
+        &xds.to_string(),
+        "--debug",
+        &debug.to_string(),
+        "--debounce",
+        "50ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
 
     let envoy_admin = SocketAddr::new(ip("127.0.0.1"), free_port(&["127.0.0.1"]));
     let halyard_admin = SocketAddr::new(ip("127.0.0.1"), free_port(&["127.0.0.1"]));
     let bootstrap = |app: &str, node_ip: &str, admin: SocketAddr| {
-        let out = halyard()
+        let mut cmd = halyard();
+        if sotw {
+            cmd.arg("bootstrap").arg("--sotw");
+        } else {
+            cmd.arg("bootstrap");
+        }
+        let out = cmd
             .args([
-                "bootstrap",
                 "--node-id",
                 &format!("sidecar~{node_ip}~{app}-0.test~test.svc.cluster.local"),
                 "--xds",
@@ -209,14 +225,17 @@ fn start(envoy: &Path) -> Mesh {
         ]),
         &logs,
     ));
-    let mesh = Mesh {
+    let mut mesh = Mesh {
         dir,
         port,
         debug,
         envoy_admin,
         halyard_admin,
+        pilot_args,
+        pilot: None,
         _procs: procs,
     };
+    mesh.start_pilot();
     for ip in [ENVOY_IP, HALYARD_IP] {
         let client = proxy_client(&mesh, ip);
         let url = format!("http://{HOST}:{port}/");
@@ -342,7 +361,7 @@ fn envoy_rejections(mesh: &Mesh) -> Vec<String> {
 #[test]
 fn envoy_and_halyard_route_alike() {
     let Some(envoy) = envoy() else { return };
-    let mesh = start(&envoy);
+    let mesh = start(&envoy, false);
 
     // 90/10 split over 2,000 requests: each proxy within ±3 points.
     apply_vs(
@@ -405,12 +424,82 @@ fn envoy_and_halyard_route_alike() {
         Vec::<String>::new(),
         "Envoy rejected config"
     );
+    assert_halyard_admin(&mesh);
+}
+
+/// Our proxy's admin answers like Envoy's: stats with no rejected updates,
+/// a config dump with the dynamic listeners, routes and clusters.
+fn assert_halyard_admin(mesh: &Mesh) {
+    let admin = |path: &str| {
+        reqwest::blocking::get(format!("http://{}{path}", mesh.halyard_admin))
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("halyard admin {path}: {e}"))
+    };
+    let stats = admin("/stats");
+    for stat in [
+        "listener_manager.lds.update_rejected",
+        "cluster_manager.cds.update_rejected",
+    ] {
+        let line = stats
+            .lines()
+            .find(|l| l.starts_with(stat))
+            .unwrap_or_else(|| panic!("no {stat} in halyard /stats"));
+        assert!(line.ends_with(": 0"), "{line}");
+    }
+    let dump: Value = serde_json::from_str(&admin("/config_dump")).expect("config_dump is JSON");
+    let text = dump.to_string();
+    for needle in [
+        "ListenersConfigDump",
+        "RoutesConfigDump",
+        "ClustersConfigDump",
+        "outbound|",
+        &format!("{HALYARD_IP}_"),
+    ] {
+        assert!(text.contains(needle), "config_dump lacks {needle}");
+    }
+    assert_eq!(admin("/ready").trim(), "LIVE");
+    assert!(admin("/clusters").contains("outbound|"));
+}
+
+/// State-of-the-world ADS on both proxies; the pilot dies and comes back:
+/// traffic never stops, both reconnect, and config flows again.
+#[test]
+fn pilot_restart_keeps_traffic_flowing_sotw() {
+    let Some(envoy) = envoy() else { return };
+    let mut mesh = start(&envoy, true);
+    apply_vs(
+        &mesh,
+        "  - route:\n    - destination: {host: reviews, subset: v2}\n",
+    );
+    if let Some(mut pilot) = mesh.pilot.take() {
+        pilot.kill();
+    }
+    // Without a pilot, both proxies keep their last config.
+    both(&mesh, "/", &[], 200, only("v2"));
+    mesh.start_pilot();
+    wait_for("both proxies to reconnect", Duration::from_secs(30), || {
+        rds_acked(&mesh)
+    });
+    both(&mesh, "/", &[], 50, only("v2"));
+    apply_vs(
+        &mesh,
+        "  - route:\n    - destination: {host: reviews, subset: v3}\n",
+    );
+    both(&mesh, "/", &[], 50, only("v3"));
+    let syncz: Value = reqwest::blocking::get(format!("http://{}/debug/syncz", mesh.debug))
+        .and_then(|r| r.json())
+        .expect("syncz");
+    let proxies = syncz.as_array().expect("array");
+    assert_eq!(proxies.len(), 2, "{syncz}");
+    for p in proxies {
+        assert_eq!(p["delta"], false, "{p}");
+    }
 }
 
 #[test]
 fn config_edit_under_traffic_fails_no_request() {
     let Some(envoy) = envoy() else { return };
-    let mesh = Arc::new(start(&envoy));
+    let mesh = Arc::new(start(&envoy, false));
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
