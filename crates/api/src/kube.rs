@@ -15,16 +15,22 @@ use crate::meta::TemplateMeta;
 pub struct ServiceSpec {
     /// Pods with these labels are the endpoints. `None`: no selector (endpoints
     /// are managed elsewhere); `Some({})` selects nothing in Kubernetes either.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub selector: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ServicePort>,
     /// `None` or `"None"` (headless) or an IP.
     #[serde(rename = "clusterIP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_ip: Option<String>,
     #[serde(rename = "clusterIPs")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cluster_ips: Vec<String>,
     /// ClusterIP (default), NodePort, LoadBalancer, ExternalName.
     #[serde(rename = "type")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub service_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub external_name: Option<String>,
 }
 
@@ -33,16 +39,20 @@ pub struct ServiceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub port: u32,
     /// Defaults to `port` when absent.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_port: Option<IntOrString>,
     /// TCP (default), UDP, SCTP.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     /// Istio reads the protocol from here (`http`, `grpc`, `tcp`, ...) before the port name.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub app_protocol: Option<String>,
 }
 
@@ -93,6 +103,7 @@ impl<'de> Deserialize<'de> for IntOrString {
 #[serde(rename_all = "camelCase", default)]
 pub struct DeploymentSpec {
     /// Defaults to 1 when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
     pub selector: LabelSelector,
     pub template: PodTemplateSpec,
@@ -102,6 +113,7 @@ pub struct DeploymentSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LabelSelector {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
 }
 
@@ -118,8 +130,11 @@ pub struct PodTemplateSpec {
 #[serde(rename_all = "camelCase", default)]
 pub struct PodSpec {
     /// `default` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<Container>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub init_containers: Vec<Container>,
 }
 
@@ -128,11 +143,17 @@ pub struct PodSpec {
 #[serde(rename_all = "camelCase", default)]
 pub struct Container {
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ContainerPort>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
 }
 
@@ -142,6 +163,7 @@ pub struct Container {
 pub struct EnvVar {
     pub name: String,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
 }
 
@@ -151,8 +173,10 @@ pub struct EnvVar {
 pub struct ContainerPort {
     pub container_port: u32,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
 }
 

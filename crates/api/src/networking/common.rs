@@ -119,6 +119,7 @@ pub struct Port {
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSelector {
     #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -127,6 +128,7 @@ pub struct WorkloadSelector {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
 }
 

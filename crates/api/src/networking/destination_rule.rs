@@ -16,12 +16,16 @@ use crate::Duration;
 pub struct DestinationRule {
     pub host: String,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic_policy: Option<TrafficPolicy>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subsets: Vec<Subset>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<LabelSelector>,
 }
 
@@ -32,8 +36,10 @@ pub struct DestinationRule {
 pub struct Subset {
     pub name: String,
     #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic_policy: Option<TrafficPolicy>,
 }
 
@@ -42,13 +48,21 @@ pub struct Subset {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TrafficPolicy {
     #[serde(deserialize_with = "super::one_of::checked")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPoolSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_budget: Option<RetryBudget>,
 }
 
@@ -56,11 +70,16 @@ pub struct TrafficPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PortTrafficPolicy {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<PortSelector>,
     #[serde(deserialize_with = "super::one_of::checked")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPoolSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
 }
 
@@ -69,12 +88,18 @@ pub struct PortTrafficPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LoadBalancerSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub simple: Option<SimpleLb>,
     #[serde(deserialize_with = "super::one_of::checked")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHashLb>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub locality_lb_setting: Option<LocalityLbSetting>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub warmup: Option<WarmupConfiguration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub zone_aware_lb_setting: Option<ZoneAwareLbSetting>,
 }
 
@@ -94,13 +119,20 @@ pub enum SimpleLb {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ConsistentHashLb {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_header_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_cookie: Option<HttpCookie>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub use_source_ip: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_query_parameter_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ring_hash: Option<RingHash>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub maglev: Option<Maglev>,
     /// Deprecated; use `ringHash.minimumRingSize`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub minimum_ring_size: Option<u64>,
 }
 
@@ -110,10 +142,13 @@ pub struct ConsistentHashLb {
 pub struct HttpCookie {
     pub name: String,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<CookieAttribute>,
 }
 
@@ -123,6 +158,7 @@ pub struct HttpCookie {
 pub struct CookieAttribute {
     pub name: String,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
 }
 
@@ -130,6 +166,7 @@ pub struct CookieAttribute {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RingHash {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub minimum_ring_size: Option<u64>,
 }
 
@@ -137,6 +174,7 @@ pub struct RingHash {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Maglev {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub table_size: Option<u64>,
 }
 
@@ -144,9 +182,13 @@ pub struct Maglev {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LocalityLbSetting {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub distribute: Vec<LocalityDistribute>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failover: Vec<LocalityFailover>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failover_priority: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
 }
 
@@ -155,6 +197,7 @@ pub struct LocalityLbSetting {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LocalityDistribute {
     pub from: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub to: BTreeMap<String, u32>,
 }
 
@@ -170,9 +213,13 @@ pub struct LocalityFailover {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ZoneAwareLbSetting {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failover: Vec<LocalityFailover>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failover_priority: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_cluster_size: Option<u64>,
 }
 
@@ -182,8 +229,10 @@ pub struct ZoneAwareLbSetting {
 pub struct WarmupConfiguration {
     pub duration: Duration,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub minimum_percent: Option<f64>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub aggression: Option<f64>,
 }
 
@@ -192,16 +241,26 @@ pub struct WarmupConfiguration {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct OutlierDetection {
     /// Deprecated; use `consecutive5xxErrors` / `consecutiveGatewayErrors`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consecutive_errors: Option<i32>,
     #[serde(rename = "consecutive5xxErrors")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consecutive_5xx_errors: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consecutive_gateway_errors: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consecutive_local_origin_failures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub split_external_local_origin_errors: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub base_ejection_time: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_health_percent: Option<i32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub outlier_detection_http_error_codes: Vec<u32>,
 }
 
@@ -209,14 +268,23 @@ pub struct OutlierDetection {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ClientTlsSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<ClientTlsMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_certificates: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_name: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_crl: Option<String>,
 }
 
@@ -235,6 +303,7 @@ pub enum ClientTlsMode {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TunnelSettings {
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     pub target_host: String,
     pub target_port: u32,
@@ -244,6 +313,7 @@ pub struct TunnelSettings {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ProxyProtocol {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<ProxyProtocolVersion>,
 }
 
@@ -258,7 +328,10 @@ pub enum ProxyProtocolVersion {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RetryBudget {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_retry_concurrency: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_interval: Option<Duration>,
 }

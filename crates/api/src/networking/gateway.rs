@@ -12,7 +12,9 @@ use super::common::Port;
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Gateway {
     /// Labels of the gateway pods this applies to.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub selector: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<Server>,
 }
 
@@ -24,15 +26,20 @@ pub struct Server {
     #[serde(default)]
     pub port: Port,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bind: Option<String>,
     /// `[namespace/]dnsName`, wildcards allowed.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsSettings>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_endpoint: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
 
@@ -42,21 +49,37 @@ pub struct Server {
 pub struct ServerTlsSettings {
     /// Answer plain HTTP with a 301 to HTTPS.
     pub https_redirect: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<ServerTlsMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_certificates: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_crl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_name: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credential_names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_cert_credential_name: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls_certificates: Vec<TlsCertificate>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub verify_certificate_spki: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub verify_certificate_hash: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_protocol_version: Option<TlsProtocolVersion>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_protocol_version: Option<TlsProtocolVersion>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cipher_suites: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
 }
 
@@ -64,8 +87,11 @@ pub struct ServerTlsSettings {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TlsCertificate {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_certificates: Option<String>,
 }
 

@@ -12,15 +12,24 @@ use super::common::{Port, WorkloadSelector};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ServiceEntry {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
     /// Virtual IPs or CIDRs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<WorkloadEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<WorkloadSelector>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
 }
 
@@ -48,12 +57,19 @@ pub enum Resolution {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct WorkloadEntry {
     /// IP, DNS name, or `unix://` socket path.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     /// Port name (of the service) to the workload's port number.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<String, u32>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub locality: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
 }

@@ -12,10 +12,15 @@ use super::gateway::ServerTlsSettings;
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Sidecar {
     /// Absent: applies to every workload in the namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<WorkloadSelector>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<IstioIngressListener>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<IstioEgressListener>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub inbound_connection_pool: Option<ConnectionPoolSettings>,
 }
 
@@ -27,15 +32,20 @@ pub struct IstioIngressListener {
     #[serde(default)]
     pub port: Port,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bind: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub capture_mode: Option<CaptureMode>,
     /// `127.0.0.1:PORT`, `0.0.0.0:PORT` or `unix://path`.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_endpoint: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsSettings>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPoolSettings>,
 }
 
@@ -44,12 +54,16 @@ pub struct IstioIngressListener {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IstioEgressListener {
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<Port>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bind: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub capture_mode: Option<CaptureMode>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
 }
 
@@ -66,7 +80,9 @@ pub enum CaptureMode {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct OutboundTrafficPolicy {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<OutboundTrafficMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub egress_proxy: Option<Destination>,
 }
 

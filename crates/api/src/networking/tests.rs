@@ -551,3 +551,29 @@ fn one_of_fields_are_exclusive() {
         "{head}  - fault: {{abort: {{http2Error: x}}, delay: {{exponentialDelay: 1s}}}}\n    route: [{{destination: {{host: a}}}}]\n"
     ));
 }
+
+#[test]
+fn specs_serialise_back_to_the_same_yaml_shape() {
+    fn roundtrip<T>(value: &T) -> String
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let yaml = serde_yaml_ng::to_string(value).expect("serialise");
+        let back: T = serde_yaml_ng::from_str(&yaml).expect("parse back");
+        assert_eq!(&back, value);
+        yaml
+    }
+    let Spec::VirtualService(vs) = one(VS).spec else {
+        panic!()
+    };
+    let yaml = roundtrip(&vs);
+    assert!(!yaml.contains("null"), "{yaml}");
+    assert!(yaml.contains("perTryTimeout: 0.1s"), "{yaml}");
+    assert!(yaml.contains("match:"), "{yaml}");
+    let Spec::DestinationRule(dr) = one(DR).spec else {
+        panic!()
+    };
+    let yaml = roundtrip(&dr);
+    assert!(yaml.contains("consecutive5xxErrors: 5"), "{yaml}");
+    assert!(!yaml.contains("null"), "{yaml}");
+}

@@ -13,13 +13,19 @@ use crate::Duration;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct VirtualService {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
     /// Gateway names (`ns/name` or `name`); the reserved `mesh` means sidecars.
     /// Empty means `mesh` only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpRoute>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<TlsRoute>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<TcpRoute>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
 }
 
@@ -27,25 +33,41 @@ pub struct VirtualService {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct HttpRoute {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(rename = "match")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<HttpMatchRequest>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<HttpRouteDestination>,
     #[serde(deserialize_with = "super::one_of::checked")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect: Option<HttpRedirect>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<HttpDirectResponse>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub delegate: Option<Delegate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<HttpRewrite>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<HttpRetry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<HttpFaultInjection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Destination>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<HttpMirrorPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<Percent>,
     /// Deprecated integer form of `mirrorPercentage` (also spelt `mirror_percent`).
     #[serde(alias = "mirror_percent")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror_percent: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cors_policy: Option<CorsPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
 }
 
@@ -53,20 +75,33 @@ pub struct HttpRoute {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct HttpMatchRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub uri: Option<StringMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub scheme: Option<StringMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<StringMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub authority: Option<StringMatch>,
     /// Header name (lower-case) to match; `{}` means "present".
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, StringMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub query_params: BTreeMap<String, StringMatch>,
     pub ignore_uri_case: bool,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub without_headers: BTreeMap<String, StringMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source_namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stat_prefix: Option<String>,
 }
 
@@ -81,6 +116,7 @@ pub struct HttpRouteDestination {
     #[serde(default)]
     pub weight: i32,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
 }
 
@@ -88,13 +124,20 @@ pub struct HttpRouteDestination {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct HttpRedirect {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub derive_port: Option<RedirectPortSelection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
     /// Defaults to 301 when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect_code: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix_rewrite: Option<String>,
 }
 
@@ -112,6 +155,7 @@ pub enum RedirectPortSelection {
 pub struct HttpDirectResponse {
     pub status: u32,
     #[serde(default, deserialize_with = "super::one_of::checked")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<HttpBody>,
 }
 
@@ -119,7 +163,9 @@ pub struct HttpDirectResponse {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct HttpBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub string: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<String>,
 }
 
@@ -128,6 +174,7 @@ pub struct HttpBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Delegate {
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }
 
@@ -136,8 +183,11 @@ pub struct Delegate {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct HttpRewrite {
     /// Replaces the part of the path matched by the `uri` prefix/exact match.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub uri_regex_rewrite: Option<RegexRewrite>,
 }
 
@@ -156,10 +206,15 @@ pub struct RegexRewrite {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct HttpRetry {
     pub attempts: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_remote_localities: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_ignore_previous_hosts: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Duration>,
 }
 
@@ -168,8 +223,10 @@ pub struct HttpRetry {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct HttpFaultInjection {
     #[serde(deserialize_with = "super::one_of::checked")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub delay: Option<Delay>,
     #[serde(deserialize_with = "super::one_of::checked")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub abort: Option<Abort>,
 }
 
@@ -177,10 +234,14 @@ pub struct HttpFaultInjection {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Delay {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fixed_delay: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exponential_delay: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
     /// Deprecated integer percentage; `percentage` wins when both are set.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub percent: Option<i32>,
 }
 
@@ -188,10 +249,14 @@ pub struct Delay {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Abort {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<i32>,
     /// A gRPC status name such as `UNAVAILABLE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http2_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
 }
 
@@ -202,6 +267,7 @@ pub struct HttpMirrorPolicy {
     #[serde(default)]
     pub destination: Destination,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
 }
 
@@ -210,13 +276,21 @@ pub struct HttpMirrorPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct CorsPolicy {
     /// Deprecated exact-match origins; use `allowOrigins`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_origin: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_origins: Vec<StringMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub expose_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_credentials: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unmatched_preflights: Option<UnmatchedPreflights>,
 }
 
@@ -234,7 +308,9 @@ pub enum UnmatchedPreflights {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TlsRoute {
     #[serde(rename = "match")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<TlsMatchAttributes>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<RouteDestination>,
 }
 
@@ -242,11 +318,17 @@ pub struct TlsRoute {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TlsMatchAttributes {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sni_hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destination_subnets: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source_namespace: Option<String>,
 }
 
@@ -255,7 +337,9 @@ pub struct TlsMatchAttributes {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TcpRoute {
     #[serde(rename = "match")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<L4MatchAttributes>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<RouteDestination>,
 }
 
@@ -263,11 +347,17 @@ pub struct TcpRoute {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct L4MatchAttributes {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destination_subnets: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source_subnet: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source_namespace: Option<String>,
 }
 
