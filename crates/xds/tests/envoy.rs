@@ -1,6 +1,7 @@
 //! Conformance against a stock Envoy: it connects to our ADS server (SotW and
 //! delta), ACKs the initial CDS/EDS/LDS/RDS, ACKs an endpoint-only push, NACKs
-//! an invalid cluster (shown in the sync status) and ACKs the fix.
+//! an invalid cluster (shown in the sync status) and ACKs the fix, which adds a
+//! cluster (so Envoy widens its EDS subscription).
 //! Skipped when no `envoy` binary is found ($ENVOY_BIN, /work/cache/venv/bin/envoy, PATH).
 
 mod common;
@@ -64,25 +65,37 @@ fn type_snapshot(resources: Vec<Resource>) -> TypeSnapshot {
 
 /// One EDS cluster behind an HTTP listener on an ephemeral port, via RDS.
 /// `endpoint_port` varies the endpoints; `bad` adds a cluster Envoy must reject.
-fn mesh(endpoint_port: u16, bad: bool) -> Snapshot {
-    let mut clusters = vec![resource::<Cluster>(
-        "backend",
-        "name: backend\ntype: EDS\nconnect_timeout: 1s\n\
-         eds_cluster_config: {eds_config: {ads: {}, resource_api_version: V3}}",
-    )];
+fn mesh(endpoint_port: u16, bad: bool, names: &[&str]) -> Snapshot {
+    let mut clusters: Vec<Resource> = names
+        .iter()
+        .map(|name| {
+            resource::<Cluster>(
+                name,
+                &format!(
+                    "name: {name}\ntype: EDS\nconnect_timeout: 1s\n\
+                     eds_cluster_config: {{eds_config: {{ads: {{}}, resource_api_version: V3}}}}"
+                ),
+            )
+        })
+        .collect();
     if bad {
         clusters.push(resource::<Cluster>(
             "bad",
             "name: bad\ntype: STATIC\nconnect_timeout: 0s",
         ));
     }
-    let endpoints = vec![resource::<ClusterLoadAssignment>(
-        "backend",
-        &format!(
-            "cluster_name: backend\nendpoints: [{{lb_endpoints: [{{endpoint: {{address: \
-             {{socket_address: {{address: 127.0.0.1, port_value: {endpoint_port}}}}}}}}}]}}]"
-        ),
-    )];
+    let endpoints = names
+        .iter()
+        .map(|name| {
+            resource::<ClusterLoadAssignment>(
+                name,
+                &format!(
+                    "cluster_name: {name}\nendpoints: [{{lb_endpoints: [{{endpoint: {{address: \
+                     {{socket_address: {{address: 127.0.0.1, port_value: {endpoint_port}}}}}}}}}]}}]"
+                ),
+            )
+        })
+        .collect();
     let listeners = vec![resource::<Listener>(
         "http",
         r#"
@@ -150,7 +163,7 @@ async fn envoy_conformance(delta: bool) {
         eprintln!("no envoy binary; skipping");
         return;
     };
-    let server = TestServer::start(mesh(8080, false)).await;
+    let server = TestServer::start(mesh(8080, false, &["backend"])).await;
     let dir = std::env::temp_dir().join(format!("xds-envoy-{}-{delta}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("bootstrap.yaml");
@@ -177,7 +190,10 @@ async fn envoy_conformance(delta: bool) {
     let ok = server
         .status
         .wait_until(DEADLINE * 3, |p| {
-            p.len() == 1 && all.iter().all(|u| converged(&p[0], u, &mesh(8080, false)))
+            p.len() == 1
+                && all
+                    .iter()
+                    .all(|u| converged(&p[0], u, &mesh(8080, false, &["backend"])))
         })
         .await;
     assert!(
@@ -189,8 +205,10 @@ async fn envoy_conformance(delta: bool) {
     let before = server.proxy();
     assert_eq!(before.delta, delta);
 
-    server.set(mesh(8081, false));
-    server.wait_acked(&mesh(8081, false), &all).await;
+    server.set(mesh(8081, false, &["backend"]));
+    server
+        .wait_acked(&mesh(8081, false, &["backend"]), &all)
+        .await;
     let after = server.proxy();
     assert_eq!(
         after.types["CDS"].sent_count,
@@ -201,7 +219,7 @@ async fn envoy_conformance(delta: bool) {
         before.types["EDS"].sent_count + 1
     );
 
-    server.set(mesh(8081, true));
+    server.set(mesh(8081, true, &["backend"]));
     let nacked = server
         .status
         .wait_until(DEADLINE, |p| {
@@ -211,9 +229,13 @@ async fn envoy_conformance(delta: bool) {
     assert!(nacked, "{:#?}\n{}", server.status.snapshot(), logs());
     eprintln!("Envoy's NACK: {:?}", server.proxy().types["CDS"].nack);
 
-    server.set(mesh(8082, false));
-    server.wait_acked(&mesh(8082, false), &all).await;
-    assert_eq!(server.proxy().types["CDS"].nack, None);
+    server.set(mesh(8082, false, &["backend", "backend2"]));
+    server
+        .wait_acked(&mesh(8082, false, &["backend", "backend2"]), &all)
+        .await;
+    let p = server.proxy();
+    assert_eq!(p.types["CDS"].nack, None);
+    assert_eq!(p.types["EDS"].subscribed, ["backend", "backend2"]);
     let _ = std::fs::remove_dir_all(&dir);
     tokio::time::sleep(Duration::ZERO).await;
 }
