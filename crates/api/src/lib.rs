@@ -2,6 +2,22 @@
 //! reads, plus the YAML/JSON loader that turns files into [`Resource`]s and
 //! [`ConfigError`]s with `file:line:col` positions. Pure: no network, no async.
 //!
+//! Conventions of the types:
+//! - YAML names are Istio's camelCase; Rust names are the snake_case of
+//!   them, except `match`, which is `matches`.
+//! - Absent optional scalars and messages are `None`; absent lists and maps
+//!   are empty; absent `bool`s are `false`. Fields Istio requires but its own
+//!   analyzers feed absent (a route's `destination`, a server's `port`) load
+//!   as defaults (empty host, port 0) for validation to report.
+//! - Durations are [`Duration`] (Go syntax: `"5s"`, `"1.5m"`, `"100ms"`).
+//! - String matches are [`networking::StringMatch`]: `Exact`, `Prefix`,
+//!   `Regex`, or `Present` for `{}` (header present with any value).
+//! - Percentages are [`networking::Percent`] `{value: f64}`, 0–100.
+//! - Enums reject unknown values, listing the accepted ones; every Istio
+//!   struct rejects unknown fields (with a did-you-mean); Istio's
+//!   "at most one of" field groups are enforced. Kubernetes kinds ignore
+//!   fields Halyard does not read.
+//!
 //! ```no_run
 //! let (resources, errors) = api::load::load_path(std::path::Path::new("config/"));
 //! for e in &errors {

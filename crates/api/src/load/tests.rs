@@ -442,3 +442,13 @@ fn show_messages() {
         }
     }
 }
+
+#[test]
+fn crlf_files_keep_line_numbers() {
+    let text = VS_TYPO.replace('\n', "\r\n");
+    let text =
+        format!("apiVersion: v1\r\nkind: Namespace\r\nmetadata: {{name: a}}\r\n---\r\n{text}");
+    let (res, errs) = load(&text);
+    assert_eq!(res.len(), 1);
+    assert_eq!((errs[0].line, errs[0].column), (13, 5), "{}", errs[0]);
+}
