@@ -68,6 +68,47 @@ pub struct TypeSnapshot {
     pub resources: BTreeMap<String, Resource>,
 }
 
+impl Resource {
+    /// A resource whose version is a hash of its encoded body. (Messages with
+    /// protobuf maps, such as `Struct` metadata, may encode in varying order:
+    /// then equal content can get a new version, which costs a push, no more.)
+    pub fn new(name: impl Into<String>, body: prost_types::Any) -> Resource {
+        let version = format!("{:016x}", fnv1a(&[body.type_url.as_bytes(), &body.value]));
+        Resource {
+            name: name.into(),
+            version,
+            body,
+        }
+    }
+}
+
+impl TypeSnapshot {
+    /// The resources keyed by name, with a type version hashed from every
+    /// (name, version) pair, so it changes exactly when some resource does.
+    pub fn from_resources(resources: impl IntoIterator<Item = Resource>) -> TypeSnapshot {
+        let resources: BTreeMap<String, Resource> =
+            resources.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let parts: Vec<&[u8]> = resources
+            .values()
+            .flat_map(|r| [r.name.as_bytes(), b"\0", r.version.as_bytes(), b"\0"])
+            .collect();
+        TypeSnapshot {
+            version: format!("{:016x}", fnv1a(&parts)),
+            resources,
+        }
+    }
+}
+
+/// 64-bit FNV-1a: stable across processes and releases (unlike `DefaultHasher`).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    parts
+        .iter()
+        .flat_map(|p| p.iter())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
 /// What the server needs from the control plane.
 pub trait SnapshotSource: Send + Sync + 'static {
     /// A proxy connected (first request's node). Give it a watch of its snapshot;
@@ -250,6 +291,25 @@ fn nack_text(detail: &envoy_types::pb::google::rpc::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_version_follows_resource_versions() {
+        let any = |v: &[u8]| prost_types::Any {
+            type_url: type_url::CLUSTER.into(),
+            value: v.to_vec(),
+        };
+        let a1 = Resource::new("a", any(b"1"));
+        let b1 = Resource::new("b", any(b"1"));
+        assert_eq!(a1.version, b1.version, "same body, same version");
+        let v1 = TypeSnapshot::from_resources([a1.clone(), b1.clone()]);
+        let again = TypeSnapshot::from_resources([b1.clone(), a1.clone()]);
+        assert_eq!(v1.version, again.version);
+        let v2 = TypeSnapshot::from_resources([a1.clone(), Resource::new("b", any(b"2"))]);
+        assert_ne!(v1.version, v2.version);
+        let v3 = TypeSnapshot::from_resources([a1]);
+        assert_ne!(v1.version, v3.version);
+        assert_eq!(v3.resources.len(), 1);
+    }
 
     #[test]
     fn push_order_is_cds_eds_lds_rds_then_rest() {
