@@ -425,6 +425,20 @@ fn type_errors_speak_yaml() {
     );
 }
 
+/// Loads `$API_LOAD_PATH` and prints every error (a manual check tool).
+#[test]
+#[ignore]
+fn report_env_path() {
+    let Some(path) = std::env::var_os("API_LOAD_PATH") else {
+        return;
+    };
+    let (res, errs) = load_path(Path::new(&path));
+    for e in &errs {
+        println!("{e}");
+    }
+    println!("{} resources, {} errors", res.len(), errs.len());
+}
+
 #[test]
 #[ignore]
 fn show_messages() {

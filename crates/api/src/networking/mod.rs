@@ -17,6 +17,8 @@ mod sidecar;
 mod virtual_service;
 
 #[cfg(test)]
+mod schema_coverage;
+#[cfg(test)]
 mod tests;
 
 pub use common::*;
