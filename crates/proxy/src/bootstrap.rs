@@ -88,6 +88,11 @@ impl TryFrom<&Bootstrap> for BootstrapConfig {
                     .map_err(|e| e.under(&format!("static_resources.clusters[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let known = |name: &str| clusters.iter().any(|(_, c)| c.name == name);
+        for (i, (_, l)) in listeners.iter().enumerate() {
+            l.check_inline_route_clusters(&known)
+                .map_err(|e| e.under(&format!("static_resources.listeners[{i}]")))?;
+        }
         let ads = ads(b, &clusters)?;
         Ok(BootstrapConfig {
             node: b.node.clone().unwrap_or_default(),

@@ -94,6 +94,9 @@ pub enum RequestError {
     UpstreamReset(#[source] hyper::Error),
     #[error("upgrade not allowed")]
     UpgradeRefused,
+    /// HTTP/1.0 without `accept_http_10` (not in the subset, so always).
+    #[error("Upgrade Required")]
+    Http10,
 }
 
 impl RequestError {
@@ -105,7 +108,9 @@ impl RequestError {
             RequestError::ConnectFailure(_) => ResponseFlag::UpstreamConnectionFailure,
             RequestError::Timeout => ResponseFlag::UpstreamRequestTimeout,
             RequestError::UpstreamReset(_) => ResponseFlag::UpstreamConnectionTermination,
-            RequestError::UpgradeRefused => ResponseFlag::DownstreamProtocolError,
+            RequestError::UpgradeRefused | RequestError::Http10 => {
+                ResponseFlag::DownstreamProtocolError
+            }
         }
     }
 
@@ -115,6 +120,7 @@ impl RequestError {
             RequestError::NoRoute => StatusCode::NOT_FOUND,
             RequestError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             RequestError::UpgradeRefused => StatusCode::FORBIDDEN,
+            RequestError::Http10 => StatusCode::UPGRADE_REQUIRED,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -83,9 +83,12 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress_http
+          normalize_path: true
+          merge_slashes: true
           http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
           route_config:
             name: local
+            validate_clusters: false
 {ROUTES}
   - name: tcp
     address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
@@ -308,4 +311,52 @@ static_resources:
         err.to_string(),
         "static_resources.clusters[0].lb_policy: unsupported lb_policy RING_HASH"
     );
+}
+
+#[tokio::test]
+async fn inline_routes_to_unknown_clusters_are_refused() {
+    let yaml = r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: s
+          route_config:
+            virtual_hosts: [{name: v, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: nope}}]}]
+"#;
+    let bootstrap = proxy::bootstrap::parse(yaml, false).unwrap();
+    let opts = ProxyOptions {
+        ready_port: None,
+        ..Default::default()
+    };
+    let err = Proxy::start(bootstrap, &opts).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route: unknown cluster 'nope'"
+    );
+}
+
+#[tokio::test]
+async fn http10_gets_426_and_paths_are_normalized() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await;
+    let addr = s.proxy.listener_addr("http").unwrap();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /a HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 426") || out.starts_with("HTTP/1.1 426"),
+        "{out}"
+    );
+    let r = get(addr, "x", "//a/./b/../%7Ex?q=//y", &[]).await;
+    assert_eq!(r.body, "a");
+    assert_eq!(r.headers["x-seen-path"], "/a/~x?q=//y");
 }

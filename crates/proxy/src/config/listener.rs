@@ -104,6 +104,8 @@ pub struct HttpConnectionManager {
     pub routes: RouteSource,
     pub websocket: bool,
     pub use_remote_address: bool,
+    pub normalize_path: bool,
+    pub merge_slashes: bool,
     stats: OnceLock<HttpStats>,
 }
 
@@ -119,6 +121,36 @@ impl HttpConnectionManager {
 pub struct TcpProxy {
     pub stat_prefix: String,
     pub clusters: WeightedClusters,
+}
+
+impl ListenerConfig {
+    /// Inline route configs validate their clusters (Envoy's default for
+    /// statically defined route tables).
+    pub fn check_inline_route_clusters(
+        &self,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Result<(), ConfigError> {
+        let chains = self
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(i, fc)| (format!("filter_chains[{i}]"), fc))
+            .chain(
+                self.default_filter_chain
+                    .iter()
+                    .map(|fc| ("default_filter_chain".to_string(), fc)),
+            );
+        for (path, fc) in chains {
+            if let NetworkFilter::HttpConnectionManager(h) = &fc.filter {
+                if let RouteSource::Inline(rc) = &h.routes {
+                    rc.check_clusters(true, known).map_err(|e| {
+                        e.under(&format!("{path}.filters[0].typed_config.route_config"))
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TryFrom<&XdsListener> for ListenerConfig {
@@ -347,6 +379,8 @@ impl TryFrom<&hcm::HttpConnectionManager> for HttpConnectionManager {
             routes,
             websocket,
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
+            normalize_path: h.normalize_path.as_ref().is_some_and(|b| b.value),
+            merge_slashes: h.merge_slashes,
             stats: OnceLock::new(),
         })
     }

@@ -21,6 +21,8 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct RouteConfig {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
+    /// As configured; Envoy defaults it to true for inline route configs only.
+    pub validate_clusters: Option<bool>,
     pub(crate) domains: DomainIndex,
 }
 
@@ -205,8 +207,34 @@ impl TryFrom<&XdsRouteConfiguration> for RouteConfig {
         Ok(RouteConfig {
             name: rc.name.clone(),
             virtual_hosts,
+            validate_clusters: rc.validate_clusters.as_ref().map(|b| b.value),
             domains,
         })
+    }
+}
+
+impl RouteConfig {
+    /// With cluster validation on (`inline` route configs default to it), the
+    /// first route naming a cluster that `known` does not know.
+    pub fn check_clusters(
+        &self,
+        inline: bool,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Result<(), ConfigError> {
+        if !self.validate_clusters.unwrap_or(inline) {
+            return Ok(());
+        }
+        for (vi, vh) in self.virtual_hosts.iter().enumerate() {
+            for (ri, r) in vh.routes.iter().enumerate() {
+                if let Some(name) = r.action.clusters.names().find(|n| !known(n)) {
+                    return Err(ConfigError::new(
+                        format!("virtual_hosts[{vi}].routes[{ri}].route"),
+                        format!("unknown cluster '{name}'"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

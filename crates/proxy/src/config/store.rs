@@ -153,11 +153,15 @@ impl ConfigStore {
         match type_url {
             type_url::LISTENER => {
                 self.lds.update_attempt.inc();
+                let names = cluster_names(&state);
+                let known = |n: &str| names.contains(n);
+                let validate = |l: &ListenerConfig| l.check_inline_route_clusters(&known);
                 state.listeners = convert_all(
                     &state.listeners,
                     resources,
                     version,
                     "listener",
+                    &validate,
                     &mut errors,
                 );
                 state
@@ -172,8 +176,14 @@ impl ConfigStore {
             }
             type_url::CLUSTER => {
                 self.cds.update_attempt.inc();
-                state.clusters =
-                    convert_all(&state.clusters, resources, version, "cluster", &mut errors);
+                state.clusters = convert_all(
+                    &state.clusters,
+                    resources,
+                    version,
+                    "cluster",
+                    &|_| Ok(()),
+                    &mut errors,
+                );
                 state
                     .versions
                     .insert(type_url::CLUSTER, version.to_string());
@@ -186,7 +196,17 @@ impl ConfigStore {
             }
             type_url::ROUTE => {
                 let mut per_route = Vec::new();
-                let new = convert_all(&state.routes, resources, version, "route", &mut per_route);
+                let names = cluster_names(&state);
+                let known = |n: &str| names.contains(n);
+                let validate = |r: &RouteConfig| r.check_clusters(false, &known);
+                let new = convert_all(
+                    &state.routes,
+                    resources,
+                    version,
+                    "route",
+                    &validate,
+                    &mut per_route,
+                );
                 state.routes = new;
                 state.versions.insert(type_url::ROUTE, version.to_string());
                 for name in resources.keys() {
@@ -210,6 +230,7 @@ impl ConfigStore {
                     resources,
                     version,
                     "cluster_load_assignment",
+                    &|_| Ok(()),
                     &mut errors,
                 );
                 state
@@ -354,6 +375,10 @@ fn all_clusters(state: &State) -> impl Iterator<Item = &Arc<ClusterConfig>> {
     statics.chain(dynamics)
 }
 
+fn cluster_names(state: &State) -> std::collections::HashSet<String> {
+    all_clusters(state).map(|c| c.name.clone()).collect()
+}
+
 fn all_listeners(state: &State) -> impl Iterator<Item = &Arc<ListenerConfig>> {
     state
         .static_listeners
@@ -439,6 +464,7 @@ fn convert_all<D, P>(
     resources: &BTreeMap<String, prost_types::Any>,
     version: &str,
     kind: &str,
+    validate: &dyn Fn(&D) -> Result<(), ConfigError>,
     errors: &mut Vec<(String, String)>,
 ) -> BTreeMap<String, Versioned<D, P>>
 where
@@ -448,7 +474,8 @@ where
     let mut next = BTreeMap::new();
     for (name, any) in resources {
         let converted = super::decode_any::<P>(&super::envoy_any(any), "")
-            .and_then(|proto| D::try_from(&proto).map(|d| (proto, d)));
+            .and_then(|proto| D::try_from(&proto).map(|d| (proto, d)))
+            .and_then(|(proto, d)| validate(&d).map(|()| (proto, d)));
         match converted {
             Ok((proto, config)) => {
                 next.insert(

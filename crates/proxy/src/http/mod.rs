@@ -5,5 +5,6 @@
 pub mod body;
 pub mod connection_manager;
 pub mod headers;
+pub mod path_normalization;
 pub mod route_match;
 pub mod router;

@@ -3,9 +3,10 @@
 //! h2c per cluster), pass upgrades (WebSocket) through, and turn failures
 //! into Envoy's local replies (NR 404, UH/UF 503, UT 504) in one place.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -13,8 +14,10 @@ use hyper_util::rt::TokioIo;
 use super::body::ResponseBody;
 use super::connection_manager::HttpContext;
 use super::headers::{
-    self, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
+    self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_FOR,
+    X_FORWARDED_PROTO, X_REQUEST_ID,
 };
+use super::path_normalization;
 use super::route_match::RequestView;
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::listener::RouteSource;
@@ -63,6 +66,10 @@ async fn forward(
     ctx: &HttpContext,
 ) -> Result<Response<ResponseBody>, RequestError> {
     let downstream_h2 = req.version() == Version::HTTP_2;
+    if req.version() == Version::HTTP_10 {
+        return Err(RequestError::Http10);
+    }
+    normalize_uri(&mut req, ctx);
     let authority = req
         .uri()
         .authority()
@@ -121,7 +128,7 @@ async fn forward(
         UpstreamProtocol::UseDownstream if downstream_h2 => Protocol::Http2,
         UpstreamProtocol::UseDownstream => Protocol::Http1,
     };
-    prepare_request(&mut req, protocol, ctx, upgrade);
+    prepare_request(&mut req, protocol, ctx, upgrade, timeout);
 
     let active = ActiveRequest::new(host, cluster.stats.upstream_rq_active.clone());
     let start = Instant::now();
@@ -175,30 +182,16 @@ async fn forward(
     Ok(resp.map(ResponseBody::Upstream))
 }
 
-/// Headers and URI for the upstream: hop-by-hop removed, x-request-id and
-/// x-forwarded-proto set, authority carried as Host (HTTP/1.1) or
-/// `:authority` (h2).
+/// Headers and URI for the upstream: hop-by-hop removed, x-request-id,
+/// x-forwarded-proto and the expected timeout set, authority carried as Host
+/// (HTTP/1.1) or `:authority` (h2). Copies only refcounted bytes.
 fn prepare_request(
     req: &mut Request<Incoming>,
     protocol: Protocol,
     ctx: &HttpContext,
     upgrade: bool,
+    timeout: Option<Duration>,
 ) {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        });
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
     let h = req.headers_mut();
     headers::strip_hop_by_hop(h, upgrade);
     if upgrade {
@@ -209,6 +202,12 @@ fn prepare_request(
     }
     if !h.contains_key(&X_FORWARDED_PROTO) {
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if let Some(t) = timeout {
+        h.insert(
+            &X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+            HeaderValue::from(t.as_millis() as u64),
+        );
     }
     if ctx.hcm.use_remote_address {
         let peer = ctx.downstream.peer.ip().to_string();
@@ -222,30 +221,66 @@ fn prepare_request(
     }
     match protocol {
         Protocol::Http1 => {
-            if !h.contains_key(header::HOST) {
-                if let Some(a) = authority
-                    .as_deref()
-                    .and_then(|a| HeaderValue::from_str(a).ok())
-                {
-                    h.insert(header::HOST, a);
+            if req.uri().authority().is_some() || req.uri().scheme().is_some() {
+                // h2 downstream (or absolute-form): origin-form plus Host.
+                if let Some(a) = req.uri().authority().cloned() {
+                    if !req.headers().contains_key(header::HOST) {
+                        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                            req.headers_mut().insert(header::HOST, v);
+                        }
+                    }
                 }
-            }
-            if let Ok(uri) = Uri::builder().path_and_query(path).build() {
-                *req.uri_mut() = uri;
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(pq);
             }
             *req.version_mut() = Version::HTTP_11;
         }
         Protocol::Http2 => {
-            h.remove(header::HOST);
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(authority.as_deref().unwrap_or("localhost"))
-                .path_and_query(path)
-                .build();
-            if let Ok(uri) = uri {
+            let authority = match req.uri().authority() {
+                Some(a) => Some(a.clone()),
+                None => req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|v| Authority::try_from(v.as_bytes()).ok()),
+            };
+            req.headers_mut().remove(header::HOST);
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority =
+                Some(authority.unwrap_or_else(|| Authority::from_static("localhost")));
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(PathAndQuery::from_static("/"));
+            }
+            if let Ok(uri) = Uri::from_parts(parts) {
                 *req.uri_mut() = uri;
             }
             *req.version_mut() = Version::HTTP_2;
         }
+    }
+}
+
+/// Apply the HCM's normalize_path / merge_slashes to the request URI.
+fn normalize_uri(req: &mut Request<Incoming>, ctx: &HttpContext) {
+    if !(ctx.hcm.normalize_path || ctx.hcm.merge_slashes) {
+        return;
+    }
+    let Some(pq) = req.uri().path_and_query() else {
+        return;
+    };
+    let Some(normal) =
+        path_normalization::normalize(pq.as_str(), ctx.hcm.normalize_path, ctx.hcm.merge_slashes)
+    else {
+        return;
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    if let Ok(pq) = PathAndQuery::try_from(normal) {
+        parts.path_and_query = Some(pq);
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }

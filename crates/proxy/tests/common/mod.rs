@@ -69,6 +69,8 @@ fn answer(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let h = resp.headers_mut();
     h.insert("x-backend", name.parse().unwrap());
     h.insert("x-seen-host", host.parse().unwrap());
+    let path = req.uri().path_and_query().unwrap().as_str();
+    h.insert("x-seen-path", path.parse().unwrap());
     h.insert(
         "x-seen-version",
         format!("{:?}", req.version()).parse().unwrap(),
