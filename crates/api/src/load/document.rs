@@ -116,7 +116,7 @@ struct Lines {
     head: usize,
 }
 
-/// Per-document context: the file and the line the document starts on.
+/// Loads the documents of one file, collecting resources and errors.
 pub(crate) struct Loader<'a> {
     pub file: &'a Path,
     pub resources: Vec<Resource>,

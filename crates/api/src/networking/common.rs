@@ -39,10 +39,39 @@ impl TryFrom<RawStringMatch> for StringMatch {
             (None, None, None) => Ok(StringMatch::Present),
             (Some(s), None, None) => Ok(StringMatch::Exact(s)),
             (None, Some(s), None) => Ok(StringMatch::Prefix(s)),
-            (None, None, Some(s)) => Ok(StringMatch::Regex(s)),
+            (None, None, Some(s)) => {
+                check_regex(&s)?;
+                Ok(StringMatch::Regex(s))
+            }
             _ => Err("set only one of `exact`, `prefix` or `regex`".to_string()),
         }
     }
+}
+
+/// Rejects patterns that do not compile (Rust's `regex` accepts what
+/// Envoy's RE2 accepts, bar rare extensions), so Envoy never NACKs them.
+pub(crate) fn check_regex(pattern: &str) -> Result<(), String> {
+    match regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let text = e.to_string();
+            let reason = text
+                .lines()
+                .find_map(|l| l.strip_prefix("error: "))
+                .unwrap_or(text.lines().last().unwrap_or("invalid"));
+            Err(format!("invalid regex `{pattern}`: {reason}"))
+        }
+    }
+}
+
+/// `deserialize_with` for a regex string field.
+pub(crate) fn regex_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    check_regex(&s).map_err(serde::de::Error::custom)?;
+    Ok(s)
 }
 
 impl From<StringMatch> for RawStringMatch {
@@ -188,6 +217,9 @@ mod tests {
         assert!(e.contains("unknown field `exct`"), "{e}");
         let e = sm("a").unwrap_err();
         assert!(e.contains("invalid type"), "{e}");
+        let e = sm("{regex: '(abc'}").unwrap_err();
+        assert!(e.starts_with("invalid regex `(abc`: unclosed group"), "{e}");
+        assert!(sm("{regex: '^/api/v[0-9]+/.*$'}").is_ok());
     }
 
     #[test]

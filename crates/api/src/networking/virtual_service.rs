@@ -195,7 +195,7 @@ pub struct HttpRewrite {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RegexRewrite {
-    #[serde(rename = "match")]
+    #[serde(rename = "match", deserialize_with = "super::common::regex_string")]
     pub pattern: String,
     pub rewrite: String,
 }
