@@ -64,7 +64,7 @@ impl fmt::Display for ConfigError {
 /// For serde's "unknown field `x`, expected one of `a`, `b`" and
 /// "unknown variant `X`, expected `A` or `B`" messages: the expected name
 /// closest to `x` (edit distance at most 2), if any.
-pub fn suggestion(message: &str) -> Option<String> {
+pub(crate) fn suggestion(message: &str) -> Option<String> {
     let rest = message
         .strip_prefix("unknown field `")
         .or_else(|| message.strip_prefix("unknown variant `"))?;
@@ -84,7 +84,7 @@ pub fn suggestion(message: &str) -> Option<String> {
 }
 
 /// Appends ", did you mean `x`?" to serde's unknown field/variant messages.
-pub fn with_suggestion(message: String) -> String {
+pub(crate) fn with_suggestion(message: String) -> String {
     match suggestion(&message) {
         Some(s) => format!("{message}, did you mean `{s}`?"),
         None => message,
