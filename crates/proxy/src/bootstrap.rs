@@ -48,14 +48,13 @@ pub fn load(path: &Path) -> Result<Bootstrap, StartError> {
 
 /// Parse bootstrap text (JSON or YAML).
 pub fn parse(text: &str, json: bool) -> Result<Bootstrap, StartError> {
-    let parsed = if json {
+    if json {
         serde_json::from_str::<serde_json::Value>(text)
             .map_err(|e| StartError::Parse(e.to_string()))
             .and_then(|v| xds::json::from_json(&v).map_err(|e| StartError::Parse(e.to_string())))
     } else {
         xds::json::from_yaml(text).map_err(|e| StartError::Parse(e.to_string()))
-    };
-    parsed
+    }
 }
 
 impl TryFrom<&Bootstrap> for BootstrapConfig {

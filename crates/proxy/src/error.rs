@@ -83,7 +83,8 @@ pub enum RequestError {
     #[error("no healthy upstream")]
     NoHealthyUpstream,
     #[error(
-        "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+        "upstream connect error or disconnect/reset before headers. reset reason: {}",
+        connect_failure_reason(.0)
     )]
     ConnectFailure(#[source] std::io::Error),
     #[error("upstream request timeout")]
@@ -97,6 +98,15 @@ pub enum RequestError {
     /// HTTP/1.0 without `accept_http_10` (not in the subset, so always).
     #[error("Upgrade Required")]
     Http10,
+}
+
+/// Envoy's reset reason text for a failed upstream connect.
+fn connect_failure_reason(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        "connection timeout"
+    } else {
+        "remote connection failure"
+    }
 }
 
 impl RequestError {

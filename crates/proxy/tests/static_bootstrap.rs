@@ -55,6 +55,8 @@ const ROUTES: &str = r#"
                 route: {cluster: h2}
               - match: {prefix: /missing}
                 route: {cluster: no-such-cluster}
+              - match: {prefix: /ws}
+                route: {cluster: ws}
               - match: {prefix: /a}
                 route: {cluster: a}
 "#;
@@ -70,6 +72,7 @@ async fn setup() -> Setup {
     let b = backend("b").await;
     let c = backend("c").await;
     let echo = tcp_echo().await;
+    let ws = upgrade_echo_backend().await;
     let yaml = format!(
         r#"
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
@@ -84,6 +87,7 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress_http
           normalize_path: true
+          upgrade_configs: [{{upgrade_type: websocket}}]
           merge_slashes: true
           http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
           route_config:
@@ -97,13 +101,14 @@ static_resources:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tcp, cluster: echo}}
   clusters:
-{}{}{}{}{}{}"#,
+{}{}{}{}{}{}{}"#,
         cluster("a", &[a.addr], ""),
         cluster("b", &[b.addr], ""),
         cluster("ab", &[a.addr, b.addr], ""),
         cluster("empty", &[], ""),
         cluster("h2", &[c.addr], H2_OPTIONS),
         cluster("echo", &[echo], ""),
+        cluster("ws", &[ws], ""),
     );
     let bootstrap = proxy::bootstrap::parse(&yaml, false).expect("bootstrap parses");
     let opts = ProxyOptions {
@@ -359,4 +364,30 @@ async fn http10_gets_426_and_paths_are_normalized() {
     let r = get(addr, "x", "//a/./b/../%7Ex?q=//y", &[]).await;
     assert_eq!(r.body, "a");
     assert_eq!(r.headers["x-seen-path"], "/a/~x?q=//y");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await;
+    let addr = s.proxy.listener_addr("http").unwrap();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    conn.write_all(b"ping frames").await.unwrap();
+    let mut buf = [0u8; 11];
+    conn.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping frames");
 }

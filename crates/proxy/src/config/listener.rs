@@ -141,12 +141,12 @@ impl ListenerConfig {
                     .map(|fc| ("default_filter_chain".to_string(), fc)),
             );
         for (path, fc) in chains {
-            if let NetworkFilter::HttpConnectionManager(h) = &fc.filter {
-                if let RouteSource::Inline(rc) = &h.routes {
-                    rc.check_clusters(true, known).map_err(|e| {
-                        e.under(&format!("{path}.filters[0].typed_config.route_config"))
-                    })?;
-                }
+            if let NetworkFilter::HttpConnectionManager(h) = &fc.filter
+                && let RouteSource::Inline(rc) = &h.routes
+            {
+                rc.check_clusters(true, known).map_err(|e| {
+                    e.under(&format!("{path}.filters[0].typed_config.route_config"))
+                })?;
             }
         }
         Ok(())

@@ -20,6 +20,9 @@ use crate::error::ConfigError;
 use crate::stats::{Stats, XdsStats};
 use crate::upstream::cluster::{ClusterRuntime, UpstreamCluster};
 
+/// A STRICT_DNS endpoint to resolve: host, port, weight, health.
+pub type DnsTarget = (String, u16, u32, Health);
+
 /// Everything the data path needs, immutable.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -274,7 +277,7 @@ impl ConfigStore {
     }
 
     /// STRICT_DNS clusters and the hosts to resolve for each.
-    pub fn dns_targets(&self) -> Vec<(String, Vec<(String, u16, u32, Health)>)> {
+    pub fn dns_targets(&self) -> Vec<(String, Vec<DnsTarget>)> {
         let state = self.lock();
         all_clusters(&state)
             .filter_map(|c| match &c.discovery {

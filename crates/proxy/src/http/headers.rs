@@ -51,15 +51,15 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Remove hop-by-hop headers (and those the Connection header names). With
 /// `keep_upgrade`, `connection: upgrade` and `upgrade` stay.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = headers.get(header::CONNECTION).cloned() {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',').map(str::trim) {
-                if keep_upgrade && name.eq_ignore_ascii_case("upgrade") {
-                    continue;
-                }
-                if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                    headers.remove(n);
-                }
+    if let Some(conn) = headers.get(header::CONNECTION).cloned()
+        && let Ok(list) = conn.to_str()
+    {
+        for name in list.split(',').map(str::trim) {
+            if keep_upgrade && name.eq_ignore_ascii_case("upgrade") {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.remove(n);
             }
         }
     }

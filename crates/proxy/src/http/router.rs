@@ -223,12 +223,11 @@ fn prepare_request(
         Protocol::Http1 => {
             if req.uri().authority().is_some() || req.uri().scheme().is_some() {
                 // h2 downstream (or absolute-form): origin-form plus Host.
-                if let Some(a) = req.uri().authority().cloned() {
-                    if !req.headers().contains_key(header::HOST) {
-                        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                            req.headers_mut().insert(header::HOST, v);
-                        }
-                    }
+                if let Some(a) = req.uri().authority().cloned()
+                    && !req.headers().contains_key(header::HOST)
+                    && let Ok(v) = HeaderValue::from_str(a.as_str())
+                {
+                    req.headers_mut().insert(header::HOST, v);
                 }
                 let pq = req
                     .uri()

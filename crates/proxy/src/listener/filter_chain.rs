@@ -74,10 +74,10 @@ pub fn select<'l>(
 }
 
 /// Keep the candidates with the highest score; None scores drop out.
-fn narrow<'l>(
-    candidates: Vec<&'l FilterChain>,
+fn narrow(
+    candidates: Vec<&FilterChain>,
     score: impl Fn(&FilterChain) -> Option<u32>,
-) -> Vec<&'l FilterChain> {
+) -> Vec<&FilterChain> {
     let scored: Vec<(u32, &FilterChain)> = candidates
         .into_iter()
         .filter_map(|fc| score(fc).map(|s| (s, fc)))

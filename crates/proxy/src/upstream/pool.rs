@@ -213,10 +213,10 @@ impl UpstreamBody {
     }
 
     fn finish(&mut self) {
-        if let Some(active) = self.active.take() {
-            if let Some(sender) = self.sender.take() {
-                let _ = active.host().pool.http1.push(sender);
-            }
+        if let Some(active) = self.active.take()
+            && let Some(sender) = self.sender.take()
+        {
+            let _ = active.host().pool.http1.push(sender);
         }
     }
 }
