@@ -440,24 +440,6 @@ fn report_env_path() {
 }
 
 #[test]
-#[ignore]
-fn show_messages() {
-    for t in [
-        format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n  labels: {x: 1, x: 2}\n".to_string(),
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\nspec:\n  ports: [{port: http}]\n".to_string(),
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  hosts: a\n".to_string(),
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - route:\n    - destination: {host: a, subset: 1, port: 80}\n".to_string(),
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  http:\n  - route:\n  - destination: {host: a}\n".to_string(),
-        "apiVersion: v1\nkind: Pod\nmetadata: {namespace: x}\nspec: {}\n".to_string(),
-    ] {
-        for e in load(&t).1 {
-            println!("{e}");
-        }
-    }
-}
-
-#[test]
 fn crlf_files_keep_line_numbers() {
     let text = VS_TYPO.replace('\n', "\r\n");
     let text =
