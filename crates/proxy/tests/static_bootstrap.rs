@@ -94,6 +94,23 @@ static_resources:
             name: local
             validate_clusters: false
 {ROUTES}
+  - name: sniff
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    listener_filters:
+    - name: envoy.filters.listener.http_inspector
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}}
+    filter_chains:
+    - filter_chain_match: {{application_protocols: [http/1.1, h2c]}}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: sniffed
+          route_config: {{name: s, virtual_hosts: [{{name: v, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: a}}}}]}}]}}
+    default_filter_chain:
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: raw, cluster: echo}}
   - name: tcp
     address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
     filter_chains:
@@ -390,4 +407,20 @@ async fn websocket_upgrade_passes_through() {
     let mut buf = [0u8; 11];
     conn.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping frames");
+}
+
+#[tokio::test]
+async fn http_inspector_selects_chain_by_application_protocol() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await;
+    let addr = s.proxy.listener_addr("sniff").unwrap();
+    assert_eq!(get(addr, "x", "/", &[]).await.body, "a");
+    assert_eq!(get_h2(addr, "x", "/").await.body, "a");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"\x16\x03\x01 not http at all")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 19];
+    conn.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"\x16\x03\x01 not http at all");
 }

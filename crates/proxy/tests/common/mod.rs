@@ -26,7 +26,11 @@ pub struct Backend {
 }
 
 pub async fn backend(name: &'static str) -> Backend {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_at(name, "127.0.0.1:0").await
+}
+
+pub async fn backend_at(name: &'static str, bind: &str) -> Backend {
+    let l = TcpListener::bind(bind).await.unwrap();
     let addr = l.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
@@ -83,7 +87,11 @@ fn answer(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// A TCP server that echoes what it reads.
 pub async fn tcp_echo() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tcp_echo_at("127.0.0.1:0").await
+}
+
+pub async fn tcp_echo_at(bind: &str) -> SocketAddr {
+    let l = TcpListener::bind(bind).await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -123,7 +131,10 @@ pub struct H1 {
 
 impl H1 {
     pub async fn connect(addr: SocketAddr) -> H1 {
-        let s = TcpStream::connect(addr).await.unwrap();
+        H1::over(TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    pub async fn over(s: TcpStream) -> H1 {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
             .await
             .unwrap();
