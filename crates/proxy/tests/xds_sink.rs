@@ -70,9 +70,13 @@ fn eds(addr: SocketAddr) -> BTreeMap<String, prost_types::Any> {
 }
 
 fn lds() -> BTreeMap<String, prost_types::Any> {
+    lds_with_prefix("outbound_0.0.0.0_80")
+}
+
+fn lds_with_prefix(stat_prefix: &str) -> BTreeMap<String, prost_types::Any> {
     one::<Listener>(
         "lis",
-        r#"
+        &r#"
 name: lis
 address: {socket_address: {address: 127.0.0.1, port_value: 0}}
 filter_chains:
@@ -80,10 +84,11 @@ filter_chains:
   - name: envoy.filters.network.http_connection_manager
     typed_config:
       "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: outbound_0.0.0.0_80
+      stat_prefix: STAT_PREFIX
       rds: {config_source: {ads: {}, resource_api_version: V3}, route_config_name: "80"}
       http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
-"#,
+"#
+        .replace("STAT_PREFIX", stat_prefix),
     )
 }
 

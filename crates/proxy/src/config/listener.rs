@@ -5,6 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
+use tokio::sync::watch;
+
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as xds_listener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
@@ -27,6 +29,9 @@ pub struct ListenerConfig {
     pub http_inspector: bool,
     pub filter_chains: Vec<FilterChain>,
     pub default_filter_chain: Option<FilterChain>,
+    /// Set to true when this version of the listener is replaced or removed:
+    /// its HTTP connections then drain (finish in-flight requests, close).
+    pub drain: watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -225,6 +230,7 @@ impl TryFrom<&XdsListener> for ListenerConfig {
             http_inspector,
             filter_chains,
             default_filter_chain,
+            drain: watch::channel(false).0,
         })
     }
 }

@@ -153,6 +153,16 @@ impl ConfigStore {
     ) -> Result<(), String> {
         let mut state = self.lock();
         let mut errors = Vec::new();
+        let previous_listeners: Vec<(String, Arc<ListenerConfig>)> =
+            if type_url == type_url::LISTENER {
+                state
+                    .listeners
+                    .iter()
+                    .map(|(n, l)| (n.clone(), l.config.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
         match type_url {
             type_url::LISTENER => {
                 self.lds.update_attempt.inc();
@@ -253,6 +263,15 @@ impl ConfigStore {
         }
         self.publish(&mut state);
         if type_url == type_url::LISTENER {
+            for (name, old) in &previous_listeners {
+                let kept = state
+                    .listeners
+                    .get(name)
+                    .is_some_and(|l| Arc::ptr_eq(&l.config, old));
+                if !kept {
+                    old.drain.send_replace(true);
+                }
+            }
             self.listeners_changed.send_modify(|g| *g += 1);
         }
         if errors.is_empty() {
@@ -471,12 +490,28 @@ fn convert_all<D, P>(
     errors: &mut Vec<(String, String)>,
 ) -> BTreeMap<String, Versioned<D, P>>
 where
-    P: prost::Message + prost::Name + Default + Clone,
+    P: prost::Message + prost::Name + Default + Clone + PartialEq,
     D: for<'a> TryFrom<&'a P, Error = ConfigError>,
 {
     let mut next = BTreeMap::new();
     for (name, any) in resources {
-        let converted = super::decode_any::<P>(&super::envoy_any(any), "")
+        let decoded = super::decode_any::<P>(&super::envoy_any(any), "");
+        // Unchanged resources keep their converted form (and so their
+        // connections: Envoy does not touch an unchanged listener either).
+        if let (Ok(proto), Some(prev)) = (&decoded, old.get(name))
+            && *proto == prev.proto
+        {
+            next.insert(
+                name.clone(),
+                Versioned {
+                    version: prev.version.clone(),
+                    proto: prev.proto.clone(),
+                    config: prev.config.clone(),
+                },
+            );
+            continue;
+        }
+        let converted = decoded
             .and_then(|proto| D::try_from(&proto).map(|d| (proto, d)))
             .and_then(|(proto, d)| validate(&d).map(|()| (proto, d)));
         match converted {

@@ -10,6 +10,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::config::listener::{Codec, HttpConnectionManager};
 use crate::config::store::ConfigStore;
@@ -32,6 +33,7 @@ pub async fn serve(
     downstream: Downstream,
     hcm: Arc<HttpConnectionManager>,
     store: Arc<ConfigStore>,
+    mut drain: watch::Receiver<bool>,
 ) {
     let stats = hcm.stats(&store.stats).clone();
     stats.downstream_cx_total.inc();
@@ -48,23 +50,42 @@ pub async fn serve(
         async move { Ok::<_, Infallible>(router::handle(req, &ctx).await) }
     });
     let io = TokioIo::new(stream);
+    // Serve until done; when the listener drains, finish in-flight requests
+    // and close (HTTP/1.1: `connection: close`; h2: GOAWAY).
+    macro_rules! serve_draining {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r.map_err(|e| e.to_string()),
+                () = drained(&mut drain) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await.map_err(|e| e.to_string())
+                }
+            }
+        }};
+    }
     let result = match codec {
-        Codec::Auto => auto::Builder::new(TokioExecutor::new())
-            .serve_connection_with_upgrades(io, svc)
-            .await
-            .map_err(|e| e.to_string()),
-        Codec::Http1 => http1::Builder::new()
-            .serve_connection(io, svc)
-            .with_upgrades()
-            .await
-            .map_err(|e| e.to_string()),
-        Codec::Http2 => http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, svc)
-            .await
-            .map_err(|e| e.to_string()),
+        Codec::Auto => {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            serve_draining!(builder.serve_connection_with_upgrades(io, svc))
+        }
+        Codec::Http1 => serve_draining!(
+            http1::Builder::new()
+                .serve_connection(io, svc)
+                .with_upgrades()
+        ),
+        Codec::Http2 => {
+            serve_draining!(http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc))
+        }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "downstream connection ended with error");
     }
     stats.downstream_cx_active.dec();
+}
+
+/// Resolves when the listener drains (or its config is gone).
+async fn drained(drain: &mut watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
 }

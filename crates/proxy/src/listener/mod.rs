@@ -215,10 +215,11 @@ async fn handle_connection(
         return;
     };
     let filter = chain.filter.clone();
+    let drain = listener.drain.subscribe();
     drop(snapshot);
     match filter {
         NetworkFilter::HttpConnectionManager(hcm) => {
-            connection_manager::serve(stream, downstream, hcm, store).await
+            connection_manager::serve(stream, downstream, hcm, store, drain).await
         }
         NetworkFilter::TcpProxy(tcp) => tcp_proxy::proxy(stream, downstream, tcp, store).await,
     }

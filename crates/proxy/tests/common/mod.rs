@@ -142,6 +142,10 @@ impl H1 {
         H1 { sender }
     }
 
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     pub async fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         let mut b = Request::get(path).header("host", host);
         for (k, v) in headers {
