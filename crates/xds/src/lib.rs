@@ -2,6 +2,7 @@
 //! shape, and the ADS transport (server and client). It knows nothing of what
 //! resources mean.
 
+pub mod bootstrap;
 pub mod json;
 
 /// Type URLs of the resources Halyard serves over ADS.
