@@ -1,0 +1,170 @@
+//! Traffic capture for sidecars, with Istio's istio-iptables semantics: the rules
+//! (`CaptureConfig` -> iptables-restore text), applying and removing them inside a
+//! network namespace, and the netns/bridge/veth plumbing the local runtime builds pods from.
+//!
+//! ```no_run
+//! let cfg = capture::CaptureConfig::default(); // what istio-init does for a plain pod
+//! capture::netns::create("pod-a").unwrap();
+//! capture::apply(Some("pod-a"), &cfg).unwrap();
+//! ```
+//!
+//! Which iptables: `iptables-restore`/`iptables-save` from PATH (Debian's alternatives pick
+//! iptables-nft). Set `HALYARD_IPTABLES=legacy` or `=nft` to force a backend; use one
+//! backend per namespace.
+
+mod apply;
+mod config;
+pub mod net;
+pub mod netns;
+mod rules;
+
+pub use apply::{apply, remove};
+pub use config::{CaptureConfig, Cidr, ISTIO_EXCLUDED_INBOUND_PORTS, InboundMode, InboundPorts};
+pub use rules::{DNS_CAPTURE_PORT, Family};
+
+use std::process::{Command, Stdio};
+
+/// What went wrong while building or applying capture.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// A pod annotation has a value Istio would reject.
+    #[error("annotation {annotation}={value:?}: {reason}")]
+    Annotation {
+        annotation: String,
+        value: String,
+        reason: String,
+    },
+    /// A `CaptureConfig` built in code has a bad field.
+    #[error("capture config: {field}: {reason}")]
+    Config { field: &'static str, reason: String },
+    /// A command ran and failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    /// A command could not be started (not installed, not permitted).
+    #[error("could not run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `netns::create` of a namespace that is already there.
+    #[error("network namespace {0:?} already exists")]
+    NetnsExists(String),
+    /// Entering a namespace with setns(2) failed.
+    #[error("entering network namespace {name:?}: {source}")]
+    Setns {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CaptureConfig {
+    /// The IPv4 rules, in iptables-restore format (tables mangle, nat, raw as needed), with
+    /// Istio's chain names.
+    pub fn iptables_restore(&self) -> String {
+        rules::restore_text(self, Family::V4)
+    }
+
+    /// The IPv6 rules for ip6tables-restore. Like istio-iptables, `apply` installs them only
+    /// when `enable_ipv6` is set (Istio: the pod has an IPv6 address); v4 CIDRs are skipped.
+    pub fn ip6tables_restore(&self) -> String {
+        rules::restore_text(self, Family::V6)
+    }
+
+    /// Checks what the rule generator would otherwise skip silently (bad CIDRs, DNS servers).
+    pub fn validate(&self) -> Result<(), CaptureError> {
+        let cidrs = [
+            ("include_outbound_cidrs", &self.include_outbound_cidrs, true),
+            (
+                "exclude_outbound_cidrs",
+                &self.exclude_outbound_cidrs,
+                false,
+            ),
+        ];
+        for (field, list, wildcard_ok) in cidrs {
+            for c in list {
+                let c = c.trim();
+                if c == "*" && wildcard_ok {
+                    continue;
+                }
+                Cidr::parse(c).map_err(|reason| CaptureError::Config { field, reason })?;
+            }
+        }
+        Cidr::parse(&self.host_ipv4_loopback_cidr).map_err(|reason| CaptureError::Config {
+            field: "host_ipv4_loopback_cidr",
+            reason,
+        })?;
+        let dns = [
+            ("dns_servers_v4", &self.dns_servers_v4, true),
+            ("dns_servers_v6", &self.dns_servers_v6, false),
+        ];
+        for (field, list, v4) in dns {
+            for s in list {
+                match s.trim().parse::<std::net::IpAddr>() {
+                    Ok(ip) if ip.is_ipv4() == v4 => {}
+                    _ => {
+                        return Err(CaptureError::Config {
+                            field,
+                            reason: format!(
+                                "{s:?} is not an IPv{} address",
+                                if v4 { 4 } else { 6 }
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        if self.outbound_port == 0 || self.inbound_port == 0 {
+            return Err(CaptureError::Config {
+                field: "outbound_port/inbound_port",
+                reason: "port 0".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Runs `cmd` (feeding `stdin` if given) and returns its stdout, or an error naming the
+/// command and carrying its stderr.
+pub(crate) fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String, CaptureError> {
+    use std::io::Write;
+    let command = describe(cmd);
+    let spawn_err = |source| CaptureError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(CaptureError::Command {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
