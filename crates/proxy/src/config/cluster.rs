@@ -19,11 +19,53 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub name: String,
+    /// Name in stats: `alt_stat_name`, else the name.
+    pub stat_name: String,
     pub discovery: Discovery,
     pub lb_policy: LbPolicy,
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
+    /// Below this percentage of routable hosts the load balancer uses all
+    /// hosts (Envoy's panic mode; default 50, 0 disables).
+    pub healthy_panic_threshold: u32,
+    /// STRICT_DNS: how often to re-resolve and which address families to use.
+    pub dns_refresh_rate: Duration,
+    pub dns_lookup_family: DnsLookupFamily,
 }
+
+/// `dns_lookup_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsLookupFamily {
+    /// IPv6 if the name has any, else IPv4.
+    Auto,
+    V4Only,
+    V6Only,
+    /// IPv4 if the name has any, else IPv6.
+    V4Preferred,
+    All,
+}
+
+impl DnsLookupFamily {
+    /// The addresses of one name this family keeps.
+    pub fn filter(self, addrs: Vec<std::net::SocketAddr>) -> Vec<std::net::SocketAddr> {
+        let has_v4 = addrs.iter().any(|a| a.is_ipv4());
+        let has_v6 = addrs.iter().any(|a| a.is_ipv6());
+        let keep_v4 = match self {
+            DnsLookupFamily::V4Only => true,
+            DnsLookupFamily::V6Only => false,
+            DnsLookupFamily::Auto => !has_v6,
+            DnsLookupFamily::V4Preferred => has_v4,
+            DnsLookupFamily::All => return addrs,
+        };
+        addrs
+            .into_iter()
+            .filter(|a| a.is_ipv4() == keep_v4)
+            .collect()
+    }
+}
+
+/// Envoy's default dns_refresh_rate.
+pub const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
@@ -163,12 +205,46 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
             let opts: upstream_http::HttpProtocolOptions = decode_any(any, &path)?;
             protocol = upstream_protocol(&opts).map_err(|e| e.under(&path))?;
         }
+        let healthy_panic_threshold = c
+            .common_lb_config
+            .as_ref()
+            .and_then(|l| l.healthy_panic_threshold.as_ref())
+            .map_or(50.0, |p| p.value);
+        if !(0.0..=100.0).contains(&healthy_panic_threshold) {
+            return Err(ConfigError::new(
+                "common_lb_config.healthy_panic_threshold",
+                "must be between 0 and 100",
+            ));
+        }
+        // Deprecated in favour of the typed DNS cluster, still what Istio sets.
+        #[allow(deprecated)]
+        let dns_refresh_rate = match &c.dns_refresh_rate {
+            Some(d) => duration(d, "dns_refresh_rate")?.max(Duration::from_millis(1)),
+            None => DEFAULT_DNS_REFRESH_RATE,
+        };
+        use xds_cluster::cluster::DnsLookupFamily as F;
+        let dns_lookup_family = match F::try_from(c.dns_lookup_family) {
+            Ok(F::Auto) => DnsLookupFamily::Auto,
+            Ok(F::V4Only) => DnsLookupFamily::V4Only,
+            Ok(F::V6Only) => DnsLookupFamily::V6Only,
+            Ok(F::V4Preferred) => DnsLookupFamily::V4Preferred,
+            Ok(F::All) => DnsLookupFamily::All,
+            Err(_) => return Err(ConfigError::new("dns_lookup_family", "unknown family")),
+        };
         Ok(ClusterConfig {
             name: c.name.clone(),
+            stat_name: if c.alt_stat_name.is_empty() {
+                c.name.clone()
+            } else {
+                c.alt_stat_name.clone()
+            },
             discovery,
             lb_policy,
             connect_timeout,
             protocol,
+            healthy_panic_threshold: healthy_panic_threshold.round() as u32,
+            dns_refresh_rate,
+            dns_lookup_family,
         })
     }
 }

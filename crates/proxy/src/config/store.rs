@@ -23,6 +23,15 @@ use crate::upstream::cluster::{ClusterRuntime, UpstreamCluster};
 /// A STRICT_DNS endpoint to resolve: host, port, weight, health.
 pub type DnsTarget = (String, u16, u32, Health);
 
+/// A STRICT_DNS cluster to resolve: name, what to resolve, family, refresh rate.
+#[derive(Debug, Clone)]
+pub struct DnsCluster {
+    pub name: String,
+    pub targets: Vec<DnsTarget>,
+    pub family: super::cluster::DnsLookupFamily,
+    pub refresh: std::time::Duration,
+}
+
 /// Everything the data path needs, immutable.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -296,13 +305,14 @@ impl ConfigStore {
     }
 
     /// STRICT_DNS clusters and the hosts to resolve for each.
-    pub fn dns_targets(&self) -> Vec<(String, Vec<DnsTarget>)> {
+    pub fn dns_targets(&self) -> Vec<DnsCluster> {
         let state = self.lock();
         all_clusters(&state)
             .filter_map(|c| match &c.discovery {
-                Discovery::StrictDns(la) => Some((
-                    c.name.clone(),
-                    la.endpoints
+                Discovery::StrictDns(la) => Some(DnsCluster {
+                    name: c.name.clone(),
+                    targets: la
+                        .endpoints
                         .iter()
                         .map(|e| match &e.address {
                             EndpointAddress::Dns(h, p) => (h.clone(), *p, e.weight, e.health),
@@ -311,7 +321,9 @@ impl ConfigStore {
                             }
                         })
                         .collect(),
-                )),
+                    family: c.dns_lookup_family,
+                    refresh: c.dns_refresh_rate,
+                }),
                 _ => None,
             })
             .collect()
@@ -357,7 +369,7 @@ impl ConfigStore {
             let runtime = state
                 .runtime
                 .entry(config.name.clone())
-                .or_insert_with(|| ClusterRuntime::new(&self.stats, &config.name));
+                .or_insert_with(|| ClusterRuntime::new(&self.stats, &config.stat_name));
             clusters.insert(
                 config.name.clone(),
                 Arc::new(runtime.build(config.clone(), &endpoints)),

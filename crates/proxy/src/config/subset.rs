@@ -225,14 +225,10 @@ pub const CLUSTER: &[(&str, Field)] = &[
     ("metadata", Field::Leaf),
     (
         "common_lb_config",
-        Field::Msg(&[
-            ("healthy_panic_threshold", Field::Leaf),
-            ("locality_weighted_lb_config", Field::Leaf),
-        ]),
+        Field::Msg(&[("healthy_panic_threshold", Field::Leaf)]),
     ),
     ("dns_lookup_family", Field::Leaf),
     ("dns_refresh_rate", Field::Leaf),
-    ("respect_dns_ttl", Field::Leaf),
 ];
 
 const GRPC_SERVICE: &[(&str, Field)] = &[

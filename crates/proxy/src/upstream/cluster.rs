@@ -15,6 +15,9 @@ use crate::stats::{ClusterStats, Stats};
 use crate::upstream::host::Host;
 use crate::upstream::lb::HostSet;
 
+/// ORIGINAL_DST hosts kept before idle ones are forgotten.
+const MAX_ORIGINAL_DST_HOSTS: usize = 1024;
+
 /// State of a cluster name that outlives updates of its config or endpoints.
 #[derive(Debug)]
 pub struct ClusterRuntime {
@@ -59,6 +62,11 @@ impl ClusterRuntime {
         self.hosts = next;
         self.stats.membership_total.set(all.len() as i64);
         self.stats.membership_healthy.set(routable.len() as i64);
+        // Envoy's panic mode: too few healthy hosts, so balance over all.
+        let threshold = config.healthy_panic_threshold as usize;
+        if !all.is_empty() && routable.len() * 100 < threshold * all.len() {
+            routable = all.iter().map(|(h, w, _)| (h.clone(), *w)).collect();
+        }
         UpstreamCluster {
             config,
             all,
@@ -101,6 +109,11 @@ impl UpstreamCluster {
         let mut created = None;
         self.original_dst.rcu(|map| {
             let mut map = HashMap::clone(map);
+            if map.len() >= MAX_ORIGINAL_DST_HOSTS {
+                // Forget hosts with nothing in flight (Envoy cleans up idle
+                // ORIGINAL_DST hosts on cleanup_interval).
+                map.retain(|_, h| h.rq_active.get() > 0 || h.cx_active.get() > 0);
+            }
             let h = map.entry(dst).or_insert_with(|| Host::new(dst)).clone();
             created = Some(h);
             map
