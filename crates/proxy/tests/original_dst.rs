@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const CLIENT: &str = "10.1.2.10";
+/// Traffic from here is captured as inbound (port 15006).
+const INBOUND_CLIENT: &str = "10.1.2.11";
 const SERVICE: &str = "10.1.2.3";
 
 fn sh(cmd: &str) -> bool {
@@ -35,14 +37,22 @@ fn private_netns() -> bool {
     sh("ip link set lo up")
         && sh(&format!("ip addr add {SERVICE}/32 dev lo"))
         && sh(&format!("ip addr add {CLIENT}/32 dev lo"))
+        && sh(&format!("ip addr add {INBOUND_CLIENT}/32 dev lo"))
         && sh(&format!(
             "iptables -t nat -A OUTPUT -p tcp -s {CLIENT} -j REDIRECT --to-ports 15001"
+        ))
+        && sh(&format!(
+            "iptables -t nat -A OUTPUT -p tcp -s {INBOUND_CLIENT} -j REDIRECT --to-ports 15006"
         ))
 }
 
 async fn connect_from_client(dst: &str) -> TcpStream {
+    connect_from(CLIENT, dst).await
+}
+
+async fn connect_from(src: &str, dst: &str) -> TcpStream {
     let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{CLIENT}:0").parse().unwrap()).unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
     sock.connect(dst.parse::<SocketAddr>().unwrap())
         .await
         .unwrap()
@@ -80,6 +90,20 @@ static_resources:
       filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: PassthroughCluster, cluster: PassthroughCluster}}
+  - name: virtualInbound
+    address: {{socket_address: {{address: 0.0.0.0, port_value: 15006}}}}
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}}
+    - name: envoy.filters.listener.http_inspector
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}}
+    filter_chains:
+    - filter_chain_match: {{destination_port: 84, transport_protocol: raw_buffer, application_protocols: [http/1.1, h2c]}}
+      filters:{}
+    default_filter_chain:
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: InboundPassthroughCluster, cluster: PassthroughCluster}}
   - name: {SERVICE}_80
     address: {{socket_address: {{address: {SERVICE}, port_value: 80}}}}
     bind_to_port: false
@@ -98,6 +122,7 @@ static_resources:
     type: ORIGINAL_DST
     lb_policy: CLUSTER_PROVIDED
 "#,
+        hcm("inbound_84", "b"),
         hcm("outbound_80", "b"),
         hcm("outbound_83", "PassthroughCluster"),
         local_b.addr.port()
@@ -124,6 +149,13 @@ static_resources:
     let mut buf = [0u8; 7];
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"raw tcp");
+
+    // Inbound capture: no hand-off, but the restored destination port picks
+    // the filter chain; other ports pass through to the original destination.
+    let mut c = H1::over(connect_from(INBOUND_CLIENT, &format!("{SERVICE}:84")).await).await;
+    assert_eq!(c.get("svc", "/", &[]).await.body, "b");
+    let mut c = H1::over(connect_from(INBOUND_CLIENT, &format!("{SERVICE}:83")).await).await;
+    assert_eq!(c.get("svc", "/", &[]).await.body, "d");
 
     // Wildcard 0.0.0.0:83 listener, HTTP to an ORIGINAL_DST cluster.
     let mut c = H1::over(connect_from_client(&format!("{SERVICE}:83")).await).await;

@@ -24,7 +24,11 @@ pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
     pub bind_to_port: bool,
-    /// `use_original_dst` with the original_dst listener filter present.
+    /// The original_dst listener filter: restore the pre-REDIRECT destination
+    /// (for filter chain matching and ORIGINAL_DST clusters).
+    pub original_dst: bool,
+    /// `use_original_dst`: hand restored connections to the listener of their
+    /// original destination (needs the original_dst filter to restore it).
     pub use_original_dst: bool,
     pub http_inspector: bool,
     pub filter_chains: Vec<FilterChain>,
@@ -226,6 +230,7 @@ impl TryFrom<&XdsListener> for ListenerConfig {
             name: l.name.clone(),
             address,
             bind_to_port: l.bind_to_port.as_ref().is_none_or(|b| b.value),
+            original_dst: original_dst_filter,
             use_original_dst: use_original_dst && original_dst_filter,
             http_inspector,
             filter_chains,

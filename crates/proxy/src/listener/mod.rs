@@ -184,12 +184,14 @@ async fn handle_connection(
         destination: local,
         original_dst: None,
     };
-    if listener.use_original_dst
+    if listener.original_dst
         && let Some(dst) = original_dst::original_dst(&stream)
     {
         downstream.destination = dst;
         downstream.original_dst = Some(dst);
-        if let Some(target) = snapshot.listener_for(dst) {
+        if listener.use_original_dst
+            && let Some(target) = snapshot.listener_for(dst)
+        {
             listener = target.clone();
         }
     }
