@@ -38,7 +38,11 @@ fn ns_name(tag: &str) -> String {
 
 /// Two pods on a bridge: a = 10.77.0.1, b = 10.77.0.2, gateway 10.77.0.254.
 fn two_pods(tag: &str) -> (Namespaces, String, String) {
-    let (br, a, b) = (ns_name(&format!("{tag}br")), ns_name(&format!("{tag}a")), ns_name(&format!("{tag}b")));
+    let (br, a, b) = (
+        ns_name(&format!("{tag}br")),
+        ns_name(&format!("{tag}a")),
+        ns_name(&format!("{tag}b")),
+    );
     let guard = Namespaces(vec![a.clone(), b.clone(), br.clone()]);
     net::create_bridge(&br, "hcbr0", "10.77.0.254/24").unwrap();
     net::attach_pod(&br, "hcbr0", &a, "veth-a", "10.77.0.1/24", "10.77.0.254").unwrap();
@@ -63,14 +67,25 @@ fn listen_transparent(ns: &str, port: u16) -> TcpListener {
             let one: libc::c_int = 1;
             let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
             let p = &one as *const libc::c_int as *const libc::c_void;
-            assert_eq!(libc::setsockopt(fd, libc::SOL_IP, libc::IP_TRANSPARENT, p, len), 0);
-            assert_eq!(libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, p, len), 0);
+            assert_eq!(
+                libc::setsockopt(fd, libc::SOL_IP, libc::IP_TRANSPARENT, p, len),
+                0
+            );
+            assert_eq!(
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, p, len),
+                0
+            );
             let mut sa: libc::sockaddr_in = std::mem::zeroed();
             sa.sin_family = libc::AF_INET as libc::sa_family_t;
             sa.sin_port = port.to_be();
             let sap = &sa as *const libc::sockaddr_in as *const libc::sockaddr;
             let salen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            assert_eq!(libc::bind(fd, sap, salen), 0, "{}", std::io::Error::last_os_error());
+            assert_eq!(
+                libc::bind(fd, sap, salen),
+                0,
+                "{}",
+                std::io::Error::last_os_error()
+            );
             assert_eq!(libc::listen(fd, 16), 0);
             l
         }
@@ -118,14 +133,26 @@ fn original_dst(s: &TcpStream) -> SocketAddrV4 {
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         let p = &mut sa as *mut libc::sockaddr_in as *mut libc::c_void;
         let rc = libc::getsockopt(s.as_raw_fd(), libc::SOL_IP, 80, p, &mut len);
-        assert_eq!(rc, 0, "SO_ORIGINAL_DST: {}", std::io::Error::last_os_error());
-        SocketAddrV4::new(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)), u16::from_be(sa.sin_port))
+        assert_eq!(
+            rc,
+            0,
+            "SO_ORIGINAL_DST: {}",
+            std::io::Error::last_os_error()
+        );
+        SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+            u16::from_be(sa.sin_port),
+        )
     }
 }
 
 fn save(ns: &str, program: &str) -> String {
     let out = netns::command(ns, program).output().unwrap();
-    assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -138,9 +165,15 @@ fn apply_reapply_remove_in_netns() {
     let _guard = Namespaces(vec![ns.clone()]);
     netns::create(&ns).unwrap();
     assert!(netns::exists(&ns) && netns::list().contains(&ns));
-    assert!(matches!(netns::create(&ns), Err(capture::CaptureError::NetnsExists(_))));
+    assert!(matches!(
+        netns::create(&ns),
+        Err(capture::CaptureError::NetnsExists(_))
+    ));
 
-    let cfg = CaptureConfig { enable_ipv6: true, ..CaptureConfig::default() };
+    let cfg = CaptureConfig {
+        enable_ipv6: true,
+        ..CaptureConfig::default()
+    };
     capture::apply(Some(&ns), &cfg).unwrap();
     capture::apply(Some(&ns), &cfg).unwrap(); // replaces, does not duplicate or fail
     let v4 = save(&ns, "iptables-save");
@@ -158,7 +191,10 @@ fn apply_reapply_remove_in_netns() {
     }
     assert_eq!(v4.matches("-A OUTPUT -j ISTIO_OUTPUT").count(), 1, "{v4}");
     let v6 = save(&ns, "ip6tables-save");
-    assert!(v6.contains("-A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN"), "{v6}");
+    assert!(
+        v6.contains("-A ISTIO_OUTPUT -s ::6/128 -o lo -j RETURN"),
+        "{v6}"
+    );
 
     capture::remove(Some(&ns)).unwrap();
     assert!(!save(&ns, "iptables-save").contains("ISTIO_"));
@@ -209,7 +245,10 @@ fn redirect_capture_sees_original_destination() {
     let s = accept_within(&inbound, t).expect("inbound capture on :15006");
     assert_eq!(original_dst(&s), "10.77.0.1:8080".parse().unwrap());
     let _c = connect(&b, "10.77.0.1:15021", None).unwrap();
-    assert!(accept_within(&health, t).is_some(), "15021 is excluded from capture");
+    assert!(
+        accept_within(&health, t).is_some(),
+        "15021 is excluded from capture"
+    );
     assert!(nothing_pending(&inbound));
 }
 
@@ -219,7 +258,10 @@ fn tproxy_capture_keeps_destination_as_local_address() {
         return;
     }
     let (_guard, a, b) = two_pods("t");
-    let cfg = CaptureConfig { inbound_mode: InboundMode::Tproxy, ..CaptureConfig::default() };
+    let cfg = CaptureConfig {
+        inbound_mode: InboundMode::Tproxy,
+        ..CaptureConfig::default()
+    };
     capture::apply(Some(&a), &cfg).unwrap();
     let mangle = save(&a, "iptables-save");
     assert!(mangle.contains("-j TPROXY --on-port 15006"), "{mangle}");
