@@ -84,9 +84,9 @@ pub struct CaptureConfig {
     pub dns_servers_v4: Vec<String>,
     /// The pod's IPv6 nameservers captured when `redirect_dns`.
     pub dns_servers_v6: Vec<String>,
-    /// `--capture-outbound-groups`-style filter: only these gids are captured (`"*"` = all).
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS`: only apps in these groups (names or gids) are captured (`"*"` = all).
     pub owner_groups_include: Vec<String>,
-    /// Gids (names or numbers) never captured outbound.
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE`: apps in these groups are never captured outbound.
     pub owner_groups_exclude: Vec<String>,
     /// Drop conntrack-INVALID packets instead of letting them reset connections.
     pub drop_invalid: bool,

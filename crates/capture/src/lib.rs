@@ -2,10 +2,18 @@
 //! (`CaptureConfig` -> iptables-restore text), applying and removing them inside a
 //! network namespace, and the netns/bridge/veth plumbing the local runtime builds pods from.
 //!
+//! A pod, as the local runtime builds it (root; names are examples):
 //! ```no_run
-//! let cfg = capture::CaptureConfig::default(); // what istio-init does for a plain pod
-//! capture::netns::create("pod-a").unwrap();
-//! capture::apply(Some("pod-a"), &cfg).unwrap();
+//! use capture::{CaptureConfig, net, netns};
+//! # fn main() -> Result<(), capture::CaptureError> {
+//! # let annotations = std::collections::BTreeMap::new();
+//! net::create_bridge("hy-br", "hybr0", "10.44.0.1/16")?;          // once per mesh
+//! net::attach_pod("hy-br", "hybr0", "hy-pod-a", "veth-a", "10.44.0.5/16", "10.44.0.1")?;
+//! let cfg = CaptureConfig::from_annotations(&annotations)?;      // istio-init's defaults
+//! capture::apply(Some("hy-pod-a"), &cfg)?;                       // only if injected
+//! let proxy = netns::command("hy-pod-a", "halyard");             // + setpriv to uid 1337
+//! // teardown: netns::delete("hy-pod-a") drops its veth, rules and routes with it
+//! # Ok(()) }
 //! ```
 //!
 //! Which iptables: `iptables-restore`/`iptables-save` from PATH (Debian's alternatives pick

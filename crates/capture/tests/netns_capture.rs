@@ -260,6 +260,7 @@ fn tproxy_capture_keeps_destination_as_local_address() {
     let (_guard, a, b) = two_pods("t");
     let cfg = CaptureConfig {
         inbound_mode: InboundMode::Tproxy,
+        enable_ipv6: true, // also exercises ip6tables TPROXY and the inet6 ip rule/route
         ..CaptureConfig::default()
     };
     capture::apply(Some(&a), &cfg).unwrap();
@@ -267,6 +268,11 @@ fn tproxy_capture_keeps_destination_as_local_address() {
     assert!(mangle.contains("-j TPROXY --on-port 15006"), "{mangle}");
     let rules = netns::command(&a, "ip").args(["rule"]).output().unwrap();
     assert!(String::from_utf8_lossy(&rules.stdout).contains("lookup 133"));
+    let rules6 = netns::command(&a, "ip")
+        .args(["-6", "rule"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&rules6.stdout).contains("lookup 133"));
 
     let inbound = listen_transparent(&a, 15006);
     let _c = connect(&b, "10.77.0.1:8080", None).unwrap();

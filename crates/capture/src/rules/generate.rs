@@ -265,7 +265,7 @@ fn inbound(r: &mut Rules, cfg: &CaptureConfig, lo_host: &str) {
     }
 }
 
-/// `--capture-outbound-groups` style filters on the app's gid.
+/// Outbound capture filtered by the app's group (`ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`).
 fn owner_groups(r: &mut Rules, cfg: &CaptureConfig) {
     let include: Vec<&String> = cfg
         .owner_groups_include
