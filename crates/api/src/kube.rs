@@ -1,5 +1,5 @@
 //! The Kubernetes objects Halyard reads: Namespace and ServiceAccount
-//! (metadata only), Service, Deployment and Pod — just the fields the mesh
+//! (metadata only), Service, Deployment, Pod and Secret (TLS credentials) — just the fields the mesh
 //! and the local runtime use. Unknown Kubernetes fields are ignored, not errors.
 
 use std::collections::BTreeMap;
@@ -136,6 +136,30 @@ pub struct PodSpec {
     pub containers: Vec<Container>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub init_containers: Vec<Container>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+}
+
+/// The part of a pod or container `securityContext` the mesh cares about
+/// (uid 1337 is reserved for the sidecar).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SecurityContext {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<i64>,
+}
+
+/// A Secret: its `type` and the names of its `data`/`stringData` keys
+/// (values are not kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Secret {
+    /// e.g. `kubernetes.io/tls`, `Opaque`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub secret_type: Option<String>,
+    /// Keys of `data` and `stringData` (`tls.crt`, `tls.key`, `ca.crt`, `cert`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
 }
 
 /// A container; the local runtime runs `command` + `args` with `env`.
@@ -155,6 +179,8 @@ pub struct Container {
     pub ports: Vec<ContainerPort>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
 }
 
 /// `env: [{name, value}]` (`valueFrom` is ignored: `value` is then `None`).

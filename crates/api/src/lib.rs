@@ -1,4 +1,5 @@
-//! Istio config types (networking.istio.io) and the Kubernetes subset Halyard
+//! Istio config types (networking.istio.io, security.istio.io), the mesh
+//! config subset, and the Kubernetes subset Halyard
 //! reads, plus the YAML/JSON loader that turns files into [`Resource`]s and
 //! [`ConfigError`]s with `file:line:col` positions. Pure: no network, no async.
 //!
@@ -37,8 +38,11 @@ pub mod duration;
 mod error;
 pub mod kube;
 pub mod load;
+pub mod mesh_config;
 pub mod meta;
 pub mod networking;
+pub mod security;
+pub mod validation;
 
 pub use duration::Duration;
 pub use error::ConfigError;
@@ -97,11 +101,12 @@ pub enum Kind {
     ServiceAccount,
     Deployment,
     Pod,
-    // Istio kinds not modelled yet (skipped by the loader).
+    Secret,
     PeerAuthentication,
     AuthorizationPolicy,
     RequestAuthentication,
     WorkloadGroup,
+    // Istio kinds not modelled yet (skipped by the loader).
     EnvoyFilter,
     Telemetry,
     ProxyConfig,
@@ -110,7 +115,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, modelled first.
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 20] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -122,6 +127,7 @@ impl Kind {
         Kind::ServiceAccount,
         Kind::Deployment,
         Kind::Pod,
+        Kind::Secret,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
@@ -146,6 +152,7 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccount",
             Kind::Deployment => "Deployment",
             Kind::Pod => "Pod",
+            Kind::Secret => "Secret",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
@@ -174,7 +181,7 @@ impl Kind {
             }
             Kind::Telemetry => "telemetry.istio.io",
             Kind::WasmPlugin => "extensions.istio.io",
-            Kind::Namespace | Kind::Service | Kind::ServiceAccount | Kind::Pod => "",
+            Kind::Namespace | Kind::Service | Kind::ServiceAccount | Kind::Pod | Kind::Secret => "",
             Kind::Deployment => "apps",
         }
     }
@@ -183,14 +190,7 @@ impl Kind {
     pub fn is_modelled(self) -> bool {
         !matches!(
             self,
-            Kind::PeerAuthentication
-                | Kind::AuthorizationPolicy
-                | Kind::RequestAuthentication
-                | Kind::WorkloadGroup
-                | Kind::EnvoyFilter
-                | Kind::Telemetry
-                | Kind::ProxyConfig
-                | Kind::WasmPlugin
+            Kind::EnvoyFilter | Kind::Telemetry | Kind::ProxyConfig | Kind::WasmPlugin
         )
     }
 
@@ -220,11 +220,16 @@ pub enum Spec {
     WorkloadEntry(networking::WorkloadEntry),
     Sidecar(networking::Sidecar),
     Gateway(networking::Gateway),
+    WorkloadGroup(networking::WorkloadGroup),
+    PeerAuthentication(security::PeerAuthentication),
+    AuthorizationPolicy(security::AuthorizationPolicy),
+    RequestAuthentication(security::RequestAuthentication),
     Namespace,
     Service(kube::ServiceSpec),
     ServiceAccount,
     Deployment(kube::DeploymentSpec),
     Pod(kube::PodSpec),
+    Secret(kube::Secret),
 }
 
 #[cfg(test)]

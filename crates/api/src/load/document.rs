@@ -14,10 +14,13 @@ use serde_yaml_ng::Value;
 use super::split::{self, DocText};
 use crate::error::with_suggestion;
 use crate::meta::ObjectMeta;
-use crate::{ConfigError, Kind, Resource, Source, Spec, kube, networking};
+use crate::{ConfigError, Kind, Resource, Source, Spec, kube, networking, security};
 
 /// apiVersions accepted for networking.istio.io (one schema).
 pub const NETWORKING_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+
+/// apiVersions accepted for security.istio.io (one schema).
+pub const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 
 /// An Istio object: unknown top-level fields are errors; `status` is ignored.
 #[derive(Deserialize)]
@@ -32,6 +35,19 @@ struct IstioObject<S: Default> {
     spec: S,
     #[serde(default, rename = "status")]
     _status: Option<IgnoredAny>,
+}
+
+/// A Secret: `type` and the keys of `data`/`stringData`, at the top level.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretObject {
+    metadata: ObjectMeta,
+    #[serde(default, rename = "type")]
+    secret_type: Option<String>,
+    #[serde(default)]
+    data: Option<std::collections::BTreeMap<String, IgnoredAny>>,
+    #[serde(default)]
+    string_data: Option<std::collections::BTreeMap<String, IgnoredAny>>,
 }
 
 /// A Kubernetes object: unknown fields are ignored, `spec` may be absent.
@@ -52,7 +68,58 @@ enum Input<'a> {
 /// A typed-pass failure: the field path and serde_yaml's error.
 struct Failure {
     path: String,
+    /// The path as map keys (`Some`) and list indexes (`None` key, `Some` index).
+    segments: Vec<PathStep>,
     error: serde_yaml_ng::Error,
+}
+
+/// One step of a field path.
+#[derive(Debug, Clone, PartialEq)]
+enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+/// Kinds whose CRD schema requires `spec`.
+const SPEC_REQUIRED: [Kind; 3] = [Kind::ServiceEntry, Kind::WorkloadEntry, Kind::WorkloadGroup];
+
+/// How many unknown fields one document may drop under `allow_unknown`.
+const MAX_UNKNOWN_FIELDS: usize = 64;
+
+fn is_unknown_field(e: &serde_yaml_ng::Error) -> bool {
+    e.to_string().contains("unknown field `")
+}
+
+/// The name in serde's "unknown field `x`, expected ...".
+fn unknown_field_name(e: &serde_yaml_ng::Error) -> Option<String> {
+    let text = e.to_string();
+    let (_, rest) = text.split_once("unknown field `")?;
+    let (name, _) = rest.split_once('`')?;
+    Some(name.to_string())
+}
+
+/// Removes `field` from the mapping at `path` (or at the path's parent,
+/// when the path already ends with the field). Returns whether it did.
+fn remove_field(value: &mut Value, path: &[PathStep], field: &str) -> bool {
+    let path = match path.last() {
+        Some(PathStep::Key(k)) if k == field => &path[..path.len() - 1],
+        _ => path,
+    };
+    let mut cur = value;
+    for step in path {
+        let next = match step {
+            PathStep::Key(k) => cur.get_mut(k.as_str()),
+            PathStep::Index(i) => cur.get_mut(*i),
+        };
+        match next {
+            Some(v) => cur = v,
+            None => return false,
+        }
+    }
+    match cur.as_mapping_mut() {
+        Some(m) => m.remove(field).is_some(),
+        None => false,
+    }
 }
 
 impl Input<'_> {
@@ -63,9 +130,21 @@ impl Input<'_> {
             }
             Input::Item(value) => serde_path_to_error::deserialize((*value).clone()),
         };
-        result.map_err(|e| Failure {
-            path: e.path().to_string(),
-            error: e.into_inner(),
+        result.map_err(|e| {
+            let segments = e
+                .path()
+                .iter()
+                .filter_map(|seg| match seg {
+                    serde_path_to_error::Segment::Map { key } => Some(PathStep::Key(key.clone())),
+                    serde_path_to_error::Segment::Seq { index } => Some(PathStep::Index(*index)),
+                    _ => None,
+                })
+                .collect();
+            Failure {
+                path: e.path().to_string(),
+                segments,
+                error: e.into_inner(),
+            }
         })
     }
 }
@@ -119,8 +198,10 @@ struct Lines {
 /// Loads the documents of one file, collecting resources and errors.
 pub(crate) struct Loader<'a> {
     pub file: &'a Path,
+    pub options: super::Options,
     pub resources: Vec<Resource>,
     pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Loader<'_> {
@@ -209,17 +290,20 @@ impl Loader<'_> {
         let Some(kind) = Kind::from_group_kind(group, kind_str) else {
             return; // ConfigMap, Gateway API, CRDs, ...: not ours.
         };
-        let version_ok = match group {
-            "networking.istio.io" => NETWORKING_VERSIONS.contains(&version),
-            g if g.ends_with(".istio.io") => true,
-            _ => version == "v1",
+        let accepted: &[&str] = match group {
+            "networking.istio.io" => &NETWORKING_VERSIONS,
+            "security.istio.io" => &SECURITY_VERSIONS,
+            g if g.ends_with(".istio.io") => &[version],
+            _ => &["v1"],
         };
-        if !version_ok {
-            if group == "networking.istio.io" {
+        if !accepted.contains(&version) {
+            if group.ends_with(".istio.io") {
                 let msg = format!(
                     "unsupported apiVersion `{api_version}` (accepted: {})",
-                    NETWORKING_VERSIONS
+                    accepted
+                        .iter()
                         .map(|v| format!("{group}/{v}"))
+                        .collect::<Vec<_>>()
                         .join(", ")
                 );
                 self.errors
@@ -230,7 +314,52 @@ impl Loader<'_> {
         if !kind.is_modelled() {
             return; // Recognised Istio kind Halyard does not implement yet.
         }
-        match parse_typed(kind, &input) {
+        if SPEC_REQUIRED.contains(&kind) {
+            let has_spec = match &input {
+                Input::Text(text) => serde_yaml_ng::from_str::<Value>(text)
+                    .map(|v| v.get("spec").is_some_and(|s| !s.is_null()))
+                    .unwrap_or(true),
+                Input::Item(v) => v.get("spec").is_some_and(|s| !s.is_null()),
+            };
+            if !has_spec {
+                let msg = "Required value: this kind needs a `spec`";
+                self.errors.push(self.message(at, &header, "spec", msg));
+                return;
+            }
+        }
+        let mut owned: Option<Value> = None;
+        let mut result = parse_typed(kind, &input);
+        // With `allow_unknown`, drop each unknown field (warning about it)
+        // and parse again, a bounded number of times.
+        for _ in 0..MAX_UNKNOWN_FIELDS {
+            let Err(f) = &result else { break };
+            if !self.options.allow_unknown || !is_unknown_field(&f.error) {
+                break;
+            }
+            let value = match owned.take() {
+                Some(v) => v,
+                None => match &input {
+                    Input::Text(text) => match serde_yaml_ng::from_str::<Value>(text) {
+                        Ok(v) => v,
+                        Err(_) => break,
+                    },
+                    Input::Item(v) => (*v).clone(),
+                },
+            };
+            let mut value = value;
+            let Some(field) = unknown_field_name(&f.error) else {
+                break;
+            };
+            if !remove_field(&mut value, &f.segments, &field) {
+                break;
+            }
+            let mut warning = self.error(at, &header, Some(&f.path), &f.error);
+            warning.message = format!("{} (ignored: --allow-unknown)", warning.message);
+            self.warnings.push(warning);
+            result = parse_typed(kind, &Input::Item(&value));
+            owned = Some(value);
+        }
+        match result {
             Ok((meta, spec)) => self.resources.push(Resource {
                 kind,
                 meta,
@@ -242,7 +371,17 @@ impl Loader<'_> {
                 spec,
             }),
             Err(f) => {
-                let error = self.error(at, &header, Some(&f.path), &f.error);
+                let mut error = self.error(at, &header, Some(&f.path), &f.error);
+                if let Some(rest) = error.message.strip_prefix("missing field `")
+                    && let Some((name, _)) = rest.split_once('`')
+                {
+                    let field = match error.field.take() {
+                        Some(p) => format!("{p}.{name}"),
+                        None => name.to_string(),
+                    };
+                    error.message = format!("Required value: missing field `{name}`");
+                    error.field = Some(field);
+                }
                 self.errors.push(error);
             }
         }
@@ -306,8 +445,31 @@ fn parse_typed(kind: Kind, input: &Input<'_>) -> Result<(ObjectMeta, Spec), Fail
         Kind::Service => kube::<kube::ServiceSpec>(input, Spec::Service),
         Kind::Deployment => kube::<kube::DeploymentSpec>(input, Spec::Deployment),
         Kind::Pod => kube::<kube::PodSpec>(input, Spec::Pod),
+        Kind::Secret => {
+            let o: SecretObject = input.parse()?;
+            let mut keys: Vec<String> = o.data.unwrap_or_default().into_keys().collect();
+            keys.extend(o.string_data.unwrap_or_default().into_keys());
+            keys.sort();
+            keys.dedup();
+            let secret = kube::Secret {
+                secret_type: o.secret_type,
+                keys,
+            };
+            Ok((o.metadata, Spec::Secret(secret)))
+        }
+        Kind::WorkloadGroup => istio::<networking::WorkloadGroup>(input, Spec::WorkloadGroup),
+        Kind::PeerAuthentication => {
+            istio::<security::PeerAuthentication>(input, Spec::PeerAuthentication)
+        }
+        Kind::AuthorizationPolicy => {
+            istio::<security::AuthorizationPolicy>(input, Spec::AuthorizationPolicy)
+        }
+        Kind::RequestAuthentication => {
+            istio::<security::RequestAuthentication>(input, Spec::RequestAuthentication)
+        }
         _ => Err(Failure {
             path: String::new(),
+            segments: Vec::new(),
             error: serde::de::Error::custom(format!("{kind} is not modelled yet")),
         }),
     }

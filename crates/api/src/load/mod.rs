@@ -5,8 +5,8 @@
 //! Each document stands alone: a bad one is reported and skipped, the others
 //! in the same file still load. Documents that are not Kubernetes objects
 //! (no `apiVersion`/`kind`), kinds Halyard does not read (ConfigMap, Gateway
-//! API, ...) and Istio kinds not modelled yet (PeerAuthentication,
-//! AuthorizationPolicy, ...) are skipped without an error.
+//! API, ...) and Istio kinds not modelled yet (WasmPlugin,
+//! EnvoyFilter, Telemetry, ...) are skipped without an error.
 
 mod document;
 mod split;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::{ConfigError, Resource};
 use document::Loader;
-pub use document::NETWORKING_VERSIONS;
+pub use document::{NETWORKING_VERSIONS, SECURITY_VERSIONS};
 
 /// Largest file (or string) the loader accepts.
 pub const MAX_FILE_BYTES: usize = 4 << 20;
@@ -25,13 +25,46 @@ pub const MAX_FILE_BYTES: usize = 4 << 20;
 /// Deepest directory nesting `load_dir` descends into.
 const MAX_DIR_DEPTH: usize = 32;
 
+/// Loader settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Unknown fields in Istio kinds become warnings (the field is ignored)
+    /// instead of errors that reject the document.
+    pub allow_unknown: bool,
+}
+
+/// What a load produced: resources, errors (documents rejected) and warnings
+/// (documents loaded, something ignored).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Loaded {
+    pub resources: Vec<Resource>,
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigError>,
+}
+
+impl Loaded {
+    fn extend(&mut self, other: Loaded) {
+        self.resources.extend(other.resources);
+        self.errors.extend(other.errors);
+        self.warnings.extend(other.warnings);
+    }
+}
+
 /// Loads every document of `text` (split on `---` lines; `kind: List`
 /// documents yield their `items`). `file` is only used in positions.
 pub fn load_str(file: &Path, text: &str) -> (Vec<Resource>, Vec<ConfigError>) {
+    let l = load_str_with(file, text, Options::default());
+    (l.resources, l.errors)
+}
+
+/// [`load_str`] with options.
+pub fn load_str_with(file: &Path, text: &str, options: Options) -> Loaded {
     let mut loader = Loader {
         file,
+        options,
         resources: Vec::new(),
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
     if text.len() > MAX_FILE_BYTES {
         let msg = format!(
@@ -39,35 +72,57 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<Resource>, Vec<ConfigError>) {
             text.len()
         );
         loader.errors.push(ConfigError::new(file, 1, msg));
-        return (loader.resources, loader.errors);
+    } else {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        for doc in split::split_documents(text) {
+            loader.document(doc);
+        }
     }
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    for doc in split::split_documents(text) {
-        loader.document(doc);
+    Loaded {
+        resources: loader.resources,
+        errors: loader.errors,
+        warnings: loader.warnings,
     }
-    (loader.resources, loader.errors)
 }
 
 /// Like [`load_str`], for raw bytes that must be UTF-8.
 pub fn load_bytes(file: &Path, bytes: &[u8]) -> (Vec<Resource>, Vec<ConfigError>) {
+    let l = load_bytes_with(file, bytes, Options::default());
+    (l.resources, l.errors)
+}
+
+/// [`load_bytes`] with options.
+pub fn load_bytes_with(file: &Path, bytes: &[u8], options: Options) -> Loaded {
     match std::str::from_utf8(bytes) {
-        Ok(text) => load_str(file, text),
+        Ok(text) => load_str_with(file, text, options),
         Err(e) => {
             let valid = &bytes[..e.valid_up_to()];
             let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
             let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             let mut err = ConfigError::new(file, line, "file is not valid UTF-8");
             err.column = valid.len() - line_start + 1;
-            (Vec::new(), vec![err])
+            Loaded {
+                errors: vec![err],
+                ..Loaded::default()
+            }
         }
     }
 }
 
 /// Loads one file.
 pub fn load_file(file: &Path) -> (Vec<Resource>, Vec<ConfigError>) {
+    let l = load_file_with(file, Options::default());
+    (l.resources, l.errors)
+}
+
+/// [`load_file`] with options.
+pub fn load_file_with(file: &Path, options: Options) -> Loaded {
     match read_bounded(file) {
-        Ok(bytes) => load_bytes(file, &bytes),
-        Err(msg) => (Vec::new(), vec![ConfigError::new(file, 1, msg)]),
+        Ok(bytes) => load_bytes_with(file, &bytes, options),
+        Err(msg) => Loaded {
+            errors: vec![ConfigError::new(file, 1, msg)],
+            ..Loaded::default()
+        },
     }
 }
 
@@ -75,25 +130,34 @@ pub fn load_file(file: &Path) -> (Vec<Resource>, Vec<ConfigError>) {
 /// in path order. Hidden files and directories (`.git`, `..data`) are skipped;
 /// symlinks to files are followed, symlinks to directories are not.
 pub fn load_dir(dir: &Path) -> (Vec<Resource>, Vec<ConfigError>) {
+    let l = load_dir_with(dir, Options::default());
+    (l.resources, l.errors)
+}
+
+/// [`load_dir`] with options.
+pub fn load_dir_with(dir: &Path, options: Options) -> Loaded {
     let mut files = Vec::new();
-    let mut errors = Vec::new();
-    collect_files(dir, 0, &mut files, &mut errors);
+    let mut out = Loaded::default();
+    collect_files(dir, 0, &mut files, &mut out.errors);
     files.sort();
-    let mut resources = Vec::new();
     for file in files {
-        let (r, e) = load_file(&file);
-        resources.extend(r);
-        errors.extend(e);
+        out.extend(load_file_with(&file, options));
     }
-    (resources, errors)
+    out
 }
 
 /// [`load_dir`] when `path` is a directory, [`load_file`] otherwise.
 pub fn load_path(path: &Path) -> (Vec<Resource>, Vec<ConfigError>) {
+    let l = load_path_with(path, Options::default());
+    (l.resources, l.errors)
+}
+
+/// [`load_path`] with options.
+pub fn load_path_with(path: &Path, options: Options) -> Loaded {
     if path.is_dir() {
-        load_dir(path)
+        load_dir_with(path, options)
     } else {
-        load_file(path)
+        load_file_with(path, options)
     }
 }
 

@@ -37,12 +37,19 @@ fn seed_production_config_loads() {
     assert_eq!(
         kinds,
         [
+            Kind::PeerAuthentication,
+            Kind::PeerAuthentication,
+            Kind::AuthorizationPolicy,
+            Kind::AuthorizationPolicy,
             Kind::VirtualService,
             Kind::DestinationRule,
             Kind::Gateway,
             Kind::VirtualService
         ]
     );
+    let v = crate::validation::validate_all(&res);
+    assert!(v.errors.is_empty(), "{:#?}", v.errors);
+    let res = &res[4..];
     let Spec::VirtualService(vs) = &res[0].spec else {
         panic!("not a VirtualService");
     };
@@ -182,7 +189,7 @@ fn wrong_type_and_enum_errors() {
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {}\n",
     );
     assert!(
-        e[0].contains("DestinationRule r: spec: missing field `host`"),
+        e[0].contains("DestinationRule r: spec.host: Required value: missing field `host`"),
         "{}",
         e[0]
     );
@@ -201,9 +208,9 @@ fn wrong_type_and_enum_errors() {
 #[test]
 fn skips_unknown_and_unmodelled_kinds() {
     let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n---\n\
-                apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: d}\nspec: {mtls: {mode: STRICT}}\n---\n\
+                apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: d}\nspec: {x: 1}\n---\n\
                 apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {gatewayClassName: x}\n---\n\
-                apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: w}\nspec: {}\n---\n\
+                apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: w}\nspec: {}\n---\n\
                 meshConfig: {accessLogFile: /dev/stdout}\n---\n- a\n- b\n---\nnull\n";
     let (res, errs) = load(text);
     assert!(res.is_empty(), "{res:#?}");

@@ -1,5 +1,6 @@
 //! `networking.istio.io` spec types (v1, v1beta1 and v1alpha3 share one schema):
-//! VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, Sidecar, Gateway.
+//! VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, WorkloadGroup,
+//! Sidecar, Gateway.
 //!
 //! Field names are Istio's camelCase in YAML and snake_case here. Every struct
 //! denies unknown fields, so a typo is an error naming its path. `match` is
@@ -15,6 +16,7 @@ mod one_of;
 mod service_entry;
 mod sidecar;
 mod virtual_service;
+mod workload_group;
 
 #[cfg(test)]
 mod schema_coverage;
@@ -28,3 +30,4 @@ pub use gateway::*;
 pub use service_entry::*;
 pub use sidecar::*;
 pub use virtual_service::*;
+pub use workload_group::*;

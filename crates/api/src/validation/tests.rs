@@ -1,0 +1,139 @@
+//! Unit tests of the validation rules on small documents.
+
+use std::path::Path;
+
+use super::*;
+
+fn problems(yaml: &str) -> (Vec<String>, Vec<String>) {
+    let (res, errs) = crate::load::load_str(Path::new("t.yaml"), yaml);
+    assert!(errs.is_empty(), "{errs:?}");
+    let v = validate_all(&res);
+    (
+        v.errors.iter().map(ToString::to_string).collect(),
+        v.warnings.iter().map(ToString::to_string).collect(),
+    )
+}
+
+fn vs(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r, namespace: ns}}\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn valid_virtual_service() {
+    let (e, w) = problems(&vs(
+        "  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 75\n    - destination: {host: reviews, subset: v2}\n      weight: 25\n",
+    ));
+    assert!(e.is_empty() && w.is_empty(), "{e:?} {w:?}");
+}
+
+#[test]
+fn weights_and_hosts() {
+    let (e, w) = problems(&vs(
+        "  hosts: ['bad_host', '*']\n  http:\n  - route:\n    - destination: {host: a}\n      weight: 0\n    - destination: {host: b}\n",
+    ));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("spec.hosts[0]: invalid host `bad_host`")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("wildcard host `*` is not allowed")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("spec.http[0].route: total destination weight = 0")),
+        "{e:?}"
+    );
+    assert!(w.is_empty());
+    let (_, w) = problems(&vs(
+        "  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n      weight: 30\n    - destination: {host: b}\n      weight: 30\n",
+    ));
+    assert!(w[0].contains("sum to 60"), "{w:?}");
+}
+
+#[test]
+fn fault_and_durations() {
+    let (e, _) = problems(&vs(
+        "  hosts: [a]\n  http:\n  - fault:\n      abort: {httpStatus: 700, percentage: {value: 101}}\n    route:\n    - destination: {host: a, port: {number: 70000}}\n    retries: {attempts: 3, perTryTimeout: 1us}\n",
+    ));
+    let all = e.join("\n");
+    assert!(
+        all.contains("spec.http[0].fault.abort.httpStatus: httpStatus must be in range 200 - 599"),
+        "{all}"
+    );
+    assert!(
+        all.contains("spec.http[0].fault.abort.percentage.value: percentage must be in [0, 100]"),
+        "{all}"
+    );
+    assert!(
+        all.contains("spec.http[0].route[0].destination.port.number: port must be between 1-65535"),
+        "{all}"
+    );
+    assert!(
+        all.contains("spec.http[0].retries.perTryTimeout: duration must be at least 1ms"),
+        "{all}"
+    );
+}
+
+#[test]
+fn authorization_policy_rules() {
+    let (e, w) = problems(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source: {serviceAccounts: [ns/sa], principals: [x]}\n    to:\n    - operation: {ports: ['http']}\n    when:\n    - key: request.foo\n",
+    );
+    let all = e.join("\n");
+    assert!(
+        all.contains("Cannot set serviceAccounts with namespaces or principals"),
+        "{all}"
+    );
+    assert!(
+        all.contains("spec.rules[0].to[0].operation.ports[0]: port `http`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("spec.rules[0].when[0].key: unknown attribute `request.foo`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("at least one of `values` or `notValues`"),
+        "{all}"
+    );
+    assert!(w.is_empty(), "{w:?}");
+    let (_, w) = problems(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: DENY}\n",
+    );
+    assert!(w[0].contains("DENY policy without rules"), "{w:?}");
+}
+
+#[test]
+fn peer_authentication_port_level_needs_selector() {
+    let (e, _) = problems(
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  portLevelMtls:\n    '80': {mode: STRICT}\n    '0': {mode: STRICT}\n",
+    );
+    let all = e.join("\n");
+    assert!(all.contains("portLevelMtls requires selector"), "{all}");
+    assert!(
+        all.contains("spec.portLevelMtls.0: port must be between 1-65535"),
+        "{all}"
+    );
+}
+
+#[test]
+fn gateway_tls_and_hosts() {
+    let (e, _) = problems(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: ['a/b/c']\n  - port: {number: 80, name: https, protocol: HTTP}\n    hosts: ['*']\n",
+    );
+    let all = e.join("\n");
+    assert!(
+        all.contains("spec.servers[0].tls: server must have TLS settings"),
+        "{all}"
+    );
+    assert!(all.contains("namespace/dnsName"), "{all}");
+    assert!(
+        all.contains("port names in servers must be unique"),
+        "{all}"
+    );
+}
