@@ -1,0 +1,195 @@
+//! The pilot under test: a `halyard pilot` subprocess (so its RSS and CPU are
+//! its own), or in-process via `pilot::run` (smoke runs, when no binary is
+//! built; then RSS/CPU are the whole bench process's). Plus the /proc readers.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A running pilot.
+pub enum PilotUnderTest {
+    Process {
+        child: Child,
+        addr: SocketAddr,
+    },
+    InProcess {
+        task: tokio::task::JoinHandle<()>,
+        addr: SocketAddr,
+    },
+}
+
+/// CPU seconds and memory of a process, from /proc.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct ProcUsage {
+    /// utime + stime, all threads.
+    pub cpu_s: f64,
+    /// VmRSS now.
+    pub rss_mib: f64,
+    /// VmHWM: peak RSS so far.
+    pub hwm_mib: f64,
+}
+
+impl PilotUnderTest {
+    /// Start `halyard pilot` from `bin` on a free loopback port.
+    pub fn spawn(bin: &Path, config_dir: &Path, log: &Path) -> anyhow::Result<PilotUnderTest> {
+        let addr = free_port()?;
+        let debug = free_port()?;
+        let log = std::fs::File::create(log).context("pilot log")?;
+        let mut child = Command::new(bin)
+            .args(["pilot", "--config"])
+            .arg(config_dir)
+            .args(["--xds", &addr.to_string(), "--debug", &debug.to_string()])
+            .args(["--debounce", "100ms"])
+            .env("HALYARD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        // Both ports are bound before the config is loaded; the debug server
+        // answers only once loading is done, so wait for its /ready.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !http_ok(debug) {
+            if let Some(status) = child.try_wait()? {
+                bail!("pilot exited early ({status})");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("pilot did not answer on {debug}/ready within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(PilotUnderTest::Process { child, addr })
+    }
+
+    /// Run the pilot inside this process.
+    pub async fn in_process(config_dir: &Path) -> anyhow::Result<PilotUnderTest> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let opts = pilot::PilotOptions {
+            config_dir: config_dir.to_path_buf(),
+            xds_addr: "127.0.0.1:0".parse()?,
+            debug_addr: "127.0.0.1:0".parse()?,
+            debounce: Duration::from_millis(100),
+        };
+        let task = tokio::spawn(async move {
+            if let Err(e) = pilot::run(opts, Some(tx)).await {
+                eprintln!("in-process pilot: {e}");
+            }
+        });
+        let started = rx.await.context("in-process pilot did not start")?;
+        Ok(PilotUnderTest::InProcess {
+            task,
+            addr: started.xds_addr,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            PilotUnderTest::Process { addr, .. } | PilotUnderTest::InProcess { addr, .. } => *addr,
+        }
+    }
+
+    /// Whether RSS/CPU figures are the pilot's alone.
+    pub fn isolated(&self) -> bool {
+        matches!(self, PilotUnderTest::Process { .. })
+    }
+
+    /// The pilot's usage (the whole process's when in-process).
+    pub fn usage(&self) -> ProcUsage {
+        match self {
+            PilotUnderTest::Process { child, .. } => usage(&format!("/proc/{}", child.id())),
+            PilotUnderTest::InProcess { .. } => usage("/proc/self"),
+        }
+    }
+
+    /// Stop it (only the process we started, by its handle).
+    pub fn stop(self) {
+        match self {
+            PilotUnderTest::Process { mut child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            PilotUnderTest::InProcess { task, .. } => task.abort(),
+        }
+    }
+}
+
+/// Whether `GET /ready` on `addr` answers 200.
+fn http_ok(addr: SocketAddr) -> bool {
+    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    if conn
+        .write_all(b"GET /ready HTTP/1.1\r\nHost: pilot\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// Read /proc/PID/stat and /proc/PID/status (`proc_dir` = "/proc/PID").
+pub fn usage(proc_dir: &str) -> ProcUsage {
+    let mut u = ProcUsage::default();
+    if let Ok(stat) = std::fs::read_to_string(format!("{proc_dir}/stat")) {
+        // Fields after the parenthesised command name; utime, stime are 14, 15.
+        if let Some((_, rest)) = stat.rsplit_once(')') {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+            u.cpu_s = (ticks(11) + ticks(12)) / clock_ticks();
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string(format!("{proc_dir}/status")) {
+        for line in status.lines() {
+            let kib = || {
+                line.split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            if line.starts_with("VmRSS:") {
+                u.rss_mib = kib() / 1024.0;
+            } else if line.starts_with("VmHWM:") {
+                u.hwm_mib = kib() / 1024.0;
+            }
+        }
+    }
+    u
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// `halyard` next to this executable (target/release/halyard), if built.
+pub fn default_pilot_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.join("halyard");
+    bin.is_file().then_some(bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_usage() {
+        let u = usage("/proc/self");
+        assert!(u.rss_mib > 0.0 && u.hwm_mib >= u.rss_mib, "{u:?}");
+        assert!(u.cpu_s >= 0.0);
+    }
+}

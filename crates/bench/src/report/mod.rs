@@ -1,0 +1,218 @@
+//! Benchmark reports: the JSON (every figure, machine-readable), a markdown
+//! page with the tables, and the SVG chart, written side by side as
+//! `STEM.json`, `STEM.md`, `STEM.svg`.
+
+pub mod machine;
+pub mod svg;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::pilot_bench::phases::Phase;
+use crate::pilot_bench::{Options, SizeResult};
+use machine::Machine;
+
+/// The control-plane benchmark's report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PilotReport {
+    pub benchmark: &'static str,
+    pub machine: Machine,
+    pub command: String,
+    pub options: Options,
+    pub duration_s: f64,
+    pub results: Vec<SizeResult>,
+}
+
+impl PilotReport {
+    pub fn new(
+        machine: &Machine,
+        options: &Options,
+        command: &str,
+        started: Instant,
+        results: Vec<SizeResult>,
+    ) -> PilotReport {
+        PilotReport {
+            benchmark: "pilot",
+            machine: machine.clone(),
+            command: command.to_string(),
+            options: options.clone(),
+            duration_s: started.elapsed().as_secs_f64(),
+            results,
+        }
+    }
+
+    /// Write STEM.json, STEM.md and STEM.svg into `dir`.
+    pub fn write(&self, dir: &Path, stem: &str) -> anyhow::Result<Vec<PathBuf>> {
+        let json = dir.join(format!("{stem}.json"));
+        let md = dir.join(format!("{stem}.md"));
+        let svg_path = dir.join(format!("{stem}.svg"));
+        std::fs::write(&json, serde_json::to_string_pretty(self)? + "\n")
+            .with_context(|| format!("write {}", json.display()))?;
+        std::fs::write(&md, self.markdown(&format!("{stem}.svg")))
+            .with_context(|| format!("write {}", md.display()))?;
+        std::fs::write(&svg_path, svg::convergence_chart(&self.results))
+            .with_context(|| format!("write {}", svg_path.display()))?;
+        Ok(vec![json, md, svg_path])
+    }
+
+    /// The markdown page.
+    pub fn markdown(&self, chart: &str) -> String {
+        let m = &self.machine;
+        let o = &self.options;
+        let mut s = String::new();
+        let _ = writeln!(s, "# halyard pilot benchmark — {}\n", m.started_utc);
+        let _ = writeln!(
+            s,
+            "Machine: {} × {} CPUs, {} MiB RAM, kernel {}. Source: {}{}. {}.\n",
+            m.cpus,
+            m.cpu_model,
+            m.mem_total_mib,
+            m.kernel,
+            m.git_commit.as_deref().unwrap_or("unknown commit"),
+            if m.git_dirty == Some(true) {
+                " (working tree had uncommitted changes)"
+            } else {
+                ""
+            },
+            m.rustc.as_deref().unwrap_or("rustc unknown")
+        );
+        let _ = writeln!(
+            s,
+            "Command: `{}` (took {:.0} s).\n",
+            self.command, self.duration_s
+        );
+        let _ = writeln!(
+            s,
+            "Config: K = {} WorkloadEntries per service, 10% of services with a DestinationRule \
+             (v1/v2) and a 90/10 VirtualService; pilot {} with 100 ms debounce; \
+             phase timeout {} s; settled after {} ms without a response; burst = {} edits; \
+             fleet on {} tokio thread(s). See bench/README.md for what each figure means.\n",
+            o.endpoints,
+            match &o.pilot_bin {
+                Some(b) => format!("`{}` as a subprocess", b.display()),
+                None => "in-process (RSS/CPU include the fleet)".to_string(),
+            },
+            o.timeout.as_secs(),
+            o.quiet.as_millis(),
+            o.burst,
+            o.client_threads
+        );
+        s.push_str("## Time until every proxy has ACKed (ms: p50 / p99 / max over proxies)\n\n");
+        s.push_str(
+            "| N proxies | M services | first full sync | (a) endpoint change | \
+             (b) VirtualService change | (c) burst | burst pushes/proxy |\n\
+             |---:|---:|---|---|---|---|---:|\n",
+        );
+        for r in &self.results {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {:.1} |",
+                r.proxies,
+                r.services,
+                cell(&r.first_sync),
+                cell(&r.endpoint_change),
+                cell(&r.virtual_service_change),
+                cell(&r.burst),
+                r.burst.pushes_per_proxy
+            );
+        }
+        s.push_str(
+            "\n## Pilot resources (CPU seconds = utime+stime, all threads; RSS in MiB)\n\n\
+             | N | M | RSS after load | RSS after sync | peak RSS (VmHWM) | CPU load | \
+             CPU first sync | CPU (a) | CPU (b) | CPU (c) | CPU total | fleet CPU | fleet RSS |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in &self.results {
+            let p = &r.pilot;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |",
+                r.proxies,
+                r.services,
+                p.rss_after_load_mib,
+                p.rss_after_sync_mib,
+                p.peak_rss_mib,
+                p.cpu_s_load,
+                p.cpu_s_first_sync,
+                p.cpu_s_endpoint_change,
+                p.cpu_s_virtual_service_change,
+                p.cpu_s_burst,
+                p.cpu_s_total,
+                r.client.cpu_s,
+                r.client.rss_mib
+            );
+        }
+        s.push_str(
+            "\n## Config size per proxy (first sync, resource bodies in KiB)\n\n\
+             | N | M | YAML on disk KiB | CDS | EDS | LDS | RDS |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in &self.results {
+            let b = r.first_sync_bytes_per_proxy.map(|b| b as f64 / 1024.0);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                r.proxies,
+                r.services,
+                r.config_yaml_bytes as f64 / 1024.0,
+                b[0],
+                b[1],
+                b[2],
+                b[3]
+            );
+        }
+        let errors: Vec<_> = self
+            .results
+            .iter()
+            .filter_map(|r| r.error.as_ref().map(|e| (r, e)))
+            .collect();
+        if !errors.is_empty() {
+            s.push_str("\n## Errors\n\n");
+            for (r, e) in errors {
+                let _ = writeln!(s, "- N={} M={}: {e}", r.proxies, r.services);
+            }
+        }
+        let _ = writeln!(s, "\n![convergence p50/p99 per size]({chart})");
+        s
+    }
+}
+
+/// `p50 / p99 / max`, or why not.
+fn cell(p: &Phase) -> String {
+    let ms = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
+    let mut c = format!("{} / {} / {}", ms(p.p50_ms), ms(p.p99_ms), ms(p.max_ms));
+    if p.timed_out {
+        let _ = write!(c, " **timed out** ({}/{})", p.converged, p.proxies);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_has_every_size() {
+        let r = SizeResult {
+            proxies: 2000,
+            services: 1000,
+            ..Default::default()
+        };
+        let opts = Options {
+            proxies: vec![2000],
+            services: vec![1000],
+            endpoints: 3,
+            pilot_bin: None,
+            timeout: std::time::Duration::from_secs(120),
+            quiet: std::time::Duration::from_secs(1),
+            burst: 100,
+            client_threads: 1,
+        };
+        let rep = PilotReport::new(&Machine::probe(), &opts, "x", Instant::now(), vec![r]);
+        let md = rep.markdown("c.svg");
+        assert!(md.contains("| 2000 | 1000 |"));
+        assert!(md.contains("![convergence p50/p99 per size](c.svg)"));
+    }
+}
