@@ -455,3 +455,25 @@ fn crlf_files_keep_line_numbers() {
     assert_eq!(res.len(), 1);
     assert_eq!((errs[0].line, errs[0].column), (13, 5), "{}", errs[0]);
 }
+
+#[test]
+fn allow_unknown_downgrades_to_warnings() {
+    let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [a]\n  colour: blue\n  http:\n  - route:\n    - destination: {host: a, hots: x}\n";
+    let strict = load_str_with(Path::new("t.yaml"), text, Options::default());
+    assert!(strict.resources.is_empty());
+    assert!(strict.errors[0].to_string().contains("unknown field `colour`"));
+    let lax = load_str_with(
+        Path::new("t.yaml"),
+        text,
+        Options {
+            allow_unknown: true,
+        },
+    );
+    assert!(lax.errors.is_empty(), "{:?}", lax.errors);
+    assert_eq!(lax.resources.len(), 1);
+    let w: Vec<String> = lax.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[0].starts_with("t.yaml:6:3: VirtualService r: spec.colour: unknown field `colour`"), "{w:?}");
+    assert!(w[1].contains("spec.http[0].route[0].destination.hots: unknown field `hots`"), "{w:?}");
+    assert!(w[1].contains("did you mean `host`?"), "{w:?}");
+}

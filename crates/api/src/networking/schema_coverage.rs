@@ -1,5 +1,5 @@
 //! Checks the types against Istio's own CRD schemas: for every field path of
-//! every modelled networking kind, a document setting just that field (plus
+//! every modelled networking and security kind, a document setting just that field (plus
 //! required siblings) must load. Needs Istio's CRDs from /work/shared.
 
 use std::path::Path;
@@ -8,7 +8,11 @@ use serde_yaml_ng::{Mapping, Value};
 
 const CRDS: &str =
     "../../../shared/istio-testdata/istio-api/kubernetes/customresourcedefinitions.gen.yaml";
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 10] = [
+    "WorkloadGroup",
+    "PeerAuthentication",
+    "AuthorizationPolicy",
+    "RequestAuthentication",
     "VirtualService",
     "DestinationRule",
     "ServiceEntry",
@@ -132,7 +136,10 @@ fn every_crd_field_loads() {
             continue;
         };
         let kind = crd["spec"]["names"]["kind"].as_str().unwrap_or_default();
-        if crd["spec"]["group"].as_str() != Some("networking.istio.io") || !KINDS.contains(&kind) {
+        let group = crd["spec"]["group"].as_str().unwrap_or_default().to_string();
+        if !matches!(group.as_str(), "networking.istio.io" | "security.istio.io")
+            || !KINDS.contains(&kind)
+        {
             continue;
         }
         let versions = crd["spec"]["versions"]
@@ -148,7 +155,7 @@ fn every_crd_field_loads() {
         let mut yaml = String::new();
         for (i, path) in all.iter().enumerate() {
             let mut doc = Mapping::new();
-            doc.insert("apiVersion".into(), "networking.istio.io/v1".into());
+            doc.insert("apiVersion".into(), format!("{group}/v1").into());
             doc.insert("kind".into(), kind.into());
             let mut meta = Mapping::new();
             meta.insert("name".into(), format!("f{i}").into());
