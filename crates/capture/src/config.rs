@@ -92,6 +92,13 @@ pub struct CaptureConfig {
     pub drop_invalid: bool,
     /// The loopback range never captured outbound (`--host-ipv4-loopback-cidr`).
     pub host_ipv4_loopback_cidr: String,
+    /// Not an Istio flag: recognise the proxy by uid/gid (`--uid-owner`, Istio's way). Turn
+    /// off where uid 1337 does not exist, e.g. a rootless `unshare -r -n` user namespace
+    /// (iptables rejects owner matches on unmapped ids), and set `proxy_mark` instead.
+    pub match_owner: bool,
+    /// Not an Istio flag: also recognise the proxy by this SO_MARK on its sockets (needs
+    /// CAP_NET_ADMIN in the netns, which a userns root has). REDIRECT mode only.
+    pub proxy_mark: Option<u32>,
 }
 
 impl Default for CaptureConfig {
@@ -125,6 +132,8 @@ impl Default for CaptureConfig {
             owner_groups_exclude: Vec::new(),
             drop_invalid: false,
             host_ipv4_loopback_cidr: "127.0.0.1/32".into(),
+            match_owner: true,
+            proxy_mark: None,
         }
     }
 }

@@ -127,6 +127,23 @@ impl CaptureConfig {
                 }
             }
         }
+        let rootless_reason = if self.match_owner {
+            None
+        } else if self.proxy_mark.is_none() {
+            Some("without owner matching, set proxy_mark or the proxy captures itself")
+        } else if self.inbound_mode == InboundMode::Tproxy {
+            Some("TPROXY needs owner matching")
+        } else if self.redirect_dns {
+            Some("DNS capture needs owner matching")
+        } else {
+            None
+        };
+        if let Some(reason) = rootless_reason {
+            return Err(CaptureError::Config {
+                field: "match_owner",
+                reason: reason.into(),
+            });
+        }
         if self.outbound_port == 0 || self.inbound_port == 0 {
             return Err(CaptureError::Config {
                 field: "outbound_port/inbound_port",

@@ -284,3 +284,113 @@ fn tproxy_capture_keeps_destination_as_local_address() {
     assert!(!String::from_utf8_lossy(&rules.stdout).contains("lookup 133"));
     assert!(!save(&a, "iptables-save").contains("ISTIO_"));
 }
+
+/// Rootless: a non-root user in `unshare -r -n` (user + net namespace) has no uid 1337,
+/// so the proxy is recognised by SO_MARK. Re-runs this binary's `rootless_child` there.
+#[test]
+fn rootless_user_namespace_capture_with_mark() {
+    if skip_unless_root("rootless_user_namespace_capture_with_mark") {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "4242", "--regid", "4242", "--clear-groups"])
+        .args(["unshare", "-r", "-n"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "rootless_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(ROOTLESS_CHILD, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if text.contains("Permission denied") && text.contains(&exe.display().to_string()) {
+        eprintln!(
+            "SKIP rootless: uid 4242 cannot run {}: {text}",
+            exe.display()
+        );
+        return;
+    }
+    assert!(
+        out.status.success() && text.contains("rootless capture ok"),
+        "{text}"
+    );
+}
+
+const ROOTLESS_CHILD: &str = "HYCAP_ROOTLESS_CHILD";
+
+/// Runs only when the parent test started it inside a fresh user+net namespace.
+#[test]
+fn rootless_child() {
+    if std::env::var(ROOTLESS_CHILD).is_err() {
+        return;
+    }
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap();
+    assert!(
+        !uid_map.contains("4294967295"),
+        "not in a user namespace: {uid_map}"
+    );
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&["link", "set", "lo", "up"]);
+    ip(&["link", "add", "hc0", "type", "veth", "peer", "name", "hc1"]);
+    ip(&["addr", "add", "10.78.0.1/24", "dev", "hc0"]);
+    ip(&["link", "set", "hc0", "up"]);
+    ip(&["link", "set", "hc1", "up"]);
+    let mark = 0x2a;
+    let cfg = CaptureConfig {
+        match_owner: false,
+        proxy_mark: Some(mark),
+        ..CaptureConfig::default()
+    };
+    capture::apply(None, &cfg).unwrap();
+    let outbound = TcpListener::bind("0.0.0.0:15001").unwrap();
+
+    let _c = TcpStream::connect("10.78.0.2:8080").unwrap();
+    let s = accept_within(&outbound, Duration::from_secs(3)).expect("captured on :15001");
+    assert_eq!(original_dst(&s), "10.78.0.2:8080".parse().unwrap());
+
+    // The proxy's marked socket is not captured (nobody answers at 10.78.0.2: it fails).
+    // SAFETY: plain socket syscalls; the fd is closed by the TcpStream or explicitly.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let m: libc::c_int = mark as libc::c_int;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let p = &m as *const libc::c_int as *const libc::c_void;
+        assert_eq!(
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_MARK, p, len),
+            0
+        );
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = 8080u16.to_be();
+        sa.sin_addr.s_addr = u32::from(Ipv4Addr::new(10, 78, 0, 2)).to_be();
+        libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+        let sap = &sa as *const libc::sockaddr_in as *const libc::sockaddr;
+        libc::connect(
+            fd,
+            sap,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        libc::close(fd);
+    }
+    assert!(nothing_pending(&outbound), "marked socket was captured");
+    println!("rootless capture ok");
+}

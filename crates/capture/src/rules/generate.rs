@@ -89,14 +89,35 @@ pub(super) fn build(cfg: &CaptureConfig, family: Family) -> Rules {
         "ISTIO_OUTPUT",
         format!("-o lo -s {passthrough} -j RETURN"),
     );
-    let owners = uids
-        .iter()
-        .map(|u| ("uid", *u))
-        .chain(gids.iter().map(|g| ("gid", *g)));
-    for (kind, id) in owners {
+    // Who the proxy is: its uid(s) and gid(s) (Istio), and/or an SO_MARK (rootless).
+    let mut proxy: Vec<(bool, String, String)> = Vec::new(); // (is uid, match, negated)
+    if cfg.match_owner {
+        for u in &uids {
+            let (yes, no) = (
+                format!("-m owner --uid-owner {u}"),
+                format!("-m owner ! --uid-owner {u}"),
+            );
+            proxy.push((true, yes, no));
+        }
+        for g in &gids {
+            let (yes, no) = (
+                format!("-m owner --gid-owner {g}"),
+                format!("-m owner ! --gid-owner {g}"),
+            );
+            proxy.push((false, yes, no));
+        }
+    }
+    if let Some(m) = cfg.proxy_mark {
+        proxy.push((
+            false,
+            format!("-m mark --mark {m}"),
+            format!("-m mark ! --mark {m}"),
+        ));
+    }
+    for (is_uid, yes, no) in &proxy {
         // The proxy calling a local non-loopback address (the app via its pod IP or a
         // VIP it resolved to itself) goes through inbound capture: app -> proxy -> proxy -> app.
-        let skip = if dns && kind == "uid" {
+        let skip = if dns && *is_uid {
             format!("-m multiport ! --dports 53,{tunnel}")
         } else {
             format!("! --dport {tunnel}")
@@ -104,7 +125,7 @@ pub(super) fn build(cfg: &CaptureConfig, family: Family) -> Rules {
         r.append(
             Nat,
             "ISTIO_OUTPUT",
-            format!("-o lo ! -d {lo_cidr} -p tcp {skip} -m owner --{kind}-owner {id} -j ISTIO_IN_REDIRECT"),
+            format!("-o lo ! -d {lo_cidr} -p tcp {skip} {yes} -j ISTIO_IN_REDIRECT"),
         );
         // The app calling itself over lo is not captured, unless loopback was asked for.
         if !include.has_loopback {
@@ -112,15 +133,11 @@ pub(super) fn build(cfg: &CaptureConfig, family: Family) -> Rules {
             r.append(
                 Nat,
                 "ISTIO_OUTPUT",
-                format!("-o lo {dns_port}-m owner ! --{kind}-owner {id} -j RETURN"),
+                format!("-o lo {dns_port}{no} -j RETURN"),
             );
         }
         // The proxy's own traffic is never captured (loop avoidance).
-        r.append(
-            Nat,
-            "ISTIO_OUTPUT",
-            format!("-m owner --{kind}-owner {id} -j RETURN"),
-        );
+        r.append(Nat, "ISTIO_OUTPUT", format!("{yes} -j RETURN"));
     }
     owner_groups(&mut r, cfg);
     if dns {

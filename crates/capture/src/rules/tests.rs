@@ -125,3 +125,31 @@ fn no_inbound_ports_means_no_prerouting_jump() {
     assert!(!v4.contains("PREROUTING"), "{v4}");
     assert!(has(&v4, "-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN"));
 }
+
+#[test]
+fn rootless_mark_replaces_owner_matching() {
+    let cfg = CaptureConfig {
+        match_owner: false,
+        proxy_mark: Some(42),
+        ..CaptureConfig::default()
+    };
+    cfg.validate().unwrap();
+    let v4 = cfg.iptables_restore();
+    assert!(
+        !v4.contains("--uid-owner") && !v4.contains("--gid-owner"),
+        "{v4}"
+    );
+    let want = [
+        "-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m mark --mark 42 -j ISTIO_IN_REDIRECT",
+        "-A ISTIO_OUTPUT -o lo -m mark ! --mark 42 -j RETURN",
+        "-A ISTIO_OUTPUT -m mark --mark 42 -j RETURN",
+    ];
+    for line in want {
+        assert!(has(&v4, line), "missing {line:?} in\n{v4}");
+    }
+    let no_identity = CaptureConfig {
+        match_owner: false,
+        ..CaptureConfig::default()
+    };
+    assert!(no_identity.validate().is_err());
+}
