@@ -5,7 +5,8 @@ use std::process::Command;
 
 use crate::{CaptureConfig, CaptureError, Family, InboundMode, netns, run};
 
-/// The iptables tool for a family: `iptables-restore`, `ip6tables-save`, or with
+/// The iptables tool for a family (restores wait up to 5 s for the legacy xtables lock):
+/// `iptables-restore`, `ip6tables-save`, or with
 /// `HALYARD_IPTABLES=nft|legacy` the backend-specific binary (`iptables-nft-restore`, ...).
 fn tool(family: Family, what: &str) -> String {
     let base = match family {
@@ -50,7 +51,7 @@ pub fn apply(netns: Option<&str>, cfg: &CaptureConfig) -> Result<(), CaptureErro
     }
     for (family, text) in &families {
         run(
-            in_ns(netns, &tool(*family, "restore")).arg("--noflush"),
+            in_ns(netns, &tool(*family, "restore")).args(["-w", "5", "--noflush"]),
             Some(text),
         )?;
     }
@@ -104,7 +105,10 @@ pub fn remove(netns: Option<&str>) -> Result<(), CaptureError> {
             };
             let kept = strip_istio(&saved, table);
             if kept != saved {
-                run(&mut in_ns(netns, &tool(family, "restore")), Some(&kept))?;
+                run(
+                    in_ns(netns, &tool(family, "restore")).args(["-w", "5"]),
+                    Some(&kept),
+                )?;
             }
         }
     }

@@ -19,6 +19,15 @@
 //! Which iptables: `iptables-restore`/`iptables-save` from PATH (Debian's alternatives pick
 //! iptables-nft). Set `HALYARD_IPTABLES=legacy` or `=nft` to force a backend; use one
 //! backend per namespace.
+//!
+//! Rootless (`unshare -r -n` as a normal user): `ip netns` is unavailable, so call
+//! `apply(None, ..)` from inside the namespace. Only uid 0 is mapped there, and iptables
+//! rejects `--uid-owner 1337` (EINVAL), so set `match_owner: false` and
+//! `proxy_mark: Some(M)` and have the proxy SO_MARK its upstream sockets. iptables-legacy
+//! there also needs `XTABLES_LOCKFILE` set to a writable path; iptables-nft does not.
+//!
+//! `apply(None, ..)`/`remove(None)` act on the *current* namespace: pass `Some(name)`
+//! unless the caller already is inside the pod's namespace.
 
 mod apply;
 mod config;
