@@ -51,6 +51,8 @@ static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
 pub struct EchoState {
     pub workload: Workload,
     pub client: OutboundClient,
+    /// Called on every ordinary request (`--upstream`).
+    pub upstreams: Vec<String>,
 }
 
 /// The two ends of the TCP connection a request came on.
@@ -135,6 +137,8 @@ async fn handle(
     }
     let calls = if parts.uri.path() == "/call" {
         call_all(&state.client, &shaping.urls, &parts.headers).await
+    } else if !state.upstreams.is_empty() {
+        call_all(&state.client, &state.upstreams, &parts.headers).await
     } else {
         Vec::new()
     };

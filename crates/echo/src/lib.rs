@@ -110,6 +110,11 @@ pub struct EchoArgs {
     /// Namespace reported in every answer.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub namespace: String,
+    /// Upstreams called on every request other than /call and /healthz
+    /// (repeatable, or comma-separated in UPSTREAMS), their answers embedded
+    /// in `calls`: how bookinfo's productpage calls details and reviews.
+    #[arg(long = "upstream", env = "UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
 }
 
 /// Serves until SIGINT or SIGTERM.
@@ -126,6 +131,7 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
 /// TCP ports, each in the order given. Fails without serving anything if any
 /// port cannot be bound.
 pub async fn serve(args: EchoArgs) -> anyhow::Result<Vec<SocketAddr>> {
+    let upstreams = args.upstreams.clone();
     let workload = identity::Workload::new(args.service, args.version, args.pod, args.namespace)?;
 
     let mut http = Vec::with_capacity(args.ports.len());
@@ -145,6 +151,7 @@ pub async fn serve(args: EchoArgs) -> anyhow::Result<Vec<SocketAddr>> {
     let state = Arc::new(http_server::EchoState {
         workload: workload.clone(),
         client: call::outbound_client(),
+        upstreams,
     });
     for listener in http {
         tokio::spawn(http_server::accept_loop(listener, state.clone()));

@@ -29,10 +29,52 @@ async fn start(service: &str, version: &str, pod: &str) -> (SocketAddr, SocketAd
         version: version.into(),
         pod: pod.into(),
         namespace: "test-ns".into(),
+        upstreams: vec![],
     };
     let addrs = echo::serve(args).await.expect("serve");
     assert_eq!(addrs.len(), 2);
     (addrs[0], addrs[1])
+}
+
+#[tokio::test]
+async fn upstreams_are_called_on_every_request() {
+    let (details, _) = start("details", "v1", "details-0").await;
+    let args = EchoArgs {
+        ports: vec![0],
+        tcp_ports: vec![],
+        bind: "127.0.0.1".parse().expect("ip"),
+        service: "productpage".into(),
+        version: "v1".into(),
+        pod: "productpage-0".into(),
+        namespace: "test-ns".into(),
+        upstreams: vec![format!("http://{details}/details")],
+    };
+    let addrs = echo::serve(args).await.expect("serve");
+    let body: serde_json::Value = {
+        let stream = tokio::net::TcpStream::connect(addrs[0])
+            .await
+            .expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/productpage")
+            .header("host", "productpage")
+            .header("x-request-id", "req-7")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("send");
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        serde_json::from_slice(&bytes).expect("json")
+    };
+    let call = &body["calls"][0];
+    assert_eq!(call["status"], 200, "{body}");
+    assert_eq!(call["body"]["service"], "details");
+    assert_eq!(call["body"]["headers"]["x-request-id"], "req-7");
 }
 
 fn h1_client() -> TestClient {

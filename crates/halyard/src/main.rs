@@ -2,6 +2,7 @@
 //! generator and the echo test app.
 
 mod bootstrap;
+mod mesh_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,30 @@ enum Command {
     Bootstrap(bootstrap::BootstrapArgs),
     /// The test application: echoes requests as JSON, makes calls on request.
     Echo(echo::EchoArgs),
+    /// Start a whole mesh on this machine from a directory of manifests (root).
+    Up(mesh_cmd::UpArgs),
+    /// Stop the mesh and remove every namespace, rule, hosts file and process.
+    Down(mesh_cmd::MeshArgs),
+    /// Pods and services of the running mesh.
+    Status(mesh_cmd::MeshArgs),
+    /// Run a command inside a pod's network namespace.
+    Exec {
+        /// POD or POD.NAMESPACE
+        pod: String,
+        #[command(flatten)]
+        mesh: mesh_cmd::MeshArgs,
+        /// The command, after `--`.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// A pod's app log (or its sidecar's).
+    Logs {
+        pod: String,
+        #[arg(long)]
+        sidecar: bool,
+        #[command(flatten)]
+        mesh: mesh_cmd::MeshArgs,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -38,6 +63,9 @@ struct PilotArgs {
     /// Directory (or file) of Istio and Kubernetes YAML; watched for edits.
     #[arg(long = "config")]
     config: PathBuf,
+    /// Generated registry directory (WorkloadEntries), loaded and watched too.
+    #[arg(long)]
+    registry: Option<PathBuf>,
     /// Plaintext xDS (ADS) address.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds: SocketAddr,
@@ -88,6 +116,7 @@ fn main() -> anyhow::Result<()> {
         Command::Pilot(args) => runtime(None)?.block_on(async {
             let opts = pilot::PilotOptions {
                 config_dir: args.config,
+                registry_dir: args.registry,
                 xds_addr: args.xds,
                 debug_addr: args.debug,
                 debounce: args.debounce,
@@ -106,6 +135,11 @@ fn main() -> anyhow::Result<()> {
             proxy::run(opts).await
         }),
         Command::Echo(args) => runtime(None)?.block_on(echo::run(args)),
+        Command::Up(args) => mesh_cmd::up(args),
+        Command::Down(mesh) => mesh_cmd::down(mesh),
+        Command::Status(mesh) => mesh_cmd::status(mesh),
+        Command::Exec { pod, mesh, cmd } => mesh_cmd::exec(mesh, pod, cmd),
+        Command::Logs { pod, sidecar, mesh } => mesh_cmd::logs(mesh, pod, sidecar),
     }
 }
 

@@ -77,14 +77,16 @@ fn kube_service(
         })
         .collect();
     let mut addresses: Vec<String> = spec.cluster_ips.clone();
-    if let Some(ip) = spec
-        .cluster_ip
-        .as_ref()
-        .filter(|ip| *ip != "None" && !ip.is_empty())
-    {
-        if !addresses.contains(ip) {
-            addresses.insert(0, ip.clone());
+    match spec.cluster_ip.as_deref() {
+        Some("None") => {}
+        Some(ip) if !ip.is_empty() && !addresses.iter().any(|a| a == ip) => {
+            addresses.insert(0, ip.to_string());
         }
+        Some(ip) if !ip.is_empty() => {}
+        _ if addresses.is_empty() && spec.external_name.is_none() => {
+            addresses.push(crate::model::local_cluster_ip(ns, &r.meta.name));
+        }
+        _ => {}
     }
     // Kubernetes Services also select WorkloadEntries in their namespace (Istio).
     let endpoints = match &spec.selector {

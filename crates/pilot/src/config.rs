@@ -20,26 +20,34 @@ pub struct Loaded {
 /// Loads the directory and remembers the last good version of each resource.
 #[derive(Debug)]
 pub struct ConfigStore {
-    dir: PathBuf,
+    paths: Vec<PathBuf>,
     last_good: HashMap<String, Resource>,
 }
 
 impl ConfigStore {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    /// Load from these files or directories (a user's config, and the local
+    /// runtime's generated registry).
+    pub fn new(paths: Vec<PathBuf>) -> Self {
         ConfigStore {
-            dir: dir.into(),
+            paths,
             last_good: HashMap::new(),
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
     }
 
     /// Load everything. A resource whose new version fails keeps its last good
     /// one; a resource deleted from the files is gone.
     pub fn load(&mut self) -> Loaded {
-        let (mut resources, errors) = api::load::load_path(&self.dir);
+        let mut resources = Vec::new();
+        let mut errors = Vec::new();
+        for path in &self.paths {
+            let (r, e) = api::load::load_path(path);
+            resources.extend(r);
+            errors.extend(e);
+        }
         let mut kept = Vec::new();
         for e in &errors {
             let (Some(kind), Some(name)) = (&e.kind, &e.name) else {
@@ -67,8 +75,16 @@ impl ConfigStore {
     }
 }
 
+/// What [`fingerprint`] returns.
+pub type Fingerprint = BTreeMap<PathBuf, (Option<SystemTime>, u64)>;
+
+/// Fingerprint of several paths.
+pub fn fingerprint_all(paths: &[PathBuf]) -> Fingerprint {
+    paths.iter().flat_map(|p| fingerprint(p)).collect()
+}
+
 /// A cheap fingerprint of the directory: path → (modified, length).
-pub fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, (Option<SystemTime>, u64)> {
+pub fn fingerprint(dir: &Path) -> Fingerprint {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -93,21 +109,17 @@ pub fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, (Option<SystemTime>, u64)> {
 }
 
 /// Wait for the directory to change and then settle for `debounce`.
-pub async fn changed(
-    dir: &Path,
-    since: &mut BTreeMap<PathBuf, (Option<SystemTime>, u64)>,
-    debounce: Duration,
-) {
+pub async fn changed(paths: &[PathBuf], since: &mut Fingerprint, debounce: Duration) {
     let poll = Duration::from_millis(50).min(debounce);
     loop {
         tokio::time::sleep(poll).await;
-        let now = fingerprint(dir);
+        let now = fingerprint_all(paths);
         if now != *since {
             // Debounce: wait until nothing changed for `debounce`.
             let mut settled = now;
             loop {
                 tokio::time::sleep(debounce).await;
-                let again = fingerprint(dir);
+                let again = fingerprint_all(paths);
                 if again == settled {
                     break;
                 }

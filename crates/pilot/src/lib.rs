@@ -32,6 +32,8 @@ use crate::discovery::Discovery;
 #[derive(Clone, Debug)]
 pub struct PilotOptions {
     pub config_dir: PathBuf,
+    /// Generated registry (the local runtime's WorkloadEntries for its pods).
+    pub registry_dir: Option<PathBuf>,
     /// Plaintext ADS (Istio's 15010).
     pub xds_addr: SocketAddr,
     /// Debug/metrics (Istio's 15014).
@@ -85,8 +87,11 @@ pub async fn run(
     let xds_addr = xds_listener.local_addr().map_err(PilotError::Debug)?;
     let debug_addr = debug_listener.local_addr().map_err(PilotError::Debug)?;
 
-    let mut store = ConfigStore::new(&opts.config_dir);
-    let mut fingerprint = config::fingerprint(&opts.config_dir);
+    let paths: Vec<PathBuf> = std::iter::once(opts.config_dir.clone())
+        .chain(opts.registry_dir.clone())
+        .collect();
+    let mut store = ConfigStore::new(paths.clone());
+    let mut fingerprint = config::fingerprint_all(&paths);
     let loaded = store.load();
     let report = Arc::new(Mutex::new(report_of(&loaded, 1)));
     let discovery = Arc::new(Discovery::new(compile::build(&loaded.resources)));
@@ -124,7 +129,7 @@ pub async fn run(
     let watch = async {
         let mut loads = 1;
         loop {
-            config::changed(&opts.config_dir, &mut fingerprint, opts.debounce).await;
+            config::changed(&paths, &mut fingerprint, opts.debounce).await;
             let loaded = store.load();
             loads += 1;
             *report.lock().unwrap_or_else(|e| e.into_inner()) = report_of(&loaded, loads);

@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 
 use crate::mesh::{EgressListener, Mesh};
-use crate::model::{Protocol, Resolution, Service};
+use crate::model::{Protocol, Service};
 use crate::node::{InterceptionMode, ProxyNode};
 use listener::Serve;
 
@@ -228,9 +228,7 @@ fn outbound_port_listeners<'a>(
 /// the destination is ambiguous and traffic falls back.
 fn tcp_cluster(services: &[&Service], port: u32, fallback: &str) -> String {
     match services {
-        [one] if one.resolution != Resolution::Passthrough || true => {
-            cluster::outbound_name(port, "", &one.hostname)
-        }
+        [one] => cluster::outbound_name(port, "", &one.hostname),
         _ => fallback.to_string(),
     }
 }

@@ -1,0 +1,273 @@
+//! `halyard up`, `down`, `status`, `exec`, `logs`: the local runtime's CLI.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use local::state::{MeshStatus, Phase, StateDir};
+
+/// Where a mesh keeps its state, and the prefix of its namespaces.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MeshArgs {
+    /// State directory (pids, logs, generated registry).
+    #[arg(long, env = "HALYARD_STATE", default_value = "/var/run/halyard")]
+    pub state_dir: PathBuf,
+    /// Prefix of every network namespace this mesh creates.
+    #[arg(long, env = "HALYARD_MESH", default_value = "halyard")]
+    pub name: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Directory of Kubernetes manifests and Istio config.
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    /// Return once the mesh is up, leaving it running in the background.
+    #[arg(long)]
+    pub detach: bool,
+    /// Give up if pods are not ready after this long (seconds).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(&args.dir)
+        .with_context(|| format!("config directory {}", args.dir.display()))?;
+    if args.detach {
+        return detach(&args, &dir);
+    }
+    let opts = local::UpOptions {
+        config_dir: dir.clone(),
+        state_dir: args.mesh.state_dir.clone(),
+        prefix: args.mesh.name.clone(),
+        exe: std::env::current_exe().context("own executable")?,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        signal_hook_flag(sig, stop.clone());
+    }
+    let mut mesh = local::Mesh::start(opts)?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    while !mesh.all_ready() && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        mesh.tick()?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    mesh.tick()?;
+    let status = mesh.status();
+    print_summary(&status, &dir, mesh.all_ready());
+    println!("Ctrl-C (or `halyard down`) stops the mesh and removes everything it made.");
+    mesh.run_until(stop)?;
+    println!("mesh stopped; namespaces, rules, hosts files and processes removed");
+    Ok(())
+}
+
+/// Run `up` in a new session in the background; wait for it to be ready.
+fn detach(args: &UpArgs, dir: &Path) -> anyhow::Result<()> {
+    let state = StateDir(args.mesh.state_dir.clone());
+    std::fs::create_dir_all(&state.0)?;
+    let log = state.0.join("up.log");
+    let out = std::fs::File::create(&log)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("up")
+        .arg(dir)
+        .arg("--state-dir")
+        .arg(&args.mesh.state_dir)
+        .arg("--name")
+        .arg(&args.mesh.name)
+        .arg("--timeout")
+        .arg(args.timeout.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid in the child before exec detaches it from our terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout + 10);
+    loop {
+        if let Some(code) = child.try_wait()? {
+            bail!("halyard up exited ({code}); see {}", log.display());
+        }
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Ctrl-C")
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("mesh not up after {}s; see {}", args.timeout, log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = state.read_status().context("mesh status")?;
+    print_summary(&status, dir, true);
+    println!(
+        "running in the background (pid {}); `halyard down` stops it",
+        child.id()
+    );
+    Ok(())
+}
+
+fn print_summary(status: &MeshStatus, dir: &Path, ready: bool) {
+    println!("mesh {:?} from {}", status.prefix, dir.display());
+    print_status(status);
+    if !ready {
+        println!(
+            "warning: not every pod is ready yet; `halyard status` and `halyard logs POD` tell why"
+        );
+    }
+    if let Some(p) = status.pods.iter().find(|p| p.sidecar) {
+        println!("\nlook around:");
+        println!("  halyard status");
+        println!(
+            "  halyard exec {} -- curl -s http://{}/",
+            p.name,
+            status
+                .services
+                .first()
+                .map(|s| format!(
+                    "{}:{}",
+                    s.0.split('.').next().unwrap_or_default(),
+                    s.2.split(',').next().unwrap_or("80")
+                ))
+                .unwrap_or_default()
+        );
+        println!("  halyard logs {} --sidecar", p.name);
+    }
+}
+
+fn print_status(status: &MeshStatus) {
+    println!(
+        "{:<12} {:<28} {:<12} {:<17} {:<9} RESTARTS",
+        "NAMESPACE", "POD", "IP", "PHASE", "SIDECAR"
+    );
+    for p in &status.pods {
+        let phase = match p.phase {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::CrashLoopBackOff => "CrashLoopBackOff",
+        };
+        let sidecar = match (p.sidecar, p.sidecar_ready) {
+            (false, _) => "none",
+            (true, true) => "ready",
+            (true, false) => "starting",
+        };
+        println!(
+            "{:<12} {:<28} {:<12} {:<17} {:<9} {}",
+            p.namespace, p.name, p.ip, phase, sidecar, p.restarts
+        );
+    }
+    println!("\n{:<36} {:<16} PORTS", "SERVICE", "CLUSTER-IP");
+    for (name, vip, ports) in &status.services {
+        println!("{name:<36} {vip:<16} {ports}");
+    }
+}
+
+pub fn status(mesh: MeshArgs) -> anyhow::Result<()> {
+    let status = StateDir(mesh.state_dir.clone())
+        .read_status()
+        .with_context(|| {
+            format!(
+                "no mesh running (no status in {})",
+                mesh.state_dir.display()
+            )
+        })?;
+    print_status(&status);
+    Ok(())
+}
+
+pub fn down(mesh: MeshArgs) -> anyhow::Result<()> {
+    let state = StateDir(mesh.state_dir.clone());
+    if let Some(status) = state.read_status() {
+        // SAFETY: ask the supervisor to stop; it tears everything down itself.
+        unsafe {
+            libc::kill(status.supervisor_pid as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while state.status_file().exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Whatever is left (a crashed supervisor): remove it directly.
+    let removed = local::network::MeshNet {
+        prefix: mesh.name.clone(),
+    }
+    .teardown();
+    let _ = std::fs::remove_file(state.status_file());
+    let _ = std::fs::remove_file(state.plan_file());
+    let _ = std::fs::remove_dir_all(state.registry());
+    if removed.is_empty() {
+        println!("mesh {:?} is down", mesh.name);
+    } else {
+        println!(
+            "mesh {:?} is down (cleaned up {} leftover namespaces)",
+            mesh.name,
+            removed.len()
+        );
+    }
+    Ok(())
+}
+
+fn find_pod<'a>(status: &'a MeshStatus, pod: &str) -> anyhow::Result<&'a local::state::PodStatus> {
+    let matches: Vec<_> = status
+        .pods
+        .iter()
+        .filter(|p| p.id == pod || p.name == pod)
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => bail!("no pod {pod:?} (see `halyard status`)"),
+        _ => bail!("pod {pod:?} is in several namespaces: say POD.NAMESPACE"),
+    }
+}
+
+pub fn exec(mesh: MeshArgs, pod: String, cmd: Vec<String>) -> anyhow::Result<()> {
+    let status = StateDir(mesh.state_dir)
+        .read_status()
+        .context("no mesh running")?;
+    let p = find_pod(&status, &pod)?;
+    let Some((program, args)) = cmd.split_first() else {
+        bail!("usage: halyard exec POD -- COMMAND [ARGS...]");
+    };
+    let err = std::process::Command::new("ip")
+        .args(["netns", "exec", &p.netns, program])
+        .args(args)
+        .exec();
+    Err(err.into())
+}
+
+pub fn logs(mesh: MeshArgs, pod: String, sidecar: bool) -> anyhow::Result<()> {
+    let state = StateDir(mesh.state_dir);
+    let status = state.read_status().context("no mesh running")?;
+    let p = find_pod(&status, &pod)?;
+    let file =
+        state
+            .pod_dir(&p.namespace, &p.name)
+            .join(if sidecar { "proxy.log" } else { "app.log" });
+    let text = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+    print!("{text}");
+    Ok(())
+}
+
+/// Set `flag` when `sig` arrives (async-signal-safe: only an atomic store).
+fn signal_hook_flag(sig: i32, flag: Arc<AtomicBool>) {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    let _ = FLAG.set(flag);
+    extern "C" fn on_signal(_: i32) {
+        if let Some(f) = FLAG.get() {
+            f.store(true, Ordering::Relaxed);
+        }
+    }
+    // SAFETY: installing a handler that only performs an atomic store.
+    unsafe {
+        libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+    }
+}

@@ -1,0 +1,40 @@
+//! Connecting from this process into a pod's network namespace: a short-lived
+//! thread joins the namespace (setns), opens the socket there and hands it
+//! back. Used for readiness probes and for port-forwards from the host.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// Open a TCP connection to `addr` from inside the named network namespace.
+pub fn connect(netns: &str, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let path = format!("/run/netns/{netns}");
+    let ns = File::open(&path)?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd affects only this thread,
+        // which exits right after opening the socket.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        TcpStream::connect_timeout(&addr, timeout)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns connect thread panicked"))?
+}
+
+/// A plain HTTP/1.0 GET from inside the namespace; returns the status code.
+pub fn http_status(netns: &str, addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+    let mut s = connect(netns, addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    let head = std::str::from_utf8(&buf[..n]).unwrap_or_default();
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad HTTP answer {head:?}")))
+}

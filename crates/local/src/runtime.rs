@@ -1,0 +1,508 @@
+//! `halyard up`'s supervisor: builds the network, starts the pilot in the mesh
+//! namespace, each sidecar (as uid 1337) and — once the sidecar is ready, like
+//! Istio's holdApplicationUntilProxyStarts — the pod's containers; restarts
+//! crashed processes with backoff, applies manifest edits, and tears
+//! everything down when stopped.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::network::MeshNet;
+use crate::plan::{self, GATEWAY, Plan, PodPlan};
+use crate::process::Proc;
+use crate::state::{MeshStatus, Phase, PodStatus, StateDir};
+use crate::{RuntimeError, nsconnect, registry};
+
+pub const XDS_PORT: u16 = 15010;
+pub const DEBUG_PORT: u16 = 15014;
+const READY_PORT: u16 = 15021;
+const TICK: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How to run a mesh.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// Prefix of every namespace this mesh creates.
+    pub prefix: String,
+    /// The halyard binary (pilot, proxy, and `halyard` in container commands).
+    pub exe: PathBuf,
+}
+
+struct App {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    proc: Option<Proc>,
+    restart_at: Option<Instant>,
+    backoff: Duration,
+}
+
+struct PodRun {
+    plan: PodPlan,
+    netns: String,
+    sidecar: Option<Proc>,
+    sidecar_ready: bool,
+    apps: Vec<App>,
+    restarts: u32,
+}
+
+/// A running mesh.
+pub struct Mesh {
+    opts: UpOptions,
+    state: StateDir,
+    net: MeshNet,
+    plan: Plan,
+    pods: BTreeMap<String, PodRun>,
+    pilot: Option<Proc>,
+    registry_dirty: bool,
+    /// Names pods' bridge-side veths uniquely for the life of the mesh.
+    veth_seq: usize,
+}
+
+impl Mesh {
+    /// Validate the manifests, clean up any previous run of this prefix, then
+    /// build the network and start the pilot and every pod.
+    pub fn start(opts: UpOptions) -> Result<Mesh, RuntimeError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(RuntimeError::NotRoot);
+        }
+        let (resources, errors) = api::load::load_path(&opts.config_dir);
+        if !errors.is_empty() {
+            return Err(RuntimeError::Manifests(
+                errors.iter().map(|e| e.to_string()).collect(),
+            ));
+        }
+        let plan = plan::plan(&resources);
+        let state = StateDir(opts.state_dir.clone());
+        let net = MeshNet {
+            prefix: opts.prefix.clone(),
+        };
+        net.teardown();
+        state.create()?;
+        registry::write(&state.registry(), &[])?;
+        let mut mesh = Mesh {
+            opts,
+            state,
+            net,
+            plan: Plan::default(),
+            pods: BTreeMap::new(),
+            pilot: None,
+            registry_dirty: false,
+            veth_seq: 0,
+        };
+        if let Err(e) = mesh.build(plan) {
+            mesh.shutdown();
+            return Err(e);
+        }
+        Ok(mesh)
+    }
+
+    fn build(&mut self, plan: Plan) -> Result<(), RuntimeError> {
+        self.net.create_mesh()?;
+        for pod in &plan.pods {
+            self.veth_seq += 1;
+            self.net
+                .create_pod(pod, self.veth_seq, &plan.pods, &plan.services)?;
+        }
+        self.state.write_plan(&plan)?;
+        self.plan = plan;
+        self.start_pilot()?;
+        let debug = SocketAddr::from((GATEWAY, DEBUG_PORT));
+        let mesh_ns = self.net.mesh_ns();
+        wait(Duration::from_secs(20), || {
+            nsconnect::http_status(&mesh_ns, debug, "/ready").ok() == Some(200)
+        })
+        .map_err(|_| {
+            RuntimeError::Timeout(format!(
+                "pilot to listen (see {})",
+                self.state.pilot_log().display()
+            ))
+        })?;
+        for pod in self.plan.pods.clone() {
+            self.start_pod(pod)?;
+        }
+        Ok(())
+    }
+
+    fn start_pilot(&mut self) -> Result<(), RuntimeError> {
+        let argv: Vec<String> = vec![
+            self.opts.exe.display().to_string(),
+            "pilot".into(),
+            "--config".into(),
+            self.opts.config_dir.display().to_string(),
+            "--registry".into(),
+            self.state.registry().display().to_string(),
+            "--xds".into(),
+            format!("{GATEWAY}:{XDS_PORT}"),
+            "--debug".into(),
+            format!("{GATEWAY}:{DEBUG_PORT}"),
+        ];
+        self.pilot = Some(Proc::start(
+            &self.net.mesh_ns(),
+            &argv,
+            &[],
+            false,
+            &self.state.pilot_log(),
+        )?);
+        Ok(())
+    }
+
+    fn start_pod(&mut self, pod: PodPlan) -> Result<(), RuntimeError> {
+        let netns = self.net.pod_ns(&pod);
+        let dir = self.state.pod_dir(&pod.namespace, &pod.name);
+        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::Io(dir.clone(), e))?;
+        for d in [
+            self.state.0.join("pods"),
+            self.state.0.join("pods").join(&pod.namespace),
+            dir.clone(),
+        ] {
+            crate::state::chmod_755(&d)?;
+        }
+        let apps = pod
+            .containers
+            .iter()
+            .map(|c| {
+                let mut argv = c.argv.clone();
+                if argv.first().map(String::as_str) == Some("halyard") {
+                    argv[0] = self.opts.exe.display().to_string();
+                }
+                App {
+                    argv,
+                    env: app_env(&pod, &c.env),
+                    proc: None,
+                    restart_at: None,
+                    backoff: Duration::from_secs(1),
+                }
+            })
+            .collect();
+        let mut run = PodRun {
+            netns,
+            sidecar: None,
+            sidecar_ready: false,
+            apps,
+            restarts: 0,
+            plan: pod,
+        };
+        if run.plan.sidecar {
+            let bootstrap = dir.join("bootstrap.json");
+            let spec = xds::bootstrap::BootstrapSpec {
+                node_id: format!(
+                    "sidecar~{}~{}.{}~{}.svc.cluster.local",
+                    run.plan.ip, run.plan.name, run.plan.namespace, run.plan.namespace
+                ),
+                xds: format!("{GATEWAY}:{XDS_PORT}"),
+                labels: run.plan.labels.clone(),
+                admin: "127.0.0.1:15000".into(),
+                interception_mode: "REDIRECT".into(),
+                service_account: run.plan.service_account.clone(),
+                sotw: false,
+            };
+            let json = xds::bootstrap::generate(&spec)
+                .map_err(|e| RuntimeError::Command(e.to_string()))?;
+            std::fs::write(
+                &bootstrap,
+                serde_json::to_string_pretty(&json).unwrap_or_default(),
+            )
+            .map_err(|e| RuntimeError::Io(bootstrap.clone(), e))?;
+            run.sidecar = Some(self.sidecar(&run, &bootstrap)?);
+        } else {
+            start_apps(&mut run, &dir)?;
+            self.registry_dirty = true;
+        }
+        self.pods.insert(run.plan.id(), run);
+        Ok(())
+    }
+
+    fn sidecar(&self, run: &PodRun, bootstrap: &std::path::Path) -> Result<Proc, RuntimeError> {
+        let argv = vec![
+            self.opts.exe.display().to_string(),
+            "proxy".into(),
+            "--bootstrap".into(),
+            bootstrap.display().to_string(),
+            "--ready-port".into(),
+            READY_PORT.to_string(),
+            "--concurrency".into(),
+            "1".into(),
+        ];
+        let log = self
+            .state
+            .pod_dir(&run.plan.namespace, &run.plan.name)
+            .join("proxy.log");
+        Proc::start(&run.netns, &argv, &[], true, &log)
+    }
+
+    /// One supervision step: readiness, crashes, restarts, registry, status.
+    pub fn tick(&mut self) -> Result<(), RuntimeError> {
+        let now = Instant::now();
+        if self.pilot.as_mut().is_some_and(Proc::exited) {
+            tracing::warn!("pilot exited; restarting");
+            self.start_pilot()?;
+        }
+        let ids: Vec<String> = self.pods.keys().cloned().collect();
+        for id in ids {
+            let dir = {
+                let run = &self.pods[&id];
+                self.state.pod_dir(&run.plan.namespace, &run.plan.name)
+            };
+            let sidecar_died = self.pods[&id].sidecar.as_ref().is_some() && {
+                let run = self.pods.get_mut(&id).ok_or(RuntimeError::Gone)?;
+                run.sidecar.as_mut().is_some_and(Proc::exited)
+            };
+            if sidecar_died {
+                let bootstrap = dir.join("bootstrap.json");
+                let fresh = self.sidecar(&self.pods[&id], &bootstrap)?;
+                let run = self.pods.get_mut(&id).ok_or(RuntimeError::Gone)?;
+                tracing::warn!(pod = %id, "sidecar exited; restarting");
+                run.sidecar = Some(fresh);
+                run.restarts += 1;
+            }
+            let run = self.pods.get_mut(&id).ok_or(RuntimeError::Gone)?;
+            if run.sidecar.is_some() && !run.sidecar_ready {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, READY_PORT));
+                if nsconnect::http_status(&run.netns, addr, "/healthz/ready").ok() == Some(200) {
+                    run.sidecar_ready = true;
+                    if run.apps.iter().all(|a| a.proc.is_none()) {
+                        start_apps(run, &dir)?;
+                    }
+                    self.registry_dirty = true;
+                }
+            }
+            for app in &mut run.apps {
+                if app.proc.as_mut().is_some_and(Proc::exited) {
+                    app.proc = None;
+                    app.restart_at = Some(now + app.backoff);
+                    app.backoff = (app.backoff * 2).min(MAX_BACKOFF);
+                    run.restarts += 1;
+                    tracing::warn!(pod = %id, "container exited; restarting with backoff");
+                }
+                if app.restart_at.is_some_and(|t| t <= now) {
+                    app.restart_at = None;
+                    let log = dir.join("app.log");
+                    app.proc = Some(Proc::start(&run.netns, &app.argv, &app.env, false, &log)?);
+                }
+            }
+        }
+        if self.registry_dirty {
+            let ready: Vec<&PodPlan> = self
+                .pods
+                .values()
+                .filter(|r| !r.plan.sidecar || r.sidecar_ready)
+                .map(|r| &r.plan)
+                .collect();
+            registry::write(&self.state.registry(), &ready)?;
+            self.registry_dirty = false;
+        }
+        self.state.write_status(&self.status())
+    }
+
+    /// Apply edited manifests: replace changed pods, add new ones, remove
+    /// deleted ones, refresh names and VIP forwarding everywhere.
+    pub fn reload(&mut self) -> Result<(), RuntimeError> {
+        let (resources, errors) = api::load::load_path(&self.opts.config_dir);
+        if !errors.is_empty() {
+            return Err(RuntimeError::Manifests(
+                errors.iter().map(|e| e.to_string()).collect(),
+            ));
+        }
+        let mut next = plan::plan(&resources);
+        let previous: BTreeMap<String, Ipv4Addr> = self
+            .pods
+            .values()
+            .map(|r| (r.plan.id(), r.plan.ip))
+            .collect();
+        plan::assign_ips(&mut next.pods, &previous);
+        let keep: BTreeMap<String, &PodPlan> = next.pods.iter().map(|p| (p.id(), p)).collect();
+        let stale: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(id, r)| keep.get(*id).is_none_or(|p| **p != r.plan))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &stale {
+            if let Some(mut run) = self.pods.remove(id) {
+                stop_pod(&mut run);
+                self.net.delete_pod(&run.plan)?;
+            }
+        }
+        for pod in &next.pods {
+            if !self.pods.contains_key(&pod.id()) {
+                self.veth_seq += 1;
+                self.net
+                    .create_pod(pod, self.veth_seq, &next.pods, &next.services)?;
+                self.start_pod(pod.clone())?;
+            } else {
+                self.net.refresh_pod(pod, &next.pods, &next.services)?;
+            }
+        }
+        self.registry_dirty = true;
+        self.state.write_plan(&next)?;
+        self.plan = next;
+        Ok(())
+    }
+
+    pub fn status(&self) -> MeshStatus {
+        let mut pids: Vec<u32> = self.pilot.iter().map(Proc::pid).collect();
+        let pods = self
+            .pods
+            .values()
+            .map(|r| {
+                pids.extend(r.sidecar.iter().map(Proc::pid));
+                pids.extend(r.apps.iter().filter_map(|a| a.proc.as_ref()).map(Proc::pid));
+                let crashed = r.apps.iter().any(|a| a.restart_at.is_some());
+                PodStatus {
+                    id: r.plan.id(),
+                    namespace: r.plan.namespace.clone(),
+                    name: r.plan.name.clone(),
+                    ip: r.plan.ip.to_string(),
+                    netns: r.netns.clone(),
+                    phase: if crashed {
+                        Phase::CrashLoopBackOff
+                    } else if r.plan.sidecar && !r.sidecar_ready {
+                        Phase::Pending
+                    } else {
+                        Phase::Running
+                    },
+                    sidecar: r.plan.sidecar,
+                    sidecar_ready: r.sidecar_ready,
+                    restarts: r.restarts,
+                }
+            })
+            .collect();
+        MeshStatus {
+            prefix: self.opts.prefix.clone(),
+            config_dir: self.opts.config_dir.clone(),
+            supervisor_pid: std::process::id(),
+            pilot_pid: self.pilot.as_ref().map(Proc::pid),
+            pids,
+            pods,
+            services: self
+                .plan
+                .services
+                .iter()
+                .map(|s| {
+                    let ports: Vec<String> = s.ports.iter().map(|(p, _)| p.to_string()).collect();
+                    (
+                        format!("{}.{}", s.name, s.namespace),
+                        s.vip.clone(),
+                        ports.join(","),
+                    )
+                })
+                .collect(),
+            pilot_debug: None,
+        }
+    }
+
+    /// Are all pods running with ready sidecars?
+    pub fn all_ready(&self) -> bool {
+        self.pods.values().all(|r| {
+            (!r.plan.sidecar || r.sidecar_ready) && r.apps.iter().all(|a| a.proc.is_some())
+        })
+    }
+
+    pub fn mesh_ns(&self) -> String {
+        self.net.mesh_ns()
+    }
+
+    /// Stop every process and remove every namespace, hosts file and generated file.
+    pub fn shutdown(&mut self) {
+        for run in self.pods.values_mut() {
+            stop_pod(run);
+        }
+        self.pods.clear();
+        if let Some(mut p) = self.pilot.take() {
+            p.stop();
+        }
+        self.net.teardown();
+        let _ = std::fs::remove_file(self.state.status_file());
+        let _ = std::fs::remove_file(self.state.plan_file());
+        let _ = std::fs::remove_dir_all(self.state.registry());
+    }
+
+    /// Supervise until `stop` is set, then shut down.
+    pub fn run_until(mut self, stop: Arc<AtomicBool>) -> Result<(), RuntimeError> {
+        let mut fingerprint = pilot::config::fingerprint(&self.opts.config_dir);
+        let mut last_check = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = self.tick() {
+                tracing::error!("{e}");
+            }
+            if last_check.elapsed() >= Duration::from_millis(500) {
+                last_check = Instant::now();
+                let now = pilot::config::fingerprint(&self.opts.config_dir);
+                if now != fingerprint {
+                    fingerprint = now;
+                    match self.reload() {
+                        Ok(()) => tracing::info!("manifests reloaded"),
+                        Err(e) => tracing::error!("manifests not applied: {e}"),
+                    }
+                }
+            }
+            std::thread::sleep(TICK);
+        }
+        self.shutdown();
+        Ok(())
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if !self.pods.is_empty() || self.pilot.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+fn start_apps(run: &mut PodRun, dir: &std::path::Path) -> Result<(), RuntimeError> {
+    for app in &mut run.apps {
+        let log = dir.join("app.log");
+        app.proc = Some(Proc::start(&run.netns, &app.argv, &app.env, false, &log)?);
+    }
+    Ok(())
+}
+
+fn stop_pod(run: &mut PodRun) {
+    for app in &mut run.apps {
+        if let Some(mut p) = app.proc.take() {
+            p.stop();
+        }
+    }
+    if let Some(mut p) = run.sidecar.take() {
+        p.stop();
+    }
+}
+
+/// The container's env plus what Kubernetes' downward API would give it, and
+/// `SERVICE_NAME`/`SERVICE_VERSION` from the `app`/`version` labels (for
+/// `halyard echo`) unless set.
+fn app_env(pod: &PodPlan, env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    out.insert("POD_NAME".into(), pod.name.clone());
+    out.insert("POD_NAMESPACE".into(), pod.namespace.clone());
+    out.insert("INSTANCE_IP".into(), pod.ip.to_string());
+    out.insert("SERVICE_ACCOUNT".into(), pod.service_account.clone());
+    if let Some(app) = pod.labels.get("app") {
+        out.insert("SERVICE_NAME".into(), app.clone());
+    }
+    if let Some(v) = pod.labels.get("version") {
+        out.insert("SERVICE_VERSION".into(), v.clone());
+    }
+    out.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out.into_iter().collect()
+}
+
+fn wait(timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<(), ()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(())
+}
