@@ -68,6 +68,24 @@ pub fn command(name: &str, program: &str) -> Command {
     c
 }
 
+/// `ip netns exec NAME setpriv --reuid UID --regid GID --clear-groups PROGRAM`: how a
+/// sidecar runs as the proxy user (1337) so capture's owner rules skip its traffic. Both
+/// `ip netns exec` and `setpriv` exec, so the child's pid is the program's pid. The program
+/// must be readable by that uid (not under /root, e.g. a pyenv shim).
+pub fn command_as(name: &str, uid: u32, gid: u32, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", name, "setpriv"]);
+    c.args([
+        "--reuid",
+        &uid.to_string(),
+        "--regid",
+        &gid.to_string(),
+        "--clear-groups",
+    ]);
+    c.arg(program);
+    c
+}
+
 /// Runs `f` on a new thread that has entered the namespace with `setns(2)`, and returns
 /// its result. Sockets created inside stay in that namespace when handed back, so a test
 /// can bind a listener in a pod's netns and use it from anywhere.

@@ -200,6 +200,12 @@ fn apply_reapply_remove_in_netns() {
     assert!(!save(&ns, "iptables-save").contains("ISTIO_"));
     assert!(!save(&ns, "ip6tables-save").contains("ISTIO_"));
 
+    let id = netns::command_as(&ns, 1337, 1337, "id").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&id.stdout).trim(),
+        "uid=1337 gid=1337 groups=1337"
+    );
+
     netns::delete(&ns).unwrap();
     assert!(!netns::exists(&ns));
     netns::delete(&ns).unwrap(); // absent is fine
