@@ -1,0 +1,501 @@
+//! End-to-end tests of `halyard up` (root: network namespaces and iptables).
+//! Bookinfo comes up from examples/, traffic goes through real capture rules
+//! and sidecars, and every test tears its mesh down — checking that no
+//! namespace is left behind, also when it fails.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// One mesh at a time: each brings up a pilot and a dozen processes.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A mesh brought up with `halyard up --detach`, brought down on drop.
+struct LocalMesh {
+    name: String,
+    state: tempfile::TempDir,
+    status: Value,
+}
+
+impl LocalMesh {
+    fn up(name: &str, config: &Path) -> LocalMesh {
+        let state = tempfile::tempdir().expect("state dir");
+        let mesh = LocalMesh {
+            name: format!("hyt{}{}", name, std::process::id() % 10_000),
+            state,
+            status: Value::Null,
+        };
+        let out = mesh.halyard(&[
+            "up",
+            config.to_str().expect("utf8"),
+            "--detach",
+            "--timeout",
+            "60",
+        ]);
+        assert!(
+            out.status.success(),
+            "halyard up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut mesh = mesh;
+        mesh.refresh();
+        mesh
+    }
+
+    fn halyard(&self, args: &[&str]) -> std::process::Output {
+        halyard()
+            .args(args)
+            .env("HALYARD_STATE", self.state.path())
+            .env("HALYARD_MESH", &self.name)
+            .output()
+            .expect("run halyard")
+    }
+
+    fn refresh(&mut self) {
+        let text =
+            std::fs::read_to_string(self.state.path().join("status.json")).expect("status.json");
+        self.status = serde_json::from_str(&text).expect("status json");
+    }
+
+    fn pod(&self, name: &str) -> &Value {
+        self.status["pods"]
+            .as_array()
+            .and_then(|pods| pods.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("no pod {name} in {}", self.status))
+    }
+
+    fn netns(&self, pod: &str) -> String {
+        self.pod(pod)["netns"].as_str().expect("netns").to_string()
+    }
+
+    fn vip(&self, service: &str) -> String {
+        self.status["services"]
+            .as_array()
+            .and_then(|s| {
+                s.iter().find(|s| {
+                    s[0].as_str()
+                        .is_some_and(|n| n.starts_with(&format!("{service}.")))
+                })
+            })
+            .map(|s| s[1].as_str().expect("vip").to_string())
+            .unwrap_or_else(|| panic!("no service {service}"))
+    }
+
+    /// A keep-alive HTTP/1.1 connection from inside `pod`'s namespace, as an
+    /// app there would open it (so capture applies).
+    fn connect(&self, pod: &str, service: &str, port: u16) -> Http1 {
+        let addr: SocketAddr = format!("{}:{port}", self.vip(service))
+            .parse()
+            .expect("addr");
+        let stream = local::nsconnect::connect(&self.netns(pod), addr, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connect from {pod} to {service}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Http1 {
+            reader: BufReader::new(stream.try_clone().expect("clone")),
+            stream,
+            host: format!("{service}:{port}"),
+        }
+    }
+
+    fn namespaces_left(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("{}-", self.name)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for LocalMesh {
+    fn drop(&mut self) {
+        let out = self.halyard(&["down"]);
+        let left = self.namespaces_left();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.state.path().join("up.log")).unwrap_or_default();
+            eprintln!("--- halyard up log ---\n{log}");
+            return;
+        }
+        assert!(
+            out.status.success(),
+            "halyard down: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(left.is_empty(), "namespaces left behind: {left:?}");
+        assert!(
+            !Path::new(&format!("/etc/netns/{}-mesh", self.name)).exists(),
+            "hosts files left behind"
+        );
+    }
+}
+
+/// Minimal HTTP/1.1 client over a captured connection.
+struct Http1 {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    host: String,
+}
+
+impl Http1 {
+    fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, Value)> {
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.stream.write_all(req.as_bytes())?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.reader.read_exact(&mut body)?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIP: halyard up needs root");
+    }
+    root
+}
+
+fn bookinfo_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bookinfo");
+    for f in std::fs::read_dir(src).expect("examples/bookinfo").flatten() {
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).expect("copy");
+    }
+    dir
+}
+
+fn set_reviews_route(dir: &Path, http: &str) {
+    let text = format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n  subsets:\n  - {{name: stable, labels: {{version: v1}}}}\n  - {{name: canary, labels: {{version: v3}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
+    );
+    let tmp = dir.join(".routing.tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(tmp, dir.join("routing.yaml")).expect("rename");
+}
+
+fn version(v: &Value) -> String {
+    v["version"].as_str().unwrap_or("?").to_string()
+}
+
+#[test]
+fn bookinfo_through_sidecars() {
+    if !is_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = bookinfo_copy();
+    let mut mesh = LocalMesh::up("bi", config.path());
+    for pod in mesh.status["pods"].as_array().expect("pods") {
+        assert_eq!(pod["phase"], "Running", "{pod}");
+        assert_eq!(pod["sidecar_ready"], true, "{pod}");
+    }
+
+    // productpage -> details, reviews -> ratings, all through sidecars.
+    let mut c = mesh.connect("productpage-v1-0", "productpage", 9080);
+    let (status, page) = c
+        .get("/productpage", &[("x-request-id", "e2e-1")])
+        .expect("productpage");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["service"], "productpage");
+    // The app sees its own sidecar as the peer: inbound capture happened.
+    assert!(
+        page["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{page}"
+    );
+    let calls = page["calls"].as_array().expect("calls");
+    assert_eq!(calls[0]["body"]["service"], "details", "{page}");
+    assert_eq!(calls[1]["body"]["service"], "reviews", "{page}");
+    assert_eq!(calls[0]["body"]["headers"]["x-request-id"], "e2e-1");
+    let reviews = &calls[1]["body"];
+    if reviews["version"] != "v1" {
+        assert_eq!(
+            reviews["calls"][0]["body"]["service"], "ratings",
+            "{reviews}"
+        );
+    }
+
+    // The seed's canary routing: 90/10 over 2,000 requests, x-canary pinned.
+    let mut c = mesh.connect("productpage-v1-0", "reviews", 9080);
+    let mut v1 = 0;
+    for _ in 0..2000 {
+        let (s, body) = c.get("/", &[]).expect("reviews");
+        assert_eq!(s, 200);
+        match version(&body).as_str() {
+            "v1" => v1 += 1,
+            "v3" => {}
+            other => panic!("unexpected version {other}"),
+        }
+    }
+    let share = 100.0 * v1 as f64 / 2000.0;
+    assert!((87.0..=93.0).contains(&share), "stable got {share:.1}%");
+    for _ in 0..100 {
+        let (_, body) = c.get("/", &[("x-canary", "true")]).expect("canary");
+        assert_eq!(version(&body), "v3");
+    }
+
+    // Edit the VirtualService during traffic: all v2 within 2 s, no failures.
+    set_reviews_route(
+        config.path(),
+        "  - route:\n    - destination: {host: reviews, subset: v2}\n",
+    );
+    let edited = Instant::now();
+    let mut switched = None;
+    while edited.elapsed() < Duration::from_secs(10) {
+        let (s, body) = c.get("/", &[]).expect("request during edit");
+        assert_eq!(s, 200, "failed request during config edit: {body}");
+        if version(&body) == "v2" {
+            switched.get_or_insert(edited.elapsed());
+        } else if switched.is_some() {
+            panic!("went back to {} after switching", version(&body));
+        }
+        if switched.is_some_and(|t| edited.elapsed() > t + Duration::from_millis(500)) {
+            break;
+        }
+    }
+    let took = switched.expect("route edit never took effect");
+    assert!(took < Duration::from_secs(2), "edit took {took:?}");
+
+    // Kill the pilot: traffic keeps flowing; the restarted pilot gets every
+    // sidecar back.
+    let pilot = mesh.status["pilot_pid"].as_u64().expect("pilot pid") as i32;
+    // SAFETY: killing the pilot process the mesh started.
+    unsafe {
+        libc::kill(pilot, libc::SIGKILL);
+    }
+    for _ in 0..200 {
+        let (s, body) = c.get("/", &[]).expect("request without pilot");
+        assert_eq!((s, version(&body)), (200, "v2".to_string()));
+    }
+    let mesh_ns = format!("{}-mesh", mesh.name);
+    let sidecars = mesh.status["pods"].as_array().expect("pods").len();
+    wait_for(
+        "every sidecar to reconnect to the restarted pilot",
+        Duration::from_secs(30),
+        || {
+            let mut s = local::nsconnect::connect(
+                &mesh_ns,
+                "10.44.0.1:15014".parse().ok()?,
+                Duration::from_secs(1),
+            )
+            .ok()?;
+            s.write_all(b"GET /debug/syncz HTTP/1.0\r\n\r\n").ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            let json: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()?;
+            let acked = json
+                .as_array()?
+                .iter()
+                .filter(|p| p["types"]["LDS"]["acked_version"].is_string())
+                .count();
+            (acked == sidecars).then_some(())
+        },
+    );
+    mesh.refresh();
+    assert_ne!(
+        mesh.status["pilot_pid"].as_u64(),
+        Some(pilot as u64),
+        "pilot was not restarted"
+    );
+}
+
+const EXTRA: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: bookinfo}
+spec:
+  selector: {app: legacy}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: legacy, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: legacy}}
+  template:
+    metadata:
+      labels: {app: legacy, version: v1}
+      annotations: {sidecar.istio.io/inject: "false"}
+    spec:
+      containers: [{name: legacy, command: [halyard, echo, --port, "8080"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo, namespace: bookinfo}
+spec:
+  selector: {app: tcp-echo}
+  ports: [{name: tcp-echo, port: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: grpc-echo, namespace: bookinfo}
+spec:
+  selector: {app: tcp-echo}
+  ports: [{name: grpc, port: 7070}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: tcp-echo, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: tcp-echo}}
+  template:
+    metadata: {labels: {app: tcp-echo, version: v1}}
+    spec:
+      containers: [{name: echo, command: [halyard, echo, --port, "7070", --tcp-port, "9000"]}]
+"#;
+
+#[test]
+fn tcp_grpc_and_uninjected_pods() {
+    if !is_root() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = bookinfo_copy();
+    std::fs::write(config.path().join("extra.yaml"), EXTRA).expect("extra");
+    let mesh = LocalMesh::up("tg", config.path());
+    assert_eq!(mesh.pod("legacy-0")["sidecar"], false);
+
+    // A pod without a sidecar is reached directly (its peer is the caller's
+    // sidecar, not its own) and still works.
+    let mut c = mesh.connect("productpage-v1-0", "legacy", 8080);
+    let (s, body) = c.get("/", &[]).expect("legacy");
+    assert_eq!(s, 200);
+    let productpage_ip = mesh.pod("productpage-v1-0")["ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    assert!(
+        body["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&format!("{productpage_ip}:"))),
+        "{body}"
+    );
+    // And the uninjected pod can call meshed services (VIP forwarding).
+    let mut c = mesh.connect("legacy-0", "details", 9080);
+    let (s, body) = c.get("/details/1", &[]).expect("details from legacy");
+    assert_eq!((s, body["service"].as_str()), (200, Some("details")));
+
+    // Plain TCP through both sidecars.
+    let addr: SocketAddr = format!("{}:9000", mesh.vip("tcp-echo"))
+        .parse()
+        .expect("addr");
+    let mut s = local::nsconnect::connect(
+        &mesh.netns("productpage-v1-0"),
+        addr,
+        Duration::from_secs(2),
+    )
+    .expect("tcp");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"ping through the mesh\n").expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains("ping through the mesh") {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("hello from tcp-echo v1"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // gRPC (HTTP/2) through both sidecars.
+    let addr: SocketAddr = format!("{}:7070", mesh.vip("grpc-echo"))
+        .parse()
+        .expect("addr");
+    let stream = local::nsconnect::connect(
+        &mesh.netns("productpage-v1-0"),
+        addr,
+        Duration::from_secs(2),
+    )
+    .expect("grpc");
+    let reply = grpc_echo(stream, "grpc-echo:7070", "hello grpc");
+    assert!(
+        reply.contains("hello grpc") && reply.contains("tcp-echo"),
+        "{reply}"
+    );
+}
+
+/// One unary gRPC call to the echo's Echo method over a plain h2c connection.
+fn grpc_echo(stream: TcpStream, authority: &str, message: &str) -> String {
+    use prost::Message;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        stream.set_nonblocking(true).expect("nonblocking");
+        let io = hyper_util::rt::TokioIo::new(
+            tokio::net::TcpStream::from_std(stream).expect("tokio stream"),
+        );
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let msg = echo::grpc::EchoRequest {
+            message: message.into(),
+        }
+        .encode_to_vec();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&msg);
+        let req = hyper::Request::post(format!("http://{authority}{}", echo::grpc::ECHO_PATH))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from(framed)))
+            .expect("request");
+        let resp = send.send_request(req).await.expect("grpc call");
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert!(body.len() > 5, "empty gRPC reply");
+        let reply = echo::grpc::EchoResponse::decode(&body[5..]).expect("decode reply");
+        format!("{} {}", reply.message, reply.service)
+    })
+}
