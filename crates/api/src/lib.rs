@@ -34,6 +34,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+pub mod analysis;
 pub mod duration;
 mod error;
 pub mod kube;

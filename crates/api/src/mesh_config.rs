@@ -101,6 +101,9 @@ pub struct ProxyConfig {
     pub proxy_metadata: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_stats_matcher: Option<Value>,
+    /// `image: {imageType: distroless}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<Value>,
 }
 
 /// `defaultConfig.tracing`.

@@ -461,7 +461,11 @@ fn allow_unknown_downgrades_to_warnings() {
     let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [a]\n  colour: blue\n  http:\n  - route:\n    - destination: {host: a, hots: x}\n";
     let strict = load_str_with(Path::new("t.yaml"), text, Options::default());
     assert!(strict.resources.is_empty());
-    assert!(strict.errors[0].to_string().contains("unknown field `colour`"));
+    assert!(
+        strict.errors[0]
+            .to_string()
+            .contains("unknown field `colour`")
+    );
     let lax = load_str_with(
         Path::new("t.yaml"),
         text,
@@ -473,7 +477,13 @@ fn allow_unknown_downgrades_to_warnings() {
     assert_eq!(lax.resources.len(), 1);
     let w: Vec<String> = lax.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(w.len(), 2, "{w:?}");
-    assert!(w[0].starts_with("t.yaml:6:3: VirtualService r: spec.colour: unknown field `colour`"), "{w:?}");
-    assert!(w[1].contains("spec.http[0].route[0].destination.hots: unknown field `hots`"), "{w:?}");
+    assert!(
+        w[0].starts_with("t.yaml:6:3: VirtualService r: spec.colour: unknown field `colour`"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].contains("spec.http[0].route[0].destination.hots: unknown field `hots`"),
+        "{w:?}"
+    );
     assert!(w[1].contains("did you mean `host`?"), "{w:?}");
 }

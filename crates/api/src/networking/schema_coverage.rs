@@ -136,7 +136,10 @@ fn every_crd_field_loads() {
             continue;
         };
         let kind = crd["spec"]["names"]["kind"].as_str().unwrap_or_default();
-        let group = crd["spec"]["group"].as_str().unwrap_or_default().to_string();
+        let group = crd["spec"]["group"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if !matches!(group.as_str(), "networking.istio.io" | "security.istio.io")
             || !KINDS.contains(&kind)
         {
