@@ -1,8 +1,10 @@
 //! `halyard`: the one binary — control plane, sidecar proxy, bootstrap
 //! generator and the echo test app.
 
+mod analyze;
 mod bootstrap;
 mod mesh_cmd;
+mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +34,10 @@ enum Command {
     Bootstrap(bootstrap::BootstrapArgs),
     /// The test application: echoes requests as JSON, makes calls on request.
     Echo(echo::EchoArgs),
+    /// Check Istio/Kubernetes YAML offline: schema and Istio's validation rules.
+    Validate(validate::ValidateArgs),
+    /// Cross-resource analysis with Istio's message codes (like `istioctl analyze`).
+    Analyze(analyze::AnalyzeArgs),
     /// Start a whole mesh on this machine from a directory of manifests (root).
     Up(mesh_cmd::UpArgs),
     /// Stop the mesh and remove every namespace, rule, hosts file and process.
@@ -135,6 +141,8 @@ fn main() -> anyhow::Result<()> {
             proxy::run(opts).await
         }),
         Command::Echo(args) => runtime(None)?.block_on(echo::run(args)),
+        Command::Validate(args) => std::process::exit(validate::run(&args)),
+        Command::Analyze(args) => std::process::exit(analyze::run(&args)),
         Command::Up(args) => mesh_cmd::up(args),
         Command::Down(mesh) => mesh_cmd::down(mesh),
         Command::Status(mesh) => mesh_cmd::status(mesh),

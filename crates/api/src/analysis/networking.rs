@@ -288,8 +288,9 @@ pub(super) fn vs_conflicting_mesh_hosts(ix: &Index<'_>, out: &mut Vec<Message>) 
             let conflicting: Vec<String> = list
                 .iter()
                 .enumerate()
-                .filter(|(j, (_, other))| {
+                .filter(|(j, (o, other))| {
                     *j != i
+                        && o.key() != r.key()
                         && match (scope, other) {
                             (None, _) | (_, None) => true,
                             (Some(a), Some(b)) => !a.is_disjoint(b),

@@ -97,9 +97,7 @@ pub(crate) fn check_duration_min_1ms(cx: &mut Ctx, path: &str, d: Option<Duratio
     {
         cx.err(
             path,
-            format!(
-                "duration must be at least 1ms (got {d}); must be a valid duration greater than 1ms"
-            ),
+            format!("must be a valid duration greater than or equal to 1ms (got {d})"),
         );
     }
 }

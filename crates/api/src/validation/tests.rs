@@ -74,7 +74,7 @@ fn fault_and_durations() {
         "{all}"
     );
     assert!(
-        all.contains("spec.http[0].retries.perTryTimeout: duration must be at least 1ms"),
+        all.contains("spec.http[0].retries.perTryTimeout: must be a valid duration greater than or equal to 1ms"),
         "{all}"
     );
 }
