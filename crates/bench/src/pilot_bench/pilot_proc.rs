@@ -72,6 +72,7 @@ impl PilotUnderTest {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let opts = pilot::PilotOptions {
             config_dir: config_dir.to_path_buf(),
+            registry_dir: None,
             xds_addr: "127.0.0.1:0".parse()?,
             debug_addr: "127.0.0.1:0".parse()?,
             debounce: Duration::from_millis(100),
