@@ -61,7 +61,7 @@ impl TryFrom<&Bootstrap> for BootstrapConfig {
     type Error = ConfigError;
 
     fn try_from(b: &Bootstrap) -> Result<Self, ConfigError> {
-        check_subset(b, subset::BOOTSTRAP)?;
+        check_subset(b, &subset::BOOTSTRAP)?;
         let admin = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
             Some(addr) => socket_addr(Some(addr)).map_err(|e| e.under("admin.address"))?,
             None => DEFAULT_ADMIN.parse().expect("valid default"),

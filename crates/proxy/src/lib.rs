@@ -47,6 +47,16 @@ pub struct ProxyOptions {
     pub concurrency: Option<usize>,
 }
 
+impl ProxyOptions {
+    /// Worker threads for the runtime that runs the proxy: `concurrency`, else
+    /// one per core. (`run` is async, so the caller builds the runtime.)
+    pub fn worker_threads(&self) -> usize {
+        self.concurrency
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
 impl Default for ProxyOptions {
     fn default() -> Self {
         ProxyOptions {

@@ -99,7 +99,7 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
 
     fn try_from(c: &XdsCluster) -> Result<Self, ConfigError> {
         use xds_cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as XLb};
-        check_subset(c, subset::CLUSTER)?;
+        check_subset(c, &subset::CLUSTER)?;
         if c.name.is_empty() {
             return Err(ConfigError::new("name", "required"));
         }

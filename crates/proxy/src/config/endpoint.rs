@@ -60,7 +60,7 @@ impl TryFrom<&XdsClusterLoadAssignment> for LoadAssignment {
     type Error = ConfigError;
 
     fn try_from(cla: &XdsClusterLoadAssignment) -> Result<Self, ConfigError> {
-        check_subset(cla, subset::CLUSTER_LOAD_ASSIGNMENT)?;
+        check_subset(cla, &subset::CLUSTER_LOAD_ASSIGNMENT)?;
         let mut endpoints = Vec::new();
         for (li, locality) in cla.endpoints.iter().enumerate() {
             let lpath = format!("endpoints[{li}]");

@@ -166,7 +166,7 @@ impl TryFrom<&XdsListener> for ListenerConfig {
     type Error = ConfigError;
 
     fn try_from(l: &XdsListener) -> Result<Self, ConfigError> {
-        check_subset(l, subset::LISTENER)?;
+        check_subset(l, &subset::LISTENER)?;
         let address = socket_addr(l.address.as_ref()).map_err(|e| e.under("address"))?;
         let mut original_dst_filter = false;
         let mut http_inspector = false;

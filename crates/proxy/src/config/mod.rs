@@ -54,20 +54,12 @@ pub(crate) fn duration(d: &protobuf::Duration, path: &str) -> Result<Duration, C
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
-/// The JSON of a message checked against a subset table.
-pub(crate) fn check_subset<M: prost::Message + prost::Name>(
+/// A message checked against a subset table (docs/xds-subset.md).
+pub(crate) fn check_subset<M: prost::Message>(
     msg: &M,
-    schema: &'static [(&'static str, subset::Field)],
+    schema: &'static subset::Schema,
 ) -> Result<(), ConfigError> {
-    let json = xds::json::to_json(msg);
-    if json.is_null() {
-        // to_json fails only on an Any of a type outside Envoy's descriptors.
-        return Err(ConfigError::new(
-            "typed_config",
-            "an Any of a type outside Envoy's API",
-        ));
-    }
-    subset::check(&json, schema)
+    subset::check(msg, schema)
 }
 
 /// Decode an `Any` of the expected type.

@@ -161,7 +161,7 @@ impl TryFrom<&XdsRouteConfiguration> for RouteConfig {
     type Error = ConfigError;
 
     fn try_from(rc: &XdsRouteConfiguration) -> Result<Self, ConfigError> {
-        check_subset(rc, subset::ROUTE_CONFIGURATION)?;
+        check_subset(rc, &subset::ROUTE_CONFIGURATION)?;
         let mut domains = DomainIndex::default();
         let mut seen = HashMap::new();
         let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());

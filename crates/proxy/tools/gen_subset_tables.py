@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Generate src/config/subset/tables.rs: the xDS subset (docs/xds-subset.md) as
+tables of allowed fields per Envoy message, with field numbers and every field
+name of each message (for error paths), so the proxy checks resources on the
+wire format without loading Envoy's descriptor pool (~50 MB).
+
+    cargo run -p proxy --example descriptor_fields > /tmp/fields.txt
+    python3 crates/proxy/tools/gen_subset_tables.py crates/proxy/src/config/subset/tables.rs /tmp/fields.txt
+    cargo fmt -p proxy
+"""
+import collections, sys
+fields = collections.defaultdict(dict)  # msg -> name -> (num, kind, label)
+for line in open(sys.argv[2] if len(sys.argv) > 2 else '/tmp/fields.txt'):
+    m, name, num, kind, label = line.split()
+    fields[m][name] = (int(num), kind, label)
+
+L = 'L'
+def M(t): return ('M', t)
+def A(*ts): return ('A', list(ts))
+def AM(*ts): return ('AM', list(ts))
+
+HCM_T='envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager'
+TCP_T='envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy'
+OD_T='envoy.extensions.filters.listener.original_dst.v3.OriginalDst'
+HI_T='envoy.extensions.filters.listener.http_inspector.v3.HttpInspector'
+HPO_T='envoy.extensions.upstreams.http.v3.HttpProtocolOptions'
+ROUTER_T='envoy.extensions.filters.http.router.v3.Router'
+
+# name -> (message, [(field, kind)]), in dependency order
+T = collections.OrderedDict()
+T['SOCKET_ADDRESS']=('envoy.config.core.v3.SocketAddress',[('address',L),('port_value',L),('protocol',L)])
+T['ADDRESS']=('envoy.config.core.v3.Address',[('socket_address',M('SOCKET_ADDRESS'))])
+T['CIDR']=('envoy.config.core.v3.CidrRange',[('address_prefix',L),('prefix_len',L)])
+T['FILTER_CHAIN_MATCH']=('envoy.config.listener.v3.FilterChainMatch',[('destination_port',L),('prefix_ranges',M('CIDR')),('application_protocols',L),('transport_protocol',L)])
+T['AGGREGATED_CONFIG_SOURCE']=('envoy.config.core.v3.AggregatedConfigSource',[])
+T['CONFIG_SOURCE']=('envoy.config.core.v3.ConfigSource',[('ads',M('AGGREGATED_CONFIG_SOURCE')),('resource_api_version',L),('initial_fetch_timeout',L)])
+T['REGEX']=('envoy.type.matcher.v3.RegexMatcher',[('regex',L),('google_re2',L)])
+T['STRING_MATCHER']=('envoy.type.matcher.v3.StringMatcher',[('exact',L),('prefix',L),('suffix',L),('contains',L),('safe_regex',M('REGEX')),('ignore_case',L)])
+T['HEADER_MATCHER']=('envoy.config.route.v3.HeaderMatcher',[('name',L),('string_match',M('STRING_MATCHER')),('present_match',L),('invert_match',L),('exact_match',L),('prefix_match',L),('suffix_match',L),('contains_match',L),('safe_regex_match',M('REGEX')),('treat_missing_header_as_empty',L)])
+T['QUERY_MATCHER']=('envoy.config.route.v3.QueryParameterMatcher',[('name',L),('string_match',M('STRING_MATCHER')),('present_match',L)])
+T['ROUTE_MATCH']=('envoy.config.route.v3.RouteMatch',[('prefix',L),('path',L),('safe_regex',M('REGEX')),('case_sensitive',L),('headers',M('HEADER_MATCHER')),('query_parameters',M('QUERY_MATCHER'))])
+T['CLUSTER_WEIGHT']=('envoy.config.route.v3.WeightedCluster.ClusterWeight',[('name',L),('weight',L)])
+T['WEIGHTED_CLUSTERS']=('envoy.config.route.v3.WeightedCluster',[('clusters',M('CLUSTER_WEIGHT')),('total_weight',L)])
+T['ROUTE_ACTION']=('envoy.config.route.v3.RouteAction',[('cluster',L),('weighted_clusters',M('WEIGHTED_CLUSTERS')),('timeout',L)])
+T['ROUTE']=('envoy.config.route.v3.Route',[('name',L),('match',M('ROUTE_MATCH')),('route',M('ROUTE_ACTION')),('metadata',L)])
+T['VIRTUAL_HOST']=('envoy.config.route.v3.VirtualHost',[('name',L),('domains',L),('routes',M('ROUTE'))])
+T['ROUTE_CONFIGURATION']=('envoy.config.route.v3.RouteConfiguration',[('name',L),('virtual_hosts',M('VIRTUAL_HOST')),('validate_clusters',L)])
+T['RDS']=('envoy.extensions.filters.network.http_connection_manager.v3.Rds',[('config_source',M('CONFIG_SOURCE')),('route_config_name',L)])
+T['ROUTER']=(ROUTER_T,[])
+T['HTTP_FILTER']=('envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter',[('name',L),('typed_config',A((ROUTER_T,'ROUTER')))])
+T['UPGRADE_CONFIG']=('envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig',[('upgrade_type',L),('enabled',L)])
+T['HCM']=(HCM_T,[('stat_prefix',L),('codec_type',L),('rds',M('RDS')),('route_config',M('ROUTE_CONFIGURATION')),('http_filters',M('HTTP_FILTER')),('upgrade_configs',M('UPGRADE_CONFIG')),('use_remote_address',L),('normalize_path',L),('merge_slashes',L)])
+T['TCP_CLUSTER_WEIGHT']=('envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight',[('name',L),('weight',L)])
+T['TCP_WEIGHTED_CLUSTERS']=('envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster',[('clusters',M('TCP_CLUSTER_WEIGHT'))])
+T['TCP_PROXY']=(TCP_T,[('stat_prefix',L),('cluster',L),('weighted_clusters',M('TCP_WEIGHTED_CLUSTERS'))])
+T['NETWORK_FILTER']=('envoy.config.listener.v3.Filter',[('name',L),('typed_config',A((HCM_T,'HCM'),(TCP_T,'TCP_PROXY')))])
+T['FILTER_CHAIN']=('envoy.config.listener.v3.FilterChain',[('filter_chain_match',M('FILTER_CHAIN_MATCH')),('filters',M('NETWORK_FILTER')),('name',L),('metadata',L)])
+T['ORIGINAL_DST']=(OD_T,[])
+T['HTTP_INSPECTOR']=(HI_T,[])
+T['LISTENER_FILTER']=('envoy.config.listener.v3.ListenerFilter',[('name',L),('typed_config',A((OD_T,'ORIGINAL_DST'),(HI_T,'HTTP_INSPECTOR')))])
+T['LISTENER']=('envoy.config.listener.v3.Listener',[('name',L),('address',M('ADDRESS')),('bind_to_port',L),('use_original_dst',L),('traffic_direction',L),('stat_prefix',L),('metadata',L),('listener_filters',M('LISTENER_FILTER')),('listener_filters_timeout',L),('continue_on_listener_filters_timeout',L),('filter_chains',M('FILTER_CHAIN')),('default_filter_chain',M('FILTER_CHAIN'))])
+T['ENDPOINT']=('envoy.config.endpoint.v3.Endpoint',[('address',M('ADDRESS'))])
+T['LB_ENDPOINT']=('envoy.config.endpoint.v3.LbEndpoint',[('endpoint',M('ENDPOINT')),('health_status',L),('load_balancing_weight',L),('metadata',L)])
+T['LOCALITY_LB_ENDPOINTS']=('envoy.config.endpoint.v3.LocalityLbEndpoints',[('locality',L),('lb_endpoints',M('LB_ENDPOINT')),('load_balancing_weight',L),('priority',L)])
+T['CLUSTER_LOAD_ASSIGNMENT']=('envoy.config.endpoint.v3.ClusterLoadAssignment',[('cluster_name',L),('endpoints',M('LOCALITY_LB_ENDPOINTS'))])
+T['HTTP_VERSION_CONFIG']=('envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig',[('http_protocol_options',L),('http2_protocol_options',L)])
+T['DOWNSTREAM_HTTP_CONFIG']=('envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig',[('http_protocol_options',L),('http2_protocol_options',L)])
+T['COMMON_HTTP_PROTOCOL_OPTIONS']=('envoy.config.core.v3.HttpProtocolOptions',[('idle_timeout',L)])
+T['HTTP_PROTOCOL_OPTIONS']=(HPO_T,[('explicit_http_config',M('HTTP_VERSION_CONFIG')),('use_downstream_protocol_config',M('DOWNSTREAM_HTTP_CONFIG')),('common_http_protocol_options',M('COMMON_HTTP_PROTOCOL_OPTIONS'))])
+T['EDS_CLUSTER_CONFIG']=('envoy.config.cluster.v3.Cluster.EdsClusterConfig',[('eds_config',M('CONFIG_SOURCE')),('service_name',L)])
+T['COMMON_LB_CONFIG']=('envoy.config.cluster.v3.Cluster.CommonLbConfig',[('healthy_panic_threshold',L)])
+T['CLUSTER']=('envoy.config.cluster.v3.Cluster',[('name',L),('alt_stat_name',L),('type',L),('eds_cluster_config',M('EDS_CLUSTER_CONFIG')),('connect_timeout',L),('lb_policy',L),('load_assignment',M('CLUSTER_LOAD_ASSIGNMENT')),('typed_extension_protocol_options',AM((HPO_T,'HTTP_PROTOCOL_OPTIONS'))),('metadata',L),('common_lb_config',M('COMMON_LB_CONFIG')),('dns_lookup_family',L),('dns_refresh_rate',L)])
+T['ENVOY_GRPC']=('envoy.config.core.v3.GrpcService.EnvoyGrpc',[('cluster_name',L)])
+T['GRPC_SERVICE']=('envoy.config.core.v3.GrpcService',[('envoy_grpc',M('ENVOY_GRPC')),('timeout',L)])
+T['API_CONFIG_SOURCE']=('envoy.config.core.v3.ApiConfigSource',[('api_type',L),('transport_api_version',L),('grpc_services',M('GRPC_SERVICE')),('set_node_on_first_message_only',L)])
+T['ADMIN']=('envoy.config.bootstrap.v3.Admin',[('address',M('ADDRESS')),('access_log',L)])
+T['STATIC_RESOURCES']=('envoy.config.bootstrap.v3.Bootstrap.StaticResources',[('listeners',M('LISTENER')),('clusters',M('CLUSTER'))])
+T['DYNAMIC_RESOURCES']=('envoy.config.bootstrap.v3.Bootstrap.DynamicResources',[('ads_config',M('API_CONFIG_SOURCE')),('cds_config',M('CONFIG_SOURCE')),('lds_config',M('CONFIG_SOURCE'))])
+T['BOOTSTRAP']=('envoy.config.bootstrap.v3.Bootstrap',[('node',L),('admin',M('ADMIN')),('static_resources',M('STATIC_RESOURCES')),('dynamic_resources',M('DYNAMIC_RESOURCES'))])
+
+PUBLIC={'LISTENER','CLUSTER','ROUTE_CONFIGURATION','CLUSTER_LOAD_ASSIGNMENT','BOOTSTRAP'}
+out=[]
+for tname,(msg,entries) in T.items():
+    fm=fields[msg]
+    assert fm or not entries, msg
+    allowed=[]
+    for fname,kind in entries:
+        num,ftype,label=fm[fname]
+        rep = 'true' if label=='list' else 'false'
+        if kind==L: k='Field::Leaf'
+        elif kind[0]=='M':
+            sub=T[kind[1]][0]
+            assert sub==ftype,(msg,fname,sub,ftype)
+            k='Field::Msg(&%s)'%kind[1]
+        elif kind[0]=='A':
+            assert ftype=='google.protobuf.Any',(msg,fname)
+            k='Field::Any(&[%s])'%', '.join('("%s", &%s)'%(t,n) for t,n in kind[1])
+        elif kind[0]=='AM':
+            assert label=='map'
+            k='Field::AnyMap(&[%s])'%', '.join('("%s", &%s)'%(t,n) for t,n in kind[1])
+        allowed.append('        ("%s", %d, %s, %s),'%(fname,num,rep,k))
+    names=sorted((n,f) for f,(n,_,_) in fm.items())
+    vis='pub ' if tname in PUBLIC else 'pub(super) '
+    out.append('%sstatic %s: Schema = Schema {\n    message: "%s",\n    allowed: &[\n%s\n    ],\n    names: &[%s],\n};\n'%(vis,tname,msg,'\n'.join(allowed),', '.join('(%d, "%s")'%(n,f) for n,f in names)))
+header='''//! Generated by `tools/gen_subset_tables.py` from Envoy's descriptors (field
+//! numbers, all field names for error paths): the fields of each message the
+//! proxy runs. Edit the spec in the script, not this file.
+
+use super::{Field, Schema};
+
+'''
+out.append('/// Every table, for the test that checks numbers against the descriptors.\n#[cfg(test)]\npub(super) static ALL: &[&Schema] = &[%s];\n' % ', '.join('&'+t for t in T))
+open(sys.argv[1] if len(sys.argv) > 1 else '/tmp/gen/tables.rs','w').write(header+'\n'.join(out))
+print(len(out))
