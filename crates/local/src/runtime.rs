@@ -20,6 +20,8 @@ use crate::{RuntimeError, nsconnect, registry};
 pub const XDS_PORT: u16 = 15010;
 pub const DEBUG_PORT: u16 = 15014;
 const READY_PORT: u16 = 15021;
+/// Both proxies answer `/ready` on their admin port once initialised.
+const ADMIN_PORT: u16 = 15000;
 const TICK: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -32,6 +34,19 @@ pub struct UpOptions {
     pub prefix: String,
     /// The halyard binary (pilot, proxy, and `halyard` in container commands).
     pub exe: PathBuf,
+    /// Which proxy runs as the sidecar.
+    pub sidecar: SidecarKind,
+    /// Worker threads per sidecar (Envoy's --concurrency).
+    pub proxy_concurrency: usize,
+}
+
+/// The sidecar binary: ours, or a stock Envoy from the same bootstrap (for
+/// side-by-side comparisons and benchmarks).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SidecarKind {
+    Halyard,
+    /// Path to the `envoy` executable (the real binary, readable by uid 1337).
+    Envoy(PathBuf),
 }
 
 struct App {
@@ -198,7 +213,7 @@ impl Mesh {
                 ),
                 xds: format!("{GATEWAY}:{XDS_PORT}"),
                 labels: run.plan.labels.clone(),
-                admin: "127.0.0.1:15000".into(),
+                admin: format!("127.0.0.1:{ADMIN_PORT}"),
                 interception_mode: "REDIRECT".into(),
                 service_account: run.plan.service_account.clone(),
                 sotw: false,
@@ -220,16 +235,29 @@ impl Mesh {
     }
 
     fn sidecar(&self, run: &PodRun, bootstrap: &std::path::Path) -> Result<Proc, RuntimeError> {
-        let argv = vec![
-            self.opts.exe.display().to_string(),
-            "proxy".into(),
-            "--bootstrap".into(),
-            bootstrap.display().to_string(),
-            "--ready-port".into(),
-            READY_PORT.to_string(),
-            "--concurrency".into(),
-            "1".into(),
-        ];
+        let concurrency = self.opts.proxy_concurrency.max(1).to_string();
+        let argv = match &self.opts.sidecar {
+            SidecarKind::Halyard => vec![
+                self.opts.exe.display().to_string(),
+                "proxy".into(),
+                "--bootstrap".into(),
+                bootstrap.display().to_string(),
+                "--ready-port".into(),
+                READY_PORT.to_string(),
+                "--concurrency".into(),
+                concurrency,
+            ],
+            SidecarKind::Envoy(envoy) => vec![
+                envoy.display().to_string(),
+                "-c".into(),
+                bootstrap.display().to_string(),
+                "--disable-hot-restart".into(),
+                "--concurrency".into(),
+                concurrency,
+                "-l".into(),
+                "warning".into(),
+            ],
+        };
         let log = self
             .state
             .pod_dir(&run.plan.namespace, &run.plan.name)
@@ -264,8 +292,8 @@ impl Mesh {
             }
             let run = self.pods.get_mut(&id).ok_or(RuntimeError::Gone)?;
             if run.sidecar.is_some() && !run.sidecar_ready {
-                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, READY_PORT));
-                if nsconnect::http_status(&run.netns, addr, "/healthz/ready").ok() == Some(200) {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT));
+                if nsconnect::http_status(&run.netns, addr, "/ready").ok() == Some(200) {
                     run.sidecar_ready = true;
                     if run.apps.iter().all(|a| a.proc.is_none()) {
                         start_apps(run, &dir)?;
