@@ -59,6 +59,7 @@ pub struct SizeResult {
     pub burst_write_ms: f64,
     pub pilot: PilotFigures,
     pub client: ClientFigures,
+    pub host: HostFigures,
     pub error: Option<String>,
 }
 
@@ -85,6 +86,17 @@ pub struct ClientFigures {
     pub rss_mib: f64,
 }
 
+/// The whole machine over one size's run: how busy it was, including other
+/// users' processes (the machine may be shared).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct HostFigures {
+    pub wall_s: f64,
+    /// Mean busy cores over the run (all processes).
+    pub busy_cores: f64,
+    /// Busy CPU seconds not spent by the pilot or the fleet.
+    pub other_cpu_s: f64,
+}
+
 /// Run every size, M-major, in a fresh pilot each.
 pub fn run(opts: &Options, mut on_result: impl FnMut(&SizeResult)) -> Vec<SizeResult> {
     let mut results = Vec::new();
@@ -105,10 +117,26 @@ pub fn run(opts: &Options, mut on_result: impl FnMut(&SizeResult)) -> Vec<SizeRe
                 endpoints: opts.endpoints,
                 ..Default::default()
             };
+            let (busy0, total0) = pilot_proc::host_cpu();
+            let wall = std::time::Instant::now();
             if let Err(e) = rt.block_on(run_size(opts, &mut r)) {
                 eprintln!("   failed: {e:#}");
                 r.error = Some(format!("{e:#}"));
             }
+            let (busy1, total1) = pilot_proc::host_cpu();
+            let busy = busy1 - busy0;
+            let cores = ((total1 - total0) / wall.elapsed().as_secs_f64())
+                .round()
+                .max(1.0);
+            r.host = HostFigures {
+                wall_s: wall.elapsed().as_secs_f64(),
+                busy_cores: busy / (total1 - total0).max(1e-9) * cores,
+                other_cpu_s: (busy - r.pilot.cpu_s_total - r.client.cpu_s).max(0.0),
+            };
+            eprintln!(
+                "   host: {:.2} of {cores} cores busy on average; {:.1} CPU-s by other processes",
+                r.host.busy_cores, r.host.other_cpu_s
+            );
             rt.shutdown_timeout(Duration::from_secs(5));
             on_result(&r);
             results.push(r);
@@ -190,6 +218,7 @@ async fn measure(
     report("endpoint change", &r.endpoint_change);
 
     // (b) One VirtualService's weights change: an RDS push.
+    phases::settle(&stats, opts.quiet, opts.timeout).await;
     let before = phases::counts(&stats, &[RDS]);
     let written = stats.now();
     files.shift_weights(0)?;
@@ -201,6 +230,7 @@ async fn measure(
     // (c) A burst: one edit on each of the first `burst` services (weights
     // where there is a VirtualService, else an endpoint), timed from the last write.
     let edits = opts.burst.min(r.services);
+    phases::settle(&stats, opts.quiet, opts.timeout).await;
     let before = phases::counts(&stats, &[EDS, RDS]);
     let t0 = stats.now();
     for i in 0..edits {

@@ -122,14 +122,15 @@ impl PilotReport {
         s.push_str(
             "\n## Pilot resources (CPU seconds = utime+stime, all threads; RSS in MiB)\n\n\
              | N | M | RSS after load | RSS after sync | peak RSS (VmHWM) | CPU load | \
-             CPU first sync | CPU (a) | CPU (b) | CPU (c) | CPU total | fleet CPU | fleet RSS |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             CPU first sync | CPU (a) | CPU (b) | CPU (c) | CPU total | fleet CPU | fleet RSS | \
+             wall s | host busy cores | other processes CPU |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &self.results {
             let p = &r.pilot;
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.2} | {:.1} |",
                 r.proxies,
                 r.services,
                 p.rss_after_load_mib,
@@ -142,7 +143,10 @@ impl PilotReport {
                 p.cpu_s_burst,
                 p.cpu_s_total,
                 r.client.cpu_s,
-                r.client.rss_mib
+                r.client.rss_mib,
+                r.host.wall_s,
+                r.host.busy_cores,
+                r.host.other_cpu_s
             );
         }
         s.push_str(
