@@ -399,6 +399,13 @@ impl Mesh {
                     sidecar: r.plan.sidecar,
                     sidecar_ready: r.sidecar_ready,
                     restarts: r.restarts,
+                    sidecar_pid: r.sidecar.as_ref().map(Proc::pid),
+                    app_pids: r
+                        .apps
+                        .iter()
+                        .filter_map(|a| a.proc.as_ref())
+                        .map(Proc::pid)
+                        .collect(),
                 }
             })
             .collect();

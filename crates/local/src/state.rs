@@ -29,6 +29,10 @@ pub struct PodStatus {
     pub sidecar: bool,
     pub sidecar_ready: bool,
     pub restarts: u32,
+    /// The sidecar's pid (the proxy itself: `ip netns exec` and `setpriv` exec).
+    pub sidecar_pid: Option<u32>,
+    /// The containers' pids.
+    pub app_pids: Vec<u32>,
 }
 
 /// What `halyard status` reads.
