@@ -173,6 +173,26 @@ pub struct Options {
     /// Only run analyzers whose name is listed (Istio's names, e.g.
     /// `virtualservice.DestinationHostAnalyzer`); all when empty.
     pub only: Vec<String>,
+    /// Add Istio's default ingress gateway (Service and Pod
+    /// `istio-ingressgateway` in `istio-system`) when absent, as
+    /// `istioctl analyze` does for files analysed offline.
+    pub default_resources: bool,
+}
+
+/// The resources `istioctl analyze` assumes offline: the default ingress
+/// gateway's Service and Pod.
+const DEFAULTS: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: istio-ingressgateway, namespace: istio-system, labels: {app: istio-ingressgateway, istio: ingressgateway}}\nspec:\n  selector: {app: istio-ingressgateway, istio: ingressgateway}\n  ports:\n  - {name: status-port, port: 15021, targetPort: 15021}\n  - {name: http2, port: 80, targetPort: 8080}\n  - {name: https, port: 443, targetPort: 8443}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: istio-ingressgateway, namespace: istio-system, labels: {app: istio-ingressgateway, istio: ingressgateway}}\nspec:\n  containers: [{name: istio-proxy, image: auto}]\n";
+
+/// `resources` plus Istio's offline defaults that are not already there.
+pub fn with_default_resources(resources: &[Resource]) -> Vec<Resource> {
+    let (defaults, _) = crate::load::load_str(std::path::Path::new("<istio defaults>"), DEFAULTS);
+    let mut all = resources.to_vec();
+    for d in defaults {
+        if !resources.iter().any(|r| r.key() == d.key()) {
+            all.push(d);
+        }
+    }
+    all
 }
 
 /// An analyzer: Istio's name for it and the function that runs it.
@@ -281,6 +301,13 @@ pub const ANALYZERS: &[Analyzer] = &[
 /// by file position then code.
 pub fn analyze(resources: &[Resource], options: &Options) -> Vec<Message> {
     let default_mesh = MeshConfig::default();
+    let owned;
+    let resources = if options.default_resources {
+        owned = with_default_resources(resources);
+        &owned[..]
+    } else {
+        resources
+    };
     let index = Index::new(
         resources,
         options.mesh_config.as_ref().unwrap_or(&default_mesh),

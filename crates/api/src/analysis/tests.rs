@@ -59,6 +59,7 @@ fn istio_analyzer_cases() {
         let opts = Options {
             mesh_config,
             only: vec![analyzer.clone()],
+            default_resources: true,
         };
         let got: BTreeSet<(String, String)> = analyze(&resources, &opts)
             .iter()
