@@ -17,7 +17,7 @@ pub fn namespace_of(i: usize) -> String {
 
 /// Whether service `i` has a DestinationRule and a VirtualService.
 pub fn has_routing(i: usize) -> bool {
-    i % 10 == 0
+    i.is_multiple_of(10)
 }
 
 /// The config directory and what each service's file currently says.

@@ -14,9 +14,12 @@ const TOP: f64 = 40.0;
 const P50: &str = "#2b6cb0";
 const P99: &str = "#90cdf4";
 
+/// Picks one phase out of a size's result.
+type PhaseOf = fn(&SizeResult) -> &Phase;
+
 /// Convergence p50/p99 per size, as an SVG document.
 pub fn convergence_chart(results: &[SizeResult]) -> String {
-    let panels: [(&str, fn(&SizeResult) -> &Phase); 4] = [
+    let panels: [(&str, PhaseOf); 4] = [
         ("first full sync (from stream open)", |r| &r.first_sync),
         ("(a) one endpoint change", |r| &r.endpoint_change),
         ("(b) one VirtualService change", |r| {
