@@ -138,6 +138,9 @@ pub struct PodSpec {
     pub init_containers: Vec<Container>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+    /// Pods on the host network get no sidecar.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
 }
 
 /// The part of a pod or container `securityContext` the mesh cares about

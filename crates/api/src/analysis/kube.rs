@@ -102,6 +102,9 @@ fn deployments<'a>(ix: &'a Index<'a>) -> impl Iterator<Item = &'a Workload<'a>> 
 pub(super) fn service_association(ix: &Index<'_>, out: &mut Vec<Message>) {
     let svcs = services(ix);
     for w in deployments(ix) {
+        if injection_disabled(w) {
+            continue; // Not in the mesh.
+        }
         let matching: Vec<_> = svcs
             .iter()
             .filter(|(r, s)| {
@@ -215,11 +218,29 @@ pub(super) fn injection(ix: &Index<'_>, out: &mut Vec<Message>) {
         let labels = &r.meta.labels;
         let legacy = labels.get("istio-injection");
         let rev = labels.get("istio.io/rev");
-        if legacy.is_some() && rev.is_some() {
+        let kinds: Vec<&str> = [
+            ("istio-injection", legacy.is_some_and(|v| v != "disabled")),
+            (
+                "istio.io/rev",
+                rev.is_some() && legacy.is_none_or(|v| v != "disabled"),
+            ),
+            (
+                "istio.io/dataplane-mode",
+                labels
+                    .get("istio.io/dataplane-mode")
+                    .is_some_and(|v| v == "ambient")
+                    && legacy.is_none_or(|v| v != "disabled"),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(k, _)| k)
+        .collect();
+        if kinds.len() > 1 {
             out.push(Message::new(
                 codes::NAMESPACE_MULTIPLE_INJECTION_LABELS,
                 r,
-                format!("The namespace has more than one type of injection labels [istio-injection istio.io/rev], which may lead to undefined behavior. Make sure only one injection label exists."),
+                format!("The namespace has more than one type of injection labels [{}], which may lead to undefined behavior. Make sure only one injection label exists.", kinds.join(" ")),
             ));
             continue;
         }
@@ -233,6 +254,7 @@ pub(super) fn injection(ix: &Index<'_>, out: &mut Vec<Message>) {
     }
     for w in &ix.workloads {
         if w.resource.kind != Kind::Pod
+            || w.pod.host_network
             || !namespace_injected(ix, w.namespace)
             || injection_disabled(w)
         {

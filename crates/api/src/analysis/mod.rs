@@ -181,7 +181,7 @@ pub struct Options {
 
 /// The resources `istioctl analyze` assumes offline: the default ingress
 /// gateway's Service and Pod.
-const DEFAULTS: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: istio-ingressgateway, namespace: istio-system, labels: {app: istio-ingressgateway, istio: ingressgateway}}\nspec:\n  selector: {app: istio-ingressgateway, istio: ingressgateway}\n  ports:\n  - {name: status-port, port: 15021, targetPort: 15021}\n  - {name: http2, port: 80, targetPort: 8080}\n  - {name: https, port: 443, targetPort: 8443}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: istio-ingressgateway, namespace: istio-system, labels: {app: istio-ingressgateway, istio: ingressgateway}}\nspec:\n  containers: [{name: istio-proxy, image: auto}]\n";
+const DEFAULTS: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: istio-ingressgateway, namespace: istio-system, labels: {app: istio-ingressgateway, istio: ingressgateway}}\nspec:\n  selector: {app: istio-ingressgateway, istio: ingressgateway}\n  ports:\n  - {name: status-port, port: 15021, targetPort: 15021}\n  - {name: http2, port: 80, targetPort: 8080}\n  - {name: https, port: 443, targetPort: 8443}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: istio-ingressgateway, namespace: istio-system, labels: {app: istio-ingressgateway, istio: ingressgateway}}\nspec:\n  containers: [{name: istio-proxy, image: docker.io/istio/proxyv2}]\n";
 
 /// `resources` plus Istio's offline defaults that are not already there.
 pub fn with_default_resources(resources: &[Resource]) -> Vec<Resource> {

@@ -128,25 +128,24 @@ pub(super) fn vs_destination_hosts(ix: &Index<'_>, out: &mut Vec<Message>) {
                 }
             }
         }
-        // Subsets on a route used only by ingress gateways have no effect
-        // there when the gateway does not go through the sidecar.
+        // A gateway route without a subset does not get the subset routing
+        // that mesh VirtualServices for the same host apply to sidecars.
         let gateway_only = !vs.gateways.is_empty() && !vs.gateways.iter().any(|g| g == "mesh");
         if gateway_only {
             for (_, d) in destinations(vs) {
-                if let Some(subset) = &d.subset {
-                    let has_dr = destination_rules(ix).any(|(dr_r, dr)| {
-                        resolve(dr_r.namespace(), &dr.host) == resolve(r.namespace(), &d.host)
-                            && dr.subsets.iter().any(|s| &s.name == subset)
-                    });
-                    if !has_dr {
+                if d.subset.is_some() {
+                    continue;
+                }
+                let fqdn = resolve(r.namespace(), &d.host);
+                for (mr, mvs) in virtual_services(ix) {
+                    let mesh = mvs.gateways.is_empty() || mvs.gateways.iter().any(|g| g == "mesh");
+                    let same_host = mvs.hosts.iter().any(|h| resolve(mr.namespace(), h) == fqdn);
+                    let uses_subset = destinations(mvs).iter().any(|(_, md)| md.subset.is_some());
+                    if mesh && same_host && uses_subset {
                         out.push(Message::new(
                             codes::INGRESS_ROUTE_RULES_NOT_AFFECTED,
                             r,
-                            format!(
-                                "Subset in virtual service {} has no effect on ingress gateway {} requests",
-                                format_args!("{}.{}", d.host, subset),
-                                r.meta.name
-                            ),
+                            format!("Subset in virtual service {}/{} has no effect on ingress gateway {}/{} requests", mr.namespace(), mr.meta.name, r.namespace(), r.meta.name),
                         ));
                     }
                 }
@@ -252,8 +251,8 @@ pub(super) fn vs_gateways(ix: &Index<'_>, out: &mut Vec<Message>) {
 /// IST0109: several VirtualServices bound to the mesh define the same host
 /// for overlapping sets of namespaces.
 pub(super) fn vs_conflicting_mesh_hosts(ix: &Index<'_>, out: &mut Vec<Message>) {
-    // host -> [(resource, export scope)]
-    let mut by_host: BTreeMap<String, Vec<(&Resource, Option<BTreeSet<String>>)>> = BTreeMap::new();
+    // (resource, host, export scope: None = everywhere)
+    let mut entries: Vec<(&Resource, String, Option<BTreeSet<String>>)> = Vec::new();
     for (r, vs) in virtual_services(ix) {
         let mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
         if !mesh {
@@ -275,39 +274,35 @@ pub(super) fn vs_conflicting_mesh_hosts(ix: &Index<'_>, out: &mut Vec<Message>) 
                     .collect(),
             )
         };
-        let mut hosts = BTreeSet::new();
-        for h in &vs.hosts {
-            hosts.insert(resolve(r.namespace(), h));
-        }
+        let hosts: BTreeSet<String> = vs.hosts.iter().map(|h| resolve(r.namespace(), h)).collect();
         for h in hosts {
-            by_host.entry(h).or_default().push((r, scope.clone()));
+            entries.push((r, h, scope.clone()));
         }
     }
-    for (host, list) in by_host {
-        for (i, (r, scope)) in list.iter().enumerate() {
-            let conflicting: Vec<String> = list
-                .iter()
-                .enumerate()
-                .filter(|(j, (o, other))| {
-                    *j != i
-                        && o.key() != r.key()
-                        && match (scope, other) {
-                            (None, _) | (_, None) => true,
-                            (Some(a), Some(b)) => !a.is_disjoint(b),
-                        }
-                })
-                .map(|(_, (o, _))| format!("{}/{}", o.namespace(), o.meta.name))
-                .collect();
-            if !conflicting.is_empty() {
-                let mut all = vec![format!("{}/{}", r.namespace(), r.meta.name)];
-                all.extend(conflicting);
-                all.sort();
-                out.push(Message::new(
-                    codes::CONFLICTING_MESH_GATEWAY_VS_HOSTS,
-                    r,
-                    format!("The VirtualServices {} associated with mesh gateway define the same host {host} which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.", all.join(",")),
-                ));
-            }
+    for (i, (r, host, scope)) in entries.iter().enumerate() {
+        let conflicting: BTreeSet<String> = entries
+            .iter()
+            .enumerate()
+            .filter(|(j, (o, oh, other))| {
+                *j != i
+                    && o.key() != r.key()
+                    && hosts_overlap(host, oh)
+                    && match (scope, other) {
+                        (None, _) | (_, None) => true,
+                        (Some(a), Some(b)) => !a.is_disjoint(b),
+                    }
+            })
+            .map(|(_, (o, _, _))| format!("{}/{}", o.namespace(), o.meta.name))
+            .collect();
+        if !conflicting.is_empty() {
+            let mut all = vec![format!("{}/{}", r.namespace(), r.meta.name)];
+            all.extend(conflicting);
+            all.sort();
+            out.push(Message::new(
+                codes::CONFLICTING_MESH_GATEWAY_VS_HOSTS,
+                r,
+                format!("The VirtualServices {} associated with mesh gateway define the same host {host} which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.", all.join(",")),
+            ));
         }
     }
 }
@@ -457,7 +452,7 @@ pub(super) fn dr_subsets_select_pods(ix: &Index<'_>, out: &mut Vec<Message>) {
             let labels: BTreeMap<String, String> = s
                 .labels
                 .iter()
-                .filter(|(k, _)| !TOPOLOGY_LABELS.contains(&k.as_str()))
+                .filter(|(k, v)| !(TOPOLOGY_LABELS.contains(&k.as_str()) && !v.is_empty()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if labels.is_empty() && s.labels.len() != labels.len() {
@@ -663,47 +658,46 @@ pub(super) fn gateway_secrets(ix: &Index<'_>, out: &mut Vec<Message>) {
     }
 }
 
-/// IST0138: the same certificate on several gateways.
+/// IST0138: a gateway sharing a certificate with another gateway whose
+/// workloads include its own (its selector is a subset of the other's).
 pub(super) fn gateway_duplicate_certificates(ix: &Index<'_>, out: &mut Vec<Message>) {
-    let mut by_cert: BTreeMap<String, BTreeSet<(String, usize)>> = BTreeMap::new();
-    let gws: Vec<_> = gateways(ix).collect();
-    for (i, (r, gw)) in gws.iter().enumerate() {
-        for s in &gw.servers {
-            let Some(tls) = &s.tls else { continue };
-            let key = match (
-                &tls.credential_name,
-                &tls.server_certificate,
-                &tls.private_key,
-            ) {
-                (Some(c), _, _) if !c.is_empty() => format!("cred:{}/{c}", r.namespace()),
-                (_, Some(c), Some(k)) => format!("file:{c}:{k}"),
-                _ => continue,
-            };
-            by_cert
-                .entry(key)
-                .or_default()
-                .insert((format!("{}/{}", r.namespace(), r.meta.name), i));
+    let certs = |gw: &Gateway| -> BTreeSet<String> {
+        gw.servers
+            .iter()
+            .filter_map(|s| s.tls.as_ref())
+            .filter_map(|tls| {
+                match (
+                    &tls.credential_name,
+                    &tls.server_certificate,
+                    &tls.private_key,
+                ) {
+                    (Some(c), _, _) if !c.is_empty() => Some(format!("cred:{c}")),
+                    (_, Some(c), Some(k)) => Some(format!("file:{c}:{k}")),
+                    _ => None,
+                }
+            })
+            .collect()
+    };
+    let gws: Vec<_> = gateways(ix).map(|(r, g)| (r, g, certs(g))).collect();
+    for (i, (r, gw, mine)) in gws.iter().enumerate() {
+        let mut names = BTreeSet::new();
+        for (j, (o, ogw, theirs)) in gws.iter().enumerate() {
+            if i != j
+                && o.key() != r.key()
+                && !mine.is_disjoint(theirs)
+                && labels_match(&gw.selector, &ogw.selector)
+            {
+                names.insert(format!("{}/{}", o.namespace(), o.meta.name));
+            }
         }
-    }
-    let mut flagged: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
-    for set in by_cert.values() {
-        let names: BTreeSet<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
-        if names.len() < 2 {
-            continue;
+        if !names.is_empty() {
+            names.insert(format!("{}/{}", r.namespace(), r.meta.name));
+            out.push(Message::new(
+                codes::GATEWAY_DUPLICATE_CERTIFICATE,
+                r,
+                format!("Duplicate certificate in multiple gateways [{}] may cause 404s if clients re-use HTTP2 connections.", names.into_iter().collect::<Vec<_>>().join(" ")),
+            ));
         }
-        for (_, i) in set {
-            flagged
-                .entry(*i)
-                .or_default()
-                .extend(names.iter().map(|s| s.to_string()));
-        }
-    }
-    for (i, names) in flagged {
-        out.push(Message::new(
-            codes::GATEWAY_DUPLICATE_CERTIFICATE,
-            gws[i].0,
-            format!("Duplicate certificate in multiple gateways [{}] may cause 404s if clients re-use HTTP2 connections.", names.into_iter().collect::<Vec<_>>().join(" ")),
-        ));
     }
 }
 
@@ -817,8 +811,8 @@ pub(super) fn se_conflicting_protocols(ix: &Index<'_>, out: &mut Vec<Message>) {
 
 /// IST0101 for a Sidecar selector that matches no workload; IST0110 for
 /// several Sidecars selecting one workload; IST0111 for several Sidecars
-/// without selector in a namespace; IST0167 for a selector in the root
-/// namespace (ignored there).
+/// without selector in a namespace; IST0167 for Sidecars in ambient
+/// namespaces (which have no sidecars).
 pub(super) fn sidecar_selectors(ix: &Index<'_>, out: &mut Vec<Message>) {
     let sidecars: Vec<(&Resource, &Sidecar)> = ix
         .resources
@@ -831,16 +825,27 @@ pub(super) fn sidecar_selectors(ix: &Index<'_>, out: &mut Vec<Message>) {
     let mut no_selector: BTreeMap<&str, Vec<&Resource>> = BTreeMap::new();
     let mut per_pod: BTreeMap<String, Vec<&Resource>> = BTreeMap::new();
     for (r, sc) in &sidecars {
+        let ambient = ix.namespace(r.namespace()).is_some_and(|n| {
+            n.meta
+                .labels
+                .get("istio.io/dataplane-mode")
+                .is_some_and(|m| m == "ambient")
+                && n.meta
+                    .labels
+                    .get("istio-injection")
+                    .is_none_or(|v| v != "enabled")
+                && !n.meta.labels.contains_key("istio.io/rev")
+        });
+        if ambient {
+            out.push(Message::new(
+                codes::INEFFECTIVE_POLICY,
+                r,
+                "The policy has no impact: Sidecar is not used in ambient mode (the namespace has istio.io/dataplane-mode=ambient).",
+            ));
+        }
         match &sc.workload_selector {
             None => no_selector.entry(r.namespace()).or_default().push(r),
             Some(sel) => {
-                if r.namespace() == ix.root_namespace() {
-                    out.push(Message::new(
-                        codes::INEFFECTIVE_POLICY,
-                        r,
-                        "The policy has no impact: workload selector in the root namespace applies only to workloads in that namespace.",
-                    ));
-                }
                 let pods = ix.workloads_matching(r.namespace(), &sel.labels);
                 if pods.is_empty() {
                     out.push(Message::new(
@@ -922,13 +927,15 @@ pub(super) fn deprecated_fields(ix: &Index<'_>, out: &mut Vec<Message>) {
                 }
             }
             Spec::Sidecar(sc) => {
-                if sc.egress.iter().any(|e| e.hosts.is_empty())
-                    || sc.ingress.iter().any(|i| i.default_endpoint.is_none()) && false
+                if sc
+                    .outbound_traffic_policy
+                    .as_ref()
+                    .is_some_and(|p| p.egress_proxy.is_some())
                 {
                     out.push(Message::new(
                         codes::DEPRECATED,
                         r,
-                        "Deprecated: sidecar egress without hosts",
+                        "Deprecated: outboundTrafficPolicy.egressProxy is deprecated",
                     ));
                 }
             }
