@@ -102,6 +102,14 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         mesh.tick()?;
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Ready pods are only useful once every sidecar has them: wait (twice in
+    // a row, to step over a push in flight) for the mesh to converge.
+    let mut streak = 0;
+    while streak < 2 && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        mesh.tick()?;
+        streak = if mesh.converged() { streak + 1 } else { 0 };
+        std::thread::sleep(Duration::from_millis(100));
+    }
     mesh.tick()?;
     let status = mesh.status();
     print_summary(&status, &dir, mesh.all_ready());

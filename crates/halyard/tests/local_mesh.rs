@@ -358,7 +358,7 @@ spec:
       labels: {app: legacy, version: v1}
       annotations: {sidecar.istio.io/inject: "false"}
     spec:
-      containers: [{name: legacy, command: [halyard, echo, --port, "8080"]}]
+      containers: [{name: legacy, command: [halyard, echo, --port, "8080", --tcp-port, "9100"]}]
 ---
 apiVersion: v1
 kind: Service
@@ -383,6 +383,16 @@ spec:
     metadata: {labels: {app: tcp-echo, version: v1}}
     spec:
       containers: [{name: echo, command: [halyard, echo, --port, "7070", --tcp-port, "9000"]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: crasher, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: crasher}}
+  template:
+    metadata: {labels: {app: crasher}}
+    spec:
+      containers: [{name: crash, command: [sh, -c, "exit 3"]}]
 "#;
 
 #[test]
@@ -457,6 +467,91 @@ fn tcp_grpc_and_uninjected_pods() {
         reply.contains("hello grpc") && reply.contains("tcp-echo"),
         "{reply}"
     );
+    // A destination the mesh does not know (the legacy pod's IP on a port no
+    // Service names) passes through the sidecar as plain TCP.
+    let legacy_ip = mesh.pod("legacy-0")["ip"].as_str().expect("ip").to_string();
+    let addr: SocketAddr = format!("{legacy_ip}:9100").parse().expect("addr");
+    let mut s = local::nsconnect::connect(
+        &mesh.netns("productpage-v1-0"),
+        addr,
+        Duration::from_secs(2),
+    )
+    .expect("passthrough");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"x\n").expect("write");
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("hello from legacy"));
+
+    // A crashing container is restarted with backoff and shows in status.
+    let mut mesh = mesh;
+    wait_for(
+        "the crashing pod to be restarted",
+        Duration::from_secs(20),
+        || {
+            mesh.refresh();
+            let p = mesh.pod("crasher-0");
+            (p["restarts"].as_u64() >= Some(2)).then_some(())
+        },
+    );
+
+    // Scaling a Deployment in the manifests adds a pod that serves traffic.
+    let extra = EXTRA.replace(
+        "metadata: {name: tcp-echo, namespace: bookinfo}\nspec:\n  selector",
+        "metadata: {name: tcp-echo, namespace: bookinfo}\nspec:\n  replicas: 2\n  selector",
+    );
+    assert_ne!(extra, EXTRA);
+    std::fs::write(config.path().join("extra.yaml"), extra).expect("scale");
+    wait_for("the second tcp-echo pod", Duration::from_secs(30), || {
+        mesh.refresh();
+        let pods = mesh.status["pods"].as_array()?;
+        pods.iter()
+            .any(|p| {
+                p["name"] == "tcp-echo-1" && p["phase"] == "Running" && p["sidecar_ready"] == true
+            })
+            .then_some(())
+    });
+
+    // The supervisor dies without cleaning up: `halyard down` (in Drop)
+    // must still remove every namespace and process.
+    let supervisor = mesh.status["supervisor_pid"].as_u64().expect("pid") as i32;
+    // SAFETY: killing the supervisor process this test started.
+    unsafe {
+        libc::kill(supervisor, libc::SIGKILL);
+    }
+}
+
+#[test]
+fn bad_manifests_start_nothing() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  replicas: lots\n",
+    )
+    .expect("write");
+    let state = tempfile::tempdir().expect("state");
+    let name = format!("hytbad{}", std::process::id() % 10_000);
+    let out = halyard()
+        .args(["up", dir.path().to_str().expect("utf8"), "--name", &name])
+        .env("HALYARD_STATE", state.path())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("app.yaml:") && err.contains("Deployment") && err.contains("replicas"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was started"), "{err}");
+    let left = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    assert!(!String::from_utf8_lossy(&left.stdout).contains(&name));
 }
 
 /// One unary gRPC call to the echo's Echo method over a plain h2c connection.

@@ -41,3 +41,20 @@ pub fn http_status(netns: &str, addr: SocketAddr, path: &str) -> std::io::Result
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad HTTP answer {head:?}")))
 }
+
+/// GET a JSON document from inside the namespace (HTTP/1.1, connection close).
+pub fn http_json(netns: &str, addr: SocketAddr, path: &str) -> std::io::Result<serde_json::Value> {
+    let mut s = connect(netns, addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or_else(|| std::io::Error::other("no HTTP body"))?;
+    serde_json::from_str(body).map_err(std::io::Error::other)
+}

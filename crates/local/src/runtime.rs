@@ -433,6 +433,42 @@ impl Mesh {
         }
     }
 
+    /// Has the pilot taken in every ready pod and has every sidecar ACKed
+    /// what it was last sent? (Then the first request after `up` is routed.)
+    pub fn converged(&self) -> bool {
+        let debug = SocketAddr::from((GATEWAY, DEBUG_PORT));
+        let ns = self.net.mesh_ns();
+        let Ok(configz) = nsconnect::http_json(&ns, debug, "/debug/configz") else {
+            return false;
+        };
+        let known: std::collections::BTreeSet<&str> = configz["resources"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let registered = self
+            .pods
+            .values()
+            .filter(|r| !r.plan.sidecar || r.sidecar_ready)
+            .all(|r| {
+                known.contains(
+                    format!("WorkloadEntry/{}/{}", r.plan.namespace, r.plan.name).as_str(),
+                )
+            });
+        let Ok(syncz) = nsconnect::http_json(&ns, debug, "/debug/syncz") else {
+            return false;
+        };
+        let proxies = syncz.as_array().map(Vec::as_slice).unwrap_or_default();
+        let sidecars = self.pods.values().filter(|r| r.plan.sidecar).count();
+        let acked = proxies.iter().all(|p| {
+            p["types"].as_object().is_some_and(|types| {
+                types
+                    .values()
+                    .all(|t| t["acked_version"] == t["sent_version"] && t["nack"].is_null())
+            })
+        });
+        registered && proxies.len() == sidecars && acked
+    }
+
     /// Are all pods running with ready sidecars?
     pub fn all_ready(&self) -> bool {
         self.pods.values().all(|r| {

@@ -132,8 +132,10 @@ pub async fn run(
             config::changed(&paths, &mut fingerprint, opts.debounce).await;
             let loaded = store.load();
             loads += 1;
-            *report.lock().unwrap_or_else(|e| e.into_inner()) = report_of(&loaded, loads);
+            // Push first, then publish the report: once /debug/configz shows a
+            // resource, every proxy's snapshot already includes it.
             discovery.update(compile::build(&loaded.resources));
+            *report.lock().unwrap_or_else(|e| e.into_inner()) = report_of(&loaded, loads);
             tracing::info!(
                 resources = loaded.resources.len(),
                 errors = loaded.errors.len(),
