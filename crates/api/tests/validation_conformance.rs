@@ -207,3 +207,66 @@ fn pkg_config_validation_testdata() {
         (20, 53, 52),
     );
 }
+
+/// Loads (and validates) every file of a directory of Istio's sample
+/// config: returns (files, files loaded cleanly, resources, validation errors).
+fn load_suite(rel: &str) -> Option<(usize, usize, usize, Vec<String>)> {
+    let dir = shared(rel)?;
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.retain(|p| p.is_dir() || api::load::is_config_file(p));
+    let (mut total, mut clean, mut resources, mut problems) = (0, 0, 0, Vec::new());
+    let mut stack = files;
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+            continue;
+        }
+        if !api::load::is_config_file(&p) {
+            continue;
+        }
+        total += 1;
+        let (res, errs) = api::load::load_file(&p);
+        if errs.is_empty() {
+            clean += 1;
+        } else {
+            problems.extend(errs.iter().map(ToString::to_string));
+        }
+        problems.extend(
+            api::validation::validate_all(&res)
+                .errors
+                .iter()
+                .map(ToString::to_string),
+        );
+        resources += res.len();
+    }
+    Some((total, clean, resources, problems))
+}
+
+#[test]
+fn istio_sample_config_loads() {
+    for rel in [
+        "istio-testdata/tests/testdata/config",
+        "istio-testdata/samples/bookinfo",
+    ] {
+        let Some((total, clean, resources, problems)) = load_suite(rel) else {
+            continue;
+        };
+        println!(
+            "{rel}: {clean}/{total} files load, {resources} resources, {} validation errors",
+            problems.len()
+        );
+        assert_eq!(clean, total, "{rel}: {problems:#?}");
+        assert!(problems.is_empty(), "{rel}: {problems:#?}");
+    }
+}

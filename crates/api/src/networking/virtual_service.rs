@@ -69,6 +69,10 @@ pub struct HttpRoute {
     pub cors_policy: Option<CorsPolicy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+    /// Obsolete (Istio ≤1.0): WebSocket upgrades are always allowed. Accepted
+    /// so old files load; validation warns about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket_upgrade: Option<bool>,
 }
 
 /// Conditions of an HTTP rule; all set conditions must hold (AND).

@@ -147,6 +147,12 @@ fn host_covers(h: &str, sni: &str) -> bool {
 }
 
 fn http_route(cx: &mut Ctx, path: &str, r: &HttpRoute, delegate_vs: bool) {
+    if r.websocket_upgrade.is_some() {
+        cx.warn(
+            format!("{path}.websocketUpgrade"),
+            "websocketUpgrade is obsolete and ignored: WebSocket upgrades are always allowed",
+        );
+    }
     let actions = [
         !r.route.is_empty(),
         r.redirect.is_some(),
