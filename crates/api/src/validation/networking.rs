@@ -705,11 +705,11 @@ fn policy_parts(
             }
             if let Some(m) = &ch.maglev
                 && let Some(t) = m.table_size
-                && !is_prime(t)
+                && (t > MAX_MAGLEV_TABLE || !is_prime(t))
             {
                 cx.err(
                     format!("{lp}.consistentHash.maglev.tableSize"),
-                    format!("table size {t} must be a prime number"),
+                    format!("table size {t} must be a prime number at most {MAX_MAGLEV_TABLE}"),
                 );
             }
         }
@@ -873,6 +873,10 @@ fn policy_parts(
     }
 }
 
+/// Envoy's largest Maglev table (a prime).
+const MAX_MAGLEV_TABLE: u64 = 5_000_011;
+
+/// Trial division; callers bound `n` (at most [`MAX_MAGLEV_TABLE`]).
 fn is_prime(n: u64) -> bool {
     if n < 2 {
         return false;
