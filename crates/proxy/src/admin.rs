@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::config::store::ConfigStore;
+use crate::descriptors::Descriptors;
 
 const ADMIN_TYPE: &str = "type.googleapis.com/envoy.admin.v3.";
 
@@ -139,45 +140,47 @@ fn with_type(mut v: Value, type_url: &str) -> Value {
 /// Envoy's `/config_dump` shape: Bootstrap, Clusters, Listeners, Routes and
 /// Endpoints config dumps.
 pub fn config_dump(store: &ConfigStore, bootstrap: &Bootstrap) -> Value {
+    Descriptors::with(|d| render_config_dump(d, store, bootstrap))
+}
+
+fn render_config_dump(d: &Descriptors, store: &ConfigStore, bootstrap: &Bootstrap) -> Value {
     let state = store.lock();
     let version = |t: &str| state.versions.get(t).cloned().unwrap_or_default();
     let static_clusters: Vec<Value> = state
         .static_clusters
         .iter()
-        .map(|(p, _)| json!({"cluster": with_type(xds::json::to_json(p), xds::type_url::CLUSTER)}))
+        .map(|(p, _)| json!({"cluster": with_type(d.to_json(p), xds::type_url::CLUSTER)}))
         .collect();
     let dynamic_clusters: Vec<Value> = state
         .clusters
         .values()
-        .map(|v| json!({"version_info": v.version, "cluster": with_type(xds::json::to_json(&v.proto), xds::type_url::CLUSTER)}))
+        .map(|v| json!({"version_info": v.version, "cluster": with_type(d.to_json(&v.proto), xds::type_url::CLUSTER)}))
         .collect();
     let static_listeners: Vec<Value> = state
         .static_listeners
         .iter()
-        .map(
-            |(p, _)| json!({"listener": with_type(xds::json::to_json(p), xds::type_url::LISTENER)}),
-        )
+        .map(|(p, _)| json!({"listener": with_type(d.to_json(p), xds::type_url::LISTENER)}))
         .collect();
     let dynamic_listeners: Vec<Value> = state
         .listeners
         .iter()
         .map(|(name, v)| {
             json!({"name": name, "active_state": {"version_info": v.version,
-            "listener": with_type(xds::json::to_json(&v.proto), xds::type_url::LISTENER)}})
+            "listener": with_type(d.to_json(&v.proto), xds::type_url::LISTENER)}})
         })
         .collect();
     let dynamic_routes: Vec<Value> = state
         .routes
         .values()
-        .map(|v| json!({"version_info": v.version, "route_config": with_type(xds::json::to_json(&v.proto), xds::type_url::ROUTE)}))
+        .map(|v| json!({"version_info": v.version, "route_config": with_type(d.to_json(&v.proto), xds::type_url::ROUTE)}))
         .collect();
     let dynamic_endpoints: Vec<Value> = state
         .endpoints
         .values()
-        .map(|v| json!({"version_info": v.version, "endpoint_config": with_type(xds::json::to_json(&v.proto), xds::type_url::ENDPOINT)}))
+        .map(|v| json!({"version_info": v.version, "endpoint_config": with_type(d.to_json(&v.proto), xds::type_url::ENDPOINT)}))
         .collect();
     json!({"configs": [
-        {"@type": format!("{ADMIN_TYPE}BootstrapConfigDump"), "bootstrap": xds::json::to_json(bootstrap)},
+        {"@type": format!("{ADMIN_TYPE}BootstrapConfigDump"), "bootstrap": d.to_json(bootstrap)},
         {"@type": format!("{ADMIN_TYPE}ClustersConfigDump"), "version_info": version(xds::type_url::CLUSTER),
          "static_clusters": static_clusters, "dynamic_active_clusters": dynamic_clusters},
         {"@type": format!("{ADMIN_TYPE}ListenersConfigDump"), "version_info": version(xds::type_url::LISTENER),

@@ -13,6 +13,7 @@ use crate::config::cluster::{ClusterConfig, Discovery, XdsCluster};
 use crate::config::endpoint::EndpointAddress;
 use crate::config::listener::{ListenerConfig, XdsListener};
 use crate::config::{check_subset, socket_addr, subset};
+use crate::descriptors::Descriptors;
 use crate::error::{ConfigError, StartError};
 
 /// Envoy's admin address when the bootstrap has none (Istio's port).
@@ -48,13 +49,15 @@ pub fn load(path: &Path) -> Result<Bootstrap, StartError> {
 
 /// Parse bootstrap text (JSON or YAML).
 pub fn parse(text: &str, json: bool) -> Result<Bootstrap, StartError> {
-    if json {
-        serde_json::from_str::<serde_json::Value>(text)
-            .map_err(|e| StartError::Parse(e.to_string()))
-            .and_then(|v| xds::json::from_json(&v).map_err(|e| StartError::Parse(e.to_string())))
-    } else {
-        xds::json::from_yaml(text).map_err(|e| StartError::Parse(e.to_string()))
-    }
+    Descriptors::with(|d| {
+        if json {
+            let value: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| StartError::Parse(e.to_string()))?;
+            d.from_json(&value).map_err(StartError::Parse)
+        } else {
+            d.from_yaml(text).map_err(StartError::Parse)
+        }
+    })
 }
 
 impl TryFrom<&Bootstrap> for BootstrapConfig {

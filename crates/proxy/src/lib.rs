@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod bootstrap;
 pub mod config;
+pub mod descriptors;
 pub mod dns;
 pub mod error;
 pub mod filters;
