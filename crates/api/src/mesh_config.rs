@@ -221,18 +221,19 @@ impl MeshExtensionProvider {
 
 /// Loads a mesh config file (see the module docs for the accepted shapes).
 /// An absent key means the defaults.
-pub fn load_mesh_config(path: &Path) -> Result<MeshConfig, ConfigError> {
+pub fn load_mesh_config(path: &Path) -> Result<MeshConfig, Box<ConfigError>> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(path, 1, format!("cannot read file: {e}")))?;
+        .map_err(|e| Box::new(ConfigError::new(path, 1, format!("cannot read file: {e}"))))?;
     parse_mesh_config(path, &text)
 }
 
 /// Parses mesh config text (see [`load_mesh_config`]).
-pub fn parse_mesh_config(path: &Path, text: &str) -> Result<MeshConfig, ConfigError> {
+pub fn parse_mesh_config(path: &Path, text: &str) -> Result<MeshConfig, Box<ConfigError>> {
     if text.len() > crate::load::MAX_FILE_BYTES {
-        return Err(ConfigError::new(path, 1, "file too large"));
+        return Err(Box::new(ConfigError::new(path, 1, "file too large")));
     }
-    let value: Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(path, &e, 0))?;
+    let value: Value =
+        serde_yaml_ng::from_str(text).map_err(|e| Box::new(yaml_error(path, &e, 0)))?;
     // ConfigMap `istio`: data.mesh is a YAML string.
     if value.get("kind").and_then(Value::as_str) == Some("ConfigMap") {
         let mesh = value
@@ -247,13 +248,13 @@ pub fn parse_mesh_config(path: &Path, text: &str) -> Result<MeshConfig, ConfigEr
         return serde_path_to_error::deserialize(inner.clone()).map_err(|err| {
             e.field = Some(format!("meshConfig.{}", err.path()));
             e.message = crate::error::with_suggestion(err.into_inner().to_string());
-            e
+            Box::new(e)
         });
     }
     parse_body(path, text, 0)
 }
 
-fn parse_body(path: &Path, text: &str, first_line: usize) -> Result<MeshConfig, ConfigError> {
+fn parse_body(path: &Path, text: &str, first_line: usize) -> Result<MeshConfig, Box<ConfigError>> {
     if text.trim().is_empty() {
         return Ok(MeshConfig::default());
     }
@@ -261,7 +262,7 @@ fn parse_body(path: &Path, text: &str, first_line: usize) -> Result<MeshConfig, 
         let field = err.path().to_string();
         let mut e = yaml_error(path, err.inner(), first_line);
         e.field = Some(field).filter(|f| f != ".");
-        e
+        Box::new(e)
     })
 }
 
@@ -279,7 +280,7 @@ fn yaml_error(path: &Path, e: &serde_yaml_ng::Error, first_line: usize) -> Confi
 mod tests {
     use super::*;
 
-    fn parse(t: &str) -> Result<MeshConfig, ConfigError> {
+    fn parse(t: &str) -> Result<MeshConfig, Box<ConfigError>> {
         parse_mesh_config(Path::new("mesh.yaml"), t)
     }
 

@@ -452,7 +452,7 @@ pub(super) fn dr_subsets_select_pods(ix: &Index<'_>, out: &mut Vec<Message>) {
             let labels: BTreeMap<String, String> = s
                 .labels
                 .iter()
-                .filter(|(k, v)| !(TOPOLOGY_LABELS.contains(&k.as_str()) && !v.is_empty()))
+                .filter(|(k, v)| !TOPOLOGY_LABELS.contains(&k.as_str()) || v.is_empty())
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if labels.is_empty() && s.labels.len() != labels.len() {
@@ -736,11 +736,13 @@ pub(super) fn se_addresses(ix: &Index<'_>, out: &mut Vec<Message>) {
     }
 }
 
+/// A ServiceEntry's protocol for a host and port, with its export scope.
+type ProtocolUse<'a> = (&'a Resource, String, Option<BTreeSet<String>>);
+
 /// IST0177: ServiceEntries visible to the same namespaces defining one
 /// host and port with different protocols.
 pub(super) fn se_conflicting_protocols(ix: &Index<'_>, out: &mut Vec<Message>) {
-    let mut by_key: BTreeMap<(String, u32), Vec<(&Resource, String, Option<BTreeSet<String>>)>> =
-        BTreeMap::new();
+    let mut by_key: BTreeMap<(String, u32), Vec<ProtocolUse<'_>>> = BTreeMap::new();
     for r in ix.of_kind(Kind::ServiceEntry) {
         let Spec::ServiceEntry(se) = &r.spec else {
             continue;
@@ -926,18 +928,17 @@ pub(super) fn deprecated_fields(ix: &Index<'_>, out: &mut Vec<Message>) {
                     }
                 }
             }
-            Spec::Sidecar(sc) => {
+            Spec::Sidecar(sc)
                 if sc
                     .outbound_traffic_policy
                     .as_ref()
-                    .is_some_and(|p| p.egress_proxy.is_some())
-                {
-                    out.push(Message::new(
-                        codes::DEPRECATED,
-                        r,
-                        "Deprecated: outboundTrafficPolicy.egressProxy is deprecated",
-                    ));
-                }
+                    .is_some_and(|p| p.egress_proxy.is_some()) =>
+            {
+                out.push(Message::new(
+                    codes::DEPRECATED,
+                    r,
+                    "Deprecated: outboundTrafficPolicy.egressProxy is deprecated",
+                ));
             }
             Spec::DestinationRule(dr) => {
                 let tps = dr

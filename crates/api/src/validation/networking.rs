@@ -689,13 +689,13 @@ fn policy_parts(
     if let Some(lb) = lb {
         let lp = format!("{path}.loadBalancer");
         if let Some(ch) = &lb.consistent_hash {
-            if let Some(c) = &ch.http_cookie {
-                if c.name.is_empty() {
-                    cx.err(
-                        format!("{lp}.consistentHash.httpCookie.name"),
-                        "name required for HttpCookie",
-                    );
-                }
+            if let Some(c) = &ch.http_cookie
+                && c.name.is_empty()
+            {
+                cx.err(
+                    format!("{lp}.consistentHash.httpCookie.name"),
+                    "name required for HttpCookie",
+                );
             }
             if ch.http_header_name.as_deref() == Some("") {
                 cx.err(
@@ -883,7 +883,7 @@ fn is_prime(n: u64) -> bool {
     }
     let mut i = 2u64;
     while i.saturating_mul(i) <= n {
-        if n % i == 0 {
+        if n.is_multiple_of(i) {
             return false;
         }
         i += 1;
