@@ -27,19 +27,25 @@ struct LocalMesh {
 
 impl LocalMesh {
     fn up(name: &str, config: &Path) -> LocalMesh {
+        Self::up_with(name, config, &[])
+    }
+
+    fn up_with(name: &str, config: &Path, extra_args: &[&str]) -> LocalMesh {
         let state = tempfile::tempdir().expect("state dir");
         let mesh = LocalMesh {
             name: format!("hyt{}{}", name, std::process::id() % 10_000),
             state,
             status: Value::Null,
         };
-        let out = mesh.halyard(&[
+        let mut args = vec![
             "up",
             config.to_str().expect("utf8"),
             "--detach",
             "--timeout",
             "60",
-        ]);
+        ];
+        args.extend_from_slice(extra_args);
+        let out = mesh.halyard(&args);
         assert!(
             out.status.success(),
             "halyard up failed:\n{}\n{}",
@@ -382,7 +388,14 @@ spec:
   template:
     metadata: {labels: {app: tcp-echo, version: v1}}
     spec:
-      containers: [{name: echo, command: [halyard, echo, --port, "7070", --tcp-port, "9000"]}]
+      containers: [{name: echo, command: [halyard, echo, --port, "7070", --port, "7071", --tcp-port, "9000", --tcp-port, "9001"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sniffed, namespace: bookinfo}
+spec:
+  selector: {app: tcp-echo}
+  ports: [{name: web, port: 7071}, {name: raw, port: 9001}]
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -400,10 +413,26 @@ fn tcp_grpc_and_uninjected_pods() {
     if !is_root() {
         return;
     }
+    workloads("tg", &[]);
+}
+
+/// The same workloads with stock Envoy sidecars from the same bootstraps:
+/// Envoy accepts everything the pilot sends and behaves the same.
+#[test]
+fn tcp_grpc_and_uninjected_pods_with_envoy_sidecars() {
+    if !is_root() {
+        return;
+    }
+    let Some(envoy) = envoy() else { return };
+    let envoy = envoy.to_str().expect("utf8").to_string();
+    workloads("te", &["--sidecar", "envoy", "--envoy", &envoy]);
+}
+
+fn workloads(name: &str, up_args: &[&str]) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let config = bookinfo_copy();
     std::fs::write(config.path().join("extra.yaml"), EXTRA).expect("extra");
-    let mesh = LocalMesh::up("tg", config.path());
+    let mesh = LocalMesh::up_with(name, config.path(), up_args);
     assert_eq!(mesh.pod("legacy-0")["sidecar"], false);
 
     // A pod without a sidecar is reached directly (its peer is the caller's
@@ -467,6 +496,32 @@ fn tcp_grpc_and_uninjected_pods() {
         reply.contains("hello grpc") && reply.contains("tcp-echo"),
         "{reply}"
     );
+    // Ports without a protocol in their name are sniffed: HTTP is routed
+    // (the sidecar adds x-request-id), anything else is proxied as TCP.
+    let mut c = mesh.connect("productpage-v1-0", "sniffed", 7071);
+    let (s, body) = c.get("/", &[]).expect("sniffed http");
+    assert_eq!(
+        (s, body["service"].as_str()),
+        (200, Some("tcp-echo")),
+        "{body}"
+    );
+    assert!(body["headers"]["x-request-id"].is_string(), "{body}");
+    let addr: SocketAddr = format!("{}:9001", mesh.vip("sniffed"))
+        .parse()
+        .expect("addr");
+    let mut raw = local::nsconnect::connect(
+        &mesh.netns("productpage-v1-0"),
+        addr,
+        Duration::from_secs(2),
+    )
+    .expect("raw");
+    raw.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    raw.write_all(b"\x00\x01 not http\n").expect("write");
+    let mut buf = [0u8; 64];
+    let n = raw.read(&mut buf).expect("read raw");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("hello from tcp-echo"));
+
     // A destination the mesh does not know (the legacy pod's IP on a port no
     // Service names) passes through the sidecar as plain TCP.
     let legacy_ip = mesh.pod("legacy-0")["ip"].as_str().expect("ip").to_string();

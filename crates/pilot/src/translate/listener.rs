@@ -43,6 +43,8 @@ pub enum Serve {
     Tcp { cluster: String },
     /// Sniff: HTTP to `route`, anything else to `cluster`.
     Auto { route: String, cluster: String },
+    /// Sniff: HTTP through an inline route table, anything else to `cluster`.
+    AutoInline(Box<RouteConfiguration>, String),
 }
 
 /// `virtualOutbound`: the target of the outbound capture rule. Connections go
@@ -126,6 +128,13 @@ fn chains(
             vec![http_inspector()],
             vec![
                 chain(m(&HTTP_ALPN), hcm_rds(stat_prefix, route)),
+                chain(m(&[]), tcp_proxy(stat_prefix, cluster)),
+            ],
+        ),
+        Serve::AutoInline(rc, cluster) => (
+            vec![http_inspector()],
+            vec![
+                chain(m(&HTTP_ALPN), hcm_inline(stat_prefix, rc)),
                 chain(m(&[]), tcp_proxy(stat_prefix, cluster)),
             ],
         ),

@@ -285,8 +285,9 @@ fn inbound_serve(port: u32, protocol: Protocol) -> Serve {
         ..Default::default()
     };
     if protocol == Protocol::Auto {
-        // Sniffed inbound ports: keep it simple and serve HTTP when it is HTTP.
-        return Serve::HttpInline(Box::new(rc));
+        // Unnamed ports are sniffed: HTTP gets the connection manager, the
+        // rest goes to the app as plain TCP.
+        return Serve::AutoInline(Box::new(rc), cluster);
     }
     Serve::HttpInline(Box::new(rc))
 }
