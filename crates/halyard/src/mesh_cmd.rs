@@ -76,6 +76,10 @@ fn envoy_binary(given: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(local::RuntimeError::NotRoot.into());
+    }
     let dir = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("config directory {}", args.dir.display()))?;
     if args.detach {

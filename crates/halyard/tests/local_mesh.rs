@@ -649,3 +649,27 @@ fn grpc_echo(stream: TcpStream, authority: &str, message: &str) -> String {
         format!("{} {}", reply.message, reply.service)
     })
 }
+
+#[test]
+fn without_root_up_says_what_to_do() {
+    if !is_root() {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_halyard"))
+        .args(["up", "/nonexistent", "--name", "hytnoroot"])
+        .env("HALYARD_STATE", "/tmp/hyt-noroot-state")
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("Permission denied") && err.contains("halyard") {
+        eprintln!("SKIP: the test binary is not executable by nobody here");
+        return;
+    }
+    assert!(!out.status.success());
+    assert!(
+        err.contains("needs root") && err.contains("sudo halyard up"),
+        "{err}"
+    );
+}
