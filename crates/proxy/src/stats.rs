@@ -2,9 +2,11 @@
 //! handed out once by name, incremented lock-free on the data path, rendered by
 //! the admin `/stats` page in Envoy's `name: value` text format.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 /// One counter or gauge. Cloning shares the value.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +65,25 @@ impl Stats {
     }
 }
 
+/// Per-listener stats (`listener.<address>.*`, address as `0.0.0.0_15001`).
+#[derive(Debug, Clone)]
+pub struct ListenerStats {
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Counter,
+    pub no_filter_chain_match: Counter,
+}
+
+impl ListenerStats {
+    pub fn new(stats: &Stats, prefix: &str) -> Self {
+        let c = |n: &str| stats.counter(format!("listener.{prefix}.{n}"));
+        ListenerStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: c("downstream_cx_active"),
+            no_filter_chain_match: c("no_filter_chain_match"),
+        }
+    }
+}
+
 /// Per-HCM stats (`http.<stat_prefix>.*`).
 #[derive(Debug, Clone)]
 pub struct HttpStats {
@@ -104,10 +125,45 @@ impl HttpStats {
     }
 }
 
+/// Per-status-code counters (`cluster.<name>.upstream_rq_200`), created on
+/// first use of a code; counting an existing code is a lock-free map read.
+#[derive(Debug)]
+pub struct CodeCounters {
+    stats: Arc<Stats>,
+    prefix: String,
+    by_code: ArcSwap<HashMap<u16, Counter>>,
+}
+
+impl CodeCounters {
+    pub fn new(stats: &Arc<Stats>, prefix: String) -> Self {
+        CodeCounters {
+            stats: stats.clone(),
+            prefix,
+            by_code: ArcSwap::default(),
+        }
+    }
+
+    pub fn inc(&self, code: u16) {
+        if let Some(c) = self.by_code.load().get(&code) {
+            c.inc();
+            return;
+        }
+        let counter = self.stats.counter(format!("{}{code}", self.prefix));
+        counter.inc();
+        self.by_code.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(code, counter.clone());
+            map
+        });
+    }
+}
+
 /// Per-cluster stats (`cluster.<name>.*`).
 #[derive(Debug, Clone)]
 pub struct ClusterStats {
     pub upstream_rq_total: Counter,
+    pub upstream_rq_completed: Counter,
+    pub upstream_rq_by_code: Arc<CodeCounters>,
     pub upstream_rq_active: Counter,
     pub upstream_rq_2xx: Counter,
     pub upstream_rq_3xx: Counter,
@@ -123,10 +179,15 @@ pub struct ClusterStats {
 }
 
 impl ClusterStats {
-    pub fn new(stats: &Stats, cluster: &str) -> Self {
+    pub fn new(stats: &Arc<Stats>, cluster: &str) -> Self {
         let c = |n: &str| stats.counter(format!("cluster.{cluster}.{n}"));
         ClusterStats {
             upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_completed: c("upstream_rq_completed"),
+            upstream_rq_by_code: Arc::new(CodeCounters::new(
+                stats,
+                format!("cluster.{cluster}.upstream_rq_"),
+            )),
             upstream_rq_active: c("upstream_rq_active"),
             upstream_rq_2xx: c("upstream_rq_2xx"),
             upstream_rq_3xx: c("upstream_rq_3xx"),
@@ -142,7 +203,10 @@ impl ClusterStats {
         }
     }
 
+    /// A response (or local reply on behalf of the upstream) with this status.
     pub fn record_status(&self, status: u16) {
+        self.upstream_rq_completed.inc();
+        self.upstream_rq_by_code.inc(status);
         match status / 100 {
             2 => self.upstream_rq_2xx.inc(),
             3 => self.upstream_rq_3xx.inc(),
@@ -185,5 +249,14 @@ mod tests {
         s.counter("b.x").inc();
         assert_eq!(s.render(), "a.y: 2\nb.x: 2\n");
         assert_eq!(s.value("b.x"), Some(2));
+        let s = Arc::new(s);
+        let cluster = ClusterStats::new(&s, "c");
+        cluster.record_status(200);
+        cluster.record_status(200);
+        cluster.record_status(503);
+        assert_eq!(s.value("cluster.c.upstream_rq_200"), Some(2));
+        assert_eq!(s.value("cluster.c.upstream_rq_503"), Some(1));
+        assert_eq!(s.value("cluster.c.upstream_rq_5xx"), Some(1));
+        assert_eq!(s.value("cluster.c.upstream_rq_completed"), Some(3));
     }
 }

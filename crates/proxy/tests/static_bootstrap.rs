@@ -270,6 +270,8 @@ async fn admin_pages() {
         "{stats}"
     );
     assert!(stats.contains("cluster.a.upstream_rq_2xx: 1\n"), "{stats}");
+    assert!(stats.contains("cluster.a.upstream_rq_200: 1\n"), "{stats}");
+    assert!(stats.contains("listener.127.0.0.1_0.downstream_cx_total: 1\n"), "{stats}");
     let (_, clusters) = admin_get(admin, "/clusters").await;
     assert!(
         clusters.contains(&format!("a::{}::rq_total::1\n", s.a.addr)),

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use super::route::{RouteConfig, WeightedClusters};
 use super::{check_subset, decode_any, socket_addr, subset};
 use crate::error::ConfigError;
-use crate::stats::{HttpStats, Stats};
+use crate::stats::{HttpStats, ListenerStats, Stats};
 
 pub type XdsListener = xds_listener::Listener;
 
@@ -36,6 +36,17 @@ pub struct ListenerConfig {
     /// Set to true when this version of the listener is replaced or removed:
     /// its HTTP connections then drain (finish in-flight requests, close).
     pub drain: watch::Sender<bool>,
+    /// Listener `stat_prefix`, else the address as `IP_PORT`.
+    pub stat_prefix: String,
+    stats: OnceLock<ListenerStats>,
+}
+
+impl ListenerConfig {
+    /// `listener.<stat_prefix>.*`, registered on first use.
+    pub fn stats(&self, registry: &Stats) -> &ListenerStats {
+        self.stats
+            .get_or_init(|| ListenerStats::new(registry, &self.stat_prefix))
+    }
 }
 
 #[derive(Debug)]
@@ -236,6 +247,12 @@ impl TryFrom<&XdsListener> for ListenerConfig {
             filter_chains,
             default_filter_chain,
             drain: watch::channel(false).0,
+            stat_prefix: if l.stat_prefix.is_empty() {
+                format!("{}_{}", address.ip(), address.port())
+            } else {
+                l.stat_prefix.clone()
+            },
+            stats: OnceLock::new(),
         })
     }
 }

@@ -16,7 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::config::listener::{ListenerConfig, NetworkFilter};
+use crate::config::listener::NetworkFilter;
 use crate::config::store::ConfigStore;
 use crate::error::StartError;
 use crate::filters::network::tcp_proxy;
@@ -205,17 +205,14 @@ async fn handle_connection(
         transport_protocol: "raw_buffer",
         application_protocol: app_protocol,
     };
+    let stats = listener.stats(&store.stats).clone();
     let Some(chain) = filter_chain::select(&listener, &info) else {
         tracing::debug!(listener = %listener.name, dst = %downstream.destination, "no matching filter chain; closing");
-        store
-            .stats
-            .counter(format!(
-                "listener.{}.no_filter_chain_match",
-                stat_addr(&listener)
-            ))
-            .inc();
+        stats.no_filter_chain_match.inc();
         return;
     };
+    stats.downstream_cx_total.inc();
+    stats.downstream_cx_active.inc();
     let filter = chain.filter.clone();
     let drain = listener.drain.subscribe();
     drop(snapshot);
@@ -225,8 +222,5 @@ async fn handle_connection(
         }
         NetworkFilter::TcpProxy(tcp) => tcp_proxy::proxy(stream, downstream, tcp, store).await,
     }
-}
-
-fn stat_addr(l: &ListenerConfig) -> String {
-    format!("{}_{}", l.address.ip(), l.address.port())
+    stats.downstream_cx_active.dec();
 }

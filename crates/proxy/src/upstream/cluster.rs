@@ -28,7 +28,7 @@ pub struct ClusterRuntime {
 }
 
 impl ClusterRuntime {
-    pub fn new(stats: &Stats, name: &str) -> Self {
+    pub fn new(stats: &Arc<Stats>, name: &str) -> Self {
         ClusterRuntime {
             stats: ClusterStats::new(stats, name),
             rr: Arc::default(),

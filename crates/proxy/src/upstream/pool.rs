@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
@@ -27,16 +27,18 @@ const MAX_IDLE_HTTP1: usize = 256;
 type Http1Sender = http1::SendRequest<Incoming>;
 type Http2Sender = http2::SendRequest<Incoming>;
 
+/// Lock-free, and allocation-free until a host first gets an idle
+/// connection (a mesh has many hosts, most of them idle).
+#[derive(Default)]
 pub struct HostPool {
-    http1: ArrayQueue<Http1Sender>,
+    http1: SegQueue<Http1Sender>,
     http2: ArcSwapOption<Http2Sender>,
 }
 
-impl Default for HostPool {
-    fn default() -> Self {
-        HostPool {
-            http1: ArrayQueue::new(MAX_IDLE_HTTP1),
-            http2: ArcSwapOption::empty(),
+impl HostPool {
+    fn release_http1(&self, sender: Http1Sender) {
+        if self.http1.len() < MAX_IDLE_HTTP1 {
+            self.http1.push(sender);
         }
     }
 }
@@ -216,7 +218,7 @@ impl UpstreamBody {
         if let Some(active) = self.active.take()
             && let Some(sender) = self.sender.take()
         {
-            let _ = active.host().pool.http1.push(sender);
+            active.host().pool.release_http1(sender);
         }
     }
 }
