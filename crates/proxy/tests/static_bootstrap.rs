@@ -127,7 +127,8 @@ static_resources:
         cluster("echo", &[echo], ""),
         cluster("ws", &[ws], ""),
     );
-    let bootstrap = proxy::bootstrap::parse(&yaml, false).expect("bootstrap parses");
+    // The cached pool of `xds::json` keeps the many setups fast.
+    let bootstrap = xds::json::from_yaml(&yaml).expect("bootstrap parses");
     let opts = ProxyOptions {
         ready_port: Some(0),
         ..ProxyOptions::default()
@@ -271,7 +272,10 @@ async fn admin_pages() {
     );
     assert!(stats.contains("cluster.a.upstream_rq_2xx: 1\n"), "{stats}");
     assert!(stats.contains("cluster.a.upstream_rq_200: 1\n"), "{stats}");
-    assert!(stats.contains("listener.127.0.0.1_0.downstream_cx_total: 1\n"), "{stats}");
+    assert!(
+        stats.contains("listener.127.0.0.1_0.downstream_cx_total: 1\n"),
+        "{stats}"
+    );
     let (_, clusters) = admin_get(admin, "/clusters").await;
     assert!(
         clusters.contains(&format!("a::{}::rq_total::1\n", s.a.addr)),
