@@ -55,6 +55,10 @@ const ROUTES: &str = r#"
                 route: {cluster: h2}
               - match: {prefix: /missing}
                 route: {cluster: no-such-cluster}
+              - match: {prefix: /slow}
+                route: {cluster: silent, timeout: 0.2s}
+              - match: {prefix: /dns}
+                route: {cluster: dns}
               - match: {prefix: /ws}
                 route: {cluster: ws}
               - match: {prefix: /a}
@@ -73,6 +77,7 @@ async fn setup() -> Setup {
     let c = backend("c").await;
     let echo = tcp_echo().await;
     let ws = upgrade_echo_backend().await;
+    let silent = silent_backend().await;
     let yaml = format!(
         r#"
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
@@ -118,7 +123,11 @@ static_resources:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tcp, cluster: echo}}
   clusters:
-{}{}{}{}{}{}{}"#,
+{}{}{}{}{}{}{}{}  - name: dns
+    type: STRICT_DNS
+    dns_lookup_family: V4_ONLY
+    load_assignment: {{cluster_name: dns, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: localhost, port_value: {}}}}}}}}}]}}]}}
+"#,
         cluster("a", &[a.addr], ""),
         cluster("b", &[b.addr], ""),
         cluster("ab", &[a.addr, b.addr], ""),
@@ -126,6 +135,8 @@ static_resources:
         cluster("h2", &[c.addr], H2_OPTIONS),
         cluster("echo", &[echo], ""),
         cluster("ws", &[ws], ""),
+        cluster("silent", &[silent], ""),
+        b.addr.port(),
     );
     // The cached pool of `xds::json` keeps the many setups fast.
     let bootstrap = xds::json::from_yaml(&yaml).expect("bootstrap parses");
@@ -429,4 +440,16 @@ async fn http_inspector_selects_chain_by_application_protocol() {
     let mut buf = [0u8; 19];
     conn.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"\x16\x03\x01 not http at all");
+}
+
+#[tokio::test]
+async fn route_timeout_gives_504_and_strict_dns_resolves() {
+    let s = setup().await;
+    let addr = s.proxy.listener_addr("http").unwrap();
+    let r = get(addr, "x", "/slow", &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (504, "upstream request timeout")
+    );
+    assert_eq!(get(addr, "x", "/dns", &[]).await.body, "b");
 }
