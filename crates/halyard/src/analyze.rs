@@ -41,7 +41,8 @@ fn parse_level(s: &str) -> Result<Level, String> {
 /// Runs `analyze`; returns the process exit code.
 pub fn run(args: &AnalyzeArgs) -> i32 {
     let loaded = load_all(&args.paths, args.allow_unknown);
-    let validation = api::validation::validate_all(&loaded.resources);
+    let mut validation = api::validation::validate_all(&loaded.resources);
+    api::load::refine_positions(&mut validation.errors);
     let mesh_config = match &args.meshconfig {
         None => None,
         Some(p) => match api::mesh_config::load_mesh_config(p) {

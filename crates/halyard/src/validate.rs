@@ -78,7 +78,9 @@ fn json_of(e: &ConfigError, level: &str) -> serde_json::Value {
 /// Runs `validate`; returns the process exit code.
 pub fn run(args: &ValidateArgs) -> i32 {
     let mut loaded = load_all(&args.files, args.allow_unknown);
-    let v = api::validation::validate_all(&loaded.resources);
+    let mut v = api::validation::validate_all(&loaded.resources);
+    api::load::refine_positions(&mut v.errors);
+    api::load::refine_positions(&mut v.warnings);
     loaded.errors.extend(v.errors);
     loaded.warnings.extend(v.warnings);
     let key = |e: &ConfigError| (e.file.clone(), e.line, e.column);

@@ -41,13 +41,13 @@ fn validate_bad_file_prints_positions_and_exits_one() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains(&format!("{bad}:1:1: VirtualService prod/reviews: spec.http[0].route[0].destination.port.number: port must be between 1-65535")),
+        stdout.contains(&format!("{bad}:8:51: VirtualService prod/reviews: spec.http[0].route[0].destination.port.number: port must be between 1-65535")),
         "{stdout}"
     );
     assert!(
-        stdout.contains(
-            "spec.http[0].timeout: must be a valid duration greater than or equal to 1ms"
-        ),
+        stdout.contains(&format!(
+            "{bad}:9:14: VirtualService prod/reviews: spec.http[0].timeout: must be a valid duration greater than or equal to 1ms"
+        )),
         "{stdout}"
     );
     assert!(

@@ -9,6 +9,7 @@
 //! EnvoyFilter, Telemetry, ...) are skipped without an error.
 
 mod document;
+mod locate;
 mod split;
 
 use std::fs;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::{ConfigError, Resource};
 use document::Loader;
 pub use document::{NETWORKING_VERSIONS, SECURITY_VERSIONS};
+pub use locate::{locate, locate_in_document, refine_positions};
 
 /// Largest file (or string) the loader accepts.
 pub const MAX_FILE_BYTES: usize = 4 << 20;
