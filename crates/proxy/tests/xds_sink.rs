@@ -142,7 +142,10 @@ async fn cds_eds_lds_rds_make_traffic_flow_and_bad_resources_keep_the_old() {
     assert_eq!(sink.wanted(type_url::ROUTE), Some(vec!["80".to_string()]));
     assert!(!proxy.store().is_ready(), "RDS still missing");
     sink.apply(type_url::ROUTE, "1", &rds("/.*")).unwrap();
-    assert!(proxy.store().is_ready());
+    tokio::time::timeout(Duration::from_secs(10), proxy.wait_ready())
+        .await
+        .expect("ready once the listener is bound");
+    assert!(proxy.listener_addr("lis").is_some(), "bound before ready");
     assert_eq!(admin_get(admin, "/ready").await.0, 200);
 
     let lis = eventually("listener bound", async || proxy.listener_addr("lis")).await;

@@ -77,6 +77,8 @@ pub(crate) struct State {
     /// Resolved addresses of STRICT_DNS clusters, by cluster name.
     pub dns: HashMap<String, Vec<(SocketAddr, u32, Health)>>,
     pub versions: HashMap<&'static str, String>,
+    /// LDS, CDS and the EDS/RDS they need have all arrived (or static-only).
+    pub warm: bool,
     runtime: HashMap<String, ClusterRuntime>,
 }
 
@@ -146,6 +148,14 @@ impl ConfigStore {
 
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
+    }
+
+    /// The listeners of the current snapshot are bound: ready if the config
+    /// is warm (Envoy's init manager: listeners come up before LIVE).
+    pub fn listeners_reconciled(&self) {
+        if self.lock().warm && !self.is_ready() {
+            self.ready.send_replace(true);
+        }
     }
 
     pub fn listeners_changed(&self) -> watch::Receiver<u64> {
@@ -387,8 +397,11 @@ impl ConfigStore {
             routes,
             clusters,
         }));
-        if !*self.ready.borrow() && is_warm(state) {
-            self.ready.send_replace(true);
+        if !state.warm && is_warm(state) {
+            // Ready once the listeners are bound too: `Listeners` reconciles
+            // on this bump, then calls `listeners_reconciled`.
+            state.warm = true;
+            self.listeners_changed.send_modify(|g| *g += 1);
         }
     }
 }

@@ -115,6 +115,8 @@ impl Listeners {
                 }
             }
         }
+        drop(bound);
+        self.store.listeners_reconciled();
         first_error.map_or(Ok(()), Err)
     }
 
