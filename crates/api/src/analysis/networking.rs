@@ -307,74 +307,120 @@ pub(super) fn vs_conflicting_mesh_hosts(ix: &Index<'_>, out: &mut Vec<Message>) 
     }
 }
 
-/// IST0130/IST0131: rules after a catch-all are unreachable; matches that
-/// repeat an earlier match are ineffective.
+/// IST0130/IST0131: rules after a catch-all are unreachable; a match that
+/// an earlier match covers (same conditions, or a longer path under an
+/// earlier prefix) is ineffective; a rule whose every match is covered by
+/// earlier rules is unreachable. For HTTP, TCP and TLS routes.
 pub(super) fn vs_match_overlap(ix: &Index<'_>, out: &mut Vec<Message>) {
     for (r, vs) in virtual_services(ix) {
-        let mut catch_all: Option<usize> = None;
-        let mut seen: Vec<(usize, String)> = Vec::new();
-        for (i, route) in vs.http.iter().enumerate() {
-            if let Some(c) = catch_all {
-                out.push(Message::new(
-                    codes::VS_UNREACHABLE_RULE,
+        let http: Vec<&[HttpMatchRequest]> = vs.http.iter().map(|h| &h.matches[..]).collect();
+        rule_overlap(r, &http, http_covers, http_same, out);
+        let tcp: Vec<&[L4MatchAttributes]> = vs.tcp.iter().map(|t| &t.matches[..]).collect();
+        rule_overlap(r, &tcp, |a, b| a == b, |a, b| a == b, out);
+        let tls: Vec<&[TlsMatchAttributes]> = vs.tls.iter().map(|t| &t.matches[..]).collect();
+        rule_overlap(r, &tls, |a, b| a == b, |a, b| a == b, out);
+    }
+}
+
+/// `covers(a, b)`: `a` matches everything `b` does; `same`: equal
+/// conditions (a rule is unreachable only when all its matches repeat
+/// earlier ones exactly).
+fn rule_overlap<M>(
+    r: &Resource,
+    rules: &[&[M]],
+    covers: fn(&M, &M) -> bool,
+    same: fn(&M, &M) -> bool,
+    out: &mut Vec<Message>,
+) {
+    let mut catch_all: Option<usize> = None;
+    for (i, matches) in rules.iter().enumerate() {
+        if let Some(c) = catch_all {
+            out.push(Message::new(
+                codes::VS_UNREACHABLE_RULE,
+                r,
+                format!("VirtualService rule #{i} not used (only the last rule can have no matches; rule #{c} matches every request)."),
+            ));
+            continue;
+        }
+        let all_repeated = !matches.is_empty()
+            && matches.iter().all(|m| {
+                rules[..i]
+                    .iter()
+                    .any(|earlier| earlier.iter().any(|e| same(e, m)))
+            });
+        for (j, m) in matches.iter().enumerate() {
+            let prior = rules[..i]
+                .iter()
+                .position(|earlier| earlier.iter().any(|e| covers(e, m)));
+            match prior {
+                Some(k) => out.push(Message::new(
+                    codes::VS_INEFFECTIVE_MATCH,
                     r,
-                    format!("VirtualService rule #{i} not used (only the last rule can omit a match, rule #{c} matches every request)."),
-                ));
-                continue;
-            }
-            if route.matches.is_empty() || route.matches.iter().any(is_catch_all) {
-                catch_all = Some(i);
-            }
-            let mut dup_in_rule = true;
-            for (j, m) in route.matches.iter().enumerate() {
-                let key = serde_json::to_string(&MatchKey(m)).unwrap_or_default();
-                match seen.iter().find(|(_, k)| *k == key) {
-                    Some((rule, _)) => {
+                    format!("VirtualService rule #{i} match #{j} is not used (duplicate/overlapping match in rule #{k})."),
+                )),
+                None => {
+                    if matches[..j].iter().any(|e| covers(e, m)) {
                         out.push(Message::new(
                             codes::VS_INEFFECTIVE_MATCH,
                             r,
-                            format!("VirtualService rule #{i} match #{j} is not used (duplicate/overlapping match in rule #{rule})."),
+                            format!("VirtualService rule #{i} match #{j} is not used (duplicate/overlapping match in rule #{i})."),
                         ));
                     }
-                    None => dup_in_rule = false,
                 }
             }
-            if !route.matches.is_empty() && dup_in_rule {
-                out.push(Message::new(
-                    codes::VS_UNREACHABLE_RULE,
-                    r,
-                    format!(
-                        "VirtualService rule #{i} not used (all matches are used by prior rules)."
-                    ),
-                ));
-            }
-            for m in &route.matches {
-                seen.push((i, serde_json::to_string(&MatchKey(m)).unwrap_or_default()));
-            }
+        }
+        if all_repeated {
+            out.push(Message::new(
+                codes::VS_UNREACHABLE_RULE,
+                r,
+                format!("VirtualService rule #{i} not used (all matches are used by prior rules)."),
+            ));
+        }
+        if matches.is_empty() {
+            catch_all = Some(i);
         }
     }
 }
 
-/// A match without its name, for comparing.
-struct MatchKey<'a>(&'a HttpMatchRequest);
-
-impl serde::Serialize for MatchKey<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = self.0.clone();
-        m.name = None;
-        m.serialize(s)
-    }
+/// `a ⊆ b` for label/header maps.
+fn map_subset<V: PartialEq>(a: &BTreeMap<String, V>, b: &BTreeMap<String, V>) -> bool {
+    a.iter().all(|(k, v)| b.get(k) == Some(v))
 }
 
-fn is_catch_all(m: &HttpMatchRequest) -> bool {
-    let mut bare = m.clone();
-    bare.name = None;
-    let prefix_all = matches!(&m.uri, Some(StringMatch::Prefix(p)) if p == "/");
-    let regex_all = matches!(&m.uri, Some(StringMatch::Regex(p)) if p == "*" || p == ".*");
-    if prefix_all || regex_all {
-        bare.uri = None;
-    }
-    bare == HttpMatchRequest::default()
+/// Equal conditions, names aside.
+fn http_same(a: &HttpMatchRequest, b: &HttpMatchRequest) -> bool {
+    let strip = |m: &HttpMatchRequest| HttpMatchRequest {
+        name: None,
+        stat_prefix: None,
+        ..m.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// Whether every request `b` matches is also matched by `a`.
+fn http_covers(a: &HttpMatchRequest, b: &HttpMatchRequest) -> bool {
+    let uri_ok = match (&a.uri, &b.uri) {
+        (None, _) => true,
+        (Some(StringMatch::Prefix(p)), Some(StringMatch::Prefix(q))) if p == q => true,
+        // Istio does not count `prefix: /` as overlapping narrower matches.
+        (Some(StringMatch::Prefix(p)), Some(StringMatch::Prefix(q) | StringMatch::Exact(q))) => {
+            p != "/" && q.starts_with(p.as_str())
+        }
+        (x, y) => x == y,
+    };
+    let opt = |x: &Option<StringMatch>, y: &Option<StringMatch>| x.is_none() || x == y;
+    uri_ok
+        && opt(&a.scheme, &b.scheme)
+        && opt(&a.method, &b.method)
+        && opt(&a.authority, &b.authority)
+        && (a.port.is_none() || a.port == b.port)
+        && (a.source_namespace.is_none() || a.source_namespace == b.source_namespace)
+        && (a.gateways.is_empty() || a.gateways == b.gateways)
+        && a.ignore_uri_case == b.ignore_uri_case
+        && map_subset(&a.headers, &b.headers)
+        && map_subset(&a.query_params, &b.query_params)
+        && map_subset(&a.without_headers, &b.without_headers)
+        && map_subset(&a.source_labels, &b.source_labels)
 }
 
 // ---------------------------------------------------------------- DestinationRule
