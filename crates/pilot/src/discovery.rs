@@ -3,7 +3,7 @@
 //! server pushes the types whose content changed (content-hash versions, so an
 //! endpoint-only change pushes only EDS).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -16,24 +16,52 @@ use xds::type_url;
 
 use crate::mesh::Mesh;
 use crate::node::ProxyNode;
-use crate::translate::{ProxyResources, translate};
+use crate::translate::{ConfigKey, ProxyResources, config_key, translate};
 
 struct Connected {
     node: ProxyNode,
     tx: watch::Sender<Arc<Snapshot>>,
 }
 
+/// Snapshots for the current mesh, one per distinct [`ConfigKey`].
+#[derive(Default)]
+struct SnapshotCache {
+    label_sensitive: bool,
+    by_key: HashMap<ConfigKey, Arc<Snapshot>>,
+}
+
+impl SnapshotCache {
+    fn for_mesh(mesh: &Mesh) -> Self {
+        SnapshotCache {
+            label_sensitive: mesh.label_sensitive(),
+            by_key: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, mesh: &Mesh, proxy: &ProxyNode) -> Arc<Snapshot> {
+        let key = config_key(mesh, proxy, self.label_sensitive);
+        self.by_key
+            .entry(key)
+            .or_insert_with(|| Arc::new(snapshot(&translate(mesh, proxy))))
+            .clone()
+    }
+}
+
 /// The pilot's side of ADS: current mesh plus every connected proxy.
 pub struct Discovery {
     mesh: ArcSwap<Mesh>,
     proxies: Mutex<Vec<Connected>>,
+    /// Valid for the mesh in `mesh`; replaced with it (lock order: proxies, cache).
+    cache: Mutex<SnapshotCache>,
 }
 
 impl Discovery {
     pub fn new(mesh: Mesh) -> Self {
+        let cache = SnapshotCache::for_mesh(&mesh);
         Discovery {
             mesh: ArcSwap::from_pointee(mesh),
             proxies: Mutex::new(Vec::new()),
+            cache: Mutex::new(cache),
         }
     }
 
@@ -41,14 +69,17 @@ impl Discovery {
         self.mesh.load_full()
     }
 
-    /// Swap in a new mesh and push to every connected proxy.
+    /// Swap in a new mesh and push to every connected proxy. Translation runs
+    /// once per distinct [`ConfigKey`], not once per proxy.
     pub fn update(&self, mesh: Mesh) {
-        self.mesh.store(Arc::new(mesh));
-        let mesh = self.mesh.load_full();
+        let mesh = Arc::new(mesh);
         let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        *cache = SnapshotCache::for_mesh(&mesh);
+        self.mesh.store(mesh.clone());
         proxies.retain(|p| !p.tx.is_closed());
         for p in proxies.iter() {
-            let snap = Arc::new(snapshot(&translate(&mesh, &p.node)));
+            let snap = cache.get(&mesh, &p.node);
             p.tx.send_if_modified(|cur| {
                 let changed = !same_versions(cur, &snap);
                 if changed {
@@ -88,9 +119,12 @@ impl SnapshotSource for Discovery {
     fn subscribe(&self, node: &Node) -> Result<watch::Receiver<Arc<Snapshot>>, tonic::Status> {
         let proxy = ProxyNode::from_node(node)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        let snap = Arc::new(snapshot(&translate(&self.mesh.load(), &proxy)));
-        let (tx, rx) = watch::channel(snap);
         let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        let snap = {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.get(&self.mesh.load(), &proxy)
+        };
+        let (tx, rx) = watch::channel(snap);
         proxies.retain(|p| !p.tx.is_closed());
         proxies.push(Connected { node: proxy, tx });
         tracing::info!(node = %node.id, "proxy connected");
@@ -208,6 +242,25 @@ spec: {address: ADDRESS, labels: {app: ratings}}
         assert_eq!(d.connected(), 1);
         drop(rx);
         assert_eq!(d.connected(), 0);
+    }
+
+    #[test]
+    fn replicas_share_one_translation() {
+        let d = Discovery::new(mesh(&CONFIG.replace("ADDRESS", "10.0.0.7")));
+        let a = d.subscribe(&node()).expect("a");
+        let other = Node {
+            id: "sidecar~10.0.0.2~productpage-1.bookinfo~bookinfo.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let b = d.subscribe(&other).expect("b");
+        assert!(Arc::ptr_eq(&a.borrow(), &b.borrow()));
+        // The endpoint itself serves inbound ports: a different config.
+        let endpoint = Node {
+            id: "sidecar~10.0.0.7~ratings-0.bookinfo~bookinfo.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let c = d.subscribe(&endpoint).expect("c");
+        assert!(!Arc::ptr_eq(&a.borrow(), &c.borrow()));
     }
 
     #[test]

@@ -125,6 +125,19 @@ impl Mesh {
             .filter(move |vs| vs.hosts.iter().any(|h| host_matches(h, host)))
     }
 
+    /// Does any config depend on a proxy's labels (a Sidecar selector, a
+    /// route match on source labels)? If not, proxies differing only in
+    /// labels get the same config.
+    pub fn label_sensitive(&self) -> bool {
+        self.sidecars.iter().any(|s| s.selector.is_some())
+            || self
+                .virtual_services
+                .iter()
+                .flat_map(|vs| &vs.http)
+                .flat_map(|h| &h.matches)
+                .any(|m| !m.source_labels.is_empty())
+    }
+
     /// Is this service imported by the egress listener (or, with no Sidecar, at all)?
     pub fn imports(egress: Option<&EgressListener>, sidecar_ns: &str, svc: &Service) -> bool {
         let Some(egress) = egress else { return true };

@@ -9,7 +9,7 @@ pub const DOMAIN_SUFFIX: &str = "cluster.local";
 
 /// Application protocol of a service port, from its name prefix, appProtocol or
 /// ServiceEntry `protocol` (Istio's rules).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Http,
     Http2,

@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 
 /// How traffic reaches the proxy (Istio's `INTERCEPTION_MODE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InterceptionMode {
     /// iptables REDIRECT to 15001/15006 (the default).
     Redirect,

@@ -3,12 +3,40 @@
 //! order, so equal resources can have different bytes; this hashes the decoded
 //! message with map entries sorted, looking inside `Any`.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Mutex, OnceLock};
 
 use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
 
-/// A stable version of an encoded message of type `full_name`.
+/// Entries kept before the memo starts over (a few per distinct resource).
+const MEMO_LIMIT: usize = 1 << 20;
+
+/// A stable version of an encoded message of type `full_name`. The same bytes
+/// recur for every proxy that gets the resource, so the (costly) decode is
+/// memoised by a hash of the exact bytes.
 pub fn stable_version(full_name: &str, bytes: &[u8]) -> String {
+    static MEMO: OnceLock<Mutex<HashMap<(u64, usize), String>>> = OnceLock::new();
+    let key = {
+        let mut h = DefaultHasher::new();
+        full_name.hash(&mut h);
+        bytes.hash(&mut h);
+        (h.finish(), bytes.len())
+    };
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some(v) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return v.clone();
+    }
+    let version = decode_and_hash(full_name, bytes);
+    let mut m = memo.lock().unwrap_or_else(|e| e.into_inner());
+    if m.len() >= MEMO_LIMIT {
+        m.clear();
+    }
+    m.insert(key, version.clone());
+    version
+}
+
+fn decode_and_hash(full_name: &str, bytes: &[u8]) -> String {
     let mut h = DefaultHasher::new();
     match xds::json::pool().get_message_by_name(full_name) {
         Some(desc) => match DynamicMessage::decode(desc, bytes) {

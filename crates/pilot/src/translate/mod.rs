@@ -31,6 +31,34 @@ pub struct ProxyResources {
     pub routes: Vec<RouteConfiguration>,
 }
 
+/// Everything about a proxy that its translation depends on. Proxies with
+/// equal keys get identical resources, so the pilot translates once per key:
+/// replicas of a workload (same namespace, labels and ports) share one config.
+/// Invariant: [`translate`] reads the proxy only through these fields.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConfigKey {
+    namespace: String,
+    /// Only when some config depends on labels ([`Mesh::label_sensitive`]).
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    interception: InterceptionMode,
+    /// The inbound ports its IPs serve (what the IPs matter for).
+    inbound: Vec<(u32, u32, Protocol)>,
+}
+
+/// The key for a proxy; `label_sensitive` is [`Mesh::label_sensitive`].
+pub fn config_key(mesh: &Mesh, proxy: &ProxyNode, label_sensitive: bool) -> ConfigKey {
+    ConfigKey {
+        namespace: proxy.namespace.clone(),
+        labels: label_sensitive.then(|| proxy.labels.clone()),
+        interception: proxy.interception,
+        inbound: if proxy.interception == InterceptionMode::None {
+            Vec::new()
+        } else {
+            inbound_ports(mesh, proxy)
+        },
+    }
+}
+
 /// Translate the mesh for one proxy.
 pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
     let sidecar = mesh.sidecar_for(proxy);
