@@ -382,7 +382,13 @@ impl TryFrom<&hcm::HttpConnectionManager> for HttpConnectionManager {
             }
         };
         match h.http_filters.as_slice() {
-            [] => {}
+            // Envoy without a router filter answers nothing; not worth copying.
+            [] => {
+                return Err(ConfigError::new(
+                    "http_filters",
+                    "the router filter is required",
+                ));
+            }
             [only] if only.name == "envoy.filters.http.router" || router_type(only) => {}
             [.., _] => {
                 return Err(ConfigError::new(

@@ -405,7 +405,17 @@ impl TryFrom<&xds_route::RouteAction> for RouteAction {
                     .iter()
                     .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
                     .collect();
-                WeightedClusters::new(list).map_err(|e| e.under("weighted_clusters"))?
+                let wc = WeightedClusters::new(list).map_err(|e| e.under("weighted_clusters"))?;
+                #[allow(deprecated)]
+                if let Some(total) = &w.total_weight
+                    && total.value != wc.total
+                {
+                    return Err(ConfigError::new(
+                        "weighted_clusters.total_weight",
+                        format!("is {} but the weights sum to {}", total.value, wc.total),
+                    ));
+                }
+                wc
             }
             _ => {
                 return Err(ConfigError::new(
