@@ -163,6 +163,115 @@ pub struct Secret {
     /// Keys of `data` and `stringData` (`tls.crt`, `tls.key`, `ca.crt`, `cert`, ...).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<String>,
+    /// The keys whose value is PEM (`-----BEGIN ...`), after base64 for `data`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pem_keys: Vec<String>,
+    /// `notAfter` (Unix seconds) of the certificate in `tls.crt` or `cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_not_after: Option<i64>,
+}
+
+/// The `notAfter` time (Unix seconds) of the first certificate of a PEM
+/// bundle; `None` when it cannot be read.
+pub fn pem_cert_not_after(pem: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let (_, rest) = text.split_once("-----BEGIN CERTIFICATE-----")?;
+    let (body, _) = rest.split_once("-----END CERTIFICATE-----")?;
+    let der = decode_base64(body)?;
+    // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version?,
+    // serial, signature, issuer, validity SEQUENCE { notBefore, notAfter } ...
+    let (_, cert, _) = der_next(&der)?;
+    let (_, mut tbs, _) = der_next(cert)?;
+    let (tag, _, rest) = der_next(tbs)?;
+    if tag == 0xa0 {
+        tbs = rest; // explicit version
+    }
+    for _ in 0..3 {
+        let (_, _, rest) = der_next(tbs)?; // serial, signature, issuer
+        tbs = rest;
+    }
+    let (_, validity, _) = der_next(tbs)?;
+    let (_, _, rest) = der_next(validity)?; // notBefore
+    let (tag, time, _) = der_next(rest)?;
+    let time = std::str::from_utf8(time).ok()?;
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i64 = time.get(0..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, time.get(2..)?)
+        }
+        0x18 => (time.get(0..4)?.parse().ok()?, time.get(4..)?),
+        _ => return None,
+    };
+    let num = |r: std::ops::Range<usize>| rest.get(r)?.parse::<i64>().ok();
+    let (month, day, hour, min, sec) =
+        (num(0..2)?, num(2..4)?, num(4..6)?, num(6..8)?, num(8..10)?);
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec)
+}
+
+/// One DER element: (tag, contents, rest).
+fn der_next(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *d.first()?;
+    let first = *d.get(1)?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for b in d.get(2..2 + n)? {
+            len = (len << 8) | usize::from(*b);
+        }
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    Some((tag, d.get(header..end)?, d.get(end..)?))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Whether `text` (a PEM block) starts like one.
+pub fn looks_like_pem(text: &[u8]) -> bool {
+    let t = text.trim_ascii_start();
+    t.starts_with(b"-----BEGIN ")
+}
+
+/// Decodes standard base64 (padding optional, whitespace ignored); `None`
+/// when malformed.
+pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            b' ' | b'\n' | b'\r' | b'\t' => continue,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
 
 /// A container; the local runtime runs `command` + `args` with `env`.
@@ -230,6 +339,16 @@ mod tests {
         assert_eq!(s.service_type.as_deref(), Some("ClusterIP"));
         let e = serde_yaml_ng::from_str::<ServiceSpec>("ports: [{port: 1, targetPort: -1}]");
         assert!(e.unwrap_err().to_string().contains("out of range"));
+    }
+
+    #[test]
+    fn base64_and_dates() {
+        assert_eq!(decode_base64("aGVsbG8=").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(decode_base64("aGVs\nbG8").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(decode_base64("a$"), None);
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(pem_cert_not_after(b"junk"), None);
     }
 
     #[test]

@@ -685,9 +685,14 @@ pub(super) fn gateway_secrets(ix: &Index<'_>, out: &mut Vec<Message>) {
                             format!("Referenced credentialName not found: {name:?}"),
                         )),
                         Some(Spec::Secret(sec)) => {
-                            let has = |k: &str| sec.keys.iter().any(|x| x == k);
-                            let ok =
-                                (has("tls.crt") && has("tls.key")) || (has("cert") && has("key"));
+                            let has = |k: &str| sec.pem_keys.iter().any(|x| x == k);
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                            let expired = sec.cert_not_after.is_some_and(|t| t < now);
+                            let ok = ((has("tls.crt") && has("tls.key"))
+                                || (has("cert") && has("key")))
+                                && !expired;
                             if !ok {
                                 out.push(Message::new(
                                     codes::INVALID_GATEWAY_CREDENTIAL,

@@ -45,9 +45,9 @@ struct SecretObject {
     #[serde(default, rename = "type")]
     secret_type: Option<String>,
     #[serde(default)]
-    data: Option<std::collections::BTreeMap<String, IgnoredAny>>,
+    data: Option<std::collections::BTreeMap<String, Value>>,
     #[serde(default)]
-    string_data: Option<std::collections::BTreeMap<String, IgnoredAny>>,
+    string_data: Option<std::collections::BTreeMap<String, Value>>,
 }
 
 /// A Kubernetes object: unknown fields are ignored, `spec` may be absent.
@@ -447,13 +447,36 @@ fn parse_typed(kind: Kind, input: &Input<'_>) -> Result<(ObjectMeta, Spec), Fail
         Kind::Pod => kube::<kube::PodSpec>(input, Spec::Pod),
         Kind::Secret => {
             let o: SecretObject = input.parse()?;
-            let mut keys: Vec<String> = o.data.unwrap_or_default().into_keys().collect();
-            keys.extend(o.string_data.unwrap_or_default().into_keys());
+            let mut keys = Vec::new();
+            let mut pem_keys = Vec::new();
+            let mut cert_not_after = None;
+            let decoded = o.data.unwrap_or_default().into_iter().map(|(k, v)| {
+                let bytes = kube::decode_base64(v.as_str().unwrap_or_default());
+                (k, bytes)
+            });
+            let plain = o
+                .string_data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, Some(v.as_str().unwrap_or_default().as_bytes().to_vec())));
+            for (k, bytes) in decoded.chain(plain) {
+                if let Some(b) = bytes.filter(|b| kube::looks_like_pem(b)) {
+                    if k == "tls.crt" || k == "cert" {
+                        cert_not_after = cert_not_after.or(kube::pem_cert_not_after(&b));
+                    }
+                    pem_keys.push(k.clone());
+                }
+                keys.push(k);
+            }
             keys.sort();
             keys.dedup();
+            pem_keys.sort();
+            pem_keys.dedup();
             let secret = kube::Secret {
                 secret_type: o.secret_type,
                 keys,
+                pem_keys,
+                cert_not_after,
             };
             Ok((o.metadata, Spec::Secret(secret)))
         }
