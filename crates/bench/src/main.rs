@@ -21,6 +21,9 @@ enum Command {
     /// Control plane at scale: N simulated delta-ADS sidecars against one pilot
     /// holding M services; first sync, convergence after changes, RSS, CPU.
     Pilot(PilotArgs),
+    /// Re-render a report's markdown and SVG from its JSON (after a format
+    /// change, or to attach findings written after the run).
+    Render(report::RenderArgs),
 }
 
 #[derive(clap::Args)]
@@ -66,6 +69,7 @@ struct PilotArgs {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Pilot(args) => pilot(args),
+        Command::Render(args) => report::render(&args),
     }
 }
 

@@ -19,7 +19,7 @@ use phases::Phase;
 use pilot_proc::{PilotUnderTest, ProcUsage};
 
 /// How to run the control-plane benchmark.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Options {
     pub proxies: Vec<usize>,
     pub services: Vec<usize>,
@@ -27,22 +27,32 @@ pub struct Options {
     /// `halyard` binary to run the pilot from; None = in-process.
     pub pilot_bin: Option<PathBuf>,
     /// Bound on each phase.
-    #[serde(rename = "timeout_s", serialize_with = "seconds")]
+    #[serde(rename = "timeout_s", with = "seconds")]
     pub timeout: Duration,
     /// The fleet is quiet after this long without a response.
-    #[serde(rename = "quiet_s", serialize_with = "seconds")]
+    #[serde(rename = "quiet_s", with = "seconds")]
     pub quiet: Duration,
     /// Edits in the burst (on distinct services, capped at M).
     pub burst: usize,
     pub client_threads: usize,
 }
 
-fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
+/// Durations as seconds in the JSON.
+mod seconds {
+    use serde::Deserialize;
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs_f64(f64::deserialize(d)?))
+    }
 }
 
 /// Everything measured for one size.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SizeResult {
     pub proxies: usize,
     pub services: usize,
@@ -64,7 +74,7 @@ pub struct SizeResult {
 }
 
 /// The pilot's resources over one size's run.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PilotFigures {
     /// Figures are the pilot process's own (false: the whole bench process).
     pub isolated: bool,
@@ -80,7 +90,7 @@ pub struct PilotFigures {
 }
 
 /// The simulated fleet's own cost (the bench process).
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ClientFigures {
     pub cpu_s: f64,
     pub rss_mib: f64,
@@ -88,7 +98,7 @@ pub struct ClientFigures {
 
 /// The whole machine over one size's run: how busy it was, including other
 /// users' processes (the machine may be shared).
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct HostFigures {
     pub wall_s: f64,
     /// Mean busy cores over the run (all processes).
@@ -164,7 +174,14 @@ async fn run_size(opts: &Options, r: &mut SizeResult) -> anyhow::Result<()> {
         }
         None => PilotUnderTest::in_process(files.dir()).await?,
     };
+    let client_start = pilot_proc::usage("/proc/self");
     let outcome = measure(opts, r, &mut files, &pilot).await;
+    let client_end = pilot_proc::usage("/proc/self");
+    r.client = ClientFigures {
+        cpu_s: client_end.cpu_s - client_start.cpu_s,
+        rss_mib: client_end.rss_mib,
+    };
+    r.pilot.cpu_s_total = pilot.usage().cpu_s;
     r.pilot.peak_rss_mib = pilot.usage().hwm_mib;
     pilot.stop();
     outcome
@@ -176,7 +193,6 @@ async fn measure(
     files: &mut MeshFiles,
     pilot: &PilotUnderTest,
 ) -> anyhow::Result<()> {
-    let client_start = pilot_proc::usage("/proc/self");
     let start = pilot.usage();
     r.pilot.isolated = pilot.isolated();
     r.pilot.rss_after_load_mib = start.rss_mib;
@@ -199,7 +215,9 @@ async fn measure(
         r.first_sync_bytes_per_proxy[t] =
             b.load(std::sync::atomic::Ordering::Relaxed) / r.proxies.max(1) as u64;
     }
-    phases::settle(&stats, opts.quiet, opts.timeout).await;
+    if !r.first_sync.timed_out {
+        phases::settle(&stats, opts.quiet, opts.timeout).await;
+    }
     let u = pilot.usage();
     r.pilot.rss_after_sync_mib = u.rss_mib;
     r.pilot.cpu_s_first_sync = cpu_delta(&mut mark, u);
@@ -252,16 +270,8 @@ async fn measure(
         opts.timeout,
     )
     .await;
-    let end = pilot.usage();
-    r.pilot.cpu_s_burst = cpu_delta(&mut mark, end);
-    r.pilot.cpu_s_total = end.cpu_s;
+    r.pilot.cpu_s_burst = cpu_delta(&mut mark, pilot.usage());
     report("burst", &r.burst);
-
-    let client_end = pilot_proc::usage("/proc/self");
-    r.client = ClientFigures {
-        cpu_s: client_end.cpu_s - client_start.cpu_s,
-        rss_mib: client_end.rss_mib,
-    };
     drop(fleet);
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::fleet::FleetStats;
 
 /// One measured phase, over proxies.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Phase {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,

@@ -23,7 +23,7 @@ pub enum PilotUnderTest {
 }
 
 /// CPU seconds and memory of a process, from /proc.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProcUsage {
     /// utime + stime, all threads.
     pub cpu_s: f64,

@@ -3,7 +3,10 @@
 //! `STEM.json`, `STEM.md`, `STEM.svg`.
 
 pub mod machine;
+mod render;
 pub mod svg;
+
+pub use render::{RenderArgs, render};
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,14 +19,17 @@ use crate::pilot_bench::{Options, SizeResult};
 use machine::Machine;
 
 /// The control-plane benchmark's report.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PilotReport {
-    pub benchmark: &'static str,
+    pub benchmark: String,
     pub machine: Machine,
     pub command: String,
     pub options: Options,
     pub duration_s: f64,
     pub results: Vec<SizeResult>,
+    /// Findings written after the run (markdown), shown under "Findings".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
 }
 
 impl PilotReport {
@@ -35,13 +41,21 @@ impl PilotReport {
         results: Vec<SizeResult>,
     ) -> PilotReport {
         PilotReport {
-            benchmark: "pilot",
+            benchmark: "pilot".to_string(),
             machine: machine.clone(),
             command: command.to_string(),
             options: options.clone(),
             duration_s: started.elapsed().as_secs_f64(),
             results,
+            notes: None,
         }
+    }
+
+    /// Read a report back from its JSON (to re-render the markdown and SVG).
+    pub fn read(json: &Path) -> anyhow::Result<PilotReport> {
+        let text =
+            std::fs::read_to_string(json).with_context(|| format!("read {}", json.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parse {}", json.display()))
     }
 
     /// Write STEM.json, STEM.md and STEM.svg into `dir`.
@@ -128,9 +142,16 @@ impl PilotReport {
         );
         for r in &self.results {
             let p = &r.pilot;
+            let cpu = |phase: &Phase, v: f64| {
+                if phase.proxies == 0 {
+                    "–".to_string()
+                } else {
+                    format!("{v:.2}")
+                }
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.2} | {:.1} |",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.2} | {:.1} |",
                 r.proxies,
                 r.services,
                 p.rss_after_load_mib,
@@ -138,9 +159,9 @@ impl PilotReport {
                 p.peak_rss_mib,
                 p.cpu_s_load,
                 p.cpu_s_first_sync,
-                p.cpu_s_endpoint_change,
-                p.cpu_s_virtual_service_change,
-                p.cpu_s_burst,
+                cpu(&r.endpoint_change, p.cpu_s_endpoint_change),
+                cpu(&r.virtual_service_change, p.cpu_s_virtual_service_change),
+                cpu(&r.burst, p.cpu_s_burst),
                 p.cpu_s_total,
                 r.client.cpu_s,
                 r.client.rss_mib,
@@ -179,12 +200,18 @@ impl PilotReport {
             }
         }
         let _ = writeln!(s, "\n![convergence p50/p99 per size]({chart})");
+        if let Some(notes) = &self.notes {
+            let _ = writeln!(s, "\n## Findings\n\n{}", notes.trim_end());
+        }
         s
     }
 }
 
 /// `p50 / p99 / max`, or why not.
 fn cell(p: &Phase) -> String {
+    if p.proxies == 0 {
+        return "not measured".to_string();
+    }
     let ms = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
     let mut c = format!("{} / {} / {}", ms(p.p50_ms), ms(p.p99_ms), ms(p.max_ms));
     if p.timed_out {

@@ -99,7 +99,14 @@ pub fn convergence_chart(results: &[SizeResult]) -> String {
                     );
                 }
             }
-            if p.timed_out {
+            if p.proxies == 0 {
+                let _ = writeln!(
+                    s,
+                    "<text x=\"{mid:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#718096\">\
+                     not measured</text>",
+                    top + 14.0
+                );
+            } else if p.timed_out {
                 let _ = writeln!(
                     s,
                     "<text x=\"{mid:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#c53030\">\
