@@ -1,7 +1,8 @@
 //! Halyard's benchmarks as a library behind the `halyard-bench` binary:
 //! [`pilot_bench`] measures the control plane at scale; [`report`] writes the
-//! JSON, markdown and SVG results. The data-plane benchmark is meant to join
-//! as a sibling module and subcommand.
+//! JSON, markdown and SVG results; [`sidecar`] is the data-plane benchmark
+//! (halyard vs Envoy sidecars vs a direct connection).
 
 pub mod pilot_bench;
 pub mod report;
+pub mod sidecar;

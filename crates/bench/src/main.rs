@@ -24,6 +24,9 @@ enum Command {
     /// Re-render a report's markdown and SVG from its JSON (after a format
     /// change, or to attach findings written after the run).
     Render(report::RenderArgs),
+    /// Data plane: client → sidecar → sidecar → server against direct, with
+    /// halyard and stock Envoy sidecars; latency, CPU, RSS, max rps.
+    Sidecar(bench::sidecar::cli::SidecarArgs),
 }
 
 #[derive(clap::Args)]
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Pilot(args) => pilot(args),
         Command::Render(args) => report::render(&args),
+        Command::Sidecar(args) => bench::sidecar::cli::main(args),
     }
 }
 

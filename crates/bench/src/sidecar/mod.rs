@@ -1,0 +1,118 @@
+//! `halyard-bench sidecar`: the data-plane benchmark. Client pod → client
+//! sidecar → server sidecar → server pod (`halyard echo`, 1 KiB answers) with
+//! iptables capture, in three modes run interleaved per round (direct: no
+//! sidecars; halyard: `halyard proxy`; envoy: stock Envoy from the same
+//! bootstrap and pilot), each on a fresh mesh. Per run: sanity request, idle
+//! RSS, warm-up, open loop at a fixed rate (latency from intended send time),
+//! closed loop (max rps); CPU and memory from /proc; request counters from
+//! each sidecar's admin as the no-bypass check.
+
+pub mod cli;
+pub mod conn;
+pub mod load;
+pub mod mesh;
+pub mod probe;
+pub mod report;
+pub mod run;
+pub mod summary;
+pub mod svg;
+
+use std::time::Duration;
+
+pub use conn::Protocol;
+
+/// Who carries the traffic between the two apps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// No sidecars, no capture: the limit.
+    Direct,
+    /// `halyard proxy` as both sidecars.
+    Halyard,
+    /// Stock Envoy as both sidecars, same bootstrap and pilot.
+    Envoy,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "direct" => Some(Mode::Direct),
+            "halyard" => Some(Mode::Halyard),
+            "envoy" => Some(Mode::Envoy),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Halyard => "halyard",
+            Mode::Envoy => "envoy",
+        }
+    }
+    pub fn has_sidecars(self) -> bool {
+        self != Mode::Direct
+    }
+}
+
+/// What the sidecar-to-sidecar hop carries. mTLS joins as a variant whose
+/// `manifests` add PeerAuthentication STRICT + a DestinationRule with
+/// `ISTIO_MUTUAL`; every run then applies it without other changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Plaintext,
+}
+
+impl Transport {
+    pub fn parse(s: &str) -> Option<Transport> {
+        match s {
+            "plaintext" => Some(Transport::Plaintext),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Plaintext => "plaintext",
+        }
+    }
+    /// Extra Istio config applied to the sidecar modes' meshes.
+    pub fn manifests(self) -> &'static str {
+        match self {
+            Transport::Plaintext => "",
+        }
+    }
+}
+
+/// One measured case: every mode runs it once per round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Case {
+    pub protocol: Protocol,
+    pub connections: usize,
+    pub transport: Transport,
+}
+
+impl Case {
+    pub fn label(&self) -> String {
+        format!(
+            "{} c={} {}",
+            self.protocol.name(),
+            self.connections,
+            self.transport.name()
+        )
+    }
+}
+
+/// Everything a benchmark invocation was asked to do.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Options {
+    pub cases: Vec<Case>,
+    pub modes: Vec<Mode>,
+    pub rounds: usize,
+    /// Open-loop rate, requests/s over all connections.
+    pub rate: f64,
+    pub duration: Duration,
+    pub max_duration: Duration,
+    pub warmup: Duration,
+    pub body_bytes: usize,
+    pub mesh: mesh::MeshConfig,
+}

@@ -1,0 +1,290 @@
+//! One measured run (a mode × case × round on a fresh mesh) and the
+//! interleaved loop over all of them: for each round, for each case, every
+//! mode in turn, so drift on the machine hits every mode alike.
+
+use anyhow::{Context, bail};
+
+use super::conn::{self, Target};
+use super::load::{self, Load, LoadResult};
+use super::mesh::Mesh;
+use super::probe::{self, ProcSample};
+use super::{Case, Mode, Options};
+
+/// One sidecar's cost in one run.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SidecarRecord {
+    pub side: String,
+    pub pid: u32,
+    pub exe: String,
+    pub cpu_s_open: f64,
+    pub cpu_s_per_1k_open: f64,
+    pub cpu_s_closed: f64,
+    pub cpu_s_per_1k_closed: f64,
+    /// Closed-loop requests per CPU-second of this sidecar.
+    pub rps_per_core_closed: f64,
+    pub rss_idle_kib: u64,
+    pub hwm_after_open_kib: u64,
+    pub hwm_after_closed_kib: u64,
+    /// downstream_rq_total deltas over each phase (must equal requests sent).
+    pub rq_open: u64,
+    pub rq_closed: u64,
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunRecord {
+    pub round: usize,
+    pub mode: Mode,
+    pub case: Case,
+    pub open: LoadResult,
+    pub closed: LoadResult,
+    pub warmup_errors: u64,
+    pub host_busy_pct_open: Option<f64>,
+    pub host_busy_pct_closed: Option<f64>,
+    /// The server app (`halyard echo`) for scale.
+    pub app_cpu_s_per_1k_open: Option<f64>,
+    pub sidecars: Vec<SidecarRecord>,
+    /// Failed cross-checks (empty = all passed).
+    pub checks: Vec<String>,
+}
+
+/// Run every (round, case, mode); `each` sees every record as it lands.
+pub fn run_all(opts: &Options, mut each: impl FnMut(&RunRecord)) -> anyhow::Result<Vec<RunRecord>> {
+    let mut out = Vec::new();
+    let mut seq = 0;
+    for round in 1..=opts.rounds {
+        for case in &opts.cases {
+            for &mode in &opts.modes {
+                seq += 1;
+                eprintln!(
+                    "[{}] round {round}/{} {} {}",
+                    crate::report::machine::utc_now(),
+                    opts.rounds,
+                    case.label(),
+                    mode.name()
+                );
+                let rec = run_one(opts, *case, mode, round, seq)
+                    .with_context(|| format!("round {round} {} {}", case.label(), mode.name()))?;
+                eprintln!(
+                    "    open: {:.1} rps ok={} err={} p50={:.3} p99={:.3} p99.9={:.3} ms | closed: {:.0} rps err={}{}",
+                    rec.open.rps,
+                    rec.open.ok,
+                    rec.open.errors,
+                    rec.open.latency_ms.p50,
+                    rec.open.latency_ms.p99,
+                    rec.open.latency_ms.p999,
+                    rec.closed.rps,
+                    rec.closed.errors,
+                    if rec.checks.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" | CHECKS: {}", rec.checks.join("; "))
+                    }
+                );
+                each(&rec);
+                out.push(rec);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Readings taken at one instant of a run.
+struct Snapshot {
+    procs: Vec<Option<ProcSample>>,
+    app: Option<ProcSample>,
+    host: (u64, u64),
+    rq: Vec<u64>,
+}
+
+fn run_one(
+    opts: &Options,
+    case: Case,
+    mode: Mode,
+    round: usize,
+    seq: usize,
+) -> anyhow::Result<RunRecord> {
+    let mesh = Mesh::up(&opts.mesh, mode, case.transport, seq)?;
+    let pods = mesh.pods()?;
+    let sides = [("client", &pods.client), ("server", &pods.server)];
+    let mut sidecars = Vec::new();
+    for (side, pod) in sides {
+        match (mode.has_sidecars(), pod.sidecar_pid) {
+            (true, Some(pid)) => {
+                let exe = probe::exe(pid);
+                let want = if mode == Mode::Envoy {
+                    "envoy"
+                } else {
+                    "halyard"
+                };
+                if !exe.rsplit('/').next().unwrap_or("").contains(want) {
+                    bail!("{side} sidecar pid {pid} runs {exe:?}, not {want}");
+                }
+                sidecars.push((side, pod.netns.clone(), pid, exe));
+            }
+            (true, None) => bail!("{side} pod has no sidecar pid in status.json"),
+            (false, Some(_)) => bail!("direct mode but the {side} pod has a sidecar"),
+            (false, None) => {}
+        }
+    }
+    let target = Target {
+        netns: pods.client.netns.clone(),
+        addr: pods.service,
+        authority: format!("server.bench:{}", pods.service.port()),
+        path: format!("/?size={}", opts.body_bytes),
+        protocol: case.protocol,
+        body_len: opts.body_bytes,
+    };
+    sanity(&target, mode)?;
+    let app_pid = pods.server.app_pids.first().copied();
+    let snap = || -> anyhow::Result<Snapshot> {
+        let mut rq = Vec::new();
+        for (_, netns, _, _) in &sidecars {
+            rq.push(probe::downstream_rq(&probe::admin_stats(netns)?));
+        }
+        Ok(Snapshot {
+            procs: sidecars
+                .iter()
+                .map(|(_, _, pid, _)| probe::proc_sample(*pid))
+                .collect(),
+            app: app_pid.and_then(probe::proc_sample),
+            host: probe::host_cpu(),
+            rq,
+        })
+    };
+    let idle = snap()?;
+    let open = Load::Open {
+        rate: opts.rate,
+        duration: opts.duration,
+    };
+    let warm = load::run(
+        &target,
+        case.connections,
+        Load::Open {
+            rate: opts.rate,
+            duration: opts.warmup,
+        },
+    )?;
+    let before = snap()?;
+    let open_r = load::run(&target, case.connections, open)?;
+    let after_open = snap()?;
+    let closed_r = load::run(
+        &target,
+        case.connections,
+        Load::Closed {
+            duration: opts.max_duration,
+        },
+    )?;
+    let after_closed = snap()?;
+    mesh.down()?;
+
+    let tck = probe::clk_tck();
+    let cpu = |a: &Option<ProcSample>, b: &Option<ProcSample>| match (a, b) {
+        (Some(a), Some(b)) => b.ticks.saturating_sub(a.ticks) as f64 / tck,
+        _ => f64::NAN,
+    };
+    let per_1k = |cpu_s: f64, n: u64| {
+        if n > 0 {
+            cpu_s / n as f64 * 1000.0
+        } else {
+            f64::NAN
+        }
+    };
+    let mut checks = Vec::new();
+    let mut records = Vec::new();
+    for (i, (side, _, pid, exe)) in sidecars.iter().enumerate() {
+        let (co, cc) = (
+            cpu(&before.procs[i], &after_open.procs[i]),
+            cpu(&after_open.procs[i], &after_closed.procs[i]),
+        );
+        let rq_open = after_open.rq[i] - before.rq[i];
+        let rq_closed = after_closed.rq[i] - after_open.rq[i];
+        if rq_open != open_r.sent || rq_closed != closed_r.sent {
+            checks.push(format!(
+                "{side} sidecar counted {rq_open}/{rq_closed} requests (open/closed), the client sent {}/{}",
+                open_r.sent, closed_r.sent
+            ));
+        }
+        let hwm = |s: &Option<ProcSample>| s.map_or(0, |s| s.hwm_kib);
+        records.push(SidecarRecord {
+            side: side.to_string(),
+            pid: *pid,
+            exe: exe.clone(),
+            cpu_s_open: co,
+            cpu_s_per_1k_open: per_1k(co, open_r.sent),
+            cpu_s_closed: cc,
+            cpu_s_per_1k_closed: per_1k(cc, closed_r.sent),
+            rps_per_core_closed: if cc > 0.0 {
+                closed_r.ok as f64 / cc
+            } else {
+                f64::NAN
+            },
+            rss_idle_kib: idle.procs[i].map_or(0, |s| s.rss_kib),
+            hwm_after_open_kib: hwm(&after_open.procs[i]),
+            hwm_after_closed_kib: hwm(&after_closed.procs[i]),
+            rq_open,
+            rq_closed,
+        });
+    }
+    if open_r.errors + closed_r.errors + warm.errors > 0 {
+        checks.push(format!(
+            "errors: warm-up {} open {} closed {} ({:?} {:?})",
+            warm.errors, open_r.errors, closed_r.errors, open_r.error_kinds, closed_r.error_kinds
+        ));
+    }
+    if open_r.not_sent > 0 {
+        checks.push(format!(
+            "open loop fell behind: {} requests never sent",
+            open_r.not_sent
+        ));
+    }
+    let app_cpu = cpu(&before.app, &after_open.app);
+    Ok(RunRecord {
+        round,
+        mode,
+        case,
+        warmup_errors: warm.errors,
+        host_busy_pct_open: probe::busy_pct(before.host, after_open.host),
+        host_busy_pct_closed: probe::busy_pct(after_open.host, after_closed.host),
+        app_cpu_s_per_1k_open: app_cpu.is_finite().then(|| per_1k(app_cpu, open_r.sent)),
+        open: open_r,
+        closed: closed_r,
+        sidecars: records,
+        checks,
+    })
+}
+
+/// One request before the load: 200, the whole body, and the sidecar's mark
+/// (`x-envoy-upstream-service-time`) present exactly in the sidecar modes.
+/// Retried for a while: `halyard up` returns when every pod is ready, but the
+/// server pod joins the registry only then, so the client sidecar may get its
+/// endpoint (EDS) a moment later and answer 503 until it does.
+fn sanity(target: &Target, mode: Mode) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let a = loop {
+        match conn::fetch(target) {
+            Ok(a) if a.status == 200 => break a,
+            other if std::time::Instant::now() > deadline => {
+                let a = other.context("sanity request")?;
+                bail!("sanity: status {} body {} bytes", a.status, a.body_len);
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    };
+    if a.body_len != target.body_len {
+        bail!(
+            "sanity: body {} bytes, want {}",
+            a.body_len,
+            target.body_len
+        );
+    }
+    let proxied = a.headers.contains_key("x-envoy-upstream-service-time");
+    if proxied != mode.has_sidecars() {
+        bail!(
+            "sanity: {} mode, but x-envoy-upstream-service-time is {}",
+            mode.name(),
+            if proxied { "present" } else { "absent" }
+        );
+    }
+    Ok(())
+}
