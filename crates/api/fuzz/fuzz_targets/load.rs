@@ -7,8 +7,25 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
+/// Line breaks as YAML counts them: `\n`, `\r\n`, lone `\r`, NEL, LS, PS.
+fn line_breaks(data: &[u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'\n' => n += 1,
+            b'\r' if data.get(i + 1) != Some(&b'\n') => n += 1,
+            0xc2 if data.get(i + 1) == Some(&0x85) => n += 1,
+            0xe2 if data.get(i + 1) == Some(&0x80) && matches!(data.get(i + 2), Some(0xa8 | 0xa9)) => n += 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    n
+}
+
 fuzz_target!(|data: &[u8]| {
-    let lines = data.iter().filter(|&&b| b == b'\n').count() + 1;
+    let lines = line_breaks(data) + 1;
     for allow_unknown in [false, true] {
         let loaded = api::load::load_bytes_with(
             Path::new("fuzz.yaml"),
