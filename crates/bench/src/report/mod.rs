@@ -123,14 +123,18 @@ impl PilotReport {
         for r in &self.results {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {:.1} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 r.proxies,
                 r.services,
                 cell(&r.first_sync),
                 cell(&r.endpoint_change),
                 cell(&r.virtual_service_change),
                 cell(&r.burst),
-                r.burst.pushes_per_proxy
+                if r.burst.proxies == 0 {
+                    "–".to_string()
+                } else {
+                    format!("{:.1}", r.burst.pushes_per_proxy)
+                }
             );
         }
         s.push_str(

@@ -158,9 +158,12 @@ mod tests {
         let mut b = a.clone();
         b.proxies = 2000;
         b.burst.timed_out = true;
+        b.burst.proxies = 2000;
+        b.burst.converged = 10;
         let svg = convergence_chart(&[a, b]);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
-        assert!(svg.contains("120ms") && svg.contains("timed out (0/0)"));
+        assert!(svg.contains("120ms") && svg.contains("timed out (10/2000)"));
+        assert!(svg.contains("not measured"));
         assert!(svg.contains("N=2000 M=100"));
     }
 }
