@@ -90,6 +90,20 @@ impl TryFrom<&Bootstrap> for BootstrapConfig {
                     .map_err(|e| e.under(&format!("static_resources.clusters[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for (i, (_, l)) in listeners.iter().enumerate() {
+            let clash = listeners[..i]
+                .iter()
+                .find(|(_, o)| o.address == l.address && l.address.port() != 0);
+            if let Some((_, other)) = clash {
+                return Err(ConfigError::new(
+                    format!("static_resources.listeners[{i}].address"),
+                    format!(
+                        "duplicate address {} as existing listener {}",
+                        l.address, other.name
+                    ),
+                ));
+            }
+        }
         let known = |name: &str| clusters.iter().any(|(_, c)| c.name == name);
         for (i, (_, l)) in listeners.iter().enumerate() {
             l.check_inline_route_clusters(&known)

@@ -36,6 +36,8 @@ pub struct DnsCluster {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub listeners: HashMap<String, Arc<ListenerConfig>>,
+    /// Listeners by configured address, for original-destination hand-off.
+    pub by_address: HashMap<SocketAddr, Arc<ListenerConfig>>,
     pub routes: HashMap<String, Arc<RouteConfig>>,
     pub clusters: HashMap<String, Arc<UpstreamCluster>>,
 }
@@ -44,16 +46,13 @@ impl Snapshot {
     /// The listener an original destination is handed to: exact ip:port, else
     /// a wildcard address on that port.
     pub fn listener_for(&self, dst: SocketAddr) -> Option<&Arc<ListenerConfig>> {
-        self.listeners
-            .values()
-            .find(|l| l.address == dst)
-            .or_else(|| {
-                self.listeners.values().find(|l| {
-                    l.address.port() == dst.port()
-                        && l.address.ip().is_unspecified()
-                        && l.address.is_ipv4() == dst.is_ipv4()
-                })
-            })
+        let wildcard = match dst {
+            SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], dst.port())),
+            SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], dst.port())),
+        };
+        self.by_address
+            .get(&dst)
+            .or_else(|| self.by_address.get(&wildcard))
     }
 }
 
@@ -196,6 +195,7 @@ impl ConfigStore {
                     &validate,
                     &mut errors,
                 );
+                reject_duplicate_addresses(&mut state, &mut errors);
                 state
                     .versions
                     .insert(type_url::LISTENER, version.to_string());
@@ -392,7 +392,12 @@ impl ConfigStore {
         self.stats
             .counter("listener_manager.total_listeners_active")
             .set(listeners.len() as i64);
+        let mut by_address = HashMap::with_capacity(listeners.len());
+        for l in listeners.values() {
+            by_address.entry(l.address).or_insert_with(|| l.clone());
+        }
         self.snapshot.store(Arc::new(Snapshot {
+            by_address,
             listeners,
             routes,
             clusters,
@@ -420,6 +425,33 @@ fn all_clusters(state: &State) -> impl Iterator<Item = &Arc<ClusterConfig>> {
         })
         .map(|c| &c.config);
     statics.chain(dynamics)
+}
+
+/// Envoy refuses a listener whose address another listener already has
+/// (port 0 = ephemeral, never a clash).
+fn reject_duplicate_addresses(state: &mut State, errors: &mut Vec<(String, String)>) {
+    let mut seen: HashMap<SocketAddr, String> = state
+        .static_listeners
+        .iter()
+        .filter(|(_, l)| l.address.port() != 0)
+        .map(|(_, l)| (l.address, l.name.clone()))
+        .collect();
+    let names: Vec<String> = state.listeners.keys().cloned().collect();
+    for name in names {
+        let addr = state.listeners[&name].config.address;
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Some(other) = seen.get(&addr) {
+            errors.push((
+                name.clone(),
+                format!("listener {name}: address: duplicate address {addr} as existing listener {other}"),
+            ));
+            state.listeners.remove(&name);
+        } else {
+            seen.insert(addr, name);
+        }
+    }
 }
 
 fn cluster_names(state: &State) -> std::collections::HashSet<String> {
@@ -566,4 +598,53 @@ where
         }
     }
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(name: &str, port: u16) -> prost_types::Any {
+        let l: XdsListener = xds::json::from_yaml(&format!(
+            r#"
+name: {name}
+address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
+filter_chains:
+- filters:
+  - name: tcp
+    typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c}}
+"#
+        ))
+        .unwrap();
+        xds::json::to_any(&l)
+    }
+
+    #[test]
+    fn duplicate_listener_addresses_are_rejected() {
+        let store = ConfigStore::new(Vec::new(), Vec::new(), true, Arc::default());
+        let set = BTreeMap::from([
+            ("a".to_string(), listener("a", 15001)),
+            ("b".to_string(), listener("b", 15001)),
+            ("c".to_string(), listener("c", 15006)),
+        ]);
+        let err = store.apply(type_url::LISTENER, "1", &set).unwrap_err();
+        assert_eq!(
+            err,
+            "listener b: address: duplicate address 0.0.0.0:15001 as existing listener a"
+        );
+        let snapshot = store.load();
+        assert!(snapshot.listeners.contains_key("a") && snapshot.listeners.contains_key("c"));
+        assert!(!snapshot.listeners.contains_key("b"));
+        assert_eq!(
+            snapshot
+                .listener_for("10.0.0.1:15006".parse().unwrap())
+                .map(|l| l.name.as_str()),
+            Some("c")
+        );
+        assert_eq!(
+            store.stats.value("listener_manager.lds.update_rejected"),
+            Some(1)
+        );
+        assert!(!store.is_ready(), "no CDS yet");
+    }
 }
