@@ -201,7 +201,7 @@ fn http_route(cx: &mut Ctx, path: &str, r: &HttpRoute, delegate_vs: bool) {
     for (i, m) in r.matches.iter().enumerate() {
         let mp = format!("{path}.match[{i}]");
         for (name, hm) in m.headers.iter().chain(&m.without_headers) {
-            if !is_header_name(name) {
+            if !is_header_name(name) && !name.starts_with("@request.auth.claims.") {
                 cx.err(
                     format!("{mp}.headers.{name}"),
                     format!("invalid header name `{name}`"),
