@@ -71,6 +71,7 @@ pub struct ListenerStats {
     pub downstream_cx_total: Counter,
     pub downstream_cx_active: Counter,
     pub no_filter_chain_match: Counter,
+    pub downstream_pre_cx_timeout: Counter,
 }
 
 impl ListenerStats {
@@ -80,6 +81,7 @@ impl ListenerStats {
             downstream_cx_total: c("downstream_cx_total"),
             downstream_cx_active: c("downstream_cx_active"),
             no_filter_chain_match: c("no_filter_chain_match"),
+            downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
         }
     }
 }

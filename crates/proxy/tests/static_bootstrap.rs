@@ -99,8 +99,20 @@ static_resources:
             name: local
             validate_clusters: false
 {ROUTES}
+  - name: sniff-strict
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    listener_filters_timeout: 0.1s
+    listener_filters:
+    - name: envoy.filters.listener.http_inspector
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}}
+    default_filter_chain:
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: raw, cluster: echo}}
   - name: sniff
     address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    listener_filters_timeout: 0.1s
+    continue_on_listener_filters_timeout: true
     listener_filters:
     - name: envoy.filters.listener.http_inspector
       typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}}
@@ -442,6 +454,22 @@ async fn http_inspector_selects_chain_by_application_protocol() {
     let mut buf = [0u8; 19];
     conn.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"\x16\x03\x01 not http at all");
+
+    // A silent client: after listener_filters_timeout, `sniff` carries on
+    // (default chain, tcp_proxy to echo) while `sniff-strict` closes.
+    let mut quiet = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    quiet.write_all(b"late").await.unwrap();
+    let mut buf = [0u8; 4];
+    quiet.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"late");
+    let strict = s.proxy.listener_addr("sniff-strict").unwrap();
+    let mut quiet = tokio::net::TcpStream::connect(strict).await.unwrap();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), quiet.read(&mut buf))
+        .await
+        .expect("closed after the listener filter timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -13,11 +14,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 
 use super::route::{RouteConfig, WeightedClusters};
-use super::{check_subset, decode_any, socket_addr, subset};
+use super::{check_subset, decode_any, duration, socket_addr, subset};
 use crate::error::ConfigError;
 use crate::stats::{HttpStats, ListenerStats, Stats};
 
 pub type XdsListener = xds_listener::Listener;
+
+/// Envoy's default listener_filters_timeout.
+pub const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 pub struct ListenerConfig {
@@ -31,6 +35,10 @@ pub struct ListenerConfig {
     /// original destination (needs the original_dst filter to restore it).
     pub use_original_dst: bool,
     pub http_inspector: bool,
+    /// How long listener filters may wait for bytes (None = forever; Envoy's
+    /// default 15 s), and whether to carry on without them after that.
+    pub listener_filters_timeout: Option<Duration>,
+    pub continue_on_listener_filters_timeout: bool,
     pub filter_chains: Vec<FilterChain>,
     pub default_filter_chain: Option<FilterChain>,
     /// Set to true when this version of the listener is replaced or removed:
@@ -244,6 +252,11 @@ impl TryFrom<&XdsListener> for ListenerConfig {
             original_dst: original_dst_filter,
             use_original_dst: use_original_dst && original_dst_filter,
             http_inspector,
+            listener_filters_timeout: match &l.listener_filters_timeout {
+                None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+                Some(d) => Some(duration(d, "listener_filters_timeout")?).filter(|d| !d.is_zero()),
+            },
+            continue_on_listener_filters_timeout: l.continue_on_listener_filters_timeout,
             filter_chains,
             default_filter_chain,
             drain: watch::channel(false).0,

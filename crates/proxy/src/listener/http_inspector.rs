@@ -68,12 +68,22 @@ pub fn detect(buf: &[u8]) -> Detected {
     }
 }
 
-/// Peek until the protocol is known, the peer stops sending, or `timeout`.
-pub async fn inspect(stream: &TcpStream, timeout: Duration) -> Option<&'static str> {
-    tokio::time::timeout(timeout, peek_protocol(stream))
-        .await
-        .ok()
-        .flatten()
+/// The listener filters did not finish within listener_filters_timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
+/// Peek until the protocol is known or the peer stops sending; `timeout`
+/// None waits as long as it takes.
+pub async fn inspect(
+    stream: &TcpStream,
+    timeout: Option<Duration>,
+) -> Result<Option<&'static str>, TimedOut> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, peek_protocol(stream))
+            .await
+            .map_err(|_| TimedOut),
+        None => Ok(peek_protocol(stream).await),
+    }
 }
 
 async fn peek_protocol(stream: &TcpStream) -> Option<&'static str> {

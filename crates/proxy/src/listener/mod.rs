@@ -23,9 +23,6 @@ use crate::filters::network::tcp_proxy;
 use crate::http::connection_manager;
 use filter_chain::ConnectionInfo;
 
-/// Envoy's default listener_filters_timeout.
-const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Facts about an accepted downstream connection that the filters use.
 #[derive(Debug, Clone, Copy)]
 pub struct Downstream {
@@ -197,8 +194,16 @@ async fn handle_connection(
             listener = target.clone();
         }
     }
+    let stats = listener.stats(&store.stats).clone();
     let app_protocol = if listener.http_inspector {
-        http_inspector::inspect(&stream, LISTENER_FILTERS_TIMEOUT).await
+        match http_inspector::inspect(&stream, listener.listener_filters_timeout).await {
+            Ok(p) => p,
+            Err(_) if listener.continue_on_listener_filters_timeout => None,
+            Err(_) => {
+                stats.downstream_pre_cx_timeout.inc();
+                return;
+            }
+        }
     } else {
         None
     };
@@ -207,7 +212,6 @@ async fn handle_connection(
         transport_protocol: "raw_buffer",
         application_protocol: app_protocol,
     };
-    let stats = listener.stats(&store.stats).clone();
     let Some(chain) = filter_chain::select(&listener, &info) else {
         tracing::debug!(listener = %listener.name, dst = %downstream.destination, "no matching filter chain; closing");
         stats.no_filter_chain_match.inc();
