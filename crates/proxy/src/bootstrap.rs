@@ -26,7 +26,13 @@ pub struct Ads {
     pub endpoint: String,
     pub cluster: String,
     pub delta: bool,
+    /// From lds_config/cds_config `initial_fetch_timeout` (Envoy's default
+    /// 15 s; 0 = wait forever): how long readiness waits for EDS/RDS.
+    pub initial_fetch_timeout: Option<std::time::Duration>,
 }
+
+/// Envoy's default initial_fetch_timeout.
+pub const DEFAULT_INITIAL_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(Debug)]
 pub struct BootstrapConfig {
@@ -186,10 +192,23 @@ fn ads(
             ));
         }
     };
+    let configured = [&dynamic.lds_config, &dynamic.cds_config]
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.initial_fetch_timeout.as_ref());
+    let initial_fetch_timeout = match configured {
+        None => Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
+        Some(d) => Some(crate::config::duration(
+            d,
+            "dynamic_resources.lds_config.initial_fetch_timeout",
+        )?)
+        .filter(|d| !d.is_zero()),
+    };
     Ok(Some(Ads {
         endpoint,
         cluster,
         delta,
+        initial_fetch_timeout,
     }))
 }
 
@@ -230,7 +249,8 @@ static_resources:
             Some(Ads {
                 endpoint: "http://127.0.0.1:15010".into(),
                 cluster: "xds-grpc".into(),
-                delta: true
+                delta: true,
+                initial_fetch_timeout: Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
             })
         );
         assert_eq!(cfg.admin.port(), 0);

@@ -128,6 +128,15 @@ impl Proxy {
         if let Some(ads) = &cfg.ads {
             tracing::info!(endpoint = %ads.endpoint, delta = ads.delta, "connecting to the control plane");
             tasks.push(xds_sink::connect(ads, cfg.node.clone(), store.clone()));
+            if let Some(timeout) = ads.initial_fetch_timeout {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    while !store.is_ready() {
+                        tokio::time::sleep(timeout).await;
+                        store.initial_fetch_timed_out();
+                    }
+                }));
+            }
         }
 
         Ok(Proxy {

@@ -149,6 +149,25 @@ impl ConfigStore {
         *self.ready.borrow()
     }
 
+    /// Envoy's initial_fetch_timeout: once LDS and CDS are in, stop waiting for
+    /// the EDS/RDS resources that have not arrived and become ready.
+    pub fn initial_fetch_timed_out(&self) {
+        let mut state = self.lock();
+        if state.warm
+            || !state.versions.contains_key(type_url::LISTENER)
+            || !state.versions.contains_key(type_url::CLUSTER)
+        {
+            return;
+        }
+        tracing::warn!(
+            missing_eds = ?eds_names(&state).into_iter().filter(|n| !state.endpoints.contains_key(n)).collect::<Vec<_>>(),
+            missing_rds = ?rds_names(&state).into_iter().filter(|n| !state.routes.contains_key(n)).collect::<Vec<_>>(),
+            "initial fetch timed out; ready without them"
+        );
+        state.warm = true;
+        self.listeners_changed.send_modify(|g| *g += 1);
+    }
+
     /// The listeners of the current snapshot are bound: ready if the config
     /// is warm (Envoy's init manager: listeners come up before LIVE).
     pub fn listeners_reconciled(&self) {
@@ -646,5 +665,27 @@ filter_chains:
             Some(1)
         );
         assert!(!store.is_ready(), "no CDS yet");
+    }
+
+    #[test]
+    fn initial_fetch_timeout_readies_without_missing_eds() {
+        let store = ConfigStore::new(Vec::new(), Vec::new(), true, Arc::default());
+        store.initial_fetch_timed_out();
+        store.listeners_reconciled();
+        assert!(!store.is_ready(), "LDS and CDS are still required");
+        let c: XdsCluster = xds::json::from_yaml(
+            "name: c\ntype: EDS\neds_cluster_config: {eds_config: {ads: {}}}\n",
+        )
+        .unwrap();
+        let cds = BTreeMap::from([("c".to_string(), xds::json::to_any(&c))]);
+        store.apply(type_url::CLUSTER, "1", &cds).unwrap();
+        store
+            .apply(type_url::LISTENER, "1", &BTreeMap::new())
+            .unwrap();
+        store.listeners_reconciled();
+        assert!(!store.is_ready(), "EDS for c missing");
+        store.initial_fetch_timed_out();
+        store.listeners_reconciled();
+        assert!(store.is_ready());
     }
 }

@@ -795,21 +795,6 @@ pub(super) static DOWNSTREAM_HTTP_CONFIG: Schema = Schema {
     ],
 };
 
-pub(super) static COMMON_HTTP_PROTOCOL_OPTIONS: Schema = Schema {
-    message: "envoy.config.core.v3.HttpProtocolOptions",
-    allowed: &[("idle_timeout", 1, false, Field::Leaf)],
-    names: &[
-        (1, "idle_timeout"),
-        (2, "max_headers_count"),
-        (3, "max_connection_duration"),
-        (4, "max_stream_duration"),
-        (5, "headers_with_underscores_action"),
-        (6, "max_requests_per_connection"),
-        (7, "max_response_headers_kb"),
-        (8, "max_connection_duration_jitter"),
-    ],
-};
-
 pub(super) static HTTP_PROTOCOL_OPTIONS: Schema = Schema {
     message: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     allowed: &[
@@ -824,12 +809,6 @@ pub(super) static HTTP_PROTOCOL_OPTIONS: Schema = Schema {
             4,
             false,
             Field::Msg(&DOWNSTREAM_HTTP_CONFIG),
-        ),
-        (
-            "common_http_protocol_options",
-            1,
-            false,
-            Field::Msg(&COMMON_HTTP_PROTOCOL_OPTIONS),
         ),
     ],
     names: &[
@@ -1154,7 +1133,6 @@ pub(super) static ALL: &[&Schema] = &[
     &CLUSTER_LOAD_ASSIGNMENT,
     &HTTP_VERSION_CONFIG,
     &DOWNSTREAM_HTTP_CONFIG,
-    &COMMON_HTTP_PROTOCOL_OPTIONS,
     &HTTP_PROTOCOL_OPTIONS,
     &EDS_CLUSTER_CONFIG,
     &COMMON_LB_CONFIG,
