@@ -84,6 +84,7 @@ codes! {
     CONFLICTING_SIDECAR_WORKLOAD_SELECTORS = "IST0110", "ConflictingSidecarWorkloadSelectors", Error;
     MULTIPLE_SIDECARS_WITHOUT_SELECTORS = "IST0111", "MultipleSidecarsWithoutWorkloadSelectors", Error;
     VS_DESTINATION_PORT_SELECTOR_REQUIRED = "IST0112", "VirtualServiceDestinationPortSelectorRequired", Error;
+    MTLS_POLICY_CONFLICT = "IST0113", "MTLSPolicyConflict", Error;
     DEPLOYMENT_MULTIPLE_SERVICES = "IST0116", "DeploymentAssociatedToMultipleServices", Warning;
     PORT_NAME_NOT_UNDER_CONVENTION = "IST0118", "PortNameIsNotUnderNamingConvention", Info;
     NAMESPACE_MULTIPLE_INJECTION_LABELS = "IST0123", "NamespaceMultipleInjectionLabels", Warning;
@@ -290,6 +291,10 @@ pub const ANALYZERS: &[Analyzer] = &[
     Analyzer {
         name: "authn.BlockedCIDRsAnalyzer",
         run: security::blocked_cidrs,
+    },
+    Analyzer {
+        name: "authn.MTLSAnalyzer",
+        run: security::mtls_conflicts,
     },
     Analyzer {
         name: "deprecation.FieldAnalyzer",

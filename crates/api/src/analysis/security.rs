@@ -1,11 +1,14 @@
 //! Analyzers for the security kinds: AuthorizationPolicy selectors and
 //! namespace references, JWT-claim routing without a RequestAuthentication,
-//! JWKS fetches without BLOCKED_CIDRS_IN_JWKS_URIS.
+//! JWKS fetches without BLOCKED_CIDRS_IN_JWKS_URIS, STRICT mTLS against
+//! DestinationRules that disable TLS.
 
 use std::collections::BTreeSet;
 
 use super::index::{Index, labels_match};
 use super::{Message, codes};
+use crate::networking::ClientTlsMode;
+use crate::security::MtlsMode;
 use crate::{Kind, Spec};
 
 /// IST0127 for a policy whose selector matches no workload; IST0101 for
@@ -152,6 +155,72 @@ pub(super) fn blocked_cidrs(ix: &Index<'_>, out: &mut Vec<Message>) {
                 w.resource,
                 format!("BLOCKED_CIDRS_IN_JWKS_URIS is not configured but {} RequestAuthentication resource(s) exist ({}). Consider configuring it to restrict JWKS URI fetches.", ras.len(), ras.join(", ")),
             ));
+        }
+    }
+}
+
+/// IST0113: a DestinationRule sends plaintext (`tls.mode: DISABLE`) to a
+/// service whose workloads a STRICT PeerAuthentication covers, so every
+/// request fails. (Istio's former MTLSPolicyConflict check.)
+pub(super) fn mtls_conflicts(ix: &Index<'_>, out: &mut Vec<Message>) {
+    for r in ix.of_kind(Kind::DestinationRule) {
+        let Spec::DestinationRule(dr) = &r.spec else {
+            continue;
+        };
+        let Some(tp) = &dr.traffic_policy else {
+            continue;
+        };
+        let disabled = tp.tls.as_ref().and_then(|t| t.mode) == Some(ClientTlsMode::Disable);
+        if !disabled {
+            continue;
+        }
+        for svc in ix.lookup(r.namespace(), &dr.host) {
+            let Some(selector) = svc.selector else {
+                continue;
+            };
+            let pods: Vec<_> = ix
+                .workloads
+                .iter()
+                .filter(|w| {
+                    w.namespace == svc.namespace
+                        && !selector.is_empty()
+                        && labels_match(selector, w.labels)
+                })
+                .collect();
+            for pa in ix.of_kind(Kind::PeerAuthentication) {
+                let Spec::PeerAuthentication(spec) = &pa.spec else {
+                    continue;
+                };
+                if spec.mtls.as_ref().and_then(|m| m.mode) != Some(MtlsMode::Strict) {
+                    continue;
+                }
+                let applies = if pa.namespace() == ix.root_namespace() && spec.selector.is_none() {
+                    true
+                } else if pa.namespace() != svc.namespace {
+                    false
+                } else {
+                    match &spec.selector {
+                        None => true,
+                        Some(sel) => pods
+                            .iter()
+                            .any(|p| labels_match(&sel.match_labels, p.labels)),
+                    }
+                };
+                if applies {
+                    out.push(Message::new(
+                        codes::MTLS_POLICY_CONFLICT,
+                        r,
+                        format!(
+                            "A DestinationRule and PeerAuthentication are in conflict with regards to whether to use mTLS: host {}, DestinationRule \"{}/{}\" disables TLS, PeerAuthentication \"{}/{}\" requires STRICT mTLS.",
+                            svc.host,
+                            r.namespace(),
+                            r.meta.name,
+                            pa.namespace(),
+                            pa.meta.name
+                        ),
+                    ));
+                }
+            }
         }
     }
 }

@@ -134,3 +134,27 @@ fn istio_analyzer_cases() {
         assert!(got >= *floor, "{name}: {got} cases pass, floor is {floor}");
     }
 }
+
+#[test]
+fn strict_peer_authentication_vs_disabled_tls() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: prod}\nspec:\n  selector: {app: reviews}\n  ports: [{name: http, port: 9080}]\n---\n\
+                apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-1, namespace: prod, labels: {app: reviews}}\nspec: {containers: [{name: app}]}\n---\n\
+                apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\n\
+                apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: prod}\nspec:\n  host: reviews\n  trafficPolicy: {tls: {mode: DISABLE}}\n";
+    let (res, errs) = crate::load::load_str(Path::new("t.yaml"), yaml);
+    assert!(errs.is_empty(), "{errs:?}");
+    let opts = Options {
+        only: vec!["authn.MTLSAnalyzer".into()],
+        ..Options::default()
+    };
+    let msgs: Vec<String> = analyze(&res, &opts)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(msgs[0].starts_with("Error [IST0113] (DestinationRule prod/reviews t.yaml:18) A DestinationRule and PeerAuthentication are in conflict"), "{msgs:?}");
+    // Without STRICT, no conflict.
+    let relaxed = yaml.replace("STRICT", "PERMISSIVE");
+    let (res, _) = crate::load::load_str(Path::new("t.yaml"), &relaxed);
+    assert!(analyze(&res, &opts).is_empty());
+}
