@@ -87,7 +87,7 @@ fn routes_for(mesh: &Mesh, proxy: &ProxyNode, svc: &Service, port: u32) -> Vec<R
         let routes: Vec<Route> = vs
             .http
             .iter()
-            .flat_map(|rule| http_route(mesh, proxy, rule, port, &vs.name, &vs.namespace))
+            .flat_map(|rule| http_route(mesh, proxy, rule, port))
             .collect();
         return routes;
     }
@@ -103,14 +103,7 @@ fn routes_for(mesh: &Mesh, proxy: &ProxyNode, svc: &Service, port: u32) -> Vec<R
 }
 
 /// One VirtualService `http` entry: a route per `match` block (they are ORed).
-fn http_route(
-    mesh: &Mesh,
-    proxy: &ProxyNode,
-    rule: &HttpRoute,
-    port: u32,
-    vs_name: &str,
-    vs_ns: &str,
-) -> Vec<Route> {
+fn http_route(mesh: &Mesh, proxy: &ProxyNode, rule: &HttpRoute, port: u32) -> Vec<Route> {
     let action = route_action(mesh, rule, port);
     let name = rule.name.clone().unwrap_or_default();
     let applies = |m: &&RequestMatch| {
@@ -130,7 +123,6 @@ fn http_route(
             .map(route_match)
             .collect()
     };
-    let _ = (vs_name, vs_ns);
     matches
         .into_iter()
         .map(|m| Route {
