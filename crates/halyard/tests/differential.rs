@@ -328,6 +328,7 @@ fn both(
 ) {
     for (who, ip) in [("envoy", ENVOY_IP), ("halyard", HALYARD_IP)] {
         let counts = distribution(mesh, ip, path, headers, n);
+        eprintln!("{who:<8} {path} {headers:?}: {counts:?}");
         check(who, &counts);
     }
 }
