@@ -157,6 +157,7 @@ pub fn main(a: SidecarArgs) -> anyhow::Result<()> {
             a.name
         );
     }
+    super::install_signal_handlers();
     let work = tempfile::Builder::new()
         .prefix("halyard-bench-sidecar")
         .tempdir()?;

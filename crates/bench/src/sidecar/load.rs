@@ -136,7 +136,7 @@ fn pace(
     for k in 0..total {
         let due = start + Duration::from_secs_f64(k as f64 / rate);
         let now = Instant::now();
-        if now > stop {
+        if now > stop || super::stopping() {
             return (total - k, quantile_ms(&late, 0.99));
         }
         if due > now {
@@ -263,7 +263,7 @@ async fn closed_worker(
     tokio::time::sleep_until(start.into()).await;
     // The count bound: no chain here answers a million requests/s.
     let cap = duration.as_secs().max(1) * 1_000_000;
-    while Instant::now() < stop && w.sent < cap {
+    while Instant::now() < stop && w.sent < cap && !super::stopping() {
         let began = Instant::now();
         one(&target, &mut conn, &mut w).await;
         w.record_since(began);

@@ -17,6 +17,7 @@ pub mod run;
 pub mod summary;
 pub mod svg;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use conn::Protocol;
@@ -115,4 +116,27 @@ pub struct Options {
     pub warmup: Duration,
     pub body_bytes: usize,
     pub mesh: mesh::MeshConfig,
+}
+
+/// Set by SIGINT/SIGTERM/SIGHUP: loops stop, the current mesh is torn down
+/// (its guard drops) and the report keeps the runs finished so far.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Route SIGINT, SIGTERM and SIGHUP to [`stopping`] instead of dying with a mesh up.
+pub fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// Whether a stop signal arrived.
+pub fn stopping() -> bool {
+    STOP.load(Ordering::Relaxed)
 }

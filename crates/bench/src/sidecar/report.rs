@@ -171,11 +171,11 @@ fn case_tables(s: &mut String, c: &CaseSummary) {
     let _ = writeln!(s, "## {}\n", c.case.label());
     let _ = writeln!(
         s,
-        "| mode | p50 | p90 | p99 | p99.9 | +p50 | +p90 | +p99 | +p99.9 | achieved rps | errors | max rps | host busy % (open) |"
+        "| mode | p50 | p90 | p99 | p99.9 | +p50 | +p90 | +p99 | +p99.9 | achieved rps | errors | max rps | host busy % (open) | of which other processes % |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for (name, m) in &c.modes {
         let lat: Vec<String> = PCTS
@@ -192,14 +192,15 @@ fn case_tables(s: &mut String, c: &CaseSummary) {
             .collect();
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {:.1} | {}/{} | {:.0} | {} |",
+            "| {name} | {} | {} | {:.1} | {}/{} | {:.0} | {} | {} |",
             lat.join(" | "),
             add.join(" | "),
             m.achieved_rps,
             m.errors,
             m.sent_open,
             m.max_rps,
-            f(m.host_busy_pct_open, 1)
+            f(m.host_busy_pct_open, 1),
+            f(m.other_busy_pct_open, 1)
         );
     }
     let _ = writeln!(

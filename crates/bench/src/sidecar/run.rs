@@ -41,6 +41,9 @@ pub struct RunRecord {
     pub warmup_errors: u64,
     pub host_busy_pct_open: Option<f64>,
     pub host_busy_pct_closed: Option<f64>,
+    /// Host CPU busy % in the open loop spent by processes other than the
+    /// sidecars, the server app and this load generator (the shared machine).
+    pub other_busy_pct_open: Option<f64>,
     /// The server app (`halyard echo`) for scale.
     pub app_cpu_s_per_1k_open: Option<f64>,
     pub sidecars: Vec<SidecarRecord>,
@@ -55,6 +58,9 @@ pub fn run_all(opts: &Options, mut each: impl FnMut(&RunRecord)) -> anyhow::Resu
     for round in 1..=opts.rounds {
         for case in &opts.cases {
             for &mode in &opts.modes {
+                if super::stopping() {
+                    bail!("interrupted after {} run(s)", out.len());
+                }
                 seq += 1;
                 eprintln!(
                     "[{}] round {round}/{} {} {}",
@@ -93,6 +99,8 @@ pub fn run_all(opts: &Options, mut each: impl FnMut(&RunRecord)) -> anyhow::Resu
 struct Snapshot {
     procs: Vec<Option<ProcSample>>,
     app: Option<ProcSample>,
+    /// This process (the load generator).
+    bench: Option<ProcSample>,
     host: (u64, u64),
     rq: Vec<u64>,
 }
@@ -148,6 +156,7 @@ fn run_one(
                 .map(|(_, _, pid, _)| probe::proc_sample(*pid))
                 .collect(),
             app: app_pid.and_then(probe::proc_sample),
+            bench: probe::proc_sample(std::process::id()),
             host: probe::host_cpu(),
             rq,
         })
@@ -165,9 +174,11 @@ fn run_one(
             duration: opts.warmup,
         },
     )?;
+    interrupted()?;
     let before = snap()?;
     let open_r = load::run(&target, case.connections, open)?;
     let after_open = snap()?;
+    interrupted()?;
     let closed_r = load::run(
         &target,
         case.connections,
@@ -239,6 +250,13 @@ fn run_one(
         ));
     }
     let app_cpu = cpu(&before.app, &after_open.app);
+    let ours = records.iter().map(|r| r.cpu_s_open).sum::<f64>()
+        + app_cpu
+        + cpu(&before.bench, &after_open.bench);
+    let host_s = after_open.host.0.saturating_sub(before.host.0) as f64 / tck;
+    let total_s = after_open.host.1.saturating_sub(before.host.1) as f64 / tck;
+    let other_busy_pct_open =
+        (total_s > 0.0 && ours.is_finite()).then(|| 100.0 * (host_s - ours).max(0.0) / total_s);
     Ok(RunRecord {
         round,
         mode,
@@ -246,12 +264,20 @@ fn run_one(
         warmup_errors: warm.errors,
         host_busy_pct_open: probe::busy_pct(before.host, after_open.host),
         host_busy_pct_closed: probe::busy_pct(after_open.host, after_closed.host),
+        other_busy_pct_open,
         app_cpu_s_per_1k_open: app_cpu.is_finite().then(|| per_1k(app_cpu, open_r.sent)),
         open: open_r,
         closed: closed_r,
         sidecars: records,
         checks,
     })
+}
+
+fn interrupted() -> anyhow::Result<()> {
+    if super::stopping() {
+        bail!("interrupted");
+    }
+    Ok(())
 }
 
 /// One request before the load: 200, the whole body, and the sidecar's mark

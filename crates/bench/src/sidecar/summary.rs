@@ -33,6 +33,7 @@ pub struct ModeSummary {
     pub client_rss_idle_mib: Option<f64>,
     pub server_rss_idle_mib: Option<f64>,
     pub host_busy_pct_open: Option<f64>,
+    pub other_busy_pct_open: Option<f64>,
     pub app_cpu_s_per_1k_open: Option<f64>,
     pub checks_failed: usize,
 }
@@ -111,6 +112,7 @@ fn summarize_mode(rs: &[&RunRecord]) -> ModeSummary {
         client_rss_idle_mib: m(&|r| side(r, "client", |s| s.rss_idle_kib as f64 * mib)),
         server_rss_idle_mib: m(&|r| side(r, "server", |s| s.rss_idle_kib as f64 * mib)),
         host_busy_pct_open: m(&|r| r.host_busy_pct_open.unwrap_or(f64::NAN)),
+        other_busy_pct_open: m(&|r| r.other_busy_pct_open.unwrap_or(f64::NAN)),
         app_cpu_s_per_1k_open: m(&|r| r.app_cpu_s_per_1k_open.unwrap_or(f64::NAN)),
         checks_failed: rs.iter().map(|r| r.checks.len()).sum(),
     }
