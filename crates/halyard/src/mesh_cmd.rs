@@ -188,22 +188,25 @@ fn print_summary(status: &MeshStatus, dir: &Path, ready: bool) {
             "warning: not every pod is ready yet; `halyard status` and `halyard logs POD` tell why"
         );
     }
-    if let Some(p) = status.pods.iter().find(|p| p.sidecar) {
+    // Suggest calling a service from a meshed pod that is not one of its backends.
+    let meshed = status.pods.iter().find(|p| p.sidecar);
+    if let Some(p) = meshed {
+        let app = p.name.split('-').next().unwrap_or_default();
+        let target = status
+            .services
+            .iter()
+            .find(|s| !s.0.starts_with(&format!("{app}.")))
+            .or(status.services.first());
         println!("\nlook around:");
         println!("  halyard status");
-        println!(
-            "  halyard exec {} -- curl -s http://{}/",
-            p.name,
-            status
-                .services
-                .first()
-                .map(|s| format!(
-                    "{}:{}",
-                    s.0.split('.').next().unwrap_or_default(),
-                    s.2.split(',').next().unwrap_or("80")
-                ))
-                .unwrap_or_default()
-        );
+        if let Some((name, _, ports)) = target {
+            let short = name.split('.').next().unwrap_or_default();
+            let port = ports.split(',').next().unwrap_or("80");
+            println!(
+                "  halyard exec {} -- curl -s http://{short}:{port}/",
+                p.name
+            );
+        }
         println!("  halyard logs {} --sidecar", p.name);
     }
 }
