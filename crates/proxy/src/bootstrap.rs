@@ -55,7 +55,7 @@ pub fn load(path: &Path) -> Result<Bootstrap, StartError> {
 
 /// Parse bootstrap text (JSON or YAML).
 pub fn parse(text: &str, json: bool) -> Result<Bootstrap, StartError> {
-    Descriptors::with(|d| {
+    let read = |d: &Descriptors| {
         if json {
             let value: serde_json::Value =
                 serde_json::from_str(text).map_err(|e| StartError::Parse(e.to_string()))?;
@@ -63,7 +63,10 @@ pub fn parse(text: &str, json: bool) -> Result<Bootstrap, StartError> {
         } else {
             d.from_yaml(text).map_err(StartError::Parse)
         }
-    })
+    };
+    // The proxy's own types first (small pool); a config that needs any other
+    // Envoy type is read with all of them, so the subset check can name it.
+    Descriptors::with(read).or_else(|_| Descriptors::with_all(read))
 }
 
 impl TryFrom<&Bootstrap> for BootstrapConfig {

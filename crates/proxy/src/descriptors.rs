@@ -12,6 +12,11 @@ static ENVOY_DESCRIPTORS: &[u8] = include_bytes!(concat!(
     "/../xds/descriptors/envoy-types.bin"
 ));
 
+/// The part of it the proxy reads and renders (bootstrap, xDS resources and
+/// the supported filters' typed configs, with their imports), cut by build.rs.
+static PROXY_DESCRIPTORS: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/proxy-descriptors.bin"));
+
 /// A descriptor pool for the duration of one job.
 pub struct Descriptors {
     pool: DescriptorPool,
@@ -24,12 +29,21 @@ impl std::fmt::Debug for Descriptors {
 }
 
 impl Descriptors {
-    /// Run `f` with a freshly decoded pool, then free it and hand the memory
-    /// back to the OS.
+    /// Run `f` with a freshly decoded pool of the types the proxy supports,
+    /// then free it and hand the memory back to the OS.
     pub fn with<R>(f: impl FnOnce(&Descriptors) -> R) -> R {
+        Self::with_set(PROXY_DESCRIPTORS, f)
+    }
+
+    /// The same with every Envoy type: for configs the small pool cannot
+    /// read, so that an unsupported type is reported by name, not as unknown.
+    pub fn with_all<R>(f: impl FnOnce(&Descriptors) -> R) -> R {
+        Self::with_set(ENVOY_DESCRIPTORS, f)
+    }
+
+    fn with_set<R>(set: &[u8], f: impl FnOnce(&Descriptors) -> R) -> R {
         let descriptors = Descriptors {
-            pool: DescriptorPool::decode(ENVOY_DESCRIPTORS)
-                .expect("envoy-types descriptor set decodes"),
+            pool: DescriptorPool::decode(set).expect("envoy-types descriptor set decodes"),
         };
         let result = f(&descriptors);
         drop(descriptors);
