@@ -573,4 +573,25 @@ fn config_edit_under_traffic_fails_no_request() {
             .to_string()
             .contains("VirtualService/test/reviews")
     );
+
+    // The pilot runs istioctl's analyzers on what it loaded.
+    std::fs::write(
+        mesh.dir.path().join("config/ghost.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ghost, namespace: test}\nspec:\n  hosts: [ghost.example.com]\n  http:\n  - route:\n    - destination: {host: nowhere}\n",
+    )
+    .expect("write");
+    wait_for("IST0101 on /debug/analyze", Duration::from_secs(10), || {
+        let v: Value = reqwest::blocking::get(format!("http://{}/debug/analyze", mesh.debug))
+            .ok()?
+            .json()
+            .ok()?;
+        v["messages"]
+            .as_array()?
+            .iter()
+            .any(|m| {
+                m.as_str()
+                    .is_some_and(|m| m.contains("IST0101") && m.contains("ghost"))
+            })
+            .then_some(())
+    });
 }

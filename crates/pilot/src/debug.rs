@@ -1,6 +1,7 @@
 //! The pilot's debug and metrics port (15014): `/debug/syncz` (every proxy, its
 //! types, versions sent and ACKed, NACK texts), `/debug/configz` (loaded
-//! resources and config errors), `/debug/config_dump?proxyID=ID`, `/ready`.
+//! resources and config errors), `/debug/analyze` (`istioctl analyze`'s
+//! messages for the loaded config), `/debug/config_dump?proxyID=ID`, `/ready`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,12 +31,15 @@ pub struct ConfigReport {
     pub errors: Vec<String>,
     pub kept_last_good: Vec<String>,
     pub loads: u64,
+    /// `istioctl analyze`'s messages for the loaded config (IST codes).
+    pub analysis: Vec<String>,
 }
 
 pub fn router(state: DebugState) -> axum::Router {
     axum::Router::new()
         .route("/debug/syncz", get(syncz))
         .route("/debug/configz", get(configz))
+        .route("/debug/analyze", get(analyze))
         .route("/debug/config_dump", get(config_dump))
         .route("/ready", get(|| async { "ok" }))
         .with_state(state)
@@ -48,6 +52,11 @@ async fn syncz(State(s): State<DebugState>) -> Json<Value> {
 async fn configz(State(s): State<DebugState>) -> Json<Value> {
     let report = s.config.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Json(serde_json::to_value(report).unwrap_or(Value::Null))
+}
+
+async fn analyze(State(s): State<DebugState>) -> Json<Value> {
+    let report = s.config.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Json(json!({"messages": report.analysis}))
 }
 
 async fn config_dump(

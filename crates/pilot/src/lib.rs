@@ -158,5 +158,9 @@ fn report_of(loaded: &config::Loaded, loads: u64) -> ConfigReport {
         errors: loaded.errors.iter().map(|e| e.to_string()).collect(),
         kept_last_good: loaded.kept.clone(),
         loads,
+        analysis: api::analysis::analyze(&loaded.resources, &api::analysis::Options::default())
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
     }
 }
