@@ -139,7 +139,8 @@ fn service_rules(pods: &[PodPlan], services: &[ServicePlan], jump: bool) -> Stri
     if jump {
         rules.push_str(":HALYARD_SERVICES - [0:0]\n-A OUTPUT -p tcp -j HALYARD_SERVICES\n");
     }
-    for svc in services {
+    // Headless Services have no VIP: DNS answers with their pods instead.
+    for svc in services.iter().filter(|s| !s.vip.is_empty()) {
         let backends: Vec<&PodPlan> = pods
             .iter()
             .filter(|p| {
@@ -199,7 +200,7 @@ fn iptables_restore(ns: &str, rules: &str) -> Result<(), RuntimeError> {
 /// `/etc/netns/NS/hosts`, bind-mounted over /etc/hosts by `ip netns exec`.
 fn write_hosts(ns: &str, pod: &PodPlan, services: &[ServicePlan]) -> Result<(), RuntimeError> {
     let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for svc in services {
+    for svc in services.iter().filter(|s| !s.vip.is_empty()) {
         let fqdn = format!(
             "{}.{}.svc.{}",
             svc.name,

@@ -52,6 +52,7 @@ impl PodPlan {
 pub struct ServicePlan {
     pub name: String,
     pub namespace: String,
+    /// The cluster IP; empty for a headless Service (`clusterIP: None`).
     pub vip: String,
     pub selector: BTreeMap<String, String>,
     /// (service port, target port)
@@ -203,6 +204,7 @@ pub fn plan(resources: &[Resource]) -> Plan {
     }
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     assign_ips(&mut pods, &BTreeMap::new());
+    let cluster_ips = pilot::cluster_ip::ClusterIps::allocate(resources);
     let services = resources
         .iter()
         .filter_map(|r| match &r.spec {
@@ -213,7 +215,12 @@ pub fn plan(resources: &[Resource]) -> Plan {
                     .cluster_ip
                     .clone()
                     .filter(|ip| !ip.is_empty() && ip != "None")
-                    .unwrap_or_else(|| pilot::model::local_cluster_ip(r.namespace(), &r.meta.name)),
+                    .or_else(|| {
+                        cluster_ips
+                            .get(r.namespace(), &r.meta.name)
+                            .map(|ip| ip.to_string())
+                    })
+                    .unwrap_or_default(),
                 selector: s.selector.clone().unwrap_or_default(),
                 ports: s
                     .ports
@@ -295,5 +302,34 @@ spec:
         );
         assert_eq!(p.services[0].ports, vec![(80, 8080)]);
         assert!(p.services[0].vip.starts_with("10."));
+    }
+
+    #[test]
+    fn pilot_and_runtime_agree_on_distinct_cluster_ips() {
+        // 2,000 Services without clusterIP: hashing alone would put two of
+        // them on one address about 85% of the time.
+        let mut yaml = String::new();
+        for i in 0..2_000 {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: n{}}}\nspec:\n  ports: [{{port: 80}}]\n",
+                i % 13
+            ));
+        }
+        let (resources, errors) = api::load::load_str(std::path::Path::new("s.yaml"), &yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let p = plan(&resources);
+        let mesh = pilot::compile::build(&resources);
+        let vips: std::collections::BTreeSet<&str> =
+            p.services.iter().map(|s| s.vip.as_str()).collect();
+        assert_eq!(vips.len(), 2_000);
+        for svc in &p.services {
+            let host = format!("{}.{}.svc.cluster.local", svc.name, svc.namespace);
+            let pilot_svc = mesh
+                .services
+                .iter()
+                .find(|s| s.hostname == host)
+                .expect("service");
+            assert_eq!(pilot_svc.addresses, [svc.vip.clone()], "{host}");
+        }
     }
 }

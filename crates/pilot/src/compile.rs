@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use api::networking::{self as net, CaptureMode, OutboundTrafficMode, SimpleLb, StringMatch};
 use api::{Resource, Spec, kube};
 
+use crate::cluster_ip::ClusterIps;
 use crate::mesh::{EgressListener, HostImport, ListenerPort, Mesh, SidecarScope};
 use crate::model::{
     DOMAIN_SUFFIX, Endpoint, Protocol, Resolution, Service, ServicePort, labels_match, resolve_host,
@@ -26,10 +27,11 @@ pub fn build(resources: &[Resource]) -> Mesh {
         })
         .collect();
 
+    let cluster_ips = ClusterIps::allocate(resources);
     let mut services: BTreeMap<String, Service> = BTreeMap::new();
     for r in resources {
         let built = match &r.spec {
-            Spec::Service(spec) => vec![kube_service(r, spec, &workload_entries)],
+            Spec::Service(spec) => vec![kube_service(r, spec, &workload_entries, &cluster_ips)],
             Spec::ServiceEntry(se) => service_entry(r, se, &workload_entries),
             _ => continue,
         };
@@ -58,6 +60,7 @@ fn kube_service(
     r: &Resource,
     spec: &kube::ServiceSpec,
     workload_entries: &[(&Resource, &net::WorkloadEntry)],
+    cluster_ips: &ClusterIps,
 ) -> Service {
     let ns = r.namespace();
     let ports: Vec<ServicePort> = spec
@@ -84,7 +87,9 @@ fn kube_service(
         }
         Some(ip) if !ip.is_empty() => {}
         _ if addresses.is_empty() && spec.external_name.is_none() => {
-            addresses.push(crate::model::local_cluster_ip(ns, &r.meta.name));
+            if let Some(ip) = cluster_ips.get(ns, &r.meta.name) {
+                addresses.push(ip.to_string());
+            }
         }
         _ => {}
     }

@@ -116,20 +116,6 @@ pub fn resolve_host(host: &str, namespace: &str) -> String {
     format!("{host}.{namespace}.svc.{DOMAIN_SUFFIX}")
 }
 
-/// The cluster IP of a Service whose manifest leaves it out (the local runtime
-/// has no API server to allocate one): a stable address in 10.96.0.0/12 derived
-/// from namespace and name, so the pilot and `halyard up` agree on it.
-pub fn local_cluster_ip(namespace: &str, name: &str) -> String {
-    // FNV-1a: stable across builds and platforms.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in namespace.bytes().chain([b'/']).chain(name.bytes()) {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    let n = (h % ((1 << 20) - 2)) + 1;
-    format!("10.{}.{}.{}", 96 + (n >> 16), (n >> 8) & 0xff, n & 0xff)
-}
-
 /// Does `host` (possibly a `*.suffix` wildcard) cover `name`?
 pub fn host_matches(pattern: &str, name: &str) -> bool {
     if pattern == "*" {
