@@ -14,7 +14,8 @@ use crate::model::{
 };
 use crate::policy::{DestinationPolicy, LbAlgorithm, Subset, TrafficPolicy};
 use crate::routing::{
-    Destination, HttpRoute, RequestMatch, StrMatch, TcpRoute, VirtualServiceRule,
+    Destination, DirectResponse, HttpRoute, Redirect, RequestMatch, StrMatch, TcpRoute,
+    VirtualServiceRule,
 };
 
 /// Build the mesh from every loaded resource.
@@ -268,6 +269,21 @@ fn virtual_service(r: &Resource, vs: &net::VirtualService) -> VirtualServiceRule
                         .collect(),
                 ),
                 timeout: h.timeout.map(|d| d.get()),
+                redirect: h.redirect.as_ref().map(|r| Redirect {
+                    uri: r.uri.clone(),
+                    authority: r.authority.clone(),
+                    port: r.port,
+                    scheme: r.scheme.clone(),
+                    code: r.redirect_code.unwrap_or(301),
+                }),
+                direct_response: h.direct_response.as_ref().map(|d| DirectResponse {
+                    status: d.status,
+                    body: d.body.as_ref().and_then(|b| match (&b.string, &b.bytes) {
+                        (Some(s), _) => Some(s.clone().into_bytes()),
+                        (None, Some(b64)) => crate::translate::common::base64_decode(b64),
+                        (None, None) => None,
+                    }),
+                }),
             })
             .collect(),
         tcp: vs

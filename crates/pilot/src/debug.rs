@@ -1,5 +1,7 @@
 //! The pilot's debug and metrics port (15014): `/debug/syncz` (every proxy, its
-//! types, versions sent and ACKed, NACK texts), `/debug/configz` (loaded
+//! types, versions sent and ACKed, NACK texts, and what the pre-push check
+//! `dropped` from its config), `/metrics` (Prometheus: `pilot_xds_push_errors`,
+//! `pilot_total_xds_internal_errors`), `/debug/configz` (loaded
 //! resources and config errors), `/debug/analyze` (`istioctl analyze`'s
 //! messages for the loaded config), `/debug/config_dump?proxyID=ID`, `/ready`.
 
@@ -38,6 +40,7 @@ pub struct ConfigReport {
 pub fn router(state: DebugState) -> axum::Router {
     axum::Router::new()
         .route("/debug/syncz", get(syncz))
+        .route("/metrics", get(metrics))
         .route("/debug/configz", get(configz))
         .route("/debug/analyze", get(analyze))
         .route("/debug/config_dump", get(config_dump))
@@ -46,7 +49,51 @@ pub fn router(state: DebugState) -> axum::Router {
 }
 
 async fn syncz(State(s): State<DebugState>) -> Json<Value> {
-    Json(serde_json::to_value(s.sync.snapshot()).unwrap_or(Value::Null))
+    let dropped = s.discovery.dropped();
+    let mut proxies = serde_json::to_value(s.sync.snapshot()).unwrap_or(Value::Null);
+    if let Some(list) = proxies.as_array_mut() {
+        for p in list {
+            let id = p.get("node_id").and_then(Value::as_str).unwrap_or_default();
+            let d = dropped
+                .get(id)
+                .map_or(Value::Array(Vec::new()), |d| json!(d.as_slice()));
+            if let Some(obj) = p.as_object_mut() {
+                obj.insert("dropped".into(), d);
+            }
+        }
+    }
+    Json(proxies)
+}
+
+/// Prometheus text: the pre-push check's drops by type, and their total
+/// under Istio's name for internal xDS errors.
+async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
+    let counts = s.discovery.push_errors.counts();
+    let mut out = String::from(
+        "# HELP pilot_xds_push_errors Resource units left out of a push because Envoy would reject them.\n\
+         # TYPE pilot_xds_push_errors counter\n",
+    );
+    for (t, n) in &counts {
+        out.push_str(&format!("pilot_xds_push_errors{{type=\"{t}\"}} {n}\n"));
+    }
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    out.push_str(
+        "# HELP pilot_total_xds_internal_errors Total number of internal XDS errors in pilot.\n\
+         # TYPE pilot_total_xds_internal_errors counter\n",
+    );
+    out.push_str(&format!("pilot_total_xds_internal_errors {total}\n"));
+    out.push_str(&format!(
+        "# HELP pilot_xds_connected Proxies with an open ADS stream.\n\
+         # TYPE pilot_xds_connected gauge\npilot_xds_connected {}\n",
+        s.discovery.connected()
+    ));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
 }
 
 async fn configz(State(s): State<DebugState>) -> Json<Value> {

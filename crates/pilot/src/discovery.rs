@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use xds::server::{Resource, Snapshot, SnapshotSource, TypeSnapshot};
 use xds::type_url;
 
+use crate::check::{self, Dropped};
 use crate::mesh::Mesh;
 use crate::node::ProxyNode;
 use crate::translate::{ConfigKey, ProxyResources, config_key, translate};
@@ -21,13 +23,46 @@ use crate::translate::{ConfigKey, ProxyResources, config_key, translate};
 struct Connected {
     node: ProxyNode,
     tx: watch::Sender<Arc<Snapshot>>,
+    /// What the pre-push check left out of its current snapshot.
+    dropped: Arc<Vec<Dropped>>,
 }
+
+/// A proxy's snapshot and what the pre-push check dropped from it.
+type Checked = (Arc<Snapshot>, Arc<Vec<Dropped>>);
 
 /// Snapshots for the current mesh, one per distinct [`ConfigKey`].
 #[derive(Default)]
 struct SnapshotCache {
     label_sensitive: bool,
-    by_key: HashMap<ConfigKey, Arc<Snapshot>>,
+    by_key: HashMap<ConfigKey, Checked>,
+}
+
+/// `pilot_xds_push_errors{type}`: units the pre-push check dropped, counted
+/// once per translation (proxies sharing a config share one).
+#[derive(Debug, Default)]
+pub struct PushErrors {
+    by_type: [AtomicU64; 4],
+}
+
+impl PushErrors {
+    const TYPES: [&'static str; 4] = ["CDS", "EDS", "LDS", "RDS"];
+
+    fn add(&self, dropped: &[Dropped]) {
+        for d in dropped {
+            if let Some(i) = Self::TYPES.iter().position(|t| *t == d.type_short) {
+                self.by_type[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// (type, count) for every type.
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        Self::TYPES
+            .iter()
+            .zip(&self.by_type)
+            .map(|(t, c)| (*t, c.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 impl SnapshotCache {
@@ -38,11 +73,16 @@ impl SnapshotCache {
         }
     }
 
-    fn get(&mut self, mesh: &Mesh, proxy: &ProxyNode) -> Arc<Snapshot> {
+    fn get(&mut self, mesh: &Mesh, proxy: &ProxyNode, errors: &PushErrors) -> Checked {
         let key = config_key(mesh, proxy, self.label_sensitive);
         self.by_key
             .entry(key)
-            .or_insert_with(|| Arc::new(snapshot(&translate(mesh, proxy))))
+            .or_insert_with(|| {
+                let mut res = translate(mesh, proxy);
+                let dropped = check::sanitize(mesh, &mut res);
+                errors.add(&dropped);
+                (Arc::new(snapshot(&res)), Arc::new(dropped))
+            })
             .clone()
     }
 }
@@ -53,6 +93,7 @@ pub struct Discovery {
     proxies: Mutex<Vec<Connected>>,
     /// Valid for the mesh in `mesh`; replaced with it (lock order: proxies, cache).
     cache: Mutex<SnapshotCache>,
+    pub push_errors: PushErrors,
 }
 
 impl Discovery {
@@ -62,6 +103,7 @@ impl Discovery {
             mesh: ArcSwap::from_pointee(mesh),
             proxies: Mutex::new(Vec::new()),
             cache: Mutex::new(cache),
+            push_errors: PushErrors::default(),
         }
     }
 
@@ -78,8 +120,9 @@ impl Discovery {
         *cache = SnapshotCache::for_mesh(&mesh);
         self.mesh.store(mesh.clone());
         proxies.retain(|p| !p.tx.is_closed());
-        for p in proxies.iter() {
-            let snap = cache.get(&mesh, &p.node);
+        for p in proxies.iter_mut() {
+            let (snap, dropped) = cache.get(&mesh, &p.node, &self.push_errors);
+            p.dropped = dropped;
             p.tx.send_if_modified(|cur| {
                 let changed = !same_versions(cur, &snap);
                 if changed {
@@ -105,6 +148,17 @@ impl Discovery {
             .find(|p| p.node.id == node_id && !p.tx.is_closed())
             .map(|p| p.tx.borrow().clone())
     }
+
+    /// What the pre-push check dropped from each connected proxy's config
+    /// (by node id; empty lists left out).
+    pub fn dropped(&self) -> HashMap<String, Arc<Vec<Dropped>>> {
+        let proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        proxies
+            .iter()
+            .filter(|p| !p.tx.is_closed() && !p.dropped.is_empty())
+            .map(|p| (p.node.id.clone(), p.dropped.clone()))
+            .collect()
+    }
 }
 
 fn same_versions(a: &Snapshot, b: &Snapshot) -> bool {
@@ -120,13 +174,17 @@ impl SnapshotSource for Discovery {
         let proxy = ProxyNode::from_node(node)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        let snap = {
+        let (snap, dropped) = {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.get(&self.mesh.load(), &proxy)
+            cache.get(&self.mesh.load(), &proxy, &self.push_errors)
         };
         let (tx, rx) = watch::channel(snap);
         proxies.retain(|p| !p.tx.is_closed());
-        proxies.push(Connected { node: proxy, tx });
+        proxies.push(Connected {
+            node: proxy,
+            tx,
+            dropped,
+        });
         tracing::info!(node = %node.id, "proxy connected");
         Ok(rx)
     }

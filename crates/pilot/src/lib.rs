@@ -4,6 +4,7 @@
 //! [`mesh::Mesh`] (immutable snapshot) → [`translate`] (pure, per proxy) →
 //! [`discovery`] (per-proxy snapshots) → ADS (`xds::server`).
 
+pub mod check;
 pub mod cluster_ip;
 pub mod compile;
 pub mod config;

@@ -51,6 +51,28 @@ pub struct HttpRoute {
     pub matches: Vec<RequestMatch>,
     pub destinations: Vec<Destination>,
     pub timeout: Option<Duration>,
+    /// Answer with a redirect instead of forwarding.
+    pub redirect: Option<Redirect>,
+    /// Answer with a fixed response instead of forwarding.
+    pub direct_response: Option<DirectResponse>,
+}
+
+/// `redirect`: where the Location points (unset parts keep the request's).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Redirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u32>,
+    pub scheme: Option<String>,
+    /// 301 unless set.
+    pub code: u32,
+}
+
+/// `directResponse`: status and body.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DirectResponse {
+    pub status: u32,
+    pub body: Option<Vec<u8>>,
 }
 
 /// One entry of `tcp:`.

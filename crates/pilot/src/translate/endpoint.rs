@@ -7,7 +7,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::{Struct, UInt32Value, Value, value::Kind};
 
-use super::common::socket_address;
+use super::common::{endpoint_address, socket_address};
 use crate::model::{Service, ServicePort, labels_match};
 use crate::policy::Subset;
 
@@ -39,7 +39,7 @@ pub fn locality_endpoints(
             let target = ep.ports.get(&port.number).copied()?;
             Some(LbEndpoint {
                 host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                    address: Some(socket_address(&ep.address, target)),
+                    address: Some(endpoint_address(&ep.address, target)),
                     ..Default::default()
                 })),
                 health_status: HealthStatus::Healthy as i32,

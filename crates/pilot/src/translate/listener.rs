@@ -158,6 +158,36 @@ pub fn with_prefix_ranges(mut l: Listener, ips: &[String]) -> Listener {
     l
 }
 
+/// Add one tcp_proxy chain per CIDR service on a wildcard listener, matched
+/// on the destination ranges (Istio's treatment of ServiceEntry CIDR
+/// `addresses`: no listener of their own, a chain on `0.0.0.0:PORT`).
+pub fn with_cidr_chains(mut l: Listener, chains: &[(Vec<String>, String)]) -> Listener {
+    let stat_prefix = format!("outbound_{}", l.name);
+    for (cidrs, cluster) in chains {
+        let m = FilterChainMatch {
+            prefix_ranges: cidrs.iter().map(|c| cidr_range(c)).collect(),
+            ..Default::default()
+        };
+        // Before the catch-all chains, as Istio orders them.
+        l.filter_chains
+            .insert(0, chain(Some(m), tcp_proxy(&stat_prefix, cluster)));
+    }
+    l
+}
+
+/// `A.B.C.D/LEN` as a CidrRange; a bare IP is a host route. An unparsable
+/// length is kept as given for the pre-push check to name.
+fn cidr_range(cidr: &str) -> CidrRange {
+    let (ip, len) = match cidr.split_once('/') {
+        Some((ip, len)) => (ip, len.parse().unwrap_or(u32::MAX)),
+        None => (cidr, if cidr.contains(':') { 128 } else { 32 }),
+    };
+    CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: Some(UInt32Value { value: len }),
+    }
+}
+
 fn chain(filter_chain_match: Option<FilterChainMatch>, filter: Filter) -> FilterChain {
     FilterChain {
         filter_chain_match,

@@ -86,6 +86,14 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
     // Route tables by port: the services each HTTP port's table covers.
     let mut http_ports: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
     let mut visible: BTreeSet<&str> = BTreeSet::new();
+    // Ports a port-specific egress listener owns on the wildcard address: the
+    // catch-all scope adds no listener or routes there (as Istio does).
+    let claimed: BTreeSet<u32> = egress
+        .iter()
+        .flatten()
+        .filter(|e| !e.capture_none && e.bind.as_deref().is_none_or(|b| b == "0.0.0.0"))
+        .filter_map(|e| e.port.as_ref().map(|p| p.number))
+        .collect();
 
     for e in &egress {
         let services = in_scope(*e);
@@ -125,7 +133,7 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
             }
             // The catch-all scope: per-port listeners behind 15001.
             None if proxy.interception != InterceptionMode::None => {
-                outbound_port_listeners(&services, fallback, &mut out, &mut http_ports);
+                outbound_port_listeners(&services, fallback, &claimed, &mut out, &mut http_ports);
             }
             None => {}
         }
@@ -189,12 +197,13 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
 fn outbound_port_listeners<'a>(
     services: &[&'a Service],
     fallback: &str,
+    claimed: &BTreeSet<u32>,
     out: &mut ProxyResources,
     http_ports: &mut BTreeMap<u32, BTreeSet<&'a str>>,
 ) {
     let mut by_port: BTreeMap<u32, Vec<(&Service, Protocol)>> = BTreeMap::new();
     for svc in services {
-        for p in &svc.ports {
+        for p in svc.ports.iter().filter(|p| !claimed.contains(&p.number)) {
             by_port.entry(p.number).or_default().push((svc, p.protocol));
         }
     }
@@ -217,37 +226,56 @@ fn outbound_port_listeners<'a>(
             .collect();
         let route = port.to_string();
         let any_auto = entries.iter().any(|(_, p)| *p == Protocol::Auto);
-        if !http.is_empty() {
-            let serve = if any_auto {
-                Serve::Auto {
-                    route,
-                    cluster: tcp_cluster(&tcp, port, fallback),
-                }
-            } else {
-                Serve::Http { route }
-            };
-            out.listeners
-                .push(listener::outbound("0.0.0.0", port, &serve, false));
-        }
-        // TCP services with a VIP get their own listener; without one, the
-        // port's wildcard listener (when no HTTP service claims it).
+        // TCP services with IP VIPs get a listener per VIP; CIDR VIPs get a
+        // chain on the port's wildcard listener (as Istio does).
+        let mut cidr_chains: Vec<(Vec<String>, String)> = Vec::new();
         for svc in tcp.iter().filter(|s| !s.addresses.is_empty()) {
-            let serve = Serve::Tcp {
-                cluster: cluster::outbound_name(port, "", &svc.hostname),
-            };
-            for vip in &svc.addresses {
+            let cluster = cluster::outbound_name(port, "", &svc.hostname);
+            let cidrs: Vec<String> = svc
+                .addresses
+                .iter()
+                .filter(|a| a.contains('/'))
+                .cloned()
+                .collect();
+            if !cidrs.is_empty() {
+                cidr_chains.push((cidrs, cluster.clone()));
+            }
+            let serve = Serve::Tcp { cluster };
+            for vip in svc.addresses.iter().filter(|a| !a.contains('/')) {
                 out.listeners.push(listener::with_prefix_ranges(
                     listener::outbound(vip, port, &serve, false),
                     std::slice::from_ref(vip),
                 ));
             }
         }
-        if http.is_empty() && tcp.iter().any(|s| s.addresses.is_empty()) {
-            let serve = Serve::Tcp {
+        // The port's wildcard listener: HTTP (or sniffed) when an HTTP
+        // service claims the port, else TCP for VIP-less services, with the
+        // CIDR chains in front.
+        let wildcard = if !http.is_empty() {
+            Some(if any_auto {
+                Serve::Auto {
+                    route,
+                    cluster: tcp_cluster(&tcp, port, fallback),
+                }
+            } else {
+                Serve::Http { route }
+            })
+        } else if tcp.iter().any(|s| s.addresses.is_empty()) {
+            Some(Serve::Tcp {
                 cluster: tcp_cluster(&tcp, port, fallback),
-            };
-            out.listeners
-                .push(listener::outbound("0.0.0.0", port, &serve, false));
+            })
+        } else if !cidr_chains.is_empty() {
+            Some(Serve::Tcp {
+                cluster: fallback.to_string(),
+            })
+        } else {
+            None
+        };
+        if let Some(serve) = wildcard {
+            out.listeners.push(listener::with_cidr_chains(
+                listener::outbound("0.0.0.0", port, &serve, false),
+                &cidr_chains,
+            ));
         }
     }
 }

@@ -2,11 +2,13 @@
 //! does), a virtual host per service on that port, routes from the
 //! VirtualService for the host or a default route to its cluster.
 
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, QueryParameterMatcher, Route, RouteAction, RouteConfiguration, RouteMatch,
-    VirtualHost, WeightedCluster, header_matcher::HeaderMatchSpecifier,
-    query_parameter_matcher::QueryParameterMatchSpecifier, route::Action,
-    route_action::ClusterSpecifier, route_match::PathSpecifier, weighted_cluster::ClusterWeight,
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+    header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
+    redirect_action, route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
+    weighted_cluster::ClusterWeight,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatcher, StringMatcher, string_matcher::MatchPattern,
@@ -18,7 +20,7 @@ use super::common::{duration, millis};
 use crate::mesh::Mesh;
 use crate::model::{DOMAIN_SUFFIX, Service, labels_match};
 use crate::node::ProxyNode;
-use crate::routing::{Destination, HttpRoute, RequestMatch, StrMatch};
+use crate::routing::{Destination, DirectResponse, HttpRoute, Redirect, RequestMatch, StrMatch};
 
 /// The route table for one outbound port over the services visible there.
 pub fn outbound(
@@ -75,7 +77,8 @@ pub fn domains(svc: &Service, port: u32, client_ns: &str) -> Vec<String> {
             names.push(short.to_string());
         }
     }
-    names.extend(svc.addresses.iter().cloned());
+    // A CIDR is not a name a Host header carries.
+    names.extend(svc.addresses.iter().filter(|a| !a.contains('/')).cloned());
     let with_ports: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
     names.extend(with_ports);
     names
@@ -104,7 +107,11 @@ fn routes_for(mesh: &Mesh, proxy: &ProxyNode, svc: &Service, port: u32) -> Vec<R
 
 /// One VirtualService `http` entry: a route per `match` block (they are ORed).
 fn http_route(mesh: &Mesh, proxy: &ProxyNode, rule: &HttpRoute, port: u32) -> Vec<Route> {
-    let action = route_action(mesh, rule, port);
+    let action = match (&rule.redirect, &rule.direct_response) {
+        (Some(r), _) => Action::Redirect(redirect_action(r)),
+        (None, Some(d)) => Action::DirectResponse(direct_response_action(d)),
+        (None, None) => Action::Route(route_action(mesh, rule, port)),
+    };
     let name = rule.name.clone().unwrap_or_default();
     let applies = |m: &&RequestMatch| {
         m.port.is_none_or(|p| p == port)
@@ -128,10 +135,46 @@ fn http_route(mesh: &Mesh, proxy: &ProxyNode, rule: &HttpRoute, port: u32) -> Ve
         .map(|m| Route {
             name: name.clone(),
             r#match: Some(m),
-            action: Some(Action::Route(action.clone())),
+            action: Some(action.clone()),
             ..Default::default()
         })
         .collect()
+}
+
+/// Istio's `redirect`: path, authority, port and scheme of the Location, and
+/// the status (301 unless `redirectCode` says otherwise).
+fn redirect_action(r: &Redirect) -> RedirectAction {
+    use redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
+    let response_code = match r.code {
+        302 => RedirectResponseCode::Found,
+        303 => RedirectResponseCode::SeeOther,
+        307 => RedirectResponseCode::TemporaryRedirect,
+        308 => RedirectResponseCode::PermanentRedirect,
+        _ => RedirectResponseCode::MovedPermanently,
+    };
+    RedirectAction {
+        host_redirect: r.authority.clone().unwrap_or_default(),
+        port_redirect: r.port.unwrap_or_default(),
+        response_code: response_code as i32,
+        scheme_rewrite_specifier: r.scheme.clone().map(SchemeRewriteSpecifier::SchemeRedirect),
+        path_rewrite_specifier: r.uri.clone().map(PathRewriteSpecifier::PathRedirect),
+        ..Default::default()
+    }
+}
+
+/// Istio's `directResponse`: a status and an optional inline body.
+fn direct_response_action(d: &DirectResponse) -> DirectResponseAction {
+    DirectResponseAction {
+        status: d.status,
+        body: d.body.as_ref().map(|b| DataSource {
+            specifier: Some(match String::from_utf8(b.clone()) {
+                Ok(text) => data_source::Specifier::InlineString(text),
+                Err(e) => data_source::Specifier::InlineBytes(e.into_bytes()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn route_action(mesh: &Mesh, rule: &HttpRoute, port: u32) -> RouteAction {
