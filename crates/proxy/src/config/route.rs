@@ -1,6 +1,7 @@
 //! RouteConfiguration (RDS or inline) as the router runs it: virtual hosts
 //! indexed by domain the way Envoy picks them, routes with compiled matchers,
-//! and route actions (one cluster or weighted clusters, timeout).
+//! and route actions: forward (one cluster or weighted clusters, timeout),
+//! redirect, or a direct response.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -47,7 +48,57 @@ pub struct VirtualHost {
 pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
-    pub action: RouteAction,
+    pub action: Action,
+}
+
+/// What a matched route does.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward upstream (`route`).
+    Forward(RouteAction),
+    /// Answer with a redirect (`redirect`).
+    Redirect(Redirect),
+    /// Answer with a fixed status and body (`direct_response`).
+    DirectResponse(DirectResponse),
+}
+
+impl Action {
+    /// The clusters a forwarding route may pick (none for local answers).
+    pub fn clusters(&self) -> Option<&WeightedClusters> {
+        match self {
+            Action::Forward(a) => Some(&a.clusters),
+            _ => None,
+        }
+    }
+}
+
+/// `RedirectAction`: each set part replaces the request's in the Location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// `scheme_redirect`, or `https` for `https_redirect`.
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathRedirect>,
+    pub strip_query: bool,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+/// How a redirect rewrites the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRedirect {
+    /// `path_redirect`: the whole path (a `?` in it brings its own query).
+    Path(String),
+    /// `prefix_rewrite`: replaces the route's matched prefix.
+    Prefix(String),
+}
+
+/// `DirectResponseAction`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: bytes::Bytes,
 }
 
 #[derive(Debug)]
@@ -226,7 +277,10 @@ impl RouteConfig {
         }
         for (vi, vh) in self.virtual_hosts.iter().enumerate() {
             for (ri, r) in vh.routes.iter().enumerate() {
-                if let Some(name) = r.action.clusters.names().find(|n| !known(n)) {
+                let Some(clusters) = r.action.clusters() else {
+                    continue;
+                };
+                if let Some(name) = clusters.names().find(|n| !known(n)) {
                     return Err(ConfigError::new(
                         format!("virtual_hosts[{vi}].routes[{ri}].route"),
                         format!("unknown cluster '{name}'"),
@@ -249,12 +303,18 @@ impl TryFrom<&xds_route::Route> for Route {
         let matcher = RouteMatch::try_from(m).map_err(|e| e.under("match"))?;
         let action = match &r.action {
             Some(xds_route::route::Action::Route(a)) => {
-                RouteAction::try_from(a).map_err(|e| e.under("route"))?
+                Action::Forward(RouteAction::try_from(a).map_err(|e| e.under("route"))?)
+            }
+            Some(xds_route::route::Action::Redirect(rd)) => {
+                Action::Redirect(redirect(rd).map_err(|e| e.under("redirect"))?)
+            }
+            Some(xds_route::route::Action::DirectResponse(d)) => {
+                Action::DirectResponse(direct_response(d).map_err(|e| e.under("direct_response"))?)
             }
             Some(_) => {
                 return Err(ConfigError::new(
                     "action",
-                    "only route actions are supported",
+                    "only route, redirect and direct_response actions are supported",
                 ));
             }
             None => return Err(ConfigError::new("route", "required")),
@@ -430,4 +490,56 @@ impl TryFrom<&xds_route::RouteAction> for RouteAction {
         };
         Ok(RouteAction { clusters, timeout })
     }
+}
+
+fn redirect(rd: &xds_route::RedirectAction) -> Result<Redirect, ConfigError> {
+    use xds_route::redirect_action::{
+        PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S,
+    };
+    let status = match C::try_from(rd.response_code) {
+        Ok(C::MovedPermanently) => 301,
+        Ok(C::Found) => 302,
+        Ok(C::SeeOther) => 303,
+        Ok(C::TemporaryRedirect) => 307,
+        Ok(C::PermanentRedirect) => 308,
+        Err(_) => return Err(ConfigError::new("response_code", "unknown code")),
+    };
+    let scheme = match &rd.scheme_rewrite_specifier {
+        Some(S::HttpsRedirect(true)) => Some("https".to_string()),
+        Some(S::SchemeRedirect(s)) if !s.is_empty() => Some(s.to_ascii_lowercase()),
+        _ => None,
+    };
+    let path = match &rd.path_rewrite_specifier {
+        Some(P::PathRedirect(p)) if !p.is_empty() => Some(PathRedirect::Path(p.clone())),
+        Some(P::PrefixRewrite(p)) => Some(PathRedirect::Prefix(p.clone())),
+        Some(P::PathRedirect(_)) | None => None,
+        Some(_) => return Err(ConfigError::new("path_rewrite_specifier", "unsupported")),
+    };
+    let port = match rd.port_redirect {
+        0 => None,
+        p => Some(u16::try_from(p).map_err(|_| ConfigError::new("port_redirect", "out of range"))?),
+    };
+    Ok(Redirect {
+        scheme,
+        host: Some(rd.host_redirect.clone()).filter(|h| !h.is_empty()),
+        port,
+        path,
+        strip_query: rd.strip_query,
+        status,
+    })
+}
+
+fn direct_response(d: &xds_route::DirectResponseAction) -> Result<DirectResponse, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    let status = u16::try_from(d.status)
+        .ok()
+        .filter(|s| (100..600).contains(s))
+        .ok_or_else(|| ConfigError::new("status", "value must be inside range [100, 600)"))?;
+    let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
+        None => bytes::Bytes::new(),
+        Some(Specifier::InlineString(s)) => bytes::Bytes::from(s.clone()),
+        Some(Specifier::InlineBytes(b)) => bytes::Bytes::from(b.clone()),
+        Some(_) => return Err(ConfigError::new("body", "only inline bodies are supported")),
+    };
+    Ok(DirectResponse { status, body })
 }

@@ -248,7 +248,8 @@ virtual_hosts:
         };
         let vh = rc.virtual_host(authority)?;
         vh.route(&req)
-            .map(|r| r.action.clusters.pick(0).to_string())
+            .and_then(|r| r.action.clusters())
+            .map(|c| c.pick(0).to_string())
     }
 
     #[test]

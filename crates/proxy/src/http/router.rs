@@ -21,6 +21,7 @@ use super::path_normalization;
 use super::route_match::RequestView;
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::listener::RouteSource;
+use crate::config::route::{Action, DirectResponse, PathMatch, PathRedirect, Redirect};
 use crate::error::RequestError;
 use crate::upstream::host::ActiveRequest;
 use crate::upstream::lb::random;
@@ -102,13 +103,31 @@ async fn forward(
             .virtual_host(authority)
             .and_then(|vh| vh.route(&view))
             .ok_or(RequestError::NoRoute)?;
-        let name = route.action.clusters.pick(random());
+        let action = match &route.action {
+            Action::Forward(a) => a,
+            Action::Redirect(r) => {
+                let scheme = req
+                    .headers()
+                    .get(&X_FORWARDED_PROTO)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("http");
+                return Ok(redirect(
+                    r,
+                    &route.matcher.path,
+                    scheme,
+                    authority,
+                    view.path,
+                ));
+            }
+            Action::DirectResponse(d) => return Ok(direct_response(d)),
+        };
+        let name = action.clusters.pick(random());
         let cluster = snapshot
             .clusters
             .get(name)
             .cloned()
             .ok_or_else(|| RequestError::NoCluster(name.to_string()))?;
-        (cluster, route.action.timeout)
+        (cluster, action.timeout)
     };
     cluster.stats.upstream_rq_total.inc();
     let Some(host) = cluster.pick(ctx.downstream.original_dst) else {
@@ -180,6 +199,104 @@ async fn forward(
     h.insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(elapsed));
     *resp.version_mut() = Version::default();
     Ok(resp.map(ResponseBody::Upstream))
+}
+
+/// A redirect's response: the Location built from the request's scheme,
+/// authority and path with the configured parts replaced (Envoy drops the
+/// port when it is the new scheme's default), and an empty body.
+fn redirect(
+    r: &Redirect,
+    matched: &PathMatch,
+    scheme: &str,
+    authority: &str,
+    path_and_query: &str,
+) -> Response<ResponseBody> {
+    let original_scheme = scheme;
+    let scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let (req_host, req_port) = split_port(authority);
+    let (host, mut port) = match r.host.as_deref().map(split_port) {
+        Some((h, Some(p))) => (h, Some(p)),
+        Some((h, None)) => (h, req_port),
+        None => (req_host, req_port),
+    };
+    if let Some(p) = r.port {
+        port = Some(p);
+    }
+    if port == Some(default_port(scheme))
+        || (r.port.is_none() && port == Some(default_port(original_scheme)))
+    {
+        port = None;
+    }
+    let (path, query) = path_and_query
+        .split_once('?')
+        .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+    let mut target = match &r.path {
+        Some(PathRedirect::Path(p)) => p.clone(),
+        Some(PathRedirect::Prefix(new)) => match matched {
+            PathMatch::Prefix(old) if path.len() >= old.len() => {
+                format!("{new}{}", &path[old.len()..])
+            }
+            _ => path.to_string(),
+        },
+        None => path.to_string(),
+    };
+    if !r.strip_query
+        && !target.contains('?')
+        && let Some(q) = query
+    {
+        target.push('?');
+        target.push_str(q);
+    }
+    let location = match port {
+        Some(p) => format!("{scheme}://{host}:{p}{target}"),
+        None => format!("{scheme}://{host}{target}"),
+    };
+    let mut resp = Response::new(ResponseBody::local(String::new()));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    resp
+}
+
+/// `host[:port]` (an IPv6 literal in brackets keeps its colons).
+fn split_port(authority: &str) -> (&str, Option<u16>) {
+    let split = if authority.starts_with('[') {
+        authority
+            .rfind("]:")
+            .map(|i| (&authority[..=i], &authority[i + 2..]))
+    } else if authority.matches(':').count() == 1 {
+        authority.split_once(':')
+    } else {
+        None
+    };
+    match split.map(|(h, p)| (h, p.parse::<u16>())) {
+        Some((h, Ok(p))) => (h, Some(p)),
+        _ => (authority, None),
+    }
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    }
+}
+
+/// A direct response: the status and body as configured.
+fn direct_response(d: &DirectResponse) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(d.body.clone()));
+    *resp.status_mut() = http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::OK);
+    let h = resp.headers_mut();
+    if !d.body.is_empty() {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(d.body.len()));
+    resp
 }
 
 /// Headers and URI for the upstream: hop-by-hop removed, x-request-id,
@@ -281,5 +398,69 @@ fn normalize_uri(req: &mut Request<Incoming>, ctx: &HttpContext) {
     }
     if let Ok(uri) = Uri::from_parts(parts) {
         *req.uri_mut() = uri;
+    }
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+
+    fn location(r: &Redirect, matched: &PathMatch, authority: &str, path: &str) -> String {
+        let resp = redirect(r, matched, "http", authority, path);
+        resp.headers()[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn istio_redirect_rule_builds_the_location() {
+        // rule-redirect-injection.yaml: uri /new/path, authority redirect2.test.istio.io.
+        let r = Redirect {
+            scheme: None,
+            host: Some("redirect2.test.istio.io".into()),
+            port: None,
+            path: Some(PathRedirect::Path("/new/path".into())),
+            strip_query: false,
+            status: 301,
+        };
+        let any = PathMatch::Prefix("/".into());
+        assert_eq!(
+            location(&r, &any, "redirect.test.istio.io:8080", "/old?x=1"),
+            "http://redirect2.test.istio.io:8080/new/path?x=1"
+        );
+        assert_eq!(
+            location(&r, &any, "redirect.test.istio.io", "/"),
+            "http://redirect2.test.istio.io/new/path"
+        );
+        let https = Redirect {
+            scheme: Some("https".into()),
+            host: None,
+            path: Some(PathRedirect::Prefix("/v2/".into())),
+            ..r.clone()
+        };
+        assert_eq!(
+            location(
+                &https,
+                &PathMatch::Prefix("/v1/".into()),
+                "a.example:80",
+                "/v1/x"
+            ),
+            "https://a.example/v2/x"
+        );
+        assert_eq!(redirect(&r, &any, "http", "h", "/").status(), 301);
+    }
+
+    #[test]
+    fn direct_response_sets_status_and_body() {
+        let d = DirectResponse {
+            status: 503,
+            body: bytes::Bytes::from_static(b"unavailable"),
+        };
+        let resp = direct_response(&d);
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()[header::CONTENT_LENGTH], "11");
+        assert_eq!(split_port("[::1]:8080"), ("[::1]", Some(8080)));
+        assert_eq!(split_port("::1"), ("::1", None));
     }
 }

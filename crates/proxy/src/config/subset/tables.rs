@@ -22,9 +22,21 @@ pub(super) static SOCKET_ADDRESS: Schema = Schema {
     ],
 };
 
+pub(super) static PIPE: Schema = Schema {
+    message: "envoy.config.core.v3.Pipe",
+    allowed: &[
+        ("path", 1, false, Field::Leaf),
+        ("mode", 2, false, Field::Leaf),
+    ],
+    names: &[(1, "path"), (2, "mode")],
+};
+
 pub(super) static ADDRESS: Schema = Schema {
     message: "envoy.config.core.v3.Address",
-    allowed: &[("socket_address", 1, false, Field::Msg(&SOCKET_ADDRESS))],
+    allowed: &[
+        ("socket_address", 1, false, Field::Msg(&SOCKET_ADDRESS)),
+        ("pipe", 2, false, Field::Msg(&PIPE)),
+    ],
     names: &[
         (1, "socket_address"),
         (2, "pipe"),
@@ -275,12 +287,69 @@ pub(super) static ROUTE_ACTION: Schema = Schema {
     ],
 };
 
+pub(super) static REDIRECT_ACTION: Schema = Schema {
+    message: "envoy.config.route.v3.RedirectAction",
+    allowed: &[
+        ("host_redirect", 1, false, Field::Leaf),
+        ("path_redirect", 2, false, Field::Leaf),
+        ("response_code", 3, false, Field::Leaf),
+        ("https_redirect", 4, false, Field::Leaf),
+        ("prefix_rewrite", 5, false, Field::Leaf),
+        ("strip_query", 6, false, Field::Leaf),
+        ("scheme_redirect", 7, false, Field::Leaf),
+        ("port_redirect", 8, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "host_redirect"),
+        (2, "path_redirect"),
+        (3, "response_code"),
+        (4, "https_redirect"),
+        (5, "prefix_rewrite"),
+        (6, "strip_query"),
+        (7, "scheme_redirect"),
+        (8, "port_redirect"),
+        (9, "regex_rewrite"),
+        (10, "path_rewrite"),
+    ],
+};
+
+pub(super) static DATA_SOURCE: Schema = Schema {
+    message: "envoy.config.core.v3.DataSource",
+    allowed: &[
+        ("inline_bytes", 2, false, Field::Leaf),
+        ("inline_string", 3, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "filename"),
+        (2, "inline_bytes"),
+        (3, "inline_string"),
+        (4, "environment_variable"),
+        (5, "watched_directory"),
+    ],
+};
+
+pub(super) static DIRECT_RESPONSE_ACTION: Schema = Schema {
+    message: "envoy.config.route.v3.DirectResponseAction",
+    allowed: &[
+        ("status", 1, false, Field::Leaf),
+        ("body", 2, false, Field::Msg(&DATA_SOURCE)),
+    ],
+    names: &[(1, "status"), (2, "body"), (3, "body_format")],
+};
+
 pub(super) static ROUTE: Schema = Schema {
     message: "envoy.config.route.v3.Route",
     allowed: &[
         ("name", 14, false, Field::Leaf),
         ("match", 1, false, Field::Msg(&ROUTE_MATCH)),
         ("route", 2, false, Field::Msg(&ROUTE_ACTION)),
+        ("redirect", 3, false, Field::Msg(&REDIRECT_ACTION)),
+        (
+            "direct_response",
+            7,
+            false,
+            Field::Msg(&DIRECT_RESPONSE_ACTION),
+        ),
         ("metadata", 4, false, Field::Leaf),
     ],
     names: &[
@@ -1097,6 +1166,7 @@ pub static BOOTSTRAP: Schema = Schema {
 #[cfg(test)]
 pub(super) static ALL: &[&Schema] = &[
     &SOCKET_ADDRESS,
+    &PIPE,
     &ADDRESS,
     &CIDR,
     &FILTER_CHAIN_MATCH,
@@ -1110,6 +1180,9 @@ pub(super) static ALL: &[&Schema] = &[
     &CLUSTER_WEIGHT,
     &WEIGHTED_CLUSTERS,
     &ROUTE_ACTION,
+    &REDIRECT_ACTION,
+    &DATA_SOURCE,
+    &DIRECT_RESPONSE_ACTION,
     &ROUTE,
     &VIRTUAL_HOST,
     &ROUTE_CONFIGURATION,
