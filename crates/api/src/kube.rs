@@ -293,6 +293,105 @@ pub struct Container {
     pub working_dir: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+}
+
+/// A container probe: one action and the kubelet's timing fields (absent
+/// fields take Kubernetes' defaults, see the `*_or_default` methods).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Probe {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+}
+
+impl Probe {
+    /// Kubernetes' defaults: 0 s delay, every 10 s, 1 s timeout, 1 success, 3 failures.
+    pub fn initial_delay_or_default(&self) -> u32 {
+        self.initial_delay_seconds.unwrap_or(0)
+    }
+    pub fn period_or_default(&self) -> u32 {
+        self.period_seconds.unwrap_or(10).max(1)
+    }
+    pub fn timeout_or_default(&self) -> u32 {
+        self.timeout_seconds.unwrap_or(1).max(1)
+    }
+    pub fn success_threshold_or_default(&self) -> u32 {
+        self.success_threshold.unwrap_or(1).max(1)
+    }
+    pub fn failure_threshold_or_default(&self) -> u32 {
+        self.failure_threshold.unwrap_or(3).max(1)
+    }
+}
+
+/// `httpGet`: a GET whose status 200-399 is success.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpGetAction {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub port: Option<IntOrString>,
+    /// Defaults to the pod IP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `HTTP` (default) or `HTTPS`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<HttpHeader>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpHeader {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// `tcpSocket`: success when a connection opens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TcpSocketAction {
+    pub port: Option<IntOrString>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// `exec`: success when the command exits 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExecAction {
+    pub command: Vec<String>,
+}
+
+/// `grpc`: grpc.health.v1.Health/Check answers SERVING.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GrpcAction {
+    pub port: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// `env: [{name, value}]` (`valueFrom` is ignored: `value` is then `None`).
@@ -371,5 +470,38 @@ mod tests {
             d.template.metadata.annotations["sidecar.istio.io/inject"],
             "true"
         );
+    }
+
+    #[test]
+    fn probes_with_kubernetes_defaults() {
+        let c: Container = serde_yaml_ng::from_str(
+            "name: c
+readinessProbe:
+  httpGet: {path: /ready, port: http, httpHeaders: [{name: X-A, value: b}]}
+  \
+             periodSeconds: 2
+livenessProbe: {tcpSocket: {port: 8080}}
+\
+             startupProbe: {exec: {command: [cat, /tmp/ok]}, failureThreshold: 30}
+",
+        )
+        .unwrap();
+        let r = c.readiness_probe.as_ref().unwrap();
+        let get = r.http_get.as_ref().unwrap();
+        assert_eq!(get.port, Some(IntOrString::String("http".into())));
+        assert_eq!(get.http_headers[0].name, "X-A");
+        assert_eq!((r.period_or_default(), r.timeout_or_default()), (2, 1));
+        let l = c.liveness_probe.as_ref().unwrap();
+        assert_eq!(
+            l.tcp_socket.as_ref().unwrap().port,
+            Some(IntOrString::Int(8080))
+        );
+        assert_eq!(
+            (l.period_or_default(), l.failure_threshold_or_default()),
+            (10, 3)
+        );
+        let s = c.startup_probe.as_ref().unwrap();
+        assert_eq!(s.exec.as_ref().unwrap().command, ["cat", "/tmp/ok"]);
+        assert_eq!(s.failure_threshold_or_default(), 30);
     }
 }
