@@ -304,10 +304,10 @@ pub fn exec(mesh: MeshArgs, pod: String, cmd: Vec<String>) -> anyhow::Result<()>
     let Some((program, args)) = cmd.split_first() else {
         bail!("usage: halyard exec POD -- COMMAND [ARGS...]");
     };
-    let err = std::process::Command::new("ip")
-        .args(["netns", "exec", &p.netns, program])
-        .args(args)
-        .exec();
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &p.netns, program]).args(args);
+    local::uts::apply(&mut cmd, &p.netns);
+    let err = cmd.exec();
     Err(err.into())
 }
 

@@ -10,6 +10,7 @@ pub mod process;
 pub mod registry;
 pub mod runtime;
 pub mod state;
+pub mod uts;
 
 use std::path::PathBuf;
 

@@ -53,6 +53,7 @@ impl MeshNet {
     ) -> Result<(), RuntimeError> {
         let ns = self.pod_ns(pod);
         capture::netns::create(&ns)?;
+        crate::uts::create(&ns, &pod.name)?;
         capture::net::attach_pod(
             &self.mesh_ns(),
             BRIDGE,
@@ -105,6 +106,7 @@ impl MeshNet {
     pub fn delete_pod(&self, pod: &PodPlan) -> Result<(), RuntimeError> {
         let ns = self.pod_ns(pod);
         let _ = std::fs::remove_dir_all(Self::hosts_dir(&ns));
+        crate::uts::delete(&ns);
         capture::netns::delete(&ns)?;
         Ok(())
     }
@@ -120,6 +122,7 @@ impl MeshNet {
                 removed.push(ns);
             }
         }
+        crate::uts::teardown(&self.prefix);
         if let Ok(entries) = std::fs::read_dir("/etc/netns") {
             for e in entries.flatten() {
                 if mine(&e.file_name().to_string_lossy()) {

@@ -34,6 +34,7 @@ impl Proc {
             cmd.args(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"]);
         }
         cmd.args(argv);
+        crate::uts::apply(&mut cmd, netns);
         Self::spawn(cmd, env, log)
     }
 
