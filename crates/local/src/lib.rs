@@ -6,6 +6,7 @@
 pub mod network;
 pub mod nsconnect;
 pub mod plan;
+pub mod prober;
 pub mod process;
 pub mod registry;
 pub mod runtime;
