@@ -3,6 +3,7 @@
 //! of its own, so the host is untouched), with Istio's capture rules, a sidecar
 //! per injected pod and the containers' commands run as processes.
 
+pub mod container;
 pub mod network;
 pub mod nsconnect;
 pub mod plan;

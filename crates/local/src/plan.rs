@@ -20,6 +20,14 @@ pub struct ContainerPlan {
     /// command + args; `halyard` as the program means this binary.
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<kube::ContainerPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<kube::Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<kube::Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<kube::Probe>,
 }
 
 /// One pod.
@@ -99,6 +107,10 @@ fn containers(spec: &kube::PodSpec) -> Vec<ContainerPlan> {
                 .iter()
                 .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
                 .collect(),
+            ports: c.ports.clone(),
+            startup_probe: c.startup_probe.clone(),
+            liveness_probe: c.liveness_probe.clone(),
+            readiness_probe: c.readiness_probe.clone(),
         })
         .collect()
 }

@@ -77,6 +77,17 @@ impl Proc {
         !matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How it ended, once it has (reaps it): `exit code 3`, `signal 9`.
+    pub fn exit_reason(&mut self) -> Option<String> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.child.try_wait().ok().flatten()?;
+        Some(match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(sig)) => format!("signal {sig}"),
+            _ => "exited".to_string(),
+        })
+    }
+
     /// SIGTERM, a short grace period, then SIGKILL.
     pub fn stop(&mut self) {
         if self.exited() {

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::container::{self, Container, Event};
 use crate::network::MeshNet;
 use crate::plan::{self, GATEWAY, Plan, PodPlan};
 use crate::process::Proc;
+use crate::state::ContainerStatus;
 use crate::state::{MeshStatus, Phase, PodStatus, StateDir};
 use crate::{RuntimeError, nsconnect, registry};
 
@@ -23,7 +25,6 @@ const READY_PORT: u16 = 15021;
 /// Both proxies answer `/ready` on their admin port once initialised.
 const ADMIN_PORT: u16 = 15000;
 const TICK: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How to run a mesh.
 #[derive(Clone, Debug)]
@@ -49,21 +50,24 @@ pub enum SidecarKind {
     Envoy(PathBuf),
 }
 
-struct App {
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
-    proc: Option<Proc>,
-    restart_at: Option<Instant>,
-    backoff: Duration,
-}
-
 struct PodRun {
     plan: PodPlan,
     netns: String,
     sidecar: Option<Proc>,
     sidecar_ready: bool,
-    apps: Vec<App>,
+    /// The sidecar's env: pod identity and ISTIO_KUBE_APP_PROBERS.
+    sidecar_env: Vec<(String, String)>,
+    apps: Vec<Container>,
+    /// Sidecar restarts (containers count their own).
     restarts: u32,
+    /// In the registry: sidecar ready, every container running and ready.
+    ready: bool,
+}
+
+impl PodRun {
+    fn compute_ready(&self) -> bool {
+        (!self.plan.sidecar || self.sidecar_ready) && self.apps.iter().all(Container::ready)
+    }
 }
 
 /// A running mesh.
@@ -77,6 +81,8 @@ pub struct Mesh {
     registry_dirty: bool,
     /// Names pods' bridge-side veths uniquely for the life of the mesh.
     veth_seq: usize,
+    /// Runs the containers' probers.
+    rt: tokio::runtime::Runtime,
 }
 
 impl Mesh {
@@ -101,6 +107,12 @@ impl Mesh {
         net.teardown();
         state.create()?;
         registry::write(&state.registry(), &[])?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("prober")
+            .enable_all()
+            .build()
+            .map_err(|e| RuntimeError::Command(format!("prober runtime: {e}")))?;
         let mut mesh = Mesh {
             opts,
             state,
@@ -110,6 +122,7 @@ impl Mesh {
             pilot: None,
             registry_dirty: false,
             veth_seq: 0,
+            rt,
         };
         if let Err(e) = mesh.build(plan) {
             mesh.shutdown();
@@ -179,6 +192,10 @@ impl Mesh {
         ] {
             crate::state::chmod_755(&d)?;
         }
+        // Istio's injector rewrites probes to our sidecar's /app-health;
+        // a stock Envoy has no such endpoint, so its pods are probed directly.
+        let rewrite = pod.sidecar && self.opts.sidecar == SidecarKind::Halyard;
+        let mut probers = probe::AppProbers::new();
         let apps = pod
             .containers
             .iter()
@@ -187,21 +204,35 @@ impl Mesh {
                 if argv.first().map(String::as_str) == Some("halyard") {
                     argv[0] = self.opts.exe.display().to_string();
                 }
-                App {
+                Container::new(
+                    c,
                     argv,
-                    env: app_env(&pod, &c.env),
-                    proc: None,
-                    restart_at: None,
-                    backoff: Duration::from_secs(1),
-                }
+                    app_env(&pod, &c.env),
+                    pod.ip.into(),
+                    rewrite,
+                    &mut probers,
+                )
             })
             .collect();
+        let mut sidecar_env = vec![
+            ("POD_NAME".to_string(), pod.name.clone()),
+            ("POD_NAMESPACE".to_string(), pod.namespace.clone()),
+            ("INSTANCE_IP".to_string(), pod.ip.to_string()),
+        ];
+        if !probers.is_empty() {
+            sidecar_env.push((
+                probe::APP_PROBERS_ENV.to_string(),
+                serde_json::to_string(&probers).unwrap_or_default(),
+            ));
+        }
         let mut run = PodRun {
             netns,
             sidecar: None,
             sidecar_ready: false,
+            sidecar_env,
             apps,
             restarts: 0,
+            ready: false,
             plan: pod,
         };
         if run.plan.sidecar {
@@ -227,8 +258,7 @@ impl Mesh {
             .map_err(|e| RuntimeError::Io(bootstrap.clone(), e))?;
             run.sidecar = Some(self.sidecar(&run, &bootstrap)?);
         } else {
-            start_apps(&mut run, &dir)?;
-            self.registry_dirty = true;
+            start_apps(&mut run, &dir, self.rt.handle())?;
         }
         self.pods.insert(run.plan.id(), run);
         Ok(())
@@ -262,7 +292,7 @@ impl Mesh {
             .state
             .pod_dir(&run.plan.namespace, &run.plan.name)
             .join("proxy.log");
-        Proc::start(&run.netns, &argv, &[], true, &log)
+        Proc::start(&run.netns, &argv, &run.sidecar_env, true, &log)
     }
 
     /// One supervision step: readiness, crashes, restarts, registry, status.
@@ -295,32 +325,32 @@ impl Mesh {
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT));
                 if nsconnect::http_status(&run.netns, addr, "/ready").ok() == Some(200) {
                     run.sidecar_ready = true;
-                    if run.apps.iter().all(|a| a.proc.is_none()) {
-                        start_apps(run, &dir)?;
+                    if run
+                        .apps
+                        .iter()
+                        .all(|a| a.proc.is_none() && a.restart_at.is_none())
+                    {
+                        start_apps(run, &dir, self.rt.handle())?;
                     }
-                    self.registry_dirty = true;
                 }
             }
+            let log = container::log_path(&dir);
             for app in &mut run.apps {
-                if app.proc.as_mut().is_some_and(Proc::exited) {
-                    app.proc = None;
-                    app.restart_at = Some(now + app.backoff);
-                    app.backoff = (app.backoff * 2).min(MAX_BACKOFF);
-                    run.restarts += 1;
-                    tracing::warn!(pod = %id, "container exited; restarting with backoff");
+                if let Event::Stopped(why) = app.poll(now, &run.netns, &log, self.rt.handle())? {
+                    tracing::warn!(pod = %id, container = %app.name, "{why}; restarting with backoff");
                 }
-                if app.restart_at.is_some_and(|t| t <= now) {
-                    app.restart_at = None;
-                    let log = dir.join("app.log");
-                    app.proc = Some(Proc::start(&run.netns, &app.argv, &app.env, false, &log)?);
-                }
+            }
+            let ready = run.compute_ready();
+            if ready != run.ready {
+                run.ready = ready;
+                self.registry_dirty = true;
             }
         }
         if self.registry_dirty {
             let ready: Vec<&PodPlan> = self
                 .pods
                 .values()
-                .filter(|r| !r.plan.sidecar || r.sidecar_ready)
+                .filter(|r| r.ready)
                 .map(|r| &r.plan)
                 .collect();
             registry::write(&self.state.registry(), &ready)?;
@@ -383,6 +413,22 @@ impl Mesh {
                 pids.extend(r.sidecar.iter().map(Proc::pid));
                 pids.extend(r.apps.iter().filter_map(|a| a.proc.as_ref()).map(Proc::pid));
                 let crashed = r.apps.iter().any(|a| a.restart_at.is_some());
+                let containers = r
+                    .apps
+                    .iter()
+                    .map(|a| {
+                        let health = a.health();
+                        ContainerStatus {
+                            name: a.name.clone(),
+                            running: a.proc.is_some(),
+                            started: a.proc.is_some() && health.started,
+                            ready: a.ready(),
+                            restarts: a.restarts,
+                            last_state: a.last_state.clone(),
+                            last_probe_error: health.last_error,
+                        }
+                    })
+                    .collect();
                 PodStatus {
                     id: r.plan.id(),
                     namespace: r.plan.namespace.clone(),
@@ -398,7 +444,9 @@ impl Mesh {
                     },
                     sidecar: r.plan.sidecar,
                     sidecar_ready: r.sidecar_ready,
-                    restarts: r.restarts,
+                    ready: r.ready,
+                    containers,
+                    restarts: r.restarts + r.apps.iter().map(|a| a.restarts).sum::<u32>(),
                     sidecar_pid: r.sidecar.as_ref().map(Proc::pid),
                     app_pids: r
                         .apps
@@ -445,15 +493,9 @@ impl Mesh {
             .as_array()
             .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
-        let registered = self
-            .pods
-            .values()
-            .filter(|r| !r.plan.sidecar || r.sidecar_ready)
-            .all(|r| {
-                known.contains(
-                    format!("WorkloadEntry/{}/{}", r.plan.namespace, r.plan.name).as_str(),
-                )
-            });
+        let registered = self.pods.values().filter(|r| r.ready).all(|r| {
+            known.contains(format!("WorkloadEntry/{}/{}", r.plan.namespace, r.plan.name).as_str())
+        });
         let Ok(syncz) = nsconnect::http_json(&ns, debug, "/debug/syncz") else {
             return false;
         };
@@ -469,11 +511,9 @@ impl Mesh {
         registered && proxies.len() == sidecars && acked
     }
 
-    /// Are all pods running with ready sidecars?
+    /// Is every pod ready (sidecar ready, containers running, readiness passing)?
     pub fn all_ready(&self) -> bool {
-        self.pods.values().all(|r| {
-            (!r.plan.sidecar || r.sidecar_ready) && r.apps.iter().all(|a| a.proc.is_some())
-        })
+        self.pods.values().all(|r| r.ready)
     }
 
     pub fn mesh_ns(&self) -> String {
@@ -529,19 +569,21 @@ impl Drop for Mesh {
     }
 }
 
-fn start_apps(run: &mut PodRun, dir: &std::path::Path) -> Result<(), RuntimeError> {
+fn start_apps(
+    run: &mut PodRun,
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Handle,
+) -> Result<(), RuntimeError> {
+    let log = container::log_path(dir);
     for app in &mut run.apps {
-        let log = dir.join("app.log");
-        app.proc = Some(Proc::start(&run.netns, &app.argv, &app.env, false, &log)?);
+        app.start(&run.netns, &log, rt)?;
     }
     Ok(())
 }
 
 fn stop_pod(run: &mut PodRun) {
     for app in &mut run.apps {
-        if let Some(mut p) = app.proc.take() {
-            p.stop();
-        }
+        app.stop();
     }
     if let Some(mut p) = run.sidecar.take() {
         p.stop();

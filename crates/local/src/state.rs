@@ -28,11 +28,51 @@ pub struct PodStatus {
     pub phase: Phase,
     pub sidecar: bool,
     pub sidecar_ready: bool,
+    /// In the registry (EDS): sidecar ready, containers running and ready.
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub containers: Vec<ContainerStatus>,
+    /// Restarts of the sidecar and every container.
     pub restarts: u32,
     /// The sidecar's pid (the proxy itself: `ip netns exec` and `setpriv` exec).
     pub sidecar_pid: Option<u32>,
     /// The containers' pids.
     pub app_pids: Vec<u32>,
+}
+
+/// One container's live status (the kubelet's ContainerStatus, abridged).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub running: bool,
+    /// Its startup probe passed (or it has none).
+    pub started: bool,
+    pub ready: bool,
+    pub restarts: u32,
+    /// Why it last stopped: `exit code 3`, `Liveness probe failed: ...`.
+    pub last_state: Option<String>,
+    pub last_probe_error: Option<String>,
+}
+
+impl PodStatus {
+    /// `kubectl get pods`' READY: ready containers (and sidecar) of all.
+    pub fn ready_column(&self) -> String {
+        let ready = self.containers.iter().filter(|c| c.ready).count()
+            + usize::from(self.sidecar && self.sidecar_ready);
+        let total = self.containers.len() + usize::from(self.sidecar);
+        format!("{ready}/{total}")
+    }
+
+    /// `kubectl get pods`' STATUS.
+    pub fn status_column(&self) -> &'static str {
+        match self.phase {
+            Phase::CrashLoopBackOff => "CrashLoopBackOff",
+            Phase::Pending if self.sidecar && !self.sidecar_ready => "PodInitializing",
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+        }
+    }
 }
 
 /// What `halyard status` reads.

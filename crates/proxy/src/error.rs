@@ -173,4 +173,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("app health probes: {0}")]
+    AppHealth(String),
 }

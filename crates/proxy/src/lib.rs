@@ -13,6 +13,7 @@
 //! (last good per resource) -> immutable `Snapshot` in an `ArcSwap`.
 
 pub mod admin;
+pub mod app_health;
 pub mod bootstrap;
 pub mod config;
 pub mod descriptors;
@@ -124,6 +125,16 @@ impl Proxy {
             }
             None => None,
         };
+
+        if let Some(health) = app_health::AppHealth::from_env().map_err(StartError::AppHealth)? {
+            let addr = SocketAddr::from(([0, 0, 0, 0], probe::APP_HEALTH_PORT));
+            let l = admin::bind(addr).await.map_err(|source| StartError::Bind {
+                what: "app health".into(),
+                addr,
+                source,
+            })?;
+            tasks.push(tokio::spawn(app_health::serve(l, Arc::new(health))));
+        }
 
         if let Some(ads) = &cfg.ads {
             tracing::info!(endpoint = %ads.endpoint, delta = ads.delta, "connecting to the control plane");
