@@ -188,6 +188,12 @@ fn ads(
     let endpoint = match first.map(|e| &e.address) {
         Some(EndpointAddress::Ip(a)) => format!("http://{a}"),
         Some(EndpointAddress::Dns(h, p)) => format!("http://{h}:{p}"),
+        Some(EndpointAddress::Pipe(_)) => {
+            return Err(ConfigError::new(
+                format!("{path}.grpc_services[0].envoy_grpc.cluster_name"),
+                format!("static cluster {cluster}: a pipe xDS server is not supported"),
+            ));
+        }
         None => {
             return Err(ConfigError::new(
                 format!("{path}.grpc_services[0].envoy_grpc.cluster_name"),

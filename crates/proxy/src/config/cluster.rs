@@ -100,6 +100,7 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
     fn try_from(c: &XdsCluster) -> Result<Self, ConfigError> {
         use xds_cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as XLb};
         check_subset(c, &subset::CLUSTER)?;
+        super::check_envoy_rules(envoy_rules::cluster(c))?;
         if c.name.is_empty() {
             return Err(ConfigError::new("name", "required"));
         }
@@ -129,7 +130,7 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
                 if let Some(i) = la
                     .endpoints
                     .iter()
-                    .position(|e| !matches!(e.address, super::endpoint::EndpointAddress::Ip(_)))
+                    .position(|e| matches!(e.address, super::endpoint::EndpointAddress::Dns(..)))
                 {
                     return Err(ConfigError::new(
                         format!("load_assignment.endpoints[..].lb_endpoints[{i}].endpoint.address"),

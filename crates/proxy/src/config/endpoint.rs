@@ -24,10 +24,12 @@ pub struct LbEndpoint {
     pub health: Health,
 }
 
-/// An endpoint's address: an IP, or a DNS name for STRICT_DNS clusters.
+/// An endpoint's address: an IP, a Unix domain socket (`pipe`), or a DNS
+/// name for STRICT_DNS clusters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EndpointAddress {
     Ip(SocketAddr),
+    Pipe(std::path::PathBuf),
     Dns(String, u16),
 }
 
@@ -87,9 +89,18 @@ fn lb_endpoint(e: &xds_endpoint::LbEndpoint) -> Result<LbEndpoint, ConfigError> 
     let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
         return Err(ConfigError::new("endpoint", "required"));
     };
-    let (host, port) =
-        host_port(ep.address.as_ref()).map_err(|err| err.under("endpoint.address"))?;
+    let pipe = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(envoy_types::pb::envoy::config::core::v3::address::Address::Pipe(p)) => {
+            Some(std::path::PathBuf::from(&p.path))
+        }
+        _ => None,
+    };
+    let (host, port) = match &pipe {
+        Some(_) => (String::new(), 0),
+        None => host_port(ep.address.as_ref()).map_err(|err| err.under("endpoint.address"))?,
+    };
     let address = match host.parse() {
+        _ if pipe.is_some() => EndpointAddress::Pipe(pipe.unwrap_or_default()),
         Ok(ip) => EndpointAddress::Ip(SocketAddr::new(ip, port)),
         Err(_) if !host.is_empty() => EndpointAddress::Dns(host, port),
         Err(_) => {

@@ -186,6 +186,7 @@ impl TryFrom<&XdsListener> for ListenerConfig {
 
     fn try_from(l: &XdsListener) -> Result<Self, ConfigError> {
         check_subset(l, &subset::LISTENER)?;
+        super::check_envoy_rules(envoy_rules::listener(l))?;
         let address = socket_addr(l.address.as_ref()).map_err(|e| e.under("address"))?;
         let mut original_dst_filter = false;
         let mut http_inspector = false;
@@ -526,7 +527,7 @@ default_filter_chain:
     #[test]
     fn refuses_missing_address_and_tls_match() {
         let err = listener("name: l\nfilter_chains: [{filters: []}]").unwrap_err();
-        assert_eq!(err.path, "address.socket_address");
+        assert_eq!(err.to_string(), "address: is required");
         let bad = GOOD.replace(
             "destination_port: 80,",
             "destination_port: 80, transport_protocol: tls,",

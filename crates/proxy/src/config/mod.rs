@@ -62,6 +62,17 @@ pub(crate) fn check_subset<M: prost::Message>(
     subset::check(msg, schema)
 }
 
+/// The first rule of Envoy's (`envoy-rules`) the message breaks, as the
+/// pilot's pre-push check words it: the same `path: reason` either side.
+pub(crate) fn check_envoy_rules(
+    violations: Vec<envoy_rules::Violation>,
+) -> Result<(), ConfigError> {
+    match violations.into_iter().next() {
+        Some(v) => Err(ConfigError::new(v.path, v.reason)),
+        None => Ok(()),
+    }
+}
+
 /// Decode an `Any` of the expected type.
 pub(crate) fn decode_any<M: prost::Message + prost::Name + Default>(
     any: &protobuf::Any,

@@ -213,6 +213,7 @@ impl TryFrom<&XdsRouteConfiguration> for RouteConfig {
 
     fn try_from(rc: &XdsRouteConfiguration) -> Result<Self, ConfigError> {
         check_subset(rc, &subset::ROUTE_CONFIGURATION)?;
+        super::check_envoy_rules(envoy_rules::route_configuration(rc))?;
         let mut domains = DomainIndex::default();
         let mut seen = HashMap::new();
         let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());

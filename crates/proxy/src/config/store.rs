@@ -18,6 +18,7 @@ use super::listener::{ListenerConfig, NetworkFilter, RouteSource, XdsListener};
 use super::route::{RouteConfig, XdsRouteConfiguration};
 use crate::error::ConfigError;
 use crate::stats::{Stats, XdsStats};
+use crate::upstream::UpstreamAddr;
 use crate::upstream::cluster::{ClusterRuntime, UpstreamCluster};
 
 /// A STRICT_DNS endpoint to resolve: host, port, weight, health.
@@ -348,6 +349,8 @@ impl ConfigStore {
                             EndpointAddress::Ip(a) => {
                                 (a.ip().to_string(), a.port(), e.weight, e.health)
                             }
+                            // Refused for STRICT_DNS at conversion.
+                            EndpointAddress::Pipe(_) => (String::new(), 0, e.weight, e.health),
                         })
                         .collect(),
                     family: c.dns_lookup_family,
@@ -385,14 +388,18 @@ impl ConfigStore {
         let configs: Vec<Arc<ClusterConfig>> = all_clusters(state).cloned().collect();
         let mut clusters = HashMap::new();
         for config in configs {
-            let endpoints: Vec<(SocketAddr, u32, Health)> = match &config.discovery {
+            let endpoints: Vec<(UpstreamAddr, u32, Health)> = match &config.discovery {
                 Discovery::Static(la) => ip_endpoints(la),
                 Discovery::Eds(service) => state
                     .endpoints
                     .get(service)
                     .map(|v| ip_endpoints(&v.config))
                     .unwrap_or_default(),
-                Discovery::StrictDns(_) => state.dns.get(&config.name).cloned().unwrap_or_default(),
+                Discovery::StrictDns(_) => state
+                    .dns
+                    .get(&config.name)
+                    .map(|v| v.iter().map(|(a, w, h)| ((*a).into(), *w, *h)).collect())
+                    .unwrap_or_default(),
                 Discovery::OriginalDst => Vec::new(),
             };
             let runtime = state
@@ -485,11 +492,13 @@ fn all_listeners(state: &State) -> impl Iterator<Item = &Arc<ListenerConfig>> {
         .chain(state.listeners.values().map(|l| &l.config))
 }
 
-fn ip_endpoints(la: &LoadAssignment) -> Vec<(SocketAddr, u32, Health)> {
+/// The endpoints the proxy connects to as given: IPs and pipes.
+fn ip_endpoints(la: &LoadAssignment) -> Vec<(UpstreamAddr, u32, Health)> {
     la.endpoints
         .iter()
-        .filter_map(|e| match e.address {
-            EndpointAddress::Ip(a) => Some((a, e.weight, e.health)),
+        .filter_map(|e| match &e.address {
+            EndpointAddress::Ip(a) => Some(((*a).into(), e.weight, e.health)),
+            EndpointAddress::Pipe(p) => Some((UpstreamAddr::Pipe(p.clone()), e.weight, e.health)),
             EndpointAddress::Dns(..) => None,
         })
         .collect()
@@ -555,6 +564,38 @@ fn is_warm(state: &State) -> bool {
             .all(|n| state.routes.contains_key(n))
 }
 
+/// Envoy's rules for a whole xDS resource (`envoy-rules`), checked before
+/// conversion so the NACK words them as the pilot's pre-push check does.
+trait EnvoyRules {
+    fn envoy_rules(&self) -> Vec<envoy_rules::Violation>;
+}
+
+impl EnvoyRules for XdsClusterLoadAssignment {
+    fn envoy_rules(&self) -> Vec<envoy_rules::Violation> {
+        envoy_rules::cluster_load_assignment(self)
+    }
+}
+
+// Listeners, routes and clusters check their rules in their own conversion
+// (the bootstrap's static resources use it too).
+impl EnvoyRules for XdsListener {
+    fn envoy_rules(&self) -> Vec<envoy_rules::Violation> {
+        Vec::new()
+    }
+}
+
+impl EnvoyRules for XdsRouteConfiguration {
+    fn envoy_rules(&self) -> Vec<envoy_rules::Violation> {
+        Vec::new()
+    }
+}
+
+impl EnvoyRules for XdsCluster {
+    fn envoy_rules(&self) -> Vec<envoy_rules::Violation> {
+        Vec::new()
+    }
+}
+
 /// Convert a full set of resources, keeping the previous version of each one
 /// that fails. Errors are (resource name, "kind name: path: reason").
 fn convert_all<D, P>(
@@ -566,7 +607,7 @@ fn convert_all<D, P>(
     errors: &mut Vec<(String, String)>,
 ) -> BTreeMap<String, Versioned<D, P>>
 where
-    P: prost::Message + prost::Name + Default + Clone + PartialEq,
+    P: prost::Message + prost::Name + Default + Clone + PartialEq + EnvoyRules,
     D: for<'a> TryFrom<&'a P, Error = ConfigError>,
 {
     let mut next = BTreeMap::new();
@@ -588,6 +629,10 @@ where
             continue;
         }
         let converted = decoded
+            .and_then(|proto| {
+                super::check_envoy_rules(proto.envoy_rules())?;
+                Ok(proto)
+            })
             .and_then(|proto| D::try_from(&proto).map(|d| (proto, d)))
             .and_then(|(proto, d)| validate(&d).map(|()| (proto, d)));
         match converted {

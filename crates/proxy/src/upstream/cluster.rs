@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use crate::config::cluster::{ClusterConfig, Discovery};
 use crate::config::endpoint::Health;
 use crate::stats::{ClusterStats, Stats};
+use crate::upstream::address::UpstreamAddr;
 use crate::upstream::host::Host;
 use crate::upstream::lb::HostSet;
 
@@ -23,7 +24,7 @@ const MAX_ORIGINAL_DST_HOSTS: usize = 1024;
 pub struct ClusterRuntime {
     pub stats: ClusterStats,
     rr: Arc<AtomicU64>,
-    hosts: HashMap<SocketAddr, Arc<Host>>,
+    hosts: HashMap<UpstreamAddr, Arc<Host>>,
     original_dst: Arc<ArcSwap<HashMap<SocketAddr, Arc<Host>>>>,
 }
 
@@ -42,7 +43,7 @@ impl ClusterRuntime {
     pub fn build(
         &mut self,
         config: Arc<ClusterConfig>,
-        endpoints: &[(SocketAddr, u32, Health)],
+        endpoints: &[(UpstreamAddr, u32, Health)],
     ) -> UpstreamCluster {
         let mut all = Vec::with_capacity(endpoints.len());
         let mut routable = Vec::with_capacity(endpoints.len());
@@ -52,8 +53,8 @@ impl ClusterRuntime {
                 .hosts
                 .get(addr)
                 .cloned()
-                .unwrap_or_else(|| Host::new(*addr));
-            next.insert(*addr, host.clone());
+                .unwrap_or_else(|| Host::new(addr.clone()));
+            next.insert(addr.clone(), host.clone());
             if health.routable() {
                 routable.push((host.clone(), *weight));
             }

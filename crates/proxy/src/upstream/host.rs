@@ -2,15 +2,15 @@
 //! (shown by `/clusters`) and its idle connection pools. A host outlives config
 //! updates that keep its address, so pooled connections survive EDS pushes.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::stats::Counter;
+use crate::upstream::address::UpstreamAddr;
 use crate::upstream::pool::HostPool;
 
 #[derive(Debug)]
 pub struct Host {
-    pub addr: SocketAddr,
+    pub addr: UpstreamAddr,
     pub rq_total: Counter,
     pub rq_active: Counter,
     pub rq_error: Counter,
@@ -21,9 +21,9 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(addr: SocketAddr) -> Arc<Self> {
+    pub fn new(addr: impl Into<UpstreamAddr>) -> Arc<Self> {
         Arc::new(Host {
-            addr,
+            addr: addr.into(),
             rq_total: Counter::default(),
             rq_active: Counter::default(),
             rq_error: Counter::default(),

@@ -111,7 +111,16 @@ mod tests {
             weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| (Host::new(format!("10.0.0.{i}:80").parse().unwrap()), *w))
+                .map(|(i, w)| {
+                    (
+                        Host::new(
+                            format!("10.0.0.{i}:80")
+                                .parse::<std::net::SocketAddr>()
+                                .unwrap(),
+                        ),
+                        *w,
+                    )
+                })
                 .collect(),
         )
     }
@@ -131,12 +140,7 @@ mod tests {
         let c = AtomicU64::new(0);
         let zero = (0..400)
             .filter(|_| {
-                set.pick(LbPolicy::RoundRobin, &c)
-                    .unwrap()
-                    .addr
-                    .ip()
-                    .to_string()
-                    == "10.0.0.0"
+                set.pick(LbPolicy::RoundRobin, &c).unwrap().addr.to_string() == "10.0.0.0:80"
             })
             .count();
         assert_eq!(zero, 300);
@@ -152,9 +156,8 @@ mod tests {
                 set.pick(LbPolicy::LeastRequest, &c)
                     .unwrap()
                     .addr
-                    .ip()
                     .to_string(),
-                "10.0.0.1"
+                "10.0.0.1:80"
             );
         }
     }

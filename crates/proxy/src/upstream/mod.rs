@@ -1,11 +1,13 @@
 //! The upstream side: clusters with their live host sets, load balancing,
 //! connection pools, and connecting with a timeout.
 
+pub mod address;
 pub mod cluster;
 pub mod connect;
 pub mod host;
 pub mod lb;
 pub mod pool;
 
+pub use address::{UpstreamAddr, UpstreamStream};
 pub use cluster::UpstreamCluster;
 pub use host::Host;

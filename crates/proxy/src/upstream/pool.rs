@@ -155,9 +155,9 @@ async fn open(
     host: &Arc<Host>,
     timeout: Duration,
     stats: &ClusterStats,
-) -> Result<tokio::net::TcpStream, RequestError> {
+) -> Result<crate::upstream::UpstreamStream, RequestError> {
     host.cx_total.inc();
-    connect(host.addr, timeout, stats).await.map_err(|e| {
+    connect(&host.addr, timeout, stats).await.map_err(|e| {
         host.cx_connect_fail.inc();
         RequestError::ConnectFailure(e)
     })

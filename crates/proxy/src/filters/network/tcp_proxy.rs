@@ -43,7 +43,7 @@ pub async fn proxy(
         return;
     };
     host.cx_total.inc();
-    let mut upstream = match connect(host.addr, cluster.config.connect_timeout, &cluster.stats)
+    let mut upstream = match connect(&host.addr, cluster.config.connect_timeout, &cluster.stats)
         .await
     {
         Ok(s) => s,
