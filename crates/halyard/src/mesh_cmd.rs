@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use local::state::{MeshStatus, Phase, StateDir};
+use local::state::{MeshStatus, StateDir};
 
 /// Where a mesh keeps its state, and the prefix of its namespaces.
 #[derive(clap::Args, Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub detach: bool,
     /// Give up if pods are not ready after this long (seconds).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 120)]
     pub timeout: u64,
     /// Sidecar proxy: `halyard`, or `envoy` (a stock Envoy from the same bootstrap).
     #[arg(long, default_value = "halyard", value_parser = ["halyard", "envoy"])]
@@ -76,12 +76,20 @@ fn envoy_binary(given: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    // Everything is checked before anything is touched.
+    if !args.dir.is_dir() {
+        bail!(
+            "config directory {} does not exist (or is not a directory); nothing was started",
+            args.dir.display()
+        );
+    }
+    let dir = std::fs::canonicalize(&args.dir)
+        .with_context(|| format!("config directory {}", args.dir.display()))?;
+    local::prereq::check()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(local::RuntimeError::NotRoot.into());
     }
-    let dir = std::fs::canonicalize(&args.dir)
-        .with_context(|| format!("config directory {}", args.dir.display()))?;
     if args.detach {
         return detach(&args, &dir);
     }
@@ -100,10 +108,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         signal_hook_flag(sig, stop.clone());
     }
+    let mut progress = crate::progress::Progress::new();
+    progress.update("starting", "network, pilot and sidecars");
     let mut mesh = local::Mesh::start(opts)?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     while !mesh.all_ready() && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         mesh.tick()?;
+        progress.update("pods", &crate::progress::pods_line(&mesh.status()));
         std::thread::sleep(Duration::from_millis(100));
     }
     // Ready pods are only useful once every sidecar has them: wait (twice in
@@ -111,9 +122,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut streak = 0;
     while streak < 2 && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         mesh.tick()?;
+        progress.update("config", "every sidecar has the ready pods");
         streak = if mesh.converged() { streak + 1 } else { 0 };
         std::thread::sleep(Duration::from_millis(100));
     }
+    progress.done();
     mesh.tick()?;
     let status = mesh.status();
     print_summary(&status, &dir, mesh.all_ready());
@@ -155,22 +168,53 @@ fn detach(args: &UpArgs, dir: &Path) -> anyhow::Result<()> {
         });
     }
     let mut child = cmd.spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(args.timeout + 10);
+    let ready_by = Instant::now() + Duration::from_secs(args.timeout);
+    let deadline = ready_by + Duration::from_secs(10);
+    let mut progress = crate::progress::Progress::new();
     loop {
         if let Some(code) = child.try_wait()? {
-            bail!("halyard up exited ({code}); see {}", log.display());
+            progress.done();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            bail!(
+                "halyard up exited ({code}): {last} (whole log: {})",
+                log.display()
+            );
         }
-        if std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("Ctrl-C")
+        let status = state.read_status();
+        let all_ready = status
+            .as_ref()
+            .is_some_and(|s| s.pods.iter().all(|p| p.ready));
+        match &status {
+            Some(s) if !all_ready => progress.update("pods", &crate::progress::pods_line(s)),
+            Some(_) => progress.update("config", "every sidecar has the ready pods"),
+            None => progress.update("starting", "network, pilot and sidecars"),
+        }
+        if all_ready
+            && std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("Ctrl-C")
         {
             break;
         }
-        if Instant::now() > deadline {
-            bail!("mesh not up after {}s; see {}", args.timeout, log.display());
+        if Instant::now() > ready_by && !all_ready || Instant::now() > deadline {
+            progress.done();
+            let report = status
+                .as_ref()
+                .map(|s| crate::progress::not_ready_report(s, &state))
+                .unwrap_or_default();
+            bail!(
+                "not every pod was ready after {}s:\n{report}the mesh keeps running: `halyard status`, `halyard logs POD`, `halyard down`",
+                args.timeout
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    progress.done();
     let status = state.read_status().context("mesh status")?;
     print_summary(&status, dir, true);
     println!(
@@ -213,23 +257,24 @@ fn print_summary(status: &MeshStatus, dir: &Path, ready: bool) {
 
 fn print_status(status: &MeshStatus) {
     println!(
-        "{:<12} {:<28} {:<12} {:<17} {:<9} RESTARTS",
-        "NAMESPACE", "POD", "IP", "PHASE", "SIDECAR"
+        "{:<12} {:<28} {:<6} {:<17} {:<9} {:<12} SIDECAR",
+        "NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "IP"
     );
     for p in &status.pods {
-        let phase = match p.phase {
-            Phase::Pending => "Pending",
-            Phase::Running => "Running",
-            Phase::CrashLoopBackOff => "CrashLoopBackOff",
-        };
         let sidecar = match (p.sidecar, p.sidecar_ready) {
             (false, _) => "none",
             (true, true) => "ready",
             (true, false) => "starting",
         };
         println!(
-            "{:<12} {:<28} {:<12} {:<17} {:<9} {}",
-            p.namespace, p.name, p.ip, phase, sidecar, p.restarts
+            "{:<12} {:<28} {:<6} {:<17} {:<9} {:<12} {}",
+            p.namespace,
+            p.name,
+            p.ready_column(),
+            p.status_column(),
+            p.restarts,
+            p.ip,
+            sidecar
         );
     }
     println!("\n{:<36} {:<16} PORTS", "SERVICE", "CLUSTER-IP");

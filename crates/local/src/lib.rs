@@ -7,6 +7,7 @@ pub mod container;
 pub mod network;
 pub mod nsconnect;
 pub mod plan;
+pub mod prereq;
 pub mod prober;
 pub mod process;
 pub mod registry;
@@ -26,6 +27,14 @@ pub enum RuntimeError {
          (sudo halyard up DIR); nothing was started"
     )]
     NotRoot,
+    #[error(
+        "halyard up needs `{program}`, which is not on PATH: install it with \
+         `apt-get install {package}` (or run scripts/demo.sh); nothing was started"
+    )]
+    Missing {
+        program: &'static str,
+        package: &'static str,
+    },
     #[error("the manifests have errors; nothing was started:\n{}", .0.join("\n"))]
     Manifests(Vec<String>),
     #[error("{0}")]
