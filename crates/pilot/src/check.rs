@@ -210,7 +210,7 @@ fn route_configuration(mesh: &Mesh, rc: &mut RouteConfiguration, out: &mut Vec<D
                 let di = index_in(rest, "domains").filter(|_| ri.is_none());
                 cuts.push((vi, ri, di, v.to_string()));
             }
-            cuts.sort_by(|a, b| (b.0, b.1, b.2).cmp(&(a.0, a.1, a.2)));
+            cuts.sort_by_key(|c| std::cmp::Reverse((c.0, c.1, c.2)));
             cuts.dedup_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2));
             let mut units = Vec::new();
             let mut whole: BTreeSet<usize> = BTreeSet::new();
@@ -290,7 +290,7 @@ fn cluster(mesh: &Mesh, c: &mut Cluster, out: &mut Vec<Dropped>) -> bool {
                 let rest = v.path.strip_prefix("load_assignment.")?;
                 cuts.push((endpoint_index(rest)?, v.to_string()));
             }
-            cuts.sort_by(|a, b| b.0.cmp(&a.0));
+            cuts.sort_by_key(|c| std::cmp::Reverse(c.0));
             cuts.dedup_by(|a, b| a.0 == b.0);
             for ((li, ei), error) in cuts {
                 la.endpoints[li].lb_endpoints.remove(ei);
@@ -333,7 +333,7 @@ fn load_assignment(mesh: &Mesh, cla: &mut ClusterLoadAssignment, out: &mut Vec<D
             for v in vs {
                 cuts.push((endpoint_index(&v.path)?, v.to_string()));
             }
-            cuts.sort_by(|a, b| b.0.cmp(&a.0));
+            cuts.sort_by_key(|c| std::cmp::Reverse(c.0));
             cuts.dedup_by(|a, b| a.0 == b.0);
             let mut units = Vec::new();
             for ((li, ei), error) in cuts {
@@ -471,7 +471,7 @@ fn address_sources(mesh: &Mesh, l: &Listener) -> Vec<String> {
     };
     mesh.services
         .iter()
-        .filter(|s| s.addresses.iter().any(|a| *a == sa.address))
+        .filter(|s| s.addresses.contains(&sa.address))
         .map(|s| object(&s.origin))
         .collect()
 }
