@@ -32,6 +32,9 @@ fi
 export HALYARD_ENVOY="$CACHE_DIR/venv/bin/envoy"
 "$HALYARD_ENVOY" --version | head -n 1
 
+# shellcheck source=scripts/rust.sh
+. scripts/rust.sh
+ensure_rust
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2
 

@@ -82,6 +82,9 @@ struct PilotArgs {
     /// Quiet time after an edit before pushing, e.g. 100ms.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     debounce: Duration,
+    /// Also answer DNS (UDP and TCP) here for Services and ServiceEntry hosts.
+    #[arg(long)]
+    dns: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -173,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 xds_addr: args.xds,
                 debug_addr: args.debug,
                 debounce: args.debounce,
+                dns_addr: args.dns,
             };
             tokio::select! {
                 r = pilot::run(opts, None) => r.context("pilot"),

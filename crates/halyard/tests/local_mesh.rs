@@ -397,6 +397,18 @@ spec:
   selector: {app: tcp-echo}
   ports: [{name: web, port: 7071}, {name: raw, port: 9001}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-pods, namespace: bookinfo}
+spec:
+  clusterIP: None
+  selector: {app: tcp-echo}
+  ports: [{name: tcp, port: 9000}]
+"#;
+
+/// Added once the mesh is up: `up --detach` waits for every pod to be ready,
+/// and this one never is.
+const CRASHER: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: crasher, namespace: bookinfo}
@@ -406,6 +418,26 @@ spec:
     metadata: {labels: {app: crasher}}
     spec:
       containers: [{name: crash, command: [sh, -c, "exit 3"]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: unready, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: unready}}
+  template:
+    metadata: {labels: {app: unready}}
+    spec:
+      containers:
+      - name: web
+        command: [halyard, echo, --port, "7070"]
+        readinessProbe: {httpGet: {path: /, port: 7999}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: unready, namespace: bookinfo}
+spec:
+  selector: {app: unready}
+  ports: [{name: http, port: 7070}]
 "#;
 
 #[test]
@@ -539,7 +571,55 @@ fn workloads(name: &str, up_args: &[&str]) {
     let n = s.read(&mut buf).expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("hello from legacy"));
 
-    // A crashing container is restarted with backoff and shows in status.
+    // Pods are Kubernetes-like: their own hostname, and a ClusterFirst
+    // resolv.conf whose server answers from the registry at once.
+    let exec = |pod: &str, argv: &[&str]| {
+        let mut args = vec!["exec", pod, "--"];
+        args.extend_from_slice(argv);
+        let out = mesh.halyard(&args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    assert_eq!(
+        exec("productpage-v1-0", &["hostname"]).1,
+        "productpage-v1-0"
+    );
+    let (_, resolv) = exec("productpage-v1-0", &["cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("search bookinfo.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    // A headless Service is in DNS only (not the hosts file): its short name,
+    // through the search list, gives the pod's IP.
+    let echo_ip = mesh.pod("tcp-echo-0")["ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    let (code, out) = exec("productpage-v1-0", &["getent", "ahostsv4", "echo-pods"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with(&echo_ip), "{out}");
+    // An unknown name fails at once (NXDOMAIN), never after a resolver timeout
+    // (glibc would wait 5 s per try): python's getfqdn() is the usual victim.
+    let started = std::time::Instant::now();
+    let (code, _) = exec("productpage-v1-0", &["getent", "hosts", "no-such-service"]);
+    assert_eq!(code, Some(2), "getent: not found");
+    let (code, fqdn) = exec(
+        "productpage-v1-0",
+        &["python3", "-c", "import socket; print(socket.getfqdn())"],
+    );
+    assert_eq!(code, Some(0));
+    assert!(fqdn.starts_with("productpage-v1-0"), "{fqdn}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "lookups waited for a timeout: {took:?}"
+    );
+
+    // A crashing container is restarted with backoff and shows in status; a
+    // pod whose readiness probe fails runs but gets no traffic.
+    std::fs::write(config.path().join("crasher.yaml"), CRASHER).expect("crasher");
     let mut mesh = mesh;
     wait_for(
         "the crashing pod to be restarted",
@@ -550,6 +630,22 @@ fn workloads(name: &str, up_args: &[&str]) {
             (p["restarts"].as_u64() >= Some(2)).then_some(())
         },
     );
+    wait_for("the unready pod to run", Duration::from_secs(20), || {
+        mesh.refresh();
+        let p = mesh.pod("unready-0");
+        (p["phase"] == "Running" && p["sidecar_ready"] == true).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    mesh.refresh();
+    assert_eq!(
+        mesh.pod("unready-0")["ready"],
+        false,
+        "{}",
+        mesh.pod("unready-0")
+    );
+    let mut c = mesh.connect("productpage-v1-0", "unready", 7070);
+    let (status, body) = c.get("/", &[]).expect("unready service");
+    assert_eq!(status, 503, "a not-ready pod got traffic: {body}");
 
     // Scaling a Deployment in the manifests adds a pod that serves traffic.
     let extra = EXTRA.replace(
@@ -658,7 +754,7 @@ fn without_root_up_says_what_to_do() {
     let out = Command::new("setpriv")
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_halyard"))
-        .args(["up", "/nonexistent", "--name", "hytnoroot"])
+        .args(["up", "/tmp", "--name", "hytnoroot"])
         .env("HALYARD_STATE", "/tmp/hyt-noroot-state")
         .output()
         .expect("setpriv");

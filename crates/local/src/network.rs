@@ -1,7 +1,8 @@
 //! The pod network: a bridge in its own namespace (the host is untouched),
 //! one namespace per pod with a veth on the bridge, Istio's capture rules for
 //! pods with a sidecar, kube-proxy-style forwarding of Service VIPs, and a
-//! hosts file per pod so `reviews`, `reviews.ns` and the FQDN resolve.
+//! hosts file per pod so `reviews`, `reviews.ns` and the FQDN resolve, and a
+//! resolv.conf naming the mesh's DNS with a cluster's search list.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -231,7 +232,18 @@ fn write_hosts(ns: &str, pod: &PodPlan, services: &[ServicePlan]) -> Result<(), 
     std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::Io(dir.clone(), e))?;
     let path = dir.join("hosts");
     std::fs::write(&path, text).map_err(|e| RuntimeError::Io(path, e))?;
+    let path = dir.join("resolv.conf");
+    std::fs::write(&path, resolv_conf(&pod.namespace)).map_err(|e| RuntimeError::Io(path, e))?;
     Ok(())
+}
+
+/// What the kubelet writes for a ClusterFirst pod: the cluster DNS, the
+/// search list of the pod's namespace, `ndots:5`.
+fn resolv_conf(namespace: &str) -> String {
+    let suffix = pilot::model::DOMAIN_SUFFIX;
+    format!(
+        "nameserver {GATEWAY}\nsearch {namespace}.svc.{suffix} svc.{suffix} {suffix}\noptions ndots:5\n"
+    )
 }
 
 #[cfg(test)]
@@ -277,5 +289,13 @@ mod tests {
             "{rules}"
         );
         assert!(!rules.contains("10.44.0.12"));
+    }
+
+    #[test]
+    fn resolv_conf_is_a_cluster_first_pods() {
+        assert_eq!(
+            resolv_conf("shop"),
+            "nameserver 10.44.0.1\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        );
     }
 }

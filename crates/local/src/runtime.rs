@@ -21,6 +21,9 @@ use crate::{RuntimeError, nsconnect, registry};
 
 pub const XDS_PORT: u16 = 15010;
 pub const DEBUG_PORT: u16 = 15014;
+/// The cluster DNS every pod's resolv.conf names (the pilot answers it, on
+/// the bridge's gateway address).
+pub const DNS_PORT: u16 = 53;
 const READY_PORT: u16 = 15021;
 /// Both proxies answer `/ready` on their admin port once initialised.
 const ADMIN_PORT: u16 = 15000;
@@ -170,6 +173,8 @@ impl Mesh {
             format!("{GATEWAY}:{XDS_PORT}"),
             "--debug".into(),
             format!("{GATEWAY}:{DEBUG_PORT}"),
+            "--dns".into(),
+            format!("{GATEWAY}:{DNS_PORT}"),
         ];
         self.pilot = Some(Proc::start(
             &self.net.mesh_ns(),

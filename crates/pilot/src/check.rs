@@ -475,3 +475,114 @@ fn address_sources(mesh: &Mesh, l: &Listener) -> Vec<String> {
         .map(|s| object(&s.origin))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml<M: Message + Name + Default>(text: &str) -> M {
+        xds::json::from_yaml(text).expect("test resource parses")
+    }
+
+    fn cla(name: &str, ports: &[u32]) -> ClusterLoadAssignment {
+        let eps: Vec<String> = ports
+            .iter()
+            .map(|p| format!("{{endpoint: {{address: {{socket_address: {{address: 10.0.0.1, port_value: {p}}}}}}}}}"))
+            .collect();
+        yaml(&format!(
+            "cluster_name: \"{name}\"\nendpoints: [{{lb_endpoints: [{}]}}]\n",
+            eps.join(", ")
+        ))
+    }
+
+    fn eds_cluster(name: &str, connect_timeout: &str) -> Cluster {
+        yaml(&format!(
+            "name: \"{name}\"\ntype: EDS\neds_cluster_config: {{eds_config: {{ads: {{}}}}}}\nconnect_timeout: {connect_timeout}\n"
+        ))
+    }
+
+    fn listener_named(name: &str, port: u32) -> Listener {
+        yaml(&format!(
+            r#"
+name: "{name}"
+address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+      stat_prefix: x
+      cluster: good
+"#
+        ))
+    }
+
+    /// Bad units of every type: each is cut at its smallest failing unit,
+    /// reported with type, resource, unit and field, and the rest is kept.
+    #[test]
+    fn the_smallest_failing_unit_is_dropped_and_reported() {
+        let routes: RouteConfiguration = yaml(
+            r#"
+name: "80"
+virtual_hosts:
+- name: "a:80"
+  domains: ["a", "a:80"]
+  routes:
+  - match: {prefix: /}
+    route: {cluster: good}
+  - match: {safe_regex: {regex: "/(unclosed"}}
+    route: {cluster: good}
+- name: "b:80"
+  domains: ["b"]
+  routes: [{match: {prefix: /}, route: {cluster: good}}]
+"#,
+        );
+        let mut res = ProxyResources {
+            clusters: vec![eds_cluster("good", "1s"), eds_cluster("bad", "0s")],
+            endpoints: vec![cla("good", &[80, 70000]), cla("bad", &[80])],
+            listeners: vec![
+                listener_named("l1", 80),
+                listener_named("l1", 81),
+                listener_named("l2", 80),
+                listener_named("l3", 82),
+            ],
+            routes: vec![routes],
+        };
+        let dropped = sanitize(&Mesh::default(), &mut res);
+        let summary: Vec<(&str, &str, &str)> = dropped
+            .iter()
+            .map(|d| (d.type_short, d.resource.as_str(), d.unit.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("LDS", "l1", "listener"),
+                ("LDS", "l2", "listener"),
+                ("RDS", "80", "virtual_hosts[0].routes[1]"),
+                ("CDS", "bad", "cluster"),
+                ("EDS", "good", "endpoints[0].lb_endpoints[1]"),
+            ],
+            "{dropped:#?}"
+        );
+        assert!(dropped[0].error.contains("duplicate listener name"));
+        assert!(dropped[1].error.contains("duplicate listener address"));
+        assert!(dropped[2].error.contains("regex"), "{}", dropped[2].error);
+        assert!(
+            dropped[3].error.starts_with("connect_timeout"),
+            "{}",
+            dropped[3].error
+        );
+        assert!(dropped[4].error.contains("65535"), "{}", dropped[4].error);
+
+        let names: Vec<&str> = res.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["l1", "l3"]);
+        assert_eq!(res.routes[0].virtual_hosts.len(), 2);
+        assert_eq!(res.routes[0].virtual_hosts[0].routes.len(), 1);
+        assert_eq!(res.clusters.len(), 1);
+        // The dropped cluster's endpoints go with it; the other keeps its good one.
+        assert_eq!(res.endpoints.len(), 1);
+        assert_eq!(res.endpoints[0].endpoints[0].lb_endpoints.len(), 1);
+        // What is left passes every rule.
+        assert!(sanitize(&Mesh::default(), &mut res).is_empty());
+    }
+}

@@ -12,6 +12,7 @@ pub mod debug;
 pub mod discovery;
 pub mod mesh;
 pub mod model;
+pub mod names;
 pub mod node;
 pub mod policy;
 pub mod routing;
@@ -42,6 +43,9 @@ pub struct PilotOptions {
     pub debug_addr: SocketAddr,
     /// Quiet time after an edit before reloading (Istio's PILOT_DEBOUNCE_AFTER).
     pub debounce: Duration,
+    /// Serve the mesh's DNS (UDP and TCP) here: Services, headless Services
+    /// and ServiceEntry hosts, from the same registry as xDS.
+    pub dns_addr: Option<SocketAddr>,
 }
 
 /// Why the pilot could not start.
@@ -62,6 +66,8 @@ pub enum PilotError {
 pub struct Pilot {
     pub xds_addr: SocketAddr,
     pub debug_addr: SocketAddr,
+    /// Where DNS is answered, when asked for.
+    pub dns_addr: Option<SocketAddr>,
     pub discovery: Arc<Discovery>,
     pub sync: xds::status::SyncStatus,
 }
@@ -96,7 +102,16 @@ pub async fn run(
     let mut fingerprint = config::fingerprint_all(&paths);
     let loaded = store.load();
     let report = Arc::new(Mutex::new(report_of(&loaded, 1)));
-    let discovery = Arc::new(Discovery::new(compile::build(&loaded.resources)));
+    let mesh = compile::build(&loaded.resources);
+    let dns = match opts.dns_addr {
+        Some(addr) => Some(
+            dns::serve(addr, names::table(&mesh))
+                .await
+                .map_err(|source| PilotError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let discovery = Arc::new(Discovery::new(mesh));
     let sync = xds::status::SyncStatus::default();
     tracing::info!(
         resources = loaded.resources.len(),
@@ -123,6 +138,7 @@ pub async fn run(
         let _ = ready.send(Pilot {
             xds_addr,
             debug_addr,
+            dns_addr: dns.as_ref().map(dns::DnsServer::local_addr),
             discovery: discovery.clone(),
             sync: sync.clone(),
         });
@@ -136,7 +152,11 @@ pub async fn run(
             loads += 1;
             // Push first, then publish the report: once /debug/configz shows a
             // resource, every proxy's snapshot already includes it.
-            discovery.update(compile::build(&loaded.resources));
+            let mesh = compile::build(&loaded.resources);
+            if let Some(dns) = &dns {
+                dns.set(names::table(&mesh));
+            }
+            discovery.update(mesh);
             *report.lock().unwrap_or_else(|e| e.into_inner()) = report_of(&loaded, loads);
             tracing::info!(
                 resources = loaded.resources.len(),

@@ -94,6 +94,7 @@ impl Proxy {
 
         let listeners = Listeners::new(store.clone());
         listeners.reconcile()?;
+        store.bind_on_apply();
         tasks.push(tokio::spawn(listeners.clone().follow()));
 
         let admin_listener = admin::bind(cfg.admin)

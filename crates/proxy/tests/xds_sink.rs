@@ -210,3 +210,71 @@ async fn cds_eds_lds_rds_make_traffic_flow_and_bad_resources_keep_the_old() {
     })
     .await;
 }
+
+/// A listener whose address cannot be bound is NACKed with the OS error, as
+/// Envoy does; the other listeners of the update are applied, and a listener
+/// that moves to a taken address keeps serving where it was.
+#[tokio::test]
+async fn a_listener_that_cannot_bind_is_nacked_with_the_os_error() {
+    let a = backend("a").await;
+    let bootstrap = proxy::bootstrap::parse(BOOTSTRAP, false).unwrap();
+    let proxy = Proxy::start(
+        bootstrap,
+        &ProxyOptions {
+            ready_port: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sink = StoreSink(proxy.store().clone());
+    sink.apply(type_url::CLUSTER, "1", &cds("ROUND_ROBIN"))
+        .unwrap();
+    sink.apply(type_url::ENDPOINT, "1", &eds(a.addr)).unwrap();
+    sink.apply(type_url::LISTENER, "1", &lds()).unwrap();
+    sink.apply(type_url::ROUTE, "1", &rds("/.*")).unwrap();
+    let lis = eventually("listener bound", async || proxy.listener_addr("lis")).await;
+
+    // Another process holds this port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let moved = |name: &str, port: u16| {
+        let mut one = lds();
+        let mut l: Listener =
+            prost::Message::decode(one.remove("lis").unwrap().value.as_slice()).unwrap();
+        l.name = name.to_string();
+        if let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) =
+            l.address.as_mut().and_then(|a| a.address.as_mut())
+        {
+            sa.port_specifier = Some(
+                envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(
+                    u32::from(port),
+                ),
+            );
+        }
+        (name.to_string(), xds::json::to_any(&l))
+    };
+    let update = BTreeMap::from([moved("lis", port), moved("extra", 0)]);
+    let err = sink.apply(type_url::LISTENER, "2", &update).unwrap_err();
+    assert!(
+        err.starts_with(&format!("listener lis: cannot bind '127.0.0.1:{port}': ")),
+        "{err}"
+    );
+    assert!(err.contains("Address already in use"), "{err}");
+    let extra = eventually("the other listener bound", async || {
+        proxy.listener_addr("extra")
+    })
+    .await;
+    assert_eq!(get(extra, "svc", "/x", &[]).await.body, "a");
+    assert_eq!(proxy.listener_addr("lis"), Some(lis));
+    assert_eq!(get(lis, "svc", "/x", &[]).await.body, "a");
+
+    // A brand-new listener on the taken port is simply not there.
+    let mut update = lds();
+    update.extend([moved("new", port)]);
+    let err = sink.apply(type_url::LISTENER, "3", &update).unwrap_err();
+    assert!(err.starts_with("listener new: cannot bind"), "{err}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(proxy.listener_addr("new"), None);
+    drop(taken);
+}

@@ -91,6 +91,11 @@ pub struct ConfigStore {
     listeners_changed: watch::Sender<u64>,
     lds: XdsStats,
     cds: XdsStats,
+    /// Bind LDS listeners while applying them, so a listener that cannot bind
+    /// is NACKed with the OS error (as Envoy does) instead of failing later.
+    bind_on_apply: std::sync::atomic::AtomicBool,
+    /// Sockets bound while applying LDS, until `Listeners` takes them.
+    prebound: Mutex<HashMap<String, (SocketAddr, std::net::TcpListener)>>,
 }
 
 impl std::fmt::Debug for ConfigStore {
@@ -121,11 +126,89 @@ impl ConfigStore {
             stats,
             ready: watch::channel(false).0,
             listeners_changed: watch::channel(0).0,
+            bind_on_apply: std::sync::atomic::AtomicBool::new(false),
+            prebound: Mutex::new(HashMap::new()),
         });
         let mut state = store.lock();
         store.publish(&mut state);
         drop(state);
         store
+    }
+
+    /// From now on, bind each new LDS listener while applying it (the proxy
+    /// does this once its `Listeners` follow the store).
+    pub fn bind_on_apply(&self) {
+        self.bind_on_apply
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The socket bound for listener `name` at `addr` while applying LDS.
+    pub fn take_prebound(&self, name: &str, addr: SocketAddr) -> Option<std::net::TcpListener> {
+        let mut prebound = self.prebound.lock().unwrap_or_else(|e| e.into_inner());
+        match prebound.remove(name) {
+            Some((a, socket)) if a == addr => Some(socket),
+            _ => None,
+        }
+    }
+
+    /// Drop prebound sockets of listeners that are gone or moved.
+    pub fn forget_prebound(&self, keep: impl Fn(&str, SocketAddr) -> bool) {
+        let mut prebound = self.prebound.lock().unwrap_or_else(|e| e.into_inner());
+        prebound.retain(|name, (addr, _)| keep(name, *addr));
+    }
+
+    /// Bind every listener of this LDS update that is not bound yet; one that
+    /// cannot bind is rejected (its previous version, if any, stays).
+    fn prebind(
+        &self,
+        state: &mut State,
+        old: &BTreeMap<String, Versioned<ListenerConfig, XdsListener>>,
+        errors: &mut Vec<(String, String)>,
+    ) {
+        if !self
+            .bind_on_apply
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let mut prebound = self.prebound.lock().unwrap_or_else(|e| e.into_inner());
+        let names: Vec<String> = state.listeners.keys().cloned().collect();
+        for name in names {
+            let l = state.listeners[&name].config.clone();
+            let already = old
+                .get(&name)
+                .is_some_and(|p| p.config.bind_to_port && p.config.address == l.address)
+                || prebound.get(&name).is_some_and(|(a, _)| *a == l.address);
+            if !l.bind_to_port || already {
+                continue;
+            }
+            match crate::listener::bind_std(l.address) {
+                Ok(socket) => {
+                    prebound.insert(name, (l.address, socket));
+                }
+                Err(e) => {
+                    errors.push((
+                        name.clone(),
+                        format!("listener {name}: cannot bind '{}': {e}", l.address),
+                    ));
+                    match old.get(&name) {
+                        Some(prev) => {
+                            state.listeners.insert(
+                                name,
+                                Versioned {
+                                    version: prev.version.clone(),
+                                    proto: prev.proto.clone(),
+                                    config: prev.config.clone(),
+                                },
+                            );
+                        }
+                        None => {
+                            state.listeners.remove(&name);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -207,15 +290,11 @@ impl ConfigStore {
                 let names = cluster_names(&state);
                 let known = |n: &str| names.contains(n);
                 let validate = |l: &ListenerConfig| l.check_inline_route_clusters(&known);
-                state.listeners = convert_all(
-                    &state.listeners,
-                    resources,
-                    version,
-                    "listener",
-                    &validate,
-                    &mut errors,
-                );
+                let old = std::mem::take(&mut state.listeners);
+                state.listeners =
+                    convert_all(&old, resources, version, "listener", &validate, &mut errors);
                 reject_duplicate_addresses(&mut state, &mut errors);
+                self.prebind(&mut state, &old, &mut errors);
                 state
                     .versions
                     .insert(type_url::LISTENER, version.to_string());

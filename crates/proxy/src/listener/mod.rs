@@ -87,7 +87,11 @@ impl Listeners {
             if !l.bind_to_port || bound.contains_key(name) {
                 continue;
             }
-            match bind(l.address) {
+            let socket = match self.store.take_prebound(name, l.address) {
+                Some(socket) => TcpListener::from_std(socket),
+                None => bind(l.address),
+            };
+            match socket {
                 Ok(listener) => {
                     let local = listener.local_addr().unwrap_or(l.address);
                     tracing::info!(listener = %name, %local, "listening");
@@ -113,15 +117,25 @@ impl Listeners {
             }
         }
         drop(bound);
+        self.store.forget_prebound(|name, addr| {
+            snapshot
+                .listeners
+                .get(name)
+                .is_some_and(|l| l.bind_to_port && l.address == addr)
+        });
         self.store.listeners_reconciled();
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Follow LDS updates until the task is dropped.
-    pub async fn follow(self: Arc<Self>) {
+    /// Follow LDS updates until the task is dropped. Subscribes at once (not
+    /// when the task first runs), so an update applied before the task is
+    /// polled is not missed.
+    pub fn follow(self: Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
         let mut changed = self.store.listeners_changed();
-        while changed.changed().await.is_ok() {
-            let _ = self.reconcile();
+        async move {
+            while changed.changed().await.is_ok() {
+                let _ = self.reconcile();
+            }
         }
     }
 }
@@ -137,6 +151,12 @@ impl Drop for Listeners {
 
 /// A listening socket with SO_REUSEADDR.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr)?)
+}
+
+/// [`bind`] without a runtime: the socket is listening (so the port is
+/// taken and connections queue) and non-blocking.
+pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -145,7 +165,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 async fn accept_loop(listener: TcpListener, name: String, store: Arc<ConfigStore>) {
