@@ -16,6 +16,9 @@ pub enum Reply {
     Send(Vec<u8>),
     /// Send nothing: the packet is a response, or too short to carry an id.
     Drop,
+    /// Not a name of ours: ask the upstream resolver (only from [`respond`]
+    /// with `forward` set).
+    Forward,
 }
 
 /// The largest reply a TCP client can take (the 2-byte length prefix).
@@ -25,6 +28,13 @@ pub const TCP_LIMIT: usize = u16::MAX as usize;
 /// client's UDP payload size (512 bytes, or its EDNS size); a reply that does
 /// not is sent truncated (TC set, no answers) so the client retries over TCP.
 pub fn answer(packet: &[u8], table: &NameTable, udp: bool) -> Reply {
+    respond(packet, table, udp, false)
+}
+
+/// [`answer`], except that a well-formed query for a name the table does not
+/// have is [`Reply::Forward`] when `forward` is set (a DNS proxy with an
+/// upstream), instead of NXDOMAIN.
+pub fn respond(packet: &[u8], table: &NameTable, udp: bool, forward: bool) -> Reply {
     let request = match Message::from_vec(packet) {
         Ok(m) => m,
         Err(_) if packet.len() >= 12 && packet[2] & 0x80 == 0 => {
@@ -67,6 +77,7 @@ pub fn answer(packet: &[u8], table: &NameTable, udp: bool) -> Reply {
         .then(|| table.lookup(&name))
         .flatten();
     match known {
+        None if forward => return Reply::Forward,
         None => reply.metadata.response_code = ResponseCode::NXDomain,
         Some(addrs) => {
             // Ours: authoritative, with the records of the asked family; a
@@ -91,6 +102,22 @@ pub fn answer(packet: &[u8], table: &NameTable, udp: bool) -> Reply {
         Ok(bytes) if bytes.len() <= limit => Reply::Send(bytes),
         _ => encode(&reply.truncate()),
     }
+}
+
+/// SERVFAIL for `packet` (the upstream could not be reached), or nothing if
+/// the packet is not a query.
+pub fn servfail(packet: &[u8]) -> Option<Vec<u8>> {
+    let request = Message::from_vec(packet).ok()?;
+    let mut reply = Message::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
+    reply.metadata = Metadata::response_from_request(&request.metadata);
+    reply.metadata.recursion_available = true;
+    reply.metadata.response_code = ResponseCode::ServFail;
+    reply.queries = request.queries;
+    reply.to_vec().ok()
 }
 
 fn encode(message: &Message) -> Reply {
@@ -142,7 +169,7 @@ mod tests {
     fn reply(packet: &[u8], udp: bool) -> Message {
         match answer(packet, &table(), udp) {
             Reply::Send(bytes) => Message::from_vec(&bytes).expect("decodable reply"),
-            Reply::Drop => panic!("no reply"),
+            other => panic!("no reply: {other:?}"),
         }
     }
 
@@ -251,6 +278,26 @@ mod tests {
             flipped[n] ^= 0xff;
             let _ = answer(&flipped, &table(), true);
         }
+    }
+
+    #[test]
+    fn unknown_names_are_forwarded_when_there_is_an_upstream() {
+        let q = ask("example.org.", RecordType::A, None);
+        assert_eq!(respond(&q, &table(), true, true), Reply::Forward);
+        // Ours are still answered here; garbage is still FORMERR, not forwarded.
+        let ours = ask("dual.example.com.", RecordType::A, None);
+        assert!(matches!(
+            respond(&ours, &table(), true, true),
+            Reply::Send(_)
+        ));
+        assert!(matches!(
+            respond(&q[..20], &table(), true, true),
+            Reply::Send(_)
+        ));
+        let fail = Message::from_vec(&servfail(&q).expect("servfail")).expect("decode");
+        assert_eq!(fail.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(fail.metadata.id, 0x1234);
+        assert_eq!(fail.queries.len(), 1);
     }
 
     #[test]

@@ -311,6 +311,7 @@ pub fn down(mesh: MeshArgs) -> anyhow::Result<()> {
     // Whatever is left (a crashed supervisor): remove it directly.
     let removed = local::network::MeshNet {
         prefix: mesh.name.clone(),
+        dns_capture: false,
     }
     .teardown();
     let _ = std::fs::remove_file(state.status_file());

@@ -19,6 +19,9 @@ pub const BRIDGE: &str = "hybr0";
 #[derive(Clone, Debug)]
 pub struct MeshNet {
     pub prefix: String,
+    /// Capture meshed pods' DNS to their sidecar's DNS proxy (Istio's
+    /// `ISTIO_META_DNS_CAPTURE`); only our sidecar has one.
+    pub dns_capture: bool,
 }
 
 impl MeshNet {
@@ -64,7 +67,12 @@ impl MeshNet {
             &GATEWAY.to_string(),
         )?;
         if pod.sidecar {
-            let cfg = capture::CaptureConfig::from_annotations(&pod.annotations)?;
+            let mut cfg = capture::CaptureConfig::from_annotations(&pod.annotations)?;
+            if self.dns_capture {
+                // istio-iptables --redirect-dns, for the pod's one nameserver.
+                cfg.redirect_dns = true;
+                cfg.dns_servers_v4 = vec![GATEWAY.to_string()];
+            }
             capture::apply(Some(&ns), &cfg)?;
         }
         iptables_restore(&ns, &service_rules(all_pods, services, true))?;

@@ -106,6 +106,7 @@ impl Mesh {
         let state = StateDir(opts.state_dir.clone());
         let net = MeshNet {
             prefix: opts.prefix.clone(),
+            dns_capture: opts.sidecar == SidecarKind::Halyard,
         };
         net.teardown();
         state.create()?;
@@ -224,6 +225,10 @@ impl Mesh {
             ("POD_NAMESPACE".to_string(), pod.namespace.clone()),
             ("INSTANCE_IP".to_string(), pod.ip.to_string()),
         ];
+        if rewrite {
+            // Istio's DNS proxying (proxyMetadata ISTIO_META_DNS_CAPTURE).
+            sidecar_env.push(("ISTIO_META_DNS_CAPTURE".to_string(), "true".to_string()));
+        }
         if !probers.is_empty() {
             sidecar_env.push((
                 probe::APP_PROBERS_ENV.to_string(),

@@ -35,6 +35,8 @@ type Checked = (Arc<Snapshot>, Arc<Vec<Dropped>>);
 struct SnapshotCache {
     label_sensitive: bool,
     by_key: HashMap<ConfigKey, Checked>,
+    /// NDS: the same for every proxy, built once per mesh.
+    nds: TypeSnapshot,
 }
 
 /// `pilot_xds_push_errors{type}`: units the pre-push check dropped, counted
@@ -70,6 +72,7 @@ impl SnapshotCache {
         SnapshotCache {
             label_sensitive: mesh.label_sensitive(),
             by_key: HashMap::new(),
+            nds: type_snapshot(&[crate::names::nds(mesh)], |_| &NDS_NAME),
         }
     }
 
@@ -81,7 +84,10 @@ impl SnapshotCache {
                 let mut res = translate(mesh, proxy);
                 let dropped = check::sanitize(mesh, &mut res);
                 errors.add(&dropped);
-                (Arc::new(snapshot(&res)), Arc::new(dropped))
+                let mut snap = snapshot(&res);
+                snap.types
+                    .insert(type_url::NAME_TABLE.to_string(), self.nds.clone());
+                (Arc::new(snap), Arc::new(dropped))
             })
             .clone()
     }
@@ -193,6 +199,9 @@ impl SnapshotSource for Discovery {
         tracing::info!(node = %node.id, "proxy disconnected");
     }
 }
+
+/// NDS is one resource, unnamed (as Istio sends it).
+static NDS_NAME: String = String::new();
 
 /// Package translated resources as an xDS snapshot with content versions.
 pub fn snapshot(res: &ProxyResources) -> Snapshot {

@@ -15,31 +15,70 @@ use std::net::IpAddr;
 use dns::NameTable;
 
 use crate::mesh::Mesh;
+use crate::model::{DOMAIN_SUFFIX, Service};
 
-pub fn table(mesh: &Mesh) -> NameTable {
-    let mut table = NameTable::new();
-    for svc in &mesh.services {
+/// Every answerable service with its addresses, in hostname order.
+fn entries(mesh: &Mesh) -> impl Iterator<Item = (&Service, Vec<IpAddr>)> {
+    mesh.services.iter().filter_map(|svc| {
         if svc.hostname.contains('*') {
-            continue;
+            return None;
         }
         let vips: Vec<IpAddr> = svc
             .addresses
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect();
-        let addrs = if !vips.is_empty() || svc.addresses.iter().any(|a| a.contains('/')) {
-            vips
-        } else {
-            svc.endpoints
-                .iter()
-                .filter_map(|e| e.address.parse().ok())
-                .collect()
-        };
-        if !addrs.is_empty() {
-            table.insert(&svc.hostname, addrs);
-        }
+        let addrs: Vec<IpAddr> =
+            if !vips.is_empty() || svc.addresses.iter().any(|a| a.contains('/')) {
+                vips
+            } else {
+                svc.endpoints
+                    .iter()
+                    .filter_map(|e| e.address.parse().ok())
+                    .collect()
+            };
+        (!addrs.is_empty()).then_some((svc, addrs))
+    })
+}
+
+/// The cluster resolver's table (`halyard pilot --dns`).
+pub fn table(mesh: &Mesh) -> NameTable {
+    let mut table = NameTable::new();
+    for (svc, addrs) in entries(mesh) {
+        table.insert(&svc.hostname, addrs);
     }
     table
+}
+
+/// The same names as Istio's NDS resource, for sidecars' DNS proxies.
+pub fn nds(mesh: &Mesh) -> xds::nds::NameTable {
+    let table = entries(mesh)
+        .map(|(svc, addrs)| {
+            let kube = svc.hostname.ends_with(&format!(".svc.{DOMAIN_SUFFIX}"))
+                && svc.origin.starts_with("Service ");
+            let info = xds::nds::NameInfo {
+                ips: addrs.iter().map(ToString::to_string).collect(),
+                registry: if kube {
+                    "Kubernetes".into()
+                } else {
+                    String::new()
+                },
+                shortname: if kube {
+                    svc.hostname.split('.').next().unwrap_or_default().into()
+                } else {
+                    String::new()
+                },
+                namespace: if kube {
+                    svc.namespace.clone()
+                } else {
+                    String::new()
+                },
+                alt_hosts: Vec::new(),
+            };
+            (svc.hostname.clone(), info)
+        })
+        .collect();
+    xds::nds::NameTable { table }
 }
 
 #[cfg(test)]
@@ -126,5 +165,22 @@ spec:
             "a CIDR is not an answer"
         );
         assert!(t.names().iter().all(|n| !n.contains('*')));
+
+        // NDS carries the same table, with Istio's registry fields.
+        let nds = nds(&compile::build(&resources));
+        assert_eq!(nds.table.len(), t.len());
+        for (name, info) in &nds.table {
+            assert_eq!(get(name).expect("same names"), info.ips);
+        }
+        let reviews = &nds.table["reviews.bookinfo.svc.cluster.local"];
+        assert_eq!(
+            (
+                reviews.registry.as_str(),
+                reviews.shortname.as_str(),
+                reviews.namespace.as_str()
+            ),
+            ("Kubernetes", "reviews", "bookinfo")
+        );
+        assert_eq!(nds.table["api.example.com"].registry, "");
     }
 }

@@ -18,6 +18,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod descriptors;
 pub mod dns;
+pub mod dns_proxy;
 pub mod error;
 pub mod filters;
 pub mod http;
@@ -137,9 +138,27 @@ impl Proxy {
             tasks.push(tokio::spawn(app_health::serve(l, Arc::new(health))));
         }
 
+        let dns_proxy = dns_proxy::enabled() && cfg.ads.is_some();
+        if dns_proxy {
+            let addr = dns_proxy::DNS_PROXY_ADDR;
+            let server = dns_proxy::start(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "DNS proxy".into(),
+                    addr,
+                    source,
+                })?;
+            store.set_dns_proxy(server);
+        }
+
         if let Some(ads) = &cfg.ads {
             tracing::info!(endpoint = %ads.endpoint, delta = ads.delta, "connecting to the control plane");
-            tasks.push(xds_sink::connect(ads, cfg.node.clone(), store.clone()));
+            tasks.push(xds_sink::connect(
+                ads,
+                cfg.node.clone(),
+                store.clone(),
+                dns_proxy,
+            ));
             if let Some(timeout) = ads.initial_fetch_timeout {
                 let store = store.clone();
                 tasks.push(tokio::spawn(async move {

@@ -44,13 +44,19 @@ impl ResourceSink for StoreSink {
 }
 
 /// Start the ADS client for the bootstrap's ads_config.
-pub fn connect(ads: &Ads, node: Node, store: Arc<ConfigStore>) -> JoinHandle<()> {
+/// `nds` subscribes to Istio's name table too, for the DNS proxy.
+pub fn connect(ads: &Ads, node: Node, store: Arc<ConfigStore>, nds: bool) -> JoinHandle<()> {
     let config = ClientConfig {
         endpoint: ads.endpoint.clone(),
         node,
         delta: ads.delta,
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(10),
+        extra_types: if nds {
+            vec![xds::type_url::NAME_TABLE]
+        } else {
+            Vec::new()
+        },
     };
     xds::client::spawn(config, Arc::new(StoreSink(store)))
 }

@@ -37,6 +37,18 @@ pub struct ClientConfig {
     pub delta: bool,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Types beyond CDS/EDS/LDS/RDS to subscribe to as wildcards (NDS).
+    pub extra_types: Vec<&'static str>,
+}
+
+impl ClientConfig {
+    /// The types subscribed as wildcards when a stream starts.
+    fn wildcard_types(&self) -> impl Iterator<Item = &str> {
+        WILDCARD_TYPES
+            .iter()
+            .copied()
+            .chain(self.extra_types.iter().copied())
+    }
 }
 
 /// The proxy side: applies resources and says which names it wants.
@@ -145,6 +157,10 @@ fn named_resource(any: WireAny) -> Result<(String, prost_types::Any), String> {
             .resource
             .ok_or_else(|| format!("resource {} has no body", wrapped.name))?;
         return Ok((wrapped.name, from_wire(body)));
+    }
+    if any.type_url == type_url::NAME_TABLE {
+        // Field 1 of a NameTable is its map: the one resource has no name.
+        return Ok((String::new(), from_wire(any)));
     }
     match field_one_string(&any.value) {
         Some(name) if !name.is_empty() => Ok((name, from_wire(any))),

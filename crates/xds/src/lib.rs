@@ -12,6 +12,9 @@ pub mod type_url {
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
     pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+    /// Istio's NDS: the name table a sidecar's DNS proxy answers from. One
+    /// unnamed resource; only proxies that ask for it get it (Envoy never does).
+    pub const NAME_TABLE: &str = "type.googleapis.com/istio.networking.nds.v1.NameTable";
 
     /// Short name for logs and debug pages (`LDS`, `RDS`, ...).
     pub fn short(url: &str) -> &'static str {
@@ -21,11 +24,13 @@ pub mod type_url {
             CLUSTER => "CDS",
             ENDPOINT => "EDS",
             SECRET => "SDS",
+            NAME_TABLE => "NDS",
             _ => "?",
         }
     }
 }
 
 pub mod client;
+pub mod nds;
 pub mod server;
 pub mod status;

@@ -243,9 +243,9 @@ impl Subscription {
     }
 }
 
-/// LDS and CDS are wildcard when a proxy names nothing; EDS, RDS and SDS never are.
+/// LDS, CDS and NDS are wildcard when a proxy names nothing; EDS, RDS and SDS never are.
 fn is_wildcard_type(url: &str) -> bool {
-    url == type_url::LISTENER || url == type_url::CLUSTER
+    url == type_url::LISTENER || url == type_url::CLUSTER || url == type_url::NAME_TABLE
 }
 
 /// The type URLs in Envoy's safe push order: CDS, EDS, LDS, RDS, then the rest.

@@ -96,6 +96,8 @@ pub struct ConfigStore {
     bind_on_apply: std::sync::atomic::AtomicBool,
     /// Sockets bound while applying LDS, until `Listeners` takes them.
     prebound: Mutex<HashMap<String, (SocketAddr, std::net::TcpListener)>>,
+    /// The DNS proxy NDS feeds, when it runs.
+    dns_proxy: std::sync::OnceLock<dns::DnsServer>,
 }
 
 impl std::fmt::Debug for ConfigStore {
@@ -128,11 +130,36 @@ impl ConfigStore {
             listeners_changed: watch::channel(0).0,
             bind_on_apply: std::sync::atomic::AtomicBool::new(false),
             prebound: Mutex::new(HashMap::new()),
+            dns_proxy: std::sync::OnceLock::new(),
         });
         let mut state = store.lock();
         store.publish(&mut state);
         drop(state);
         store
+    }
+
+    /// NDS updates go to this DNS proxy from now on.
+    pub fn set_dns_proxy(&self, server: dns::DnsServer) {
+        let _ = self.dns_proxy.set(server);
+    }
+
+    /// NDS: one unnamed NameTable; a bad one is NACKed and the last good
+    /// table keeps answering.
+    fn apply_name_table(
+        &self,
+        resources: &BTreeMap<String, prost_types::Any>,
+    ) -> Result<(), String> {
+        let Some(server) = self.dns_proxy.get() else {
+            return Ok(());
+        };
+        // One resource; an empty set empties the table.
+        let mut table = dns::NameTable::new();
+        for any in resources.values() {
+            table = crate::dns_proxy::table_from_nds(any)?;
+        }
+        tracing::debug!(names = table.len(), "name table applied");
+        server.set(table);
+        Ok(())
     }
 
     /// From now on, bind each new LDS listener while applying it (the proxy
@@ -272,6 +299,9 @@ impl ConfigStore {
         version: &str,
         resources: &BTreeMap<String, prost_types::Any>,
     ) -> Result<(), String> {
+        if type_url == type_url::NAME_TABLE {
+            return self.apply_name_table(resources);
+        }
         let mut state = self.lock();
         let mut errors = Vec::new();
         let previous_listeners: Vec<(String, Arc<ListenerConfig>)> =

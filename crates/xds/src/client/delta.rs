@@ -62,7 +62,7 @@ pub(super) async fn run(
         Err(error) => return error,
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    for url in WILDCARD_TYPES {
+    for url in config.wildcard_types() {
         state.types.entry(url.to_string()).or_default().want = Some(Want::Wildcard);
     }
     let mut node = Some(config.node.clone());

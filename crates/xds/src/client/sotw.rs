@@ -11,8 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{
-    Backoff, ClientConfig, NAMED_TYPES, ResourceSink, StreamEnded, WILDCARD_TYPES, Want, connect,
-    named_resource,
+    Backoff, ClientConfig, NAMED_TYPES, ResourceSink, StreamEnded, Want, connect, named_resource,
 };
 use crate::type_url;
 
@@ -46,7 +45,7 @@ pub(super) async fn run(
         Err(error) => return error,
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    for url in WILDCARD_TYPES {
+    for url in config.wildcard_types() {
         state.types.entry(url.to_string()).or_default().want = Some(Want::Wildcard);
     }
     let mut node = Some(config.node.clone());

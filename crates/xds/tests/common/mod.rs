@@ -152,6 +152,7 @@ pub fn client_config_for(addr: SocketAddr, delta: bool) -> ClientConfig {
         delta,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
+        extra_types: Vec::new(),
     }
 }
 
