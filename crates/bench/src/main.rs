@@ -24,9 +24,25 @@ enum Command {
     /// Re-render a report's markdown and SVG from its JSON (after a format
     /// change, or to attach findings written after the run).
     Render(report::RenderArgs),
+    /// The pre-push check's cost beside translation (one sidecar per
+    /// namespace of the generated mesh), as a ratio.
+    CheckCost(CheckCostArgs),
     /// Data plane: client → sidecar → sidecar → server against direct, with
     /// halyard and stock Envoy sidecars; latency, CPU, RSS, max rps.
     Sidecar(bench::sidecar::cli::SidecarArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckCostArgs {
+    /// Mesh size (Kubernetes Services).
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// WorkloadEntries per service.
+    #[arg(long, default_value_t = 3)]
+    endpoints: usize,
+    /// Times every sidecar is translated and checked.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +89,18 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Pilot(args) => pilot(args),
         Command::Render(args) => report::render(&args),
+        Command::CheckCost(a) => {
+            let c = bench::pilot_bench::check_cost::run(a.services, a.endpoints, a.rounds)?;
+            println!(
+                "M={} services, {} resources per sidecar: translate {:.1} ms, check {:.1} ms per sidecar; check/translate = {:.3}",
+                c.services,
+                c.resources,
+                c.translate.as_secs_f64() * 1e3 / (a.rounds.max(1) * 10) as f64,
+                c.check.as_secs_f64() * 1e3 / (a.rounds.max(1) * 10) as f64,
+                c.ratio()
+            );
+            Ok(())
+        }
         Command::Sidecar(args) => bench::sidecar::cli::main(args),
     }
 }

@@ -85,6 +85,10 @@ struct PilotArgs {
     /// Also answer DNS (UDP and TCP) here for Services and ServiceEntry hosts.
     #[arg(long)]
     dns: Option<SocketAddr>,
+    /// Give ServiceEntry hosts without addresses a VIP in 240.240.0.0/16
+    /// (Istio's DNS auto-allocation).
+    #[arg(long, env = "PILOT_ENABLE_IP_AUTOALLOCATE")]
+    auto_allocate: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -177,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 debug_addr: args.debug,
                 debounce: args.debounce,
                 dns_addr: args.dns,
+                auto_allocate: args.auto_allocate,
             };
             tokio::select! {
                 r = pilot::run(opts, None) => r.context("pilot"),

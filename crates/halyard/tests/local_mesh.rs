@@ -409,6 +409,16 @@ spec:
   clusterIP: None
   selector: {app: tcp-echo}
   ports: [{name: tcp, port: 9000}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo-internal, namespace: bookinfo}
+spec:
+  hosts: [echo.internal]
+  location: MESH_INTERNAL
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  resolution: DNS
+  endpoints: [{address: tcp-echo.bookinfo.svc.cluster.local}]
 "#;
 
 /// Added once the mesh is up: `up --detach` waits for every pod to be ready,
@@ -651,6 +661,31 @@ fn workloads(name: &str, up_args: &[&str]) {
     let (code, out) = exec("legacy-0", &["getent", "ahostsv4", "echo-pods"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.starts_with(&echo_ip), "{out}");
+
+    // A ServiceEntry host without addresses gets an auto-allocated VIP in
+    // 240.240.0.0/16: DNS answers it, and plain TCP to it reaches the entry's
+    // endpoints through the sidecars.
+    let (code, out) = exec("productpage-v1-0", &["getent", "ahostsv4", "echo.internal"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("240.240."), "{out}");
+    let vip = out.split_whitespace().next().expect("vip").to_string();
+    let addr: SocketAddr = format!("{vip}:9000").parse().expect("addr");
+    let mut s = local::nsconnect::connect(
+        &mesh.netns("productpage-v1-0"),
+        addr,
+        Duration::from_secs(2),
+    )
+    .expect("connect to the auto-allocated VIP");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"via the vip\n").expect("write");
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).expect("read");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("hello from tcp-echo"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 
     // A crashing container is restarted with backoff and shows in status; a
     // pod whose readiness probe fails runs but gets no traffic.

@@ -176,6 +176,9 @@ impl Mesh {
             format!("{GATEWAY}:{DEBUG_PORT}"),
             "--dns".into(),
             format!("{GATEWAY}:{DNS_PORT}"),
+            // Pods resolve ServiceEntry hosts to their VIPs (Istio's
+            // ISTIO_META_DNS_AUTO_ALLOCATE), so TCP to them is routable.
+            "--auto-allocate".into(),
         ];
         self.pilot = Some(Proc::start(
             &self.net.mesh_ns(),

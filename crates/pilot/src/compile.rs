@@ -19,7 +19,18 @@ use crate::routing::{
 };
 
 /// Build the mesh from every loaded resource.
+/// How the registry is built beyond what the config says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// Give ServiceEntry hosts without addresses a VIP (see [`crate::auto_vip`]).
+    pub auto_allocate: bool,
+}
+
 pub fn build(resources: &[Resource]) -> Mesh {
+    build_with(resources, &BuildOptions::default())
+}
+
+pub fn build_with(resources: &[Resource], options: &BuildOptions) -> Mesh {
     let workload_entries: Vec<(&Resource, &net::WorkloadEntry)> = resources
         .iter()
         .filter_map(|r| match &r.spec {
@@ -46,6 +57,9 @@ pub fn build(resources: &[Resource]) -> Mesh {
         services: services.into_values().collect(),
         ..Default::default()
     };
+    if options.auto_allocate {
+        crate::auto_vip::allocate(&mut mesh.services);
+    }
     for r in resources {
         match &r.spec {
             Spec::VirtualService(vs) => mesh.virtual_services.push(virtual_service(r, vs)),

@@ -4,6 +4,7 @@
 //! [`mesh::Mesh`] (immutable snapshot) → [`translate`] (pure, per proxy) →
 //! [`discovery`] (per-proxy snapshots) → ADS (`xds::server`).
 
+pub mod auto_vip;
 pub mod check;
 pub mod cluster_ip;
 pub mod compile;
@@ -46,6 +47,8 @@ pub struct PilotOptions {
     /// Serve the mesh's DNS (UDP and TCP) here: Services, headless Services
     /// and ServiceEntry hosts, from the same registry as xDS.
     pub dns_addr: Option<SocketAddr>,
+    /// Istio's address auto-allocation for ServiceEntries without addresses.
+    pub auto_allocate: bool,
 }
 
 /// Why the pilot could not start.
@@ -102,7 +105,10 @@ pub async fn run(
     let mut fingerprint = config::fingerprint_all(&paths);
     let loaded = store.load();
     let report = Arc::new(Mutex::new(report_of(&loaded, 1)));
-    let mesh = compile::build(&loaded.resources);
+    let build = compile::BuildOptions {
+        auto_allocate: opts.auto_allocate,
+    };
+    let mesh = compile::build_with(&loaded.resources, &build);
     let dns = match opts.dns_addr {
         Some(addr) => Some(
             dns::serve(addr, names::table(&mesh))
@@ -152,7 +158,7 @@ pub async fn run(
             loads += 1;
             // Push first, then publish the report: once /debug/configz shows a
             // resource, every proxy's snapshot already includes it.
-            let mesh = compile::build(&loaded.resources);
+            let mesh = compile::build_with(&loaded.resources, &build);
             if let Some(dns) = &dns {
                 dns.set(names::table(&mesh));
             }

@@ -4,6 +4,7 @@
 //! convergence after an endpoint change, a VirtualService change and a burst
 //! of 100 changes, with the pilot's RSS and CPU from /proc.
 
+pub mod check_cost;
 pub mod fleet;
 pub mod lean;
 pub mod mesh_config;

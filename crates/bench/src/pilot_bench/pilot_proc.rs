@@ -77,6 +77,7 @@ impl PilotUnderTest {
             debug_addr: "127.0.0.1:0".parse()?,
             debounce: Duration::from_millis(100),
             dns_addr: None,
+            auto_allocate: false,
         };
         let task = tokio::spawn(async move {
             if let Err(e) = pilot::run(opts, Some(tx)).await {
