@@ -22,7 +22,10 @@ use pilot::mesh::Mesh;
 use tokio_stream::wrappers::TcpListenerStream;
 use xds::status::{ProxyStatus, SyncStatus};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+/// Below Envoy's default initial_fetch_timeout (15 s), so a push that leaves
+/// Envoy waiting for a resource (say, a changed EDS cluster whose endpoints
+/// were not re-sent) fails instead of settling late.
+const DEADLINE: Duration = Duration::from_secs(10);
 
 fn envoy() -> Option<PathBuf> {
     std::env::var_os("HALYARD_ENVOY")
@@ -166,7 +169,7 @@ fn settled(
         let short = xds::type_url::short(url);
         let Some(s) = p.types.get(short) else {
             // Not (yet) subscribed: only EDS/RDS may legitimately stay out.
-            return short == "EDS" || short == "RDS";
+            return matches!(short, "EDS" | "RDS" | "NDS");
         };
         if s.subscribed.is_empty() && s.sent_version.is_none() {
             return true;

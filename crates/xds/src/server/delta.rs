@@ -23,6 +23,7 @@ use super::{
     Closed, Snapshot, StreamContext, Subscription, is_wildcard_type, nack_text, push_order,
 };
 use crate::status::SyncStatus;
+use crate::type_url;
 
 type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
@@ -162,7 +163,12 @@ impl DeltaStream {
             self.status
                 .subscribed(self.stream_id, &url, state.subscription.to_list());
         }
-        self.maybe_send(&url).await
+        self.maybe_send(&url).await?;
+        if url == type_url::CLUSTER {
+            // Clusters it just sent may be waiting for their endpoints.
+            self.maybe_send(type_url::ENDPOINT).await?;
+        }
+        Ok(())
     }
 
     /// After a snapshot change: every requested type, in Envoy's safe order.
@@ -209,6 +215,22 @@ impl DeltaStream {
             state.known.insert(r.name.clone(), r.version.clone());
         }
         state.responded = true;
+        if url == type_url::CLUSTER {
+            // Envoy warms an added or changed EDS cluster until it gets that
+            // cluster's ClusterLoadAssignment again, even an unchanged one it
+            // already holds (else it waits initial_fetch_timeout, 15 s): so
+            // forget that the proxy has it, and the EDS push that follows
+            // re-sends it. (Our load assignments are named after their cluster.)
+            let names: Vec<String> = resources.iter().map(|r| r.name.clone()).collect();
+            if let Some(eds) = self.types.get_mut(type_url::ENDPOINT) {
+                for name in &names {
+                    eds.known.remove(name);
+                }
+            }
+        }
+        let Some(state) = self.types.get_mut(url) else {
+            return Ok(());
+        };
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         if state.pending.len() >= PENDING_NONCES {

@@ -21,6 +21,7 @@ use super::{
     Closed, Snapshot, StreamContext, Subscription, is_wildcard_type, nack_text, push_order,
 };
 use crate::status::SyncStatus;
+use crate::type_url;
 
 type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
 
@@ -132,7 +133,12 @@ impl SotwStream {
             self.status
                 .subscribed(self.stream_id, &url, state.subscription.to_list());
         }
-        self.maybe_send(&url).await
+        self.maybe_send(&url).await?;
+        if url == type_url::CLUSTER {
+            // Clusters it just sent may be waiting for their endpoints.
+            self.maybe_send(type_url::ENDPOINT).await?;
+        }
+        Ok(())
     }
 
     /// After a snapshot change: every requested type, in Envoy's safe order.
@@ -165,6 +171,14 @@ impl SotwStream {
         state.sent_version = Some(snapshot.version.clone());
         state.sent_nonce = Some(nonce.clone());
         state.sent_subscription = Some(state.subscription.clone());
+        if url == type_url::CLUSTER {
+            // Envoy warms each added or changed EDS cluster until it gets the
+            // cluster's ClusterLoadAssignment again, even unchanged (else it
+            // waits initial_fetch_timeout, 15 s): re-send EDS after CDS.
+            if let Some(eds) = self.types.get_mut(type_url::ENDPOINT) {
+                eds.sent_version = None;
+            }
+        }
         self.status.sent(
             self.stream_id,
             url,
