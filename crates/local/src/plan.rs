@@ -341,7 +341,11 @@ spec:
                 .iter()
                 .find(|s| s.hostname == host)
                 .expect("service");
-            assert_eq!(pilot_svc.addresses, [svc.vip.clone()], "{host}");
+            assert_eq!(
+                pilot_svc.addresses,
+                std::slice::from_ref(&svc.vip),
+                "{host}"
+            );
         }
     }
 }

@@ -220,11 +220,14 @@ mod tests {
         }
     }
 
+    /// Per kind, the outcomes still to give.
+    type Outcomes = Vec<(Kind, VecDeque<bool>)>;
+
     /// A scripted probe: per kind, the outcomes to give (then the last one
     /// forever), and the (kind, time since start) of every call.
     #[derive(Clone, Default)]
     struct Script {
-        outcomes: Arc<Mutex<Vec<(Kind, VecDeque<bool>)>>>,
+        outcomes: Arc<Mutex<Outcomes>>,
         calls: Arc<Mutex<Vec<(Kind, u64)>>>,
     }
 
