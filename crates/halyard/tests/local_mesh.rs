@@ -734,6 +734,25 @@ fn workloads(name: &str, up_args: &[&str]) {
             })
             .then_some(())
     });
+    // DNS follows: the headless Service now answers with both pods (through
+    // the sidecar's NDS table in meshed pods), soon after the pod is ready.
+    let second = mesh.pod("tcp-echo-1")["ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    wait_for("DNS to list the new pod", Duration::from_secs(10), || {
+        let out = mesh.halyard(&[
+            "exec",
+            "productpage-v1-0",
+            "--",
+            "getent",
+            "ahostsv4",
+            "echo-pods",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (text.contains(&format!("{echo_ip} ")) && text.contains(&format!("{second} ")))
+            .then_some(())
+    });
 
     // The supervisor dies without cleaning up: `halyard down` (in Drop)
     // must still remove every namespace and process.
