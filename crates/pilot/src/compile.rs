@@ -14,8 +14,8 @@ use crate::model::{
 };
 use crate::policy::{DestinationPolicy, LbAlgorithm, Subset, TrafficPolicy};
 use crate::routing::{
-    Destination, DirectResponse, HttpRoute, Redirect, RequestMatch, StrMatch, TcpRoute,
-    VirtualServiceRule,
+    AbortCode, Destination, DirectResponse, Fault, HeaderEdits, HeaderRules, HttpRoute, Redirect,
+    RequestMatch, Share, StrMatch, TcpRoute, VirtualServiceRule,
 };
 
 /// Build the mesh from every loaded resource.
@@ -233,7 +233,80 @@ fn destination(d: &net::Destination, weight: i32, ns: &str) -> Destination {
         subset: d.subset.clone(),
         port: d.port.as_ref().map(|p| p.number),
         weight: weight.max(0) as u32,
+        headers: HeaderRules::default(),
     }
+}
+
+/// Istio's fault translation: `percentage` (a double) becomes a share of a
+/// million, the deprecated integer `percent` a share of a hundred;
+/// `exponentialDelay` and `http2Error` have no Envoy form and are left out.
+fn fault(f: &net::HttpFaultInjection) -> Option<Fault> {
+    let share = |p: Option<&net::Percent>, percent: Option<i32>| match p {
+        Some(p) => Share {
+            numerator: (p.value.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+            denominator: 1_000_000,
+        },
+        None => Share {
+            numerator: percent.unwrap_or(0).clamp(0, 100) as u32,
+            denominator: 100,
+        },
+    };
+    let delay = f.delay.as_ref().and_then(|d| {
+        let fixed = d.fixed_delay?.get();
+        Some((fixed, share(d.percentage.as_ref(), d.percent)))
+    });
+    let abort = f.abort.as_ref().and_then(|a| {
+        let code = match (a.http_status, &a.grpc_status) {
+            (Some(s), _) => AbortCode::Http(s.max(0) as u32),
+            (None, Some(name)) => AbortCode::Grpc(grpc_code(name)?),
+            (None, None) => return None,
+        };
+        Some((code, share(a.percentage.as_ref(), None)))
+    });
+    (delay.is_some() || abort.is_some()).then_some(Fault { delay, abort })
+}
+
+/// gRPC status names (as Istio's `grpcStatus` takes them) to codes.
+fn grpc_code(name: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+        .map(|i| i as u32)
+}
+
+fn header_rules(h: Option<&net::Headers>) -> HeaderRules {
+    let edits = |o: Option<&net::HeaderOperations>| {
+        o.map(|o| HeaderEdits {
+            set: o.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            add: o.add.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            remove: o.remove.clone(),
+        })
+        .unwrap_or_default()
+    };
+    h.map(|h| HeaderRules {
+        request: edits(h.request.as_ref()),
+        response: edits(h.response.as_ref()),
+    })
+    .unwrap_or_default()
 }
 
 fn virtual_service(r: &Resource, vs: &net::VirtualService) -> VirtualServiceRule {
@@ -279,9 +352,14 @@ fn virtual_service(r: &Resource, vs: &net::VirtualService) -> VirtualServiceRule
                 destinations: weighted(
                     h.route
                         .iter()
-                        .map(|d| destination(&d.destination, d.weight, ns))
+                        .map(|d| Destination {
+                            headers: header_rules(d.headers.as_ref()),
+                            ..destination(&d.destination, d.weight, ns)
+                        })
                         .collect(),
                 ),
+                headers: header_rules(h.headers.as_ref()),
+                fault: h.fault.as_ref().and_then(fault),
                 timeout: h.timeout.map(|d| d.get()),
                 redirect: h.redirect.as_ref().map(|r| Redirect {
                     uri: r.uri.clone(),

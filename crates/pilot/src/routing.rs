@@ -41,6 +41,29 @@ pub struct Destination {
     pub subset: Option<String>,
     pub port: Option<u32>,
     pub weight: u32,
+    /// Header edits for the traffic sent here.
+    pub headers: HeaderRules,
+}
+
+/// Istio's `headers`: edits of request and response headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderRules {
+    pub request: HeaderEdits,
+    pub response: HeaderEdits,
+}
+
+/// `set` overwrites, `add` appends, `remove` deletes (names as written).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self == &HeaderRules::default()
+    }
 }
 
 /// One entry of `http:`.
@@ -55,6 +78,30 @@ pub struct HttpRoute {
     pub redirect: Option<Redirect>,
     /// Answer with a fixed response instead of forwarding.
     pub direct_response: Option<DirectResponse>,
+    /// Header edits for every request of the route.
+    pub headers: HeaderRules,
+    /// Delays and aborts to inject.
+    pub fault: Option<Fault>,
+}
+
+/// Istio's `fault`, in the form Envoy's fault filter takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub delay: Option<(Duration, Share)>,
+    pub abort: Option<(AbortCode, Share)>,
+}
+
+/// `numerator` out of `denominator` (100 or 1,000,000).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortCode {
+    Http(u32),
+    Grpc(u32),
 }
 
 /// `redirect`: where the Location points (unset parts keep the request's).

@@ -98,6 +98,10 @@ pub struct HttpStats {
     pub downstream_rq_5xx: Counter,
     pub no_route: Counter,
     pub no_cluster: Counter,
+    /// `http.<prefix>.fault.*` (Envoy's fault filter stats).
+    pub fault_delays_injected: Counter,
+    pub fault_aborts_injected: Counter,
+    pub fault_active_faults: Counter,
 }
 
 impl HttpStats {
@@ -113,6 +117,9 @@ impl HttpStats {
             downstream_rq_5xx: c("downstream_rq_5xx"),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
+            fault_delays_injected: c("fault.delays_injected"),
+            fault_aborts_injected: c("fault.aborts_injected"),
+            fault_active_faults: c("fault.active_faults"),
         }
     }
 

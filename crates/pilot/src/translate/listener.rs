@@ -247,13 +247,24 @@ fn hcm(stat_prefix: &str, route_specifier: RouteSpecifier) -> Filter {
         stat_prefix: stat_prefix.into(),
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(route_specifier),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(
-                any(&Router::default()),
-            )),
-            ..Default::default()
-        }],
+        // Istio's chain: the fault filter (routes carry its config) before
+        // the router.
+        http_filters: vec![
+            HttpFilter {
+                name: super::route::FAULT_FILTER.into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                    &envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default(),
+                ))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(
+                    any(&Router::default()),
+                )),
+                ..Default::default()
+            },
+        ],
         upgrade_configs: vec![UpgradeConfig {
             upgrade_type: "websocket".into(),
             ..Default::default()

@@ -2,7 +2,9 @@
 //! does), a virtual host per service on that port, routes from the
 //! VirtualService for the host or a default route to its cluster.
 
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, HeaderValue, HeaderValueOption, data_source, header_value_option,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, Route, RouteAction,
     RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
@@ -20,7 +22,15 @@ use super::common::{duration, millis};
 use crate::mesh::Mesh;
 use crate::model::{DOMAIN_SUFFIX, Service, labels_match};
 use crate::node::ProxyNode;
-use crate::routing::{Destination, DirectResponse, HttpRoute, Redirect, RequestMatch, StrMatch};
+use crate::routing::{
+    AbortCode, Destination, DirectResponse, Fault, HeaderEdits, HeaderRules, HttpRoute, Redirect,
+    RequestMatch, Share, StrMatch,
+};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+    FaultAbort, HttpFault, fault_abort,
+};
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 
 /// The route table for one outbound port over the services visible there.
 pub fn outbound(
@@ -130,15 +140,125 @@ fn http_route(mesh: &Mesh, proxy: &ProxyNode, rule: &HttpRoute, port: u32) -> Ve
             .map(route_match)
             .collect()
     };
+    // Istio: the route's edits, plus a lone destination's (weighted
+    // destinations carry their own on the cluster weight).
+    let mut edits = vec![&rule.headers];
+    if let [only] = forwarded(rule).as_slice()
+        && rule.redirect.is_none()
+        && rule.direct_response.is_none()
+    {
+        edits.push(&only.headers);
+    }
+    let ops = HeaderOps::from_rules(&edits);
+    let typed_per_filter_config: std::collections::HashMap<_, _> = rule
+        .fault
+        .as_ref()
+        .filter(|_| rule.redirect.is_none() && rule.direct_response.is_none())
+        .map(|f| (FAULT_FILTER.to_string(), super::common::any(&http_fault(f))))
+        .into_iter()
+        .collect();
     matches
         .into_iter()
         .map(|m| Route {
             name: name.clone(),
             r#match: Some(m),
             action: Some(action.clone()),
+            request_headers_to_add: ops.request_add.clone(),
+            request_headers_to_remove: ops.request_remove.clone(),
+            response_headers_to_add: ops.response_add.clone(),
+            response_headers_to_remove: ops.response_remove.clone(),
+            typed_per_filter_config: typed_per_filter_config.clone(),
             ..Default::default()
         })
         .collect()
+}
+
+/// The fault filter's name: the HCM's filter and the routes' per-filter key.
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+
+/// Istio's `fault` as Envoy's HTTPFault.
+fn http_fault(f: &Fault) -> HttpFault {
+    let percent = |s: &Share| FractionalPercent {
+        numerator: s.numerator,
+        denominator: if s.denominator == 100 {
+            fractional_percent::DenominatorType::Hundred
+        } else {
+            fractional_percent::DenominatorType::Million
+        } as i32,
+    };
+    HttpFault {
+        delay: f.delay.as_ref().map(|(d, share)| FaultDelay {
+            fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration(*d))),
+            percentage: Some(percent(share)),
+            ..Default::default()
+        }),
+        abort: f.abort.as_ref().map(|(code, share)| FaultAbort {
+            error_type: Some(match code {
+                AbortCode::Http(s) => fault_abort::ErrorType::HttpStatus(*s),
+                AbortCode::Grpc(c) => fault_abort::ErrorType::GrpcStatus(*c),
+            }),
+            percentage: Some(percent(share)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The destinations a route forwards to (zero-weight ones drop out unless
+/// alone).
+fn forwarded(rule: &HttpRoute) -> Vec<&Destination> {
+    rule.destinations
+        .iter()
+        .filter(|d| d.weight > 0 || rule.destinations.len() == 1)
+        .collect()
+}
+
+/// Envoy's four header mutation fields from Istio's `headers` blocks, in
+/// order: per block, `set` (overwrite) then `add` (append), keys sorted.
+/// `host`/`:authority` are not headers Envoy lets a route edit, so they
+/// are left out.
+#[derive(Default)]
+struct HeaderOps {
+    request_add: Vec<HeaderValueOption>,
+    request_remove: Vec<String>,
+    response_add: Vec<HeaderValueOption>,
+    response_remove: Vec<String>,
+}
+
+impl HeaderOps {
+    fn from_rules(rules: &[&HeaderRules]) -> HeaderOps {
+        let mut ops = HeaderOps::default();
+        for r in rules {
+            push_edits(&r.request, &mut ops.request_add, &mut ops.request_remove);
+            push_edits(&r.response, &mut ops.response_add, &mut ops.response_remove);
+        }
+        ops
+    }
+}
+
+fn push_edits(e: &HeaderEdits, add: &mut Vec<HeaderValueOption>, remove: &mut Vec<String>) {
+    use header_value_option::HeaderAppendAction as A;
+    let editable = |name: &str| {
+        let lower = name.to_ascii_lowercase();
+        !(lower == "host" || lower.starts_with(':'))
+    };
+    for (list, action) in [
+        (&e.set, A::OverwriteIfExistsOrAdd),
+        (&e.add, A::AppendIfExistsOrAdd),
+    ] {
+        let mut sorted: Vec<&(String, String)> = list.iter().filter(|(k, _)| editable(k)).collect();
+        sorted.sort();
+        add.extend(sorted.into_iter().map(|(k, v)| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: k.clone(),
+                value: v.clone(),
+                ..Default::default()
+            }),
+            append_action: action as i32,
+            ..Default::default()
+        }));
+    }
+    remove.extend(e.remove.iter().filter(|k| editable(k)).cloned());
 }
 
 /// Istio's `redirect`: path, authority, port and scheme of the Location, and
@@ -178,11 +298,7 @@ fn direct_response_action(d: &DirectResponse) -> DirectResponseAction {
 }
 
 fn route_action(mesh: &Mesh, rule: &HttpRoute, port: u32) -> RouteAction {
-    let dests: Vec<&Destination> = rule
-        .destinations
-        .iter()
-        .filter(|d| d.weight > 0 || rule.destinations.len() == 1)
-        .collect();
+    let dests = forwarded(rule);
     let cluster_of = |d: &Destination| {
         let dest_port =
             d.port
@@ -199,10 +315,17 @@ fn route_action(mesh: &Mesh, rule: &HttpRoute, port: u32) -> RouteAction {
             cluster_specifier: Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
                 clusters: many
                     .iter()
-                    .map(|d| ClusterWeight {
-                        name: cluster_of(d),
-                        weight: Some(UInt32Value { value: d.weight }),
-                        ..Default::default()
+                    .map(|d| {
+                        let ops = HeaderOps::from_rules(&[&d.headers]);
+                        ClusterWeight {
+                            name: cluster_of(d),
+                            weight: Some(UInt32Value { value: d.weight }),
+                            request_headers_to_add: ops.request_add,
+                            request_headers_to_remove: ops.request_remove,
+                            response_headers_to_add: ops.response_add,
+                            response_headers_to_remove: ops.response_remove,
+                            ..Default::default()
+                        }
                     })
                     .collect(),
                 ..Default::default()

@@ -16,7 +16,9 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use super::route::{RouteConfig, WeightedClusters};
 use super::{check_subset, decode_any, duration, socket_addr, subset};
 use crate::error::ConfigError;
+use crate::http::fault::FaultConfig;
 use crate::stats::{HttpStats, ListenerStats, Stats};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault as FaultProto;
 
 pub type XdsListener = xds_listener::Listener;
 
@@ -130,6 +132,8 @@ pub struct HttpConnectionManager {
     pub stat_prefix: String,
     pub codec: Codec,
     pub routes: RouteSource,
+    /// The HTTP filters before the router, in order.
+    pub http_filters: Vec<HttpFilter>,
     pub websocket: bool,
     pub use_remote_address: bool,
     pub normalize_path: bool,
@@ -143,6 +147,17 @@ impl HttpConnectionManager {
         self.stats
             .get_or_init(|| HttpStats::new(registry, &self.stat_prefix))
     }
+}
+
+/// An HTTP filter of the chain (the router, always last, is implicit).
+#[derive(Debug)]
+pub enum HttpFilter {
+    /// `envoy.filters.http.fault` under its configured name, with its own
+    /// config (a route's per-filter config for that name replaces it).
+    Fault {
+        name: String,
+        config: Arc<FaultConfig>,
+    },
 }
 
 #[derive(Debug)]
@@ -395,22 +410,7 @@ impl TryFrom<&hcm::HttpConnectionManager> for HttpConnectionManager {
                 ));
             }
         };
-        match h.http_filters.as_slice() {
-            // Envoy without a router filter answers nothing; not worth copying.
-            [] => {
-                return Err(ConfigError::new(
-                    "http_filters",
-                    "the router filter is required",
-                ));
-            }
-            [only] if only.name == "envoy.filters.http.router" || router_type(only) => {}
-            [.., _] => {
-                return Err(ConfigError::new(
-                    "http_filters",
-                    "only [envoy.filters.http.router] is supported",
-                ));
-            }
-        }
+        let http_filters = http_filters(&h.http_filters)?;
         let mut websocket = false;
         for (i, u) in h.upgrade_configs.iter().enumerate() {
             if !u.upgrade_type.eq_ignore_ascii_case("websocket") {
@@ -425,6 +425,7 @@ impl TryFrom<&hcm::HttpConnectionManager> for HttpConnectionManager {
             stat_prefix: h.stat_prefix.clone(),
             codec,
             routes,
+            http_filters,
             websocket,
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
             normalize_path: h.normalize_path.as_ref().is_some_and(|b| b.value),
@@ -432,6 +433,55 @@ impl TryFrom<&hcm::HttpConnectionManager> for HttpConnectionManager {
             stats: OnceLock::new(),
         })
     }
+}
+
+/// The chain: any fault filters, then the router (Envoy's terminal filter,
+/// which must come last).
+fn http_filters(list: &[hcm::HttpFilter]) -> Result<Vec<HttpFilter>, ConfigError> {
+    let Some((last, rest)) = list.split_last() else {
+        return Err(ConfigError::new(
+            "http_filters",
+            "the router filter is required",
+        ));
+    };
+    let is_router = |f: &hcm::HttpFilter| f.name == "envoy.filters.http.router" || router_type(f);
+    if !is_router(last) {
+        return Err(ConfigError::new(
+            format!("http_filters[{}]", list.len() - 1),
+            format!(
+                "non-terminal filter named {} is the last filter in a http filter chain",
+                last.name
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(rest.len());
+    for (i, f) in rest.iter().enumerate() {
+        let at = format!("http_filters[{i}]");
+        if is_router(f) {
+            return Err(ConfigError::new(
+                at,
+                "terminal filter named envoy.filters.http.router is not the last filter",
+            ));
+        }
+        let config = match &f.config_type {
+            Some(hcm::http_filter::ConfigType::TypedConfig(any)) => {
+                let fault: FaultProto = super::decode_any(any, &format!("{at}.typed_config"))?;
+                FaultConfig::try_from(&fault).map_err(|e| e.under(&format!("{at}.typed_config")))?
+            }
+            _ if f.name == crate::http::fault::NAME => FaultConfig::default(),
+            _ => {
+                return Err(ConfigError::new(
+                    at,
+                    format!("unsupported http filter {}", f.name),
+                ));
+            }
+        };
+        out.push(HttpFilter::Fault {
+            name: f.name.clone(),
+            config: Arc::new(config),
+        });
+    }
+    Ok(out)
 }
 
 fn router_type(f: &hcm::HttpFilter) -> bool {
@@ -515,12 +565,24 @@ default_filter_chain:
     fn refuses_unsupported_http_filter_with_path() {
         let bad = GOOD.replace(
             "http_filters: [",
-            "http_filters: [{name: envoy.filters.http.fault, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}}, ",
+            "http_filters: [{name: envoy.filters.http.cors, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}}, ",
         );
         let err = listener(&bad).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "default_filter_chain.filters[0].typed_config.http_filters[0].typed_config: unsupported type envoy.extensions.filters.http.fault.v3.HTTPFault"
+            "default_filter_chain.filters[0].typed_config.http_filters[0].typed_config: unsupported type envoy.extensions.filters.http.cors.v3.Cors"
+        );
+        // The fault filter is supported, before the router only.
+        let fault = "{name: envoy.filters.http.fault, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}}";
+        let ok = GOOD.replace("http_filters: [", &format!("http_filters: [{fault}, "));
+        assert!(listener(&ok).is_ok());
+        let last = GOOD.replace("}}]\n", &format!("}}}}, {fault}]\n"));
+        assert_ne!(last, GOOD);
+        let err = listener(&last).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is the last filter in a http filter chain"),
+            "{err}"
         );
     }
 

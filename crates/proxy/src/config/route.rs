@@ -4,14 +4,18 @@
 //! redirect, or a direct response.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3 as xds_route;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use regex::Regex;
 
+use super::header_ops::LevelHeaders;
 use super::{check_subset, duration, subset};
 use crate::error::ConfigError;
+use crate::http::fault::FaultConfig;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault as FaultProto;
 
 pub type XdsRouteConfiguration = xds_route::RouteConfiguration;
 
@@ -49,6 +53,17 @@ pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
     pub action: Action,
+    /// Route-level header mutations (applied after a weighted cluster's).
+    pub headers: Option<Arc<LevelHeaders>>,
+    /// `typed_per_filter_config` of fault filters, by filter name.
+    pub faults: Vec<(String, Arc<FaultConfig>)>,
+}
+
+impl Route {
+    /// This route's config for the fault filter named `name`, if it has one.
+    pub fn fault(&self, name: &str) -> Option<&Arc<FaultConfig>> {
+        self.faults.iter().find(|(n, _)| n == name).map(|(_, f)| f)
+    }
 }
 
 /// What a matched route does.
@@ -154,6 +169,19 @@ pub struct RouteAction {
     pub clusters: WeightedClusters,
     /// None = no timeout (`timeout: 0s`).
     pub timeout: Option<Duration>,
+    /// Per weighted cluster (same order), when any has header mutations.
+    pub cluster_headers: Vec<Option<Arc<LevelHeaders>>>,
+}
+
+impl RouteAction {
+    /// The cluster for a random value, with its header mutations.
+    pub fn pick(&self, random: u64) -> (&str, Option<&Arc<LevelHeaders>>) {
+        let i = self.clusters.pick_index(random);
+        (
+            &self.clusters.clusters[i].0,
+            self.cluster_headers.get(i).and_then(Option::as_ref),
+        )
+    }
 }
 
 /// One cluster, or several picked per request by weight.
@@ -195,12 +223,17 @@ impl WeightedClusters {
 
     /// The cluster for a random value (any u64; reduced mod the total).
     pub fn pick(&self, random: u64) -> &str {
+        &self.clusters[self.pick_index(random)].0
+    }
+
+    /// The index of [`WeightedClusters::pick`]'s cluster.
+    pub fn pick_index(&self, random: u64) -> usize {
         if self.clusters.len() == 1 {
-            return &self.clusters[0].0;
+            return 0;
         }
         let r = (random % self.total as u64) as u32;
         let i = self.clusters.partition_point(|(_, upper)| *upper <= r);
-        &self.clusters[i.min(self.clusters.len() - 1)].0
+        i.min(self.clusters.len() - 1)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -320,10 +353,28 @@ impl TryFrom<&xds_route::Route> for Route {
             }
             None => return Err(ConfigError::new("route", "required")),
         };
+        let headers = LevelHeaders::parse(
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+        )?;
+        let mut faults = Vec::new();
+        let mut names: Vec<&String> = r.typed_per_filter_config.keys().collect();
+        names.sort();
+        for name in names {
+            let at = format!("typed_per_filter_config[{name}]");
+            let any = &r.typed_per_filter_config[name];
+            let proto: FaultProto = super::decode_any(any, &at)?;
+            let config = FaultConfig::try_from(&proto).map_err(|e| e.under(&at))?;
+            faults.push((name.clone(), Arc::new(config)));
+        }
         Ok(Route {
             name: r.name.clone(),
             matcher,
             action,
+            headers,
+            faults,
         })
     }
 }
@@ -458,6 +509,7 @@ impl TryFrom<&xds_route::RouteAction> for RouteAction {
 
     fn try_from(a: &xds_route::RouteAction) -> Result<Self, ConfigError> {
         use xds_route::route_action::ClusterSpecifier;
+        let mut cluster_headers = Vec::new();
         let clusters = match &a.cluster_specifier {
             Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => WeightedClusters::single(c),
             Some(ClusterSpecifier::WeightedClusters(w)) => {
@@ -467,6 +519,20 @@ impl TryFrom<&xds_route::RouteAction> for RouteAction {
                     .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
                     .collect();
                 let wc = WeightedClusters::new(list).map_err(|e| e.under("weighted_clusters"))?;
+                for (i, c) in w.clusters.iter().enumerate() {
+                    cluster_headers.push(
+                        LevelHeaders::parse(
+                            &c.request_headers_to_add,
+                            &c.request_headers_to_remove,
+                            &c.response_headers_to_add,
+                            &c.response_headers_to_remove,
+                        )
+                        .map_err(|e| e.under(&format!("weighted_clusters.clusters[{i}]")))?,
+                    );
+                }
+                if cluster_headers.iter().all(Option::is_none) {
+                    cluster_headers.clear();
+                }
                 #[allow(deprecated)]
                 if let Some(total) = &w.total_weight
                     && total.value != wc.total
@@ -489,7 +555,11 @@ impl TryFrom<&xds_route::RouteAction> for RouteAction {
             None => Some(DEFAULT_ROUTE_TIMEOUT),
             Some(d) => Some(duration(d, "timeout")?).filter(|d| !d.is_zero()),
         };
-        Ok(RouteAction { clusters, timeout })
+        Ok(RouteAction {
+            clusters,
+            timeout,
+            cluster_headers,
+        })
     }
 }
 

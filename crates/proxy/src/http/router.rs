@@ -3,7 +3,10 @@
 //! h2c per cluster), pass upgrades (WebSocket) through, and turn failures
 //! into Envoy's local replies (NR 404, UH/UF 503, UT 504) in one place.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -13,6 +16,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::ResponseBody;
 use super::connection_manager::HttpContext;
+use super::fault::{self, FaultConfig};
 use super::headers::{
     self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_FOR,
     X_FORWARDED_PROTO, X_REQUEST_ID,
@@ -20,6 +24,8 @@ use super::headers::{
 use super::path_normalization;
 use super::route_match::RequestView;
 use crate::config::cluster::UpstreamProtocol;
+use crate::config::header_ops::LevelHeaders;
+use crate::config::listener::HttpFilter;
 use crate::config::listener::RouteSource;
 use crate::config::route::{Action, DirectResponse, PathMatch, PathRedirect, Redirect};
 use crate::error::RequestError;
@@ -31,7 +37,8 @@ use crate::upstream::pool::{self, Protocol};
 pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<ResponseBody> {
     let stats = &ctx.stats;
     stats.downstream_rq_total.inc();
-    let mut resp = match forward(req, ctx).await {
+    let mut mutations = Mutations::default();
+    let mut resp = match forward(req, ctx, &mut mutations).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(flag = %e.flag(), error = %e, "local reply");
@@ -43,6 +50,9 @@ pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
             local_reply(&e)
         }
     };
+    // The route's response mutations apply to what it answered, upstream or
+    // local (as Envoy's finalizeResponseHeaders), before the server header.
+    mutations.response(resp.headers_mut());
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("envoy"));
     stats.record_status(resp.status().as_u16());
@@ -62,9 +72,32 @@ pub fn local_reply(err: &RequestError) -> Response<ResponseBody> {
     resp
 }
 
+/// The header mutations of the chosen route and weighted cluster: the
+/// cluster's first, then the route's (most specific first, as Envoy does).
+#[derive(Default)]
+struct Mutations {
+    cluster: Option<Arc<LevelHeaders>>,
+    route: Option<Arc<LevelHeaders>>,
+}
+
+impl Mutations {
+    fn request(&self, headers: &mut http::HeaderMap) {
+        for level in [&self.cluster, &self.route].into_iter().flatten() {
+            level.request.apply(headers);
+        }
+    }
+
+    fn response(&self, headers: &mut http::HeaderMap) {
+        for level in [&self.cluster, &self.route].into_iter().flatten() {
+            level.response.apply(headers);
+        }
+    }
+}
+
 async fn forward(
     mut req: Request<Incoming>,
     ctx: &HttpContext,
+    mutations: &mut Mutations,
 ) -> Result<Response<ResponseBody>, RequestError> {
     let downstream_h2 = req.version() == Version::HTTP_2;
     if req.version() == Version::HTTP_10 {
@@ -83,6 +116,7 @@ async fn forward(
         .unwrap_or("");
 
     // Route, cluster and host, from one consistent snapshot.
+    let mut fault: Option<Arc<FaultConfig>> = None;
     let (cluster, timeout) = {
         let snapshot = ctx.store.load();
         let rds;
@@ -103,6 +137,15 @@ async fn forward(
             .virtual_host(authority)
             .and_then(|vh| vh.route(&view))
             .ok_or(RequestError::NoRoute)?;
+        mutations.route = route.headers.clone();
+        // The fault filters of the chain, with the route's config for each.
+        for filter in &ctx.hcm.http_filters {
+            let HttpFilter::Fault { name, config } = filter;
+            let config = route.fault(name).unwrap_or(config);
+            if !config.is_empty() {
+                fault = Some(config.clone());
+            }
+        }
         let action = match &route.action {
             Action::Forward(a) => a,
             Action::Redirect(r) => {
@@ -121,14 +164,25 @@ async fn forward(
             }
             Action::DirectResponse(d) => return Ok(direct_response(d)),
         };
-        let name = action.clusters.pick(random());
+        let (name, cluster_headers) = action.pick(random());
+        mutations.cluster = cluster_headers.cloned();
         let cluster = snapshot
             .clusters
             .get(name)
             .cloned()
-            .ok_or_else(|| RequestError::NoCluster(name.to_string()))?;
+            .ok_or_else(|| RequestError::NoCluster(name.to_string()));
         (cluster, action.timeout)
     };
+    // The fault filter runs before the router: a delay, then maybe an abort.
+    if let Some(fault) = fault
+        && let Some(reply) = inject_fault(&fault, &req, ctx).await
+    {
+        // A filter's local reply never reaches the router, which is what
+        // applies the route's response mutations in Envoy.
+        *mutations = Mutations::default();
+        return Ok(reply);
+    }
+    let cluster = cluster?;
     cluster.stats.upstream_rq_total.inc();
     let Some(host) = cluster.pick(ctx.downstream.original_dst) else {
         cluster.stats.upstream_cx_none_healthy.inc();
@@ -148,6 +202,7 @@ async fn forward(
         UpstreamProtocol::UseDownstream => Protocol::Http1,
     };
     prepare_request(&mut req, protocol, ctx, upgrade, timeout);
+    mutations.request(req.headers_mut());
 
     let active = ActiveRequest::new(host, cluster.stats.upstream_rq_active.clone());
     let start = Instant::now();
@@ -199,6 +254,36 @@ async fn forward(
     h.insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(elapsed));
     *resp.version_mut() = Version::default();
     Ok(resp.map(ResponseBody::Upstream))
+}
+
+/// Run a fault config on a request: the delay (DI) on tokio's clock, then
+/// the abort (FI) as a local reply. None = carry on to the router.
+async fn inject_fault(
+    fault: &FaultConfig,
+    req: &Request<Incoming>,
+    ctx: &HttpContext,
+) -> Option<Response<ResponseBody>> {
+    let stats = &ctx.stats;
+    let delay = fault.delay_for(random());
+    let abort_roll = random();
+    let aborting = fault.abort_for(abort_roll).is_some();
+    if delay.is_some() || aborting {
+        stats.fault_active_faults.inc();
+    }
+    if let Some(d) = delay {
+        stats.fault_delays_injected.inc();
+        tracing::debug!(flag = "DI", delay = ?d, "fault: delaying request");
+        tokio::time::sleep(d).await;
+    }
+    let reply = fault.abort_for(abort_roll).map(|status| {
+        stats.fault_aborts_injected.inc();
+        tracing::debug!(flag = "FI", ?status, "fault: aborting request");
+        fault::abort_response(status, req.headers())
+    });
+    if delay.is_some() || aborting {
+        stats.fault_active_faults.dec();
+    }
+    reply
 }
 
 /// A redirect's response: the Location built from the request's scheme,

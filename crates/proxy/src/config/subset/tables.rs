@@ -199,11 +199,110 @@ pub(super) static ROUTE_MATCH: Schema = Schema {
     ],
 };
 
+pub(super) static HEADER_VALUE: Schema = Schema {
+    message: "envoy.config.core.v3.HeaderValue",
+    allowed: &[
+        ("key", 1, false, Field::Leaf),
+        ("value", 2, false, Field::Leaf),
+    ],
+    names: &[(1, "key"), (2, "value"), (3, "raw_value")],
+};
+
+pub(super) static HEADER_VALUE_OPTION: Schema = Schema {
+    message: "envoy.config.core.v3.HeaderValueOption",
+    allowed: &[
+        ("header", 1, false, Field::Msg(&HEADER_VALUE)),
+        ("append", 2, false, Field::Leaf),
+        ("append_action", 3, false, Field::Leaf),
+        ("keep_empty_value", 4, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "header"),
+        (2, "append"),
+        (3, "append_action"),
+        (4, "keep_empty_value"),
+    ],
+};
+
+pub(super) static FRACTIONAL_PERCENT: Schema = Schema {
+    message: "envoy.type.v3.FractionalPercent",
+    allowed: &[
+        ("numerator", 1, false, Field::Leaf),
+        ("denominator", 2, false, Field::Leaf),
+    ],
+    names: &[(1, "numerator"), (2, "denominator")],
+};
+
+pub(super) static FAULT_DELAY: Schema = Schema {
+    message: "envoy.extensions.filters.common.fault.v3.FaultDelay",
+    allowed: &[
+        ("fixed_delay", 3, false, Field::Leaf),
+        ("percentage", 4, false, Field::Msg(&FRACTIONAL_PERCENT)),
+    ],
+    names: &[(3, "fixed_delay"), (4, "percentage"), (5, "header_delay")],
+};
+
+pub(super) static FAULT_ABORT: Schema = Schema {
+    message: "envoy.extensions.filters.http.fault.v3.FaultAbort",
+    allowed: &[
+        ("http_status", 2, false, Field::Leaf),
+        ("grpc_status", 5, false, Field::Leaf),
+        ("percentage", 3, false, Field::Msg(&FRACTIONAL_PERCENT)),
+    ],
+    names: &[
+        (2, "http_status"),
+        (3, "percentage"),
+        (4, "header_abort"),
+        (5, "grpc_status"),
+        (6, "response_body"),
+    ],
+};
+
+pub(super) static FAULT: Schema = Schema {
+    message: "envoy.extensions.filters.http.fault.v3.HTTPFault",
+    allowed: &[
+        ("delay", 1, false, Field::Msg(&FAULT_DELAY)),
+        ("abort", 2, false, Field::Msg(&FAULT_ABORT)),
+    ],
+    names: &[
+        (1, "delay"),
+        (2, "abort"),
+        (3, "upstream_cluster"),
+        (4, "headers"),
+        (5, "downstream_nodes"),
+        (6, "max_active_faults"),
+        (7, "response_rate_limit"),
+        (8, "delay_percent_runtime"),
+        (9, "abort_percent_runtime"),
+        (10, "delay_duration_runtime"),
+        (11, "abort_http_status_runtime"),
+        (12, "max_active_faults_runtime"),
+        (13, "response_rate_limit_percent_runtime"),
+        (14, "abort_grpc_status_runtime"),
+        (15, "disable_downstream_cluster_stats"),
+        (16, "filter_metadata"),
+    ],
+};
+
 pub(super) static CLUSTER_WEIGHT: Schema = Schema {
     message: "envoy.config.route.v3.WeightedCluster.ClusterWeight",
     allowed: &[
         ("name", 1, false, Field::Leaf),
         ("weight", 2, false, Field::Leaf),
+        (
+            "request_headers_to_add",
+            4,
+            true,
+            Field::Msg(&HEADER_VALUE_OPTION),
+        ),
+        ("request_headers_to_remove", 9, true, Field::Leaf),
+        (
+            "response_headers_to_add",
+            5,
+            true,
+            Field::Msg(&HEADER_VALUE_OPTION),
+        ),
+        ("response_headers_to_remove", 6, true, Field::Leaf),
     ],
     names: &[
         (1, "name"),
@@ -351,6 +450,26 @@ pub(super) static ROUTE: Schema = Schema {
             Field::Msg(&DIRECT_RESPONSE_ACTION),
         ),
         ("metadata", 4, false, Field::Leaf),
+        (
+            "typed_per_filter_config",
+            13,
+            false,
+            Field::AnyMap(&[("envoy.extensions.filters.http.fault.v3.HTTPFault", &FAULT)]),
+        ),
+        (
+            "request_headers_to_add",
+            9,
+            true,
+            Field::Msg(&HEADER_VALUE_OPTION),
+        ),
+        ("request_headers_to_remove", 12, true, Field::Leaf),
+        (
+            "response_headers_to_add",
+            10,
+            true,
+            Field::Msg(&HEADER_VALUE_OPTION),
+        ),
+        ("response_headers_to_remove", 11, true, Field::Leaf),
     ],
     names: &[
         (1, "match"),
@@ -474,7 +593,10 @@ pub(super) static HTTP_FILTER: Schema = Schema {
             "typed_config",
             4,
             false,
-            Field::Any(&[("envoy.extensions.filters.http.router.v3.Router", &ROUTER)]),
+            Field::Any(&[
+                ("envoy.extensions.filters.http.router.v3.Router", &ROUTER),
+                ("envoy.extensions.filters.http.fault.v3.HTTPFault", &FAULT),
+            ]),
         ),
     ],
     names: &[
@@ -1177,6 +1299,12 @@ pub(super) static ALL: &[&Schema] = &[
     &HEADER_MATCHER,
     &QUERY_MATCHER,
     &ROUTE_MATCH,
+    &HEADER_VALUE,
+    &HEADER_VALUE_OPTION,
+    &FRACTIONAL_PERCENT,
+    &FAULT_DELAY,
+    &FAULT_ABORT,
+    &FAULT,
     &CLUSTER_WEIGHT,
     &WEIGHTED_CLUSTERS,
     &ROUTE_ACTION,
