@@ -274,7 +274,13 @@ fn rds_acked(mesh: &Mesh) -> Option<Vec<String>> {
 
 /// Apply a VirtualService and wait until both proxies ACKed the new routes.
 fn apply_vs(mesh: &Mesh, http: &str) {
-    let before = rds_acked(mesh);
+    // Settled first: with a push in flight, "before" would be unknown and any
+    // ACK would look like the new one.
+    let before = Some(wait_for(
+        "both proxies to settle",
+        Duration::from_secs(10),
+        || rds_acked(mesh),
+    ));
     write_vs(&mesh.dir.path().join("config"), http);
     wait_for(
         "both proxies to ACK the new routes",
@@ -594,4 +600,186 @@ fn config_edit_under_traffic_fails_no_request() {
             })
             .then_some(())
     });
+}
+
+/// One request through the proxy on `ip`: status, response headers, and the
+/// request headers the echo backend saw.
+fn exchange(
+    mesh: &Mesh,
+    ip: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let client = proxy_client(mesh, ip);
+    let mut req = client.get(format!("http://{HOST}:{}/", mesh.port));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req
+        .send()
+        .unwrap_or_else(|e| panic!("request via {ip}: {e}"));
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let body: Value = serde_json::from_str(&resp.text().unwrap_or_default()).unwrap_or(Value::Null);
+    (status, h, body["headers"].clone())
+}
+
+fn values(h: &reqwest::header::HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn fault_stat(mesh: &Mesh, admin: SocketAddr, stat: &str) -> u64 {
+    let _ = mesh;
+    let stats = reqwest::blocking::get(format!("http://{admin}/stats"))
+        .and_then(|r| r.text())
+        .expect("stats");
+    stats
+        .lines()
+        .filter(|l| l.starts_with("http.") && l.contains(&format!(".fault.{stat}:")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// VirtualService `headers` and `fault`, the same through both proxies.
+#[test]
+fn header_edits_and_faults_alike() {
+    let Some(envoy) = envoy() else { return };
+    let mesh = start(&envoy, false);
+
+    // Route-level and destination-level edits, both directions.
+    apply_vs(
+        &mesh,
+        concat!(
+            "  - headers:\n",
+            "      request: {set: {x-set: route}, add: {x-add: route}, remove: [x-remove]}\n",
+            "      response: {set: {x-resp-set: route}, add: {x-resp-add: route}, remove: [x-echo-pod]}\n",
+            "    route:\n",
+            "    - destination: {host: reviews, subset: v1}\n",
+            "      headers:\n",
+            "        request: {set: {x-dest: v1, x-set: dest}}\n",
+            "        response: {add: {x-resp-dest: v1}}\n",
+        ),
+    );
+    let sent = [("x-remove", "1"), ("x-add", "client"), ("x-set", "client")];
+    let mut seen = Vec::new();
+    for (who, ip) in [("envoy", ENVOY_IP), ("halyard", HALYARD_IP)] {
+        let (status, h, req) = exchange(&mesh, ip, &sent);
+        assert_eq!(status, 200, "{who}");
+        assert!(req.get("x-remove").is_none(), "{who}: {req}");
+        assert_eq!(req["x-dest"], "v1", "{who}: {req}");
+        assert!(
+            h.get("x-echo-pod").is_none(),
+            "{who}: response header not removed"
+        );
+        let view = (
+            req["x-set"].clone(),
+            req["x-add"].clone(),
+            values(&h, "x-resp-set"),
+            values(&h, "x-resp-add"),
+            values(&h, "x-resp-dest"),
+        );
+        eprintln!("{who}: {view:?}");
+        seen.push(view);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "envoy and halyard edit headers differently"
+    );
+
+    // Per-destination edits of a weighted split follow the destination.
+    apply_vs(
+        &mesh,
+        concat!(
+            "  - route:\n",
+            "    - destination: {host: reviews, subset: v1}\n      weight: 50\n",
+            "      headers: {request: {set: {x-dest: v1}}, response: {set: {x-resp-dest: v1}}}\n",
+            "    - destination: {host: reviews, subset: v2}\n      weight: 50\n",
+            "      headers: {request: {set: {x-dest: v2}}, response: {set: {x-resp-dest: v2}}}\n",
+        ),
+    );
+    for (who, ip) in [("envoy", ENVOY_IP), ("halyard", HALYARD_IP)] {
+        for _ in 0..20 {
+            let (_, h, req) = exchange(&mesh, ip, &[]);
+            let version = values(&h, "x-echo-version");
+            assert_eq!(
+                req["x-dest"].as_str().map(str::to_string),
+                version.first().cloned(),
+                "{who}"
+            );
+            assert_eq!(values(&h, "x-resp-dest"), version, "{who}");
+        }
+    }
+
+    // A 100% delay holds every request at least that long.
+    apply_vs(
+        &mesh,
+        "  - fault:\n      delay: {fixedDelay: 300ms, percentage: {value: 100}}\n    route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+    for (who, ip) in [("envoy", ENVOY_IP), ("halyard", HALYARD_IP)] {
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let (status, _, _) = exchange(&mesh, ip, &[]);
+            assert_eq!(status, 200, "{who}");
+            assert!(
+                started.elapsed() >= Duration::from_millis(300),
+                "{who}: not delayed"
+            );
+        }
+    }
+
+    // A 50% abort over 2,000 requests: each proxy within ±3 points.
+    apply_vs(
+        &mesh,
+        "  - fault:\n      abort: {httpStatus: 503, percentage: {value: 50}}\n    route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+    both(&mesh, "/", &[], 2000, |who, c| {
+        let aborted = share(c, "status 503");
+        assert!(
+            (47.0..=53.0).contains(&aborted),
+            "{who}: {aborted:.1}% aborted of {c:?}"
+        );
+        assert_eq!(c.len(), 2, "{who}: {c:?}");
+    });
+    for (who, admin) in [("envoy", mesh.envoy_admin), ("halyard", mesh.halyard_admin)] {
+        let n = fault_stat(&mesh, admin, "aborts_injected");
+        assert!(
+            (900..=1100).contains(&n),
+            "{who}: fault.aborts_injected {n}"
+        );
+        assert!(
+            fault_stat(&mesh, admin, "delays_injected") >= 3,
+            "{who}: delays_injected"
+        );
+    }
+
+    // A gRPC abort: gRPC clients get HTTP 200 with grpc-status, others a
+    // plain 200 with the abort body; both proxies alike.
+    apply_vs(
+        &mesh,
+        "  - fault:\n      abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}\n    route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+    let mut seen = Vec::new();
+    for (who, ip) in [("envoy", ENVOY_IP), ("halyard", HALYARD_IP)] {
+        let (status, h, _) = exchange(&mesh, ip, &[("content-type", "application/grpc")]);
+        let grpc = (
+            status,
+            values(&h, "grpc-status"),
+            values(&h, "content-type"),
+        );
+        let client = proxy_client(&mesh, ip);
+        let plain = get(&client, &format!("http://{HOST}:{}/", mesh.port)).expect("plain");
+        eprintln!("{who}: grpc {grpc:?}, plain {plain:?}");
+        assert_eq!(grpc.1, ["14"], "{who}");
+        seen.push((grpc, plain));
+    }
+    assert_eq!(seen[0], seen[1], "envoy and halyard abort differently");
+    assert_eq!(seen[0].1, (200, "fault filter abort".to_string()));
+
+    assert_eq!(
+        envoy_rejections(&mesh),
+        Vec::<String>::new(),
+        "Envoy rejected config"
+    );
 }
