@@ -278,3 +278,86 @@ async fn a_listener_that_cannot_bind_is_nacked_with_the_os_error() {
     assert_eq!(proxy.listener_addr("new"), None);
     drop(taken);
 }
+
+/// A listener with two HTTP filter chains (by destination IP), the second
+/// changed over LDS: only its connections drain; the unchanged chain's
+/// connections keep serving (Envoy's in-place filter chain update). A change
+/// outside the chains drains both.
+#[tokio::test]
+async fn a_filter_chain_update_drains_only_the_changed_chain() {
+    let a = backend("a").await;
+    let bootstrap = proxy::bootstrap::parse(BOOTSTRAP, false).unwrap();
+    let proxy = Proxy::start(
+        bootstrap,
+        &ProxyOptions {
+            ready_port: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sink = StoreSink(proxy.store().clone());
+    sink.apply(type_url::CLUSTER, "1", &cds("ROUND_ROBIN"))
+        .unwrap();
+    sink.apply(type_url::ENDPOINT, "1", &eds(a.addr)).unwrap();
+    let chain = |ip: &str, prefix: &str| {
+        format!(
+            r#"
+- filter_chain_match: {{prefix_ranges: [{{address_prefix: {ip}, prefix_len: 32}}]}}
+  filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: {prefix}
+      rds: {{config_source: {{ads: {{}}, resource_api_version: V3}}, route_config_name: "80"}}
+      http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]"#
+        )
+    };
+    let listener = |port: u16, second: &str, timeout: &str| {
+        one::<Listener>(
+            "two",
+            &format!(
+                "name: two\naddress: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}\nlistener_filters_timeout: {timeout}\nfilter_chains:{}{}\n",
+                chain("127.0.0.1", "first"),
+                chain("127.0.0.2", second)
+            ),
+        )
+    };
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    sink.apply(type_url::LISTENER, "1", &listener(port, "second", "15s"))
+        .unwrap();
+    sink.apply(type_url::ROUTE, "1", &rds("/.*")).unwrap();
+    eventually("listener bound", async || proxy.listener_addr("two")).await;
+    let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), port);
+    let mut first = H1::connect(at("127.0.0.1")).await;
+    let mut second = H1::connect(at("127.0.0.2")).await;
+    assert_eq!(first.get("svc", "/", &[]).await.body, "a");
+    assert_eq!(second.get("svc", "/", &[]).await.body, "a");
+
+    // Only the second chain changes (same port: no rebind).
+    sink.apply(type_url::LISTENER, "2", &listener(port, "second-v2", "15s"))
+        .unwrap();
+    eventually("the changed chain's connection to drain", async || {
+        second.is_closed().then_some(())
+    })
+    .await;
+    assert!(
+        !first.is_closed(),
+        "the unchanged chain's connection was drained"
+    );
+    assert_eq!(first.get("svc", "/again", &[]).await.body, "a");
+    let mut second = H1::connect(at("127.0.0.2")).await;
+    assert_eq!(second.get("svc", "/", &[]).await.body, "a");
+
+    // A listener-level change (not only chains) drains every chain.
+    sink.apply(type_url::LISTENER, "3", &listener(port, "second-v2", "10s"))
+        .unwrap();
+    eventually("every connection to drain", async || {
+        (first.is_closed() && second.is_closed()).then_some(())
+    })
+    .await;
+}

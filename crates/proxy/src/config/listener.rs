@@ -41,17 +41,38 @@ pub struct ListenerConfig {
     /// default 15 s), and whether to carry on without them after that.
     pub listener_filters_timeout: Option<Duration>,
     pub continue_on_listener_filters_timeout: bool,
-    pub filter_chains: Vec<FilterChain>,
-    pub default_filter_chain: Option<FilterChain>,
-    /// Set to true when this version of the listener is replaced or removed:
-    /// its HTTP connections then drain (finish in-flight requests, close).
-    pub drain: watch::Sender<bool>,
+    /// Shared with the listener's next version when unchanged (an in-place
+    /// filter chain update), so their connections carry on.
+    pub filter_chains: Vec<Arc<FilterChain>>,
+    pub default_filter_chain: Option<Arc<FilterChain>>,
     /// Listener `stat_prefix`, else the address as `IP_PORT`.
     pub stat_prefix: String,
     stats: OnceLock<ListenerStats>,
 }
 
 impl ListenerConfig {
+    /// Every chain, the default one last.
+    pub fn chains(&self) -> impl Iterator<Item = &Arc<FilterChain>> {
+        self.filter_chains
+            .iter()
+            .chain(self.default_filter_chain.iter())
+    }
+
+    /// Envoy's in-place filter chain update: this listener replaces `old`
+    /// with only its filter chains changed (`same_listener`), so each chain
+    /// identical to one of `old`'s becomes that chain (its connections are
+    /// not drained). Call before the config is shared.
+    pub fn adopt_unchanged_chains(&mut self, old: &ListenerConfig) {
+        let find = |fc: &Arc<FilterChain>| {
+            old.chains()
+                .find(|o| o.wire == fc.wire)
+                .cloned()
+                .unwrap_or_else(|| fc.clone())
+        };
+        self.filter_chains = self.filter_chains.iter().map(find).collect();
+        self.default_filter_chain = self.default_filter_chain.as_ref().map(find);
+    }
+
     /// `listener.<stat_prefix>.*`, registered on first use.
     pub fn stats(&self, registry: &Stats) -> &ListenerStats {
         self.stats
@@ -64,6 +85,12 @@ pub struct FilterChain {
     pub name: String,
     pub matcher: FilterChainMatch,
     pub filter: NetworkFilter,
+    /// Set to true when the chain leaves the listener (removed, changed, or
+    /// the whole listener replaced): its HTTP connections then drain (finish
+    /// in-flight requests, close). Unchanged chains keep theirs.
+    pub drain: watch::Sender<bool>,
+    /// The chain as received, to recognise it in the listener's next version.
+    pub(crate) wire: Vec<u8>,
 }
 
 /// `filter_chain_match`, the fields of the subset. Empty = matches anything.
@@ -239,13 +266,19 @@ impl TryFrom<&XdsListener> for ListenerConfig {
             .iter()
             .enumerate()
             .map(|(i, fc)| {
-                FilterChain::try_from(fc).map_err(|e| e.under(&format!("filter_chains[{i}]")))
+                FilterChain::try_from(fc)
+                    .map(Arc::new)
+                    .map_err(|e| e.under(&format!("filter_chains[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let default_filter_chain = l
             .default_filter_chain
             .as_ref()
-            .map(|fc| FilterChain::try_from(fc).map_err(|e| e.under("default_filter_chain")))
+            .map(|fc| {
+                FilterChain::try_from(fc)
+                    .map(Arc::new)
+                    .map_err(|e| e.under("default_filter_chain"))
+            })
             .transpose()?;
         if filter_chains.is_empty() && default_filter_chain.is_none() {
             return Err(ConfigError::new(
@@ -275,7 +308,6 @@ impl TryFrom<&XdsListener> for ListenerConfig {
             continue_on_listener_filters_timeout: l.continue_on_listener_filters_timeout,
             filter_chains,
             default_filter_chain,
-            drain: watch::channel(false).0,
             stat_prefix: if l.stat_prefix.is_empty() {
                 format!("{}_{}", address.ip(), address.port())
             } else {
@@ -326,6 +358,8 @@ impl TryFrom<&xds_listener::FilterChain> for FilterChain {
             name: fc.name.clone(),
             matcher,
             filter,
+            drain: watch::channel(false).0,
+            wire: prost::Message::encode_to_vec(fc),
         })
     }
 }
@@ -556,7 +590,7 @@ default_filter_chain:
         assert_eq!(l.filter_chains[0].matcher.destination_port, Some(80));
         assert!(l.filter_chains[0].matcher.prefix_ranges[0].contains("10.1.2.3".parse().unwrap()));
         assert!(matches!(
-            l.default_filter_chain.unwrap().filter,
+            &l.default_filter_chain.unwrap().filter,
             NetworkFilter::HttpConnectionManager(h) if matches!(&h.routes, RouteSource::Rds(n) if n == "80")
         ));
     }

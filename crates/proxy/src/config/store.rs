@@ -323,6 +323,7 @@ impl ConfigStore {
                 let old = std::mem::take(&mut state.listeners);
                 state.listeners =
                     convert_all(&old, resources, version, "listener", &validate, &mut errors);
+                adopt_unchanged_chains(&mut state, &old);
                 reject_duplicate_addresses(&mut state, &mut errors);
                 self.prebind(&mut state, &old, &mut errors);
                 state
@@ -411,13 +412,18 @@ impl ConfigStore {
         }
         self.publish(&mut state);
         if type_url == type_url::LISTENER {
+            // Drain the connections of every chain that left its listener;
+            // chains an in-place update kept carry on.
             for (name, old) in &previous_listeners {
-                let kept = state
-                    .listeners
-                    .get(name)
-                    .is_some_and(|l| Arc::ptr_eq(&l.config, old));
-                if !kept {
-                    old.drain.send_replace(true);
+                let new = state.listeners.get(name).map(|l| &l.config);
+                if new.is_some_and(|n| Arc::ptr_eq(n, old)) {
+                    continue;
+                }
+                for chain in old.chains() {
+                    let kept = new.is_some_and(|n| n.chains().any(|c| Arc::ptr_eq(c, chain)));
+                    if !kept {
+                        chain.drain.send_replace(true);
+                    }
                 }
             }
             self.listeners_changed.send_modify(|g| *g += 1);
@@ -564,6 +570,30 @@ fn all_clusters(state: &State) -> impl Iterator<Item = &Arc<ClusterConfig>> {
 
 /// Envoy refuses a listener whose address another listener already has
 /// (port 0 = ephemeral, never a clash).
+/// Listeners whose update changed only filter chains keep the chains that
+/// did not change (Envoy's in-place filter chain update).
+fn adopt_unchanged_chains(
+    state: &mut State,
+    old: &BTreeMap<String, Versioned<ListenerConfig, XdsListener>>,
+) {
+    let without_chains = |l: &XdsListener| XdsListener {
+        filter_chains: Vec::new(),
+        default_filter_chain: None,
+        ..l.clone()
+    };
+    for (name, new) in state.listeners.iter_mut() {
+        let Some(prev) = old.get(name) else { continue };
+        if Arc::ptr_eq(&new.config, &prev.config)
+            || without_chains(&new.proto) != without_chains(&prev.proto)
+        {
+            continue;
+        }
+        if let Some(config) = Arc::get_mut(&mut new.config) {
+            config.adopt_unchanged_chains(&prev.config);
+        }
+    }
+}
+
 fn reject_duplicate_addresses(state: &mut State, errors: &mut Vec<(String, String)>) {
     let mut seen: HashMap<SocketAddr, String> = state
         .static_listeners

@@ -21,7 +21,7 @@ pub fn select<'l>(
     listener: &'l ListenerConfig,
     conn: &ConnectionInfo<'_>,
 ) -> Option<&'l FilterChain> {
-    let mut candidates: Vec<&FilterChain> = listener.filter_chains.iter().collect();
+    let mut candidates: Vec<&FilterChain> = listener.filter_chains.iter().map(|c| &**c).collect();
 
     // Destination port.
     let port = conn.destination.port();
@@ -70,7 +70,7 @@ pub fn select<'l>(
     candidates
         .first()
         .copied()
-        .or(listener.default_filter_chain.as_ref())
+        .or(listener.default_filter_chain.as_deref())
 }
 
 /// Keep the candidates with the highest score; None scores drop out.

@@ -240,7 +240,7 @@ async fn handle_connection(
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
     let filter = chain.filter.clone();
-    let drain = listener.drain.subscribe();
+    let drain = chain.drain.subscribe();
     drop(snapshot);
     match filter {
         NetworkFilter::HttpConnectionManager(hcm) => {
