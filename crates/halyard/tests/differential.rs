@@ -663,6 +663,11 @@ fn header_edits_and_faults_alike() {
         ),
     );
     let sent = [("x-remove", "1"), ("x-add", "client"), ("x-set", "client")];
+    for ip in [ENVOY_IP, HALYARD_IP] {
+        wait_for("the header edits to apply", Duration::from_secs(10), || {
+            (exchange(&mesh, ip, &sent).2["x-dest"] == "v1").then_some(())
+        });
+    }
     let mut seen = Vec::new();
     for (who, ip) in [("envoy", ENVOY_IP), ("halyard", HALYARD_IP)] {
         let (status, h, req) = exchange(&mesh, ip, &sent);
@@ -712,20 +717,33 @@ fn header_edits_and_faults_alike() {
         }
     }
 
-    // A 100% delay holds every request at least that long.
+    // A 100% delay holds every request about that long (Envoy's timers are
+    // millisecond-grained and may fire a little early; an undelayed request
+    // takes about a millisecond here).
+    const DELAYED: Duration = Duration::from_millis(250);
     apply_vs(
         &mesh,
         "  - fault:\n      delay: {fixedDelay: 300ms, percentage: {value: 100}}\n    route:\n    - destination: {host: reviews, subset: v1}\n",
     );
+    // Envoy ACKs RDS on its main thread and hands the routes to its worker
+    // a moment later: wait until the change shows before counting.
+    let delayed = |ip: &str| {
+        let started = std::time::Instant::now();
+        let _ = exchange(&mesh, ip, &[]);
+        started.elapsed() >= DELAYED
+    };
+    for ip in [ENVOY_IP, HALYARD_IP] {
+        wait_for("the delay to apply", Duration::from_secs(10), || {
+            delayed(ip).then_some(())
+        });
+    }
     for (who, ip) in [("envoy", ENVOY_IP), ("halyard", HALYARD_IP)] {
         for _ in 0..3 {
             let started = std::time::Instant::now();
-            let (status, _, _) = exchange(&mesh, ip, &[]);
+            let (status, h, _) = exchange(&mesh, ip, &[]);
             assert_eq!(status, 200, "{who}");
-            assert!(
-                started.elapsed() >= Duration::from_millis(300),
-                "{who}: not delayed"
-            );
+            let took = started.elapsed();
+            assert!(took >= DELAYED, "{who}: not delayed ({took:?}; {h:?})");
         }
     }
 
@@ -734,6 +752,11 @@ fn header_edits_and_faults_alike() {
         &mesh,
         "  - fault:\n      abort: {httpStatus: 503, percentage: {value: 50}}\n    route:\n    - destination: {host: reviews, subset: v1}\n",
     );
+    for ip in [ENVOY_IP, HALYARD_IP] {
+        wait_for("the abort to apply", Duration::from_secs(10), || {
+            (exchange(&mesh, ip, &[]).0 == 503).then_some(())
+        });
+    }
     both(&mesh, "/", &[], 2000, |who, c| {
         let aborted = share(c, "status 503");
         assert!(
@@ -760,6 +783,12 @@ fn header_edits_and_faults_alike() {
         &mesh,
         "  - fault:\n      abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}\n    route:\n    - destination: {host: reviews, subset: v1}\n",
     );
+    for ip in [ENVOY_IP, HALYARD_IP] {
+        wait_for("the gRPC abort to apply", Duration::from_secs(10), || {
+            let (_, h, _) = exchange(&mesh, ip, &[("content-type", "application/grpc")]);
+            h.contains_key("grpc-status").then_some(())
+        });
+    }
     let mut seen = Vec::new();
     for (who, ip) in [("envoy", ENVOY_IP), ("halyard", HALYARD_IP)] {
         let (status, h, _) = exchange(&mesh, ip, &[("content-type", "application/grpc")]);
