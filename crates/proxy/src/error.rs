@@ -50,6 +50,12 @@ pub enum ResponseFlag {
     UpstreamConnectionTermination,
     /// Request refused locally (e.g. an upgrade that is not configured).
     DownstreamProtocolError,
+    /// The fault filter delayed the request.
+    DelayInjected,
+    /// The fault filter aborted the request.
+    FaultInjected,
+    /// The client went away before the response was complete.
+    DownstreamConnectionTermination,
 }
 
 impl ResponseFlag {
@@ -62,6 +68,9 @@ impl ResponseFlag {
             ResponseFlag::UpstreamRequestTimeout => "UT",
             ResponseFlag::UpstreamConnectionTermination => "UC",
             ResponseFlag::DownstreamProtocolError => "DPE",
+            ResponseFlag::DelayInjected => "DI",
+            ResponseFlag::FaultInjected => "FI",
+            ResponseFlag::DownstreamConnectionTermination => "DC",
         }
     }
 }

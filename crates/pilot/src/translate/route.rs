@@ -190,7 +190,6 @@ fn http_fault(f: &Fault) -> HttpFault {
         delay: f.delay.as_ref().map(|(d, share)| FaultDelay {
             fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration(*d))),
             percentage: Some(percent(share)),
-            ..Default::default()
         }),
         abort: f.abort.as_ref().map(|(code, share)| FaultAbort {
             error_type: Some(match code {

@@ -17,6 +17,7 @@ use super::endpoint::{EndpointAddress, Health, LoadAssignment, XdsClusterLoadAss
 use super::listener::{ListenerConfig, NetworkFilter, RouteSource, XdsListener};
 use super::route::{RouteConfig, XdsRouteConfiguration};
 use crate::error::ConfigError;
+use crate::http::stream_info::StreamObserver;
 use crate::stats::{Stats, XdsStats};
 use crate::upstream::UpstreamAddr;
 use crate::upstream::cluster::{ClusterRuntime, UpstreamCluster};
@@ -98,6 +99,8 @@ pub struct ConfigStore {
     prebound: Mutex<HashMap<String, (SocketAddr, std::net::TcpListener)>>,
     /// The DNS proxy NDS feeds, when it runs.
     dns_proxy: std::sync::OnceLock<dns::DnsServer>,
+    /// Who reads each finished HTTP stream's record (empty: no record kept).
+    stream_observers: ArcSwap<Vec<Arc<dyn StreamObserver>>>,
 }
 
 impl std::fmt::Debug for ConfigStore {
@@ -131,11 +134,28 @@ impl ConfigStore {
             bind_on_apply: std::sync::atomic::AtomicBool::new(false),
             prebound: Mutex::new(HashMap::new()),
             dns_proxy: std::sync::OnceLock::new(),
+            stream_observers: ArcSwap::from_pointee(Vec::new()),
         });
         let mut state = store.lock();
         store.publish(&mut state);
         drop(state);
         store
+    }
+
+    /// Hand every finished HTTP stream's record to `observer` (telemetry and
+    /// access logs hook in here).
+    pub fn add_stream_observer(&self, observer: Arc<dyn StreamObserver>) {
+        self.stream_observers.rcu(|current| {
+            let mut next = Vec::clone(current);
+            next.push(observer.clone());
+            next
+        });
+    }
+
+    /// The observers, or None when there are none (one atomic load).
+    pub(crate) fn stream_observers(&self) -> Option<Arc<Vec<Arc<dyn StreamObserver>>>> {
+        let current = self.stream_observers.load();
+        (!current.is_empty()).then(|| Arc::clone(&current))
     }
 
     /// NDS updates go to this DNS proxy from now on.

@@ -23,12 +23,13 @@ use super::headers::{
 };
 use super::path_normalization;
 use super::route_match::RequestView;
+use super::stream_info::StreamInfo;
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::header_ops::LevelHeaders;
 use crate::config::listener::HttpFilter;
 use crate::config::listener::RouteSource;
 use crate::config::route::{Action, DirectResponse, PathMatch, PathRedirect, Redirect};
-use crate::error::RequestError;
+use crate::error::{RequestError, ResponseFlag};
 use crate::upstream::host::ActiveRequest;
 use crate::upstream::lb::random;
 use crate::upstream::pool::{self, Protocol};
@@ -37,10 +38,19 @@ use crate::upstream::pool::{self, Protocol};
 pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<ResponseBody> {
     let stats = &ctx.stats;
     stats.downstream_rq_total.inc();
-    let mut mutations = Mutations::default();
+    let observers = ctx.store.stream_observers();
+    let mut mutations = Mutations {
+        info: observers
+            .as_ref()
+            .map(|_| Box::new(StreamInfo::new(ctx.downstream))),
+        ..Mutations::default()
+    };
     let mut resp = match forward(req, ctx, &mut mutations).await {
         Ok(r) => r,
         Err(e) => {
+            if let Some(info) = &mut mutations.info {
+                info.flags.set(e.flag());
+            }
             tracing::debug!(flag = %e.flag(), error = %e, "local reply");
             match &e {
                 RequestError::NoRoute => stats.no_route.inc(),
@@ -56,7 +66,14 @@ pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("envoy"));
     stats.record_status(resp.status().as_u16());
-    resp
+    match (mutations.info, observers) {
+        (Some(mut info), Some(observers)) => {
+            info.response_code = resp.status().as_u16();
+            info.response_start = Some(Instant::now());
+            resp.map(|body| body.tracked(*info, observers))
+        }
+        _ => resp,
+    }
 }
 
 /// The local reply for a failure, as Envoy sends it.
@@ -74,10 +91,13 @@ pub fn local_reply(err: &RequestError) -> Response<ResponseBody> {
 
 /// The header mutations of the chosen route and weighted cluster: the
 /// cluster's first, then the route's (most specific first, as Envoy does).
+/// What the request picked up on its way: the header mutations of the chosen
+/// route and weighted cluster, and its record when streams are observed.
 #[derive(Default)]
 struct Mutations {
     cluster: Option<Arc<LevelHeaders>>,
     route: Option<Arc<LevelHeaders>>,
+    info: Option<Box<StreamInfo>>,
 }
 
 impl Mutations {
@@ -138,6 +158,9 @@ async fn forward(
             .and_then(|vh| vh.route(&view))
             .ok_or(RequestError::NoRoute)?;
         mutations.route = route.headers.clone();
+        if let Some(info) = &mut mutations.info {
+            info.route_name = Some(route.name.as_str().into());
+        }
         // The fault filters of the chain, with the route's config for each.
         for filter in &ctx.hcm.http_filters {
             let HttpFilter::Fault { name, config } = filter;
@@ -166,6 +189,9 @@ async fn forward(
         };
         let (name, cluster_headers) = action.pick(random());
         mutations.cluster = cluster_headers.cloned();
+        if let Some(info) = &mut mutations.info {
+            info.cluster = Some(name.into());
+        }
         let cluster = snapshot
             .clusters
             .get(name)
@@ -175,11 +201,12 @@ async fn forward(
     };
     // The fault filter runs before the router: a delay, then maybe an abort.
     if let Some(fault) = fault
-        && let Some(reply) = inject_fault(&fault, &req, ctx).await
+        && let Some(reply) = inject_fault(&fault, &req, ctx, &mut mutations.info).await
     {
         // A filter's local reply never reaches the router, which is what
         // applies the route's response mutations in Envoy.
-        *mutations = Mutations::default();
+        mutations.cluster = None;
+        mutations.route = None;
         return Ok(reply);
     }
     let cluster = cluster?;
@@ -188,6 +215,9 @@ async fn forward(
         cluster.stats.upstream_cx_none_healthy.inc();
         return Err(RequestError::NoHealthyUpstream);
     };
+    if let Some(info) = &mut mutations.info {
+        info.upstream_host = Some(host.addr.to_string().into());
+    }
 
     let upgrade = !downstream_h2 && headers::wants_upgrade(req.headers());
     if upgrade && !(ctx.hcm.websocket && headers::is_upgrade(req.headers(), "websocket")) {
@@ -262,6 +292,7 @@ async fn inject_fault(
     fault: &FaultConfig,
     req: &Request<Incoming>,
     ctx: &HttpContext,
+    info: &mut Option<Box<StreamInfo>>,
 ) -> Option<Response<ResponseBody>> {
     let stats = &ctx.stats;
     let delay = fault.delay_for(random());
@@ -272,11 +303,17 @@ async fn inject_fault(
     }
     if let Some(d) = delay {
         stats.fault_delays_injected.inc();
+        if let Some(info) = info.as_mut() {
+            info.flags.set(ResponseFlag::DelayInjected);
+        }
         tracing::debug!(flag = "DI", delay = ?d, "fault: delaying request");
         tokio::time::sleep(d).await;
     }
     let reply = fault.abort_for(abort_roll).map(|status| {
         stats.fault_aborts_injected.inc();
+        if let Some(info) = info.as_mut() {
+            info.flags.set(ResponseFlag::FaultInjected);
+        }
         tracing::debug!(flag = "FI", ?status, "fault: aborting request");
         fault::abort_response(status, req.headers())
     });
