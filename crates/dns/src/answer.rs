@@ -51,14 +51,7 @@ pub fn respond(packet: &[u8], table: &NameTable, udp: bool, forward: bool) -> Re
     if request.metadata.message_type == MessageType::Response {
         return Reply::Drop;
     }
-    let mut reply = Message::new(
-        request.metadata.id,
-        MessageType::Response,
-        request.metadata.op_code,
-    );
-    reply.metadata = Metadata::response_from_request(&request.metadata);
-    reply.metadata.recursion_available = true;
-    reply.queries = request.queries.clone();
+    let mut reply = reply_to(&request);
     if let Some(edns) = &request.edns {
         let mut ours = Edns::new();
         ours.set_max_payload(edns.max_payload().max(512));
@@ -108,6 +101,14 @@ pub fn respond(packet: &[u8], table: &NameTable, udp: bool, forward: bool) -> Re
 /// the packet is not a query.
 pub fn servfail(packet: &[u8]) -> Option<Vec<u8>> {
     let request = Message::from_vec(packet).ok()?;
+    let mut reply = reply_to(&request);
+    reply.metadata.response_code = ResponseCode::ServFail;
+    reply.to_vec().ok()
+}
+
+/// A response to `request`: its id, opcode, RD/CD bits and questions, with
+/// recursion available (we answer for the names we know and forward).
+fn reply_to(request: &Message) -> Message {
     let mut reply = Message::new(
         request.metadata.id,
         MessageType::Response,
@@ -115,9 +116,8 @@ pub fn servfail(packet: &[u8]) -> Option<Vec<u8>> {
     );
     reply.metadata = Metadata::response_from_request(&request.metadata);
     reply.metadata.recursion_available = true;
-    reply.metadata.response_code = ResponseCode::ServFail;
-    reply.queries = request.queries;
-    reply.to_vec().ok()
+    reply.queries = request.queries.clone();
+    reply
 }
 
 fn encode(message: &Message) -> Reply {

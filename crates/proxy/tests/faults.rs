@@ -10,49 +10,26 @@ use std::time::Duration;
 use common::*;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use proxy::xds_sink::StoreSink;
-use proxy::{Proxy, ProxyOptions};
 use xds::client::ResourceSink;
 use xds::type_url;
 
-const FAULT_FILTER: &str = r#"{name: envoy.filters.http.fault, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}}"#;
-const ROUTER: &str = r#"{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"#;
-
 fn bootstrap(backend: std::net::SocketAddr, route_fault: &str) -> String {
-    format!(
-        r#"
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
-static_resources:
-  listeners:
-  - name: http
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: faults
-          http_filters: [{FAULT_FILTER}, {ROUTER}]
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: /slow}}
-                route: {{cluster: backend, timeout: 0s}}
-                typed_per_filter_config:
-                  envoy.filters.http.fault:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
-                    {route_fault}
-              - match: {{prefix: /}}
-                route: {{cluster: backend}}
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment: {{cluster_name: backend, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}
-"#,
-        port = backend.port()
+    http_bootstrap(
+        "faults",
+        &format!(
+            r#"- name: all
+  domains: ["*"]
+  routes:
+  - match: {{prefix: /slow}}
+    route: {{cluster: backend, timeout: 0s}}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+        {route_fault}
+  - match: {{prefix: /}}
+    route: {{cluster: backend}}"#
+        ),
+        &[("backend", backend)],
     )
 }
 
@@ -63,15 +40,7 @@ async fn a_fault_delay_runs_on_tokios_clock() {
         b.addr,
         "delay: {fixed_delay: 30s, percentage: {numerator: 100}}",
     );
-    let proxy = Proxy::start(
-        xds::json::from_yaml(&yaml).expect("bootstrap"),
-        &ProxyOptions {
-            ready_port: None,
-            ..ProxyOptions::default()
-        },
-    )
-    .await
-    .expect("proxy");
+    let proxy = start_static(&yaml).await;
     let http = proxy.listener_addr("http").expect("listener");
     let wall = std::time::Instant::now();
     let virtual_start = tokio::time::Instant::now();
@@ -100,19 +69,11 @@ async fn a_fault_delay_runs_on_tokios_clock() {
 #[tokio::test]
 async fn a_bad_route_fault_is_nacked_and_the_last_good_routes_stay() {
     let b = backend("b").await;
-    let proxy = Proxy::start(
-        xds::json::from_yaml(&bootstrap(
-            b.addr,
-            "abort: {http_status: 503, percentage: {numerator: 0}}",
-        ))
-        .expect("bootstrap"),
-        &ProxyOptions {
-            ready_port: None,
-            ..ProxyOptions::default()
-        },
-    )
-    .await
-    .expect("proxy");
+    let proxy = start_static(&bootstrap(
+        b.addr,
+        "abort: {http_status: 503, percentage: {numerator: 0}}",
+    ))
+    .await;
     let sink = StoreSink(proxy.store().clone());
     let rc = |status: u32| {
         let yaml = format!(

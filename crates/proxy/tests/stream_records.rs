@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use proxy::http::stream_info::{StreamInfo, StreamObserver};
-use proxy::{Proxy, ProxyOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Default)]
@@ -33,9 +32,6 @@ impl Recorder {
         panic!("fewer than {n} stream records");
     }
 }
-
-const ROUTER: &str = r#"{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"#;
-const FAULT: &str = r#"{name: envoy.filters.http.fault, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}}"#;
 
 /// Answers headers and 5 of 1,000,000 promised bytes, then stalls.
 async fn stalling_backend() -> std::net::SocketAddr {
@@ -62,62 +58,28 @@ async fn stalling_backend() -> std::net::SocketAddr {
 async fn each_stream_is_recorded_when_its_body_ends() {
     let b = backend("b").await;
     let staller = stalling_backend().await;
-    let yaml = format!(
-        r#"
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
-static_resources:
-  listeners:
-  - name: http
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: rec
-          http_filters: [{FAULT}, {ROUTER}]
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: known
-              domains: [known]
-              routes:
-              - name: aborted
-                match: {{prefix: /abort}}
-                route: {{cluster: backend}}
-                typed_per_filter_config:
-                  envoy.filters.http.fault:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
-                    delay: {{fixed_delay: 0.001s, percentage: {{numerator: 100}}}}
-                    abort: {{http_status: 429, percentage: {{numerator: 100}}}}
-              - name: stall
-                match: {{prefix: /stall}}
-                route: {{cluster: staller}}
-              - name: default
-                match: {{prefix: /}}
-                route: {{cluster: backend}}
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment: {{cluster_name: backend, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}
-  - name: staller
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment: {{cluster_name: staller, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {stall}}}}}}}}}]}}]}}
-"#,
-        port = b.addr.port(),
-        stall = staller.port(),
+    let yaml = http_bootstrap(
+        "rec",
+        r#"- name: known
+  domains: [known]
+  routes:
+  - name: aborted
+    match: {prefix: /abort}
+    route: {cluster: backend}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+        delay: {fixed_delay: 0.001s, percentage: {numerator: 100}}
+        abort: {http_status: 429, percentage: {numerator: 100}}
+  - name: stall
+    match: {prefix: /stall}
+    route: {cluster: staller}
+  - name: default
+    match: {prefix: /}
+    route: {cluster: backend}"#,
+        &[("backend", b.addr), ("staller", staller)],
     );
-    let proxy = Proxy::start(
-        xds::json::from_yaml(&yaml).expect("bootstrap"),
-        &ProxyOptions {
-            ready_port: None,
-            ..ProxyOptions::default()
-        },
-    )
-    .await
-    .expect("proxy");
+    let proxy = start_static(&yaml).await;
     let recorder = Arc::new(Recorder::default());
     proxy.store().add_stream_observer(recorder.clone());
     let http = proxy.listener_addr("http").expect("listener");

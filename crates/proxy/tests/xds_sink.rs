@@ -211,12 +211,9 @@ async fn cds_eds_lds_rds_make_traffic_flow_and_bad_resources_keep_the_old() {
     .await;
 }
 
-/// A listener whose address cannot be bound is NACKed with the OS error, as
-/// Envoy does; the other listeners of the update are applied, and a listener
-/// that moves to a taken address keeps serving where it was.
-#[tokio::test]
-async fn a_listener_that_cannot_bind_is_nacked_with_the_os_error() {
-    let a = backend("a").await;
+/// A proxy on the ADS bootstrap (no readiness port) with CLUSTER's CDS and
+/// EDS (one endpoint, `backend`) applied.
+async fn proxy_with_cluster(backend: SocketAddr) -> (Proxy, StoreSink) {
     let bootstrap = proxy::bootstrap::parse(BOOTSTRAP, false).unwrap();
     let proxy = Proxy::start(
         bootstrap,
@@ -230,7 +227,17 @@ async fn a_listener_that_cannot_bind_is_nacked_with_the_os_error() {
     let sink = StoreSink(proxy.store().clone());
     sink.apply(type_url::CLUSTER, "1", &cds("ROUND_ROBIN"))
         .unwrap();
-    sink.apply(type_url::ENDPOINT, "1", &eds(a.addr)).unwrap();
+    sink.apply(type_url::ENDPOINT, "1", &eds(backend)).unwrap();
+    (proxy, sink)
+}
+
+/// A listener whose address cannot be bound is NACKed with the OS error, as
+/// Envoy does; the other listeners of the update are applied, and a listener
+/// that moves to a taken address keeps serving where it was.
+#[tokio::test]
+async fn a_listener_that_cannot_bind_is_nacked_with_the_os_error() {
+    let a = backend("a").await;
+    let (proxy, sink) = proxy_with_cluster(a.addr).await;
     sink.apply(type_url::LISTENER, "1", &lds()).unwrap();
     sink.apply(type_url::ROUTE, "1", &rds("/.*")).unwrap();
     let lis = eventually("listener bound", async || proxy.listener_addr("lis")).await;
@@ -286,20 +293,7 @@ async fn a_listener_that_cannot_bind_is_nacked_with_the_os_error() {
 #[tokio::test]
 async fn a_filter_chain_update_drains_only_the_changed_chain() {
     let a = backend("a").await;
-    let bootstrap = proxy::bootstrap::parse(BOOTSTRAP, false).unwrap();
-    let proxy = Proxy::start(
-        bootstrap,
-        &ProxyOptions {
-            ready_port: None,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let sink = StoreSink(proxy.store().clone());
-    sink.apply(type_url::CLUSTER, "1", &cds("ROUND_ROBIN"))
-        .unwrap();
-    sink.apply(type_url::ENDPOINT, "1", &eds(a.addr)).unwrap();
+    let (proxy, sink) = proxy_with_cluster(a.addr).await;
     let chain = |ip: &str, prefix: &str| {
         format!(
             r#"

@@ -258,3 +258,63 @@ pub async fn silent_backend() -> SocketAddr {
     });
     addr
 }
+
+/// A static bootstrap: listener `http` on 127.0.0.1:0 with one HCM
+/// (`stat_prefix`, the fault filter then the router) whose inline routes are
+/// `virtual_hosts` (YAML list, indented from column 0), and a STATIC
+/// cluster per (name, address).
+pub fn http_bootstrap(
+    stat_prefix: &str,
+    virtual_hosts: &str,
+    clusters: &[(&str, SocketAddr)],
+) -> String {
+    let vhosts: String = virtual_hosts
+        .lines()
+        .map(|l| format!("            {l}\n"))
+        .collect();
+    let clusters: String = clusters
+        .iter()
+        .map(|(name, addr)| {
+            format!(
+                "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}}}]}}]}}\n",
+                addr.ip(),
+                addr.port()
+            )
+        })
+        .collect();
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
+static_resources:
+  listeners:
+  - name: http
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {stat_prefix}
+          http_filters:
+          - {{name: envoy.filters.http.fault, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}}}}
+          - {{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}
+          route_config:
+            name: local
+            virtual_hosts:
+{vhosts}  clusters:
+{clusters}"#
+    )
+}
+
+/// Start a proxy from a static bootstrap (YAML), without a readiness port.
+pub async fn start_static(yaml: &str) -> proxy::Proxy {
+    proxy::Proxy::start(
+        xds::json::from_yaml(yaml).expect("bootstrap parses"),
+        &proxy::ProxyOptions {
+            ready_port: None,
+            ..proxy::ProxyOptions::default()
+        },
+    )
+    .await
+    .expect("proxy starts")
+}
