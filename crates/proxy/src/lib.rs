@@ -19,11 +19,13 @@ pub mod config;
 pub mod descriptors;
 pub mod dns;
 pub mod dns_proxy;
+pub mod downstream;
 pub mod error;
 pub mod filters;
 pub mod http;
 pub mod listener;
 pub mod stats;
+pub mod stream_info;
 pub mod upstream;
 pub mod xds_sink;
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use proxy::http::stream_info::{StreamInfo, StreamObserver};
+use proxy::stream_info::{StreamInfo, StreamObserver};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Default)]

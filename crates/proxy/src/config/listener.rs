@@ -13,10 +13,10 @@ use envoy_types::pb::envoy::config::listener::v3 as xds_listener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 
+use super::fault::FaultConfig;
 use super::route::{RouteConfig, WeightedClusters};
 use super::{check_subset, decode_any, duration, socket_addr, subset};
 use crate::error::ConfigError;
-use crate::http::fault::FaultConfig;
 use crate::stats::{HttpStats, ListenerStats, Stats};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault as FaultProto;
 
@@ -502,7 +502,7 @@ fn http_filters(list: &[hcm::HttpFilter]) -> Result<Vec<HttpFilter>, ConfigError
                 let fault: FaultProto = super::decode_any(any, &format!("{at}.typed_config"))?;
                 FaultConfig::try_from(&fault).map_err(|e| e.under(&format!("{at}.typed_config")))?
             }
-            _ if f.name == crate::http::fault::NAME => FaultConfig::default(),
+            _ if f.name == super::fault::NAME => FaultConfig::default(),
             _ => {
                 return Err(ConfigError::new(
                     at,

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod endpoint;
+pub mod fault;
 pub mod header_ops;
 pub mod listener;
 pub mod route;

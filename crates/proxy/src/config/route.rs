@@ -11,10 +11,10 @@ use envoy_types::pb::envoy::config::route::v3 as xds_route;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use regex::Regex;
 
+use super::fault::FaultConfig;
 use super::header_ops::LevelHeaders;
 use super::{check_subset, duration, subset};
 use crate::error::ConfigError;
-use crate::http::fault::FaultConfig;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault as FaultProto;
 
 pub type XdsRouteConfiguration = xds_route::RouteConfiguration;

@@ -17,8 +17,8 @@ use super::endpoint::{EndpointAddress, Health, LoadAssignment, XdsClusterLoadAss
 use super::listener::{ListenerConfig, NetworkFilter, RouteSource, XdsListener};
 use super::route::{RouteConfig, XdsRouteConfiguration};
 use crate::error::ConfigError;
-use crate::http::stream_info::StreamObserver;
 use crate::stats::{Stats, XdsStats};
+use crate::stream_info::StreamObserver;
 use crate::upstream::UpstreamAddr;
 use crate::upstream::cluster::{ClusterRuntime, UpstreamCluster};
 
@@ -229,7 +229,7 @@ impl ConfigStore {
             if !l.bind_to_port || already {
                 continue;
             }
-            match crate::listener::bind_std(l.address) {
+            match crate::downstream::bind_std(l.address) {
                 Ok(socket) => {
                     prebound.insert(name, (l.address, socket));
                 }

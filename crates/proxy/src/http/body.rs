@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::stream_info::{StreamInfo, StreamObserver};
+use crate::stream_info::{StreamInfo, StreamObserver};
 use crate::upstream::pool::UpstreamBody;
 
 pub enum ResponseBody {

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::listener::{Codec, HttpConnectionManager};
 use crate::config::store::ConfigStore;
-use crate::listener::Downstream;
+use crate::downstream::Downstream;
 use crate::stats::HttpStats;
 
 use super::router;

@@ -9,4 +9,3 @@ pub mod headers;
 pub mod path_normalization;
 pub mod route_match;
 pub mod router;
-pub mod stream_info;

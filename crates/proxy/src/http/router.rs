@@ -23,13 +23,13 @@ use super::headers::{
 };
 use super::path_normalization;
 use super::route_match::RequestView;
-use super::stream_info::StreamInfo;
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::header_ops::LevelHeaders;
 use crate::config::listener::HttpFilter;
 use crate::config::listener::RouteSource;
 use crate::config::route::{Action, DirectResponse, PathMatch, PathRedirect, Redirect};
 use crate::error::{RequestError, ResponseFlag};
+use crate::stream_info::StreamInfo;
 use crate::upstream::host::ActiveRequest;
 use crate::upstream::lb::random;
 use crate::upstream::pool::{self, Protocol};

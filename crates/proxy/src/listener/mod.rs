@@ -12,26 +12,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::config::listener::NetworkFilter;
 use crate::config::store::ConfigStore;
+use crate::downstream::Downstream;
 use crate::error::StartError;
 use crate::filters::network::tcp_proxy;
 use crate::http::connection_manager;
 use filter_chain::ConnectionInfo;
-
-/// Facts about an accepted downstream connection that the filters use.
-#[derive(Debug, Clone, Copy)]
-pub struct Downstream {
-    pub peer: SocketAddr,
-    /// The address the client connected to (original destination if restored).
-    pub destination: SocketAddr,
-    /// Set when the original_dst filter restored a destination.
-    pub original_dst: Option<SocketAddr>,
-}
 
 struct Bound {
     configured: SocketAddr,
@@ -151,21 +141,7 @@ impl Drop for Listeners {
 
 /// A listening socket with SO_REUSEADDR.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::from_std(bind_std(addr)?)
-}
-
-/// [`bind`] without a runtime: the socket is listening (so the port is
-/// taken and connections queue) and non-blocking.
-pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        let _ = socket.set_only_v6(true);
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
+    TcpListener::from_std(crate::downstream::bind_std(addr)?)
 }
 
 async fn accept_loop(listener: TcpListener, name: String, store: Arc<ConfigStore>) {

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::config::listener::TcpProxy;
 use crate::config::store::ConfigStore;
-use crate::listener::Downstream;
+use crate::downstream::Downstream;
 use crate::upstream::connect::connect;
 use crate::upstream::host::ActiveRequest;
 use crate::upstream::lb::random;

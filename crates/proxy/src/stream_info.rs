@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::downstream::Downstream;
 use crate::error::ResponseFlag;
-use crate::listener::Downstream;
 
 /// Envoy's response flags of one request, as a set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
