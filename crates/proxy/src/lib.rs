@@ -24,6 +24,7 @@ pub mod error;
 pub mod filters;
 pub mod http;
 pub mod listener;
+pub mod request_body;
 pub mod stats;
 pub mod stream_info;
 pub mod upstream;

@@ -29,6 +29,7 @@ use crate::config::listener::HttpFilter;
 use crate::config::listener::RouteSource;
 use crate::config::route::{Action, DirectResponse, PathMatch, PathRedirect, Redirect};
 use crate::error::{RequestError, ResponseFlag};
+use crate::request_body::RequestBody;
 use crate::stream_info::StreamInfo;
 use crate::upstream::host::ActiveRequest;
 use crate::upstream::lb::random;
@@ -239,7 +240,7 @@ async fn forward(
     let send = pool::send(
         active,
         protocol,
-        req,
+        req.map(RequestBody::Streaming),
         cluster.config.connect_timeout,
         &cluster.stats,
         upgrade,

@@ -13,6 +13,8 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::request_body::RequestBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -24,8 +26,8 @@ use crate::upstream::host::{ActiveRequest, Host};
 /// Idle HTTP/1.1 connections kept per host.
 const MAX_IDLE_HTTP1: usize = 256;
 
-type Http1Sender = http1::SendRequest<Incoming>;
-type Http2Sender = http2::SendRequest<Incoming>;
+type Http1Sender = http1::SendRequest<RequestBody>;
+type Http2Sender = http2::SendRequest<RequestBody>;
 
 /// Lock-free, and allocation-free until a host first gets an idle
 /// connection (a mesh has many hosts, most of them idle).
@@ -63,7 +65,7 @@ pub enum Protocol {
 pub async fn send(
     active: ActiveRequest,
     protocol: Protocol,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     connect_timeout: Duration,
     stats: &ClusterStats,
     upgrade: bool,
