@@ -2,12 +2,14 @@
 //! discovered, the load-balancing policy, connect timeout and upstream HTTP
 //! protocol.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3 as xds_cluster;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 
 use super::endpoint::LoadAssignment;
+use super::transport::{TransportMatch, TransportSocket};
 use super::{check_subset, decode_any, duration, subset};
 use crate::error::ConfigError;
 
@@ -31,6 +33,18 @@ pub struct ClusterConfig {
     /// STRICT_DNS: how often to re-resolve and which address families to use.
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
+    /// The socket to endpoints, unless a `transport_socket_matches` entry
+    /// picks another for an endpoint.
+    pub transport: TransportSocket,
+    pub transport_matches: Vec<TransportMatch>,
+}
+
+impl ClusterConfig {
+    /// The socket for an endpoint with this `envoy.transport_socket_match`
+    /// metadata.
+    pub fn transport_for(&self, metadata: &BTreeMap<String, String>) -> TransportSocket {
+        super::transport::transport_for(&self.transport_matches, self.transport, metadata).1
+    }
 }
 
 /// `dns_lookup_family`.
@@ -246,6 +260,17 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
             healthy_panic_threshold: healthy_panic_threshold.round() as u32,
             dns_refresh_rate,
             dns_lookup_family,
+            transport: TransportSocket::parse(c.transport_socket.as_ref())
+                .map_err(|e| e.under("transport_socket"))?,
+            transport_matches: c
+                .transport_socket_matches
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    TransportMatch::try_from(m)
+                        .map_err(|e| e.under(&format!("transport_socket_matches[{i}]")))
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }

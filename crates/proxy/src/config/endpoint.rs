@@ -1,6 +1,7 @@
 //! ClusterLoadAssignment (EDS, or a cluster's inline load_assignment) as the
 //! load balancer uses it: a flat list of endpoints with weight and health.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::core::v3::HealthStatus;
@@ -22,6 +23,9 @@ pub struct LbEndpoint {
     pub address: EndpointAddress,
     pub weight: u32,
     pub health: Health,
+    /// `metadata.filter_metadata["envoy.transport_socket_match"]`: what the
+    /// cluster's transport_socket_matches compare (Istio's `tlsMode`).
+    pub transport_match: BTreeMap<String, String>,
 }
 
 /// An endpoint's address: an IP, a Unix domain socket (`pipe`), or a DNS
@@ -123,10 +127,20 @@ fn lb_endpoint(e: &xds_endpoint::LbEndpoint) -> Result<LbEndpoint, ConfigError> 
         Ok(HealthStatus::Degraded) => Health::Degraded,
         _ => Health::Healthy,
     };
+    let transport_match = e
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("envoy.transport_socket_match"))
+        .map(|s| {
+            super::transport::strings(s, "metadata.filter_metadata[envoy.transport_socket_match]")
+        })
+        .transpose()?
+        .unwrap_or_default();
     Ok(LbEndpoint {
         address,
         weight,
         health,
+        transport_match,
     })
 }
 

@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 
 use super::fault::FaultConfig;
 use super::route::{RouteConfig, WeightedClusters};
+use super::transport::TransportSocket;
 use super::{check_subset, decode_any, duration, socket_addr, subset};
 use crate::error::ConfigError;
 use crate::stats::{HttpStats, ListenerStats, Stats};
@@ -91,6 +92,8 @@ pub struct FilterChain {
     pub drain: watch::Sender<bool>,
     /// The chain as received, to recognise it in the listener's next version.
     pub(crate) wire: Vec<u8>,
+    /// How the chain reads its connections.
+    pub transport: TransportSocket,
 }
 
 /// `filter_chain_match`, the fields of the subset. Empty = matches anything.
@@ -360,6 +363,8 @@ impl TryFrom<&xds_listener::FilterChain> for FilterChain {
             filter,
             drain: watch::channel(false).0,
             wire: prost::Message::encode_to_vec(fc),
+            transport: TransportSocket::parse(fc.transport_socket.as_ref())
+                .map_err(|e| e.under("transport_socket"))?,
         })
     }
 }

@@ -16,6 +16,7 @@ use super::cluster::{ClusterConfig, Discovery, XdsCluster};
 use super::endpoint::{EndpointAddress, Health, LoadAssignment, XdsClusterLoadAssignment};
 use super::listener::{ListenerConfig, NetworkFilter, RouteSource, XdsListener};
 use super::route::{RouteConfig, XdsRouteConfiguration};
+use super::transport::TransportSocket;
 use crate::error::ConfigError;
 use crate::stats::{Stats, XdsStats};
 use crate::stream_info::StreamObserver;
@@ -523,20 +524,25 @@ impl ConfigStore {
         let configs: Vec<Arc<ClusterConfig>> = all_clusters(state).cloned().collect();
         let mut clusters = HashMap::new();
         for config in configs {
-            let endpoints: Vec<(UpstreamAddr, u32, Health)> = match &config.discovery {
-                Discovery::Static(la) => ip_endpoints(la),
-                Discovery::Eds(service) => state
-                    .endpoints
-                    .get(service)
-                    .map(|v| ip_endpoints(&v.config))
-                    .unwrap_or_default(),
-                Discovery::StrictDns(_) => state
-                    .dns
-                    .get(&config.name)
-                    .map(|v| v.iter().map(|(a, w, h)| ((*a).into(), *w, *h)).collect())
-                    .unwrap_or_default(),
-                Discovery::OriginalDst => Vec::new(),
-            };
+            let endpoints: Vec<(UpstreamAddr, u32, Health, TransportSocket)> =
+                match &config.discovery {
+                    Discovery::Static(la) => ip_endpoints(la, &config),
+                    Discovery::Eds(service) => state
+                        .endpoints
+                        .get(service)
+                        .map(|v| ip_endpoints(&v.config, &config))
+                        .unwrap_or_default(),
+                    Discovery::StrictDns(_) => state
+                        .dns
+                        .get(&config.name)
+                        .map(|v| {
+                            v.iter()
+                                .map(|(a, w, h)| ((*a).into(), *w, *h, config.transport))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    Discovery::OriginalDst => Vec::new(),
+                };
             let runtime = state
                 .runtime
                 .entry(config.name.clone())
@@ -651,14 +657,26 @@ fn all_listeners(state: &State) -> impl Iterator<Item = &Arc<ListenerConfig>> {
         .chain(state.listeners.values().map(|l| &l.config))
 }
 
-/// The endpoints the proxy connects to as given: IPs and pipes.
-fn ip_endpoints(la: &LoadAssignment) -> Vec<(UpstreamAddr, u32, Health)> {
+/// The endpoints the proxy connects to as given (IPs and pipes), each with
+/// the transport socket the cluster picks for it.
+fn ip_endpoints(
+    la: &LoadAssignment,
+    config: &ClusterConfig,
+) -> Vec<(UpstreamAddr, u32, Health, TransportSocket)> {
     la.endpoints
         .iter()
-        .filter_map(|e| match &e.address {
-            EndpointAddress::Ip(a) => Some(((*a).into(), e.weight, e.health)),
-            EndpointAddress::Pipe(p) => Some((UpstreamAddr::Pipe(p.clone()), e.weight, e.health)),
-            EndpointAddress::Dns(..) => None,
+        .filter_map(|e| {
+            let addr = match &e.address {
+                EndpointAddress::Ip(a) => (*a).into(),
+                EndpointAddress::Pipe(p) => UpstreamAddr::Pipe(p.clone()),
+                EndpointAddress::Dns(..) => return None,
+            };
+            Some((
+                addr,
+                e.weight,
+                e.health,
+                config.transport_for(&e.transport_match),
+            ))
         })
         .collect()
 }

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::listener::NetworkFilter;
 use crate::config::store::ConfigStore;
+use crate::config::transport::TransportSocket;
 use crate::downstream::Downstream;
 use crate::error::StartError;
 use crate::filters::network::tcp_proxy;
@@ -215,6 +216,10 @@ async fn handle_connection(
     };
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
+    // The chain's transport socket (raw_buffer: the bytes as they come).
+    let stream = match chain.transport {
+        TransportSocket::RawBuffer => stream,
+    };
     let filter = chain.filter.clone();
     let drain = chain.drain.subscribe();
     drop(snapshot);

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::cluster::{ClusterConfig, Discovery};
 use crate::config::endpoint::Health;
+use crate::config::transport::TransportSocket;
 use crate::stats::{ClusterStats, Stats};
 use crate::upstream::address::UpstreamAddr;
 use crate::upstream::host::Host;
@@ -24,7 +25,7 @@ const MAX_ORIGINAL_DST_HOSTS: usize = 1024;
 pub struct ClusterRuntime {
     pub stats: ClusterStats,
     rr: Arc<AtomicU64>,
-    hosts: HashMap<UpstreamAddr, Arc<Host>>,
+    hosts: HashMap<(UpstreamAddr, TransportSocket), Arc<Host>>,
     original_dst: Arc<ArcSwap<HashMap<SocketAddr, Arc<Host>>>>,
 }
 
@@ -43,18 +44,19 @@ impl ClusterRuntime {
     pub fn build(
         &mut self,
         config: Arc<ClusterConfig>,
-        endpoints: &[(UpstreamAddr, u32, Health)],
+        endpoints: &[(UpstreamAddr, u32, Health, TransportSocket)],
     ) -> UpstreamCluster {
         let mut all = Vec::with_capacity(endpoints.len());
         let mut routable = Vec::with_capacity(endpoints.len());
         let mut next = HashMap::with_capacity(endpoints.len());
-        for (addr, weight, health) in endpoints {
+        for (addr, weight, health, transport) in endpoints {
+            let key = (addr.clone(), *transport);
             let host = self
                 .hosts
-                .get(addr)
+                .get(&key)
                 .cloned()
-                .unwrap_or_else(|| Host::new(addr.clone()));
-            next.insert(addr.clone(), host.clone());
+                .unwrap_or_else(|| Host::with_transport(addr.clone(), *transport));
+            next.insert(key, host.clone());
             if health.routable() {
                 routable.push((host.clone(), *weight));
             }
@@ -115,11 +117,15 @@ impl UpstreamCluster {
                 // ORIGINAL_DST hosts on cleanup_interval).
                 map.retain(|_, h| h.rq_active.get() > 0 || h.cx_active.get() > 0);
             }
-            let h = map.entry(dst).or_insert_with(|| Host::new(dst)).clone();
+            let transport = self.config.transport;
+            let h = map
+                .entry(dst)
+                .or_insert_with(|| Host::with_transport(dst, transport))
+                .clone();
             created = Some(h);
             map
         });
-        created.unwrap_or_else(|| Host::new(dst))
+        created.unwrap_or_else(|| Host::with_transport(dst, self.config.transport))
     }
 
     /// Hosts shown by `/clusters` (ORIGINAL_DST ones as they are created).

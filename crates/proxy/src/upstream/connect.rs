@@ -5,18 +5,25 @@
 use std::io;
 use std::time::Duration;
 
+use crate::config::transport::TransportSocket;
 use crate::stats::ClusterStats;
-use crate::upstream::address::{UpstreamAddr, UpstreamStream};
+use crate::upstream::address::UpstreamStream;
+use crate::upstream::host::Host;
 
-/// Connect to `addr` within `timeout`; counts `upstream_cx_total` and
-/// `upstream_cx_connect_fail`.
+/// Connect to `host` over its transport socket within `timeout`; counts
+/// `upstream_cx_total` and `upstream_cx_connect_fail`.
 pub async fn connect(
-    addr: &UpstreamAddr,
+    host: &Host,
     timeout: Duration,
     stats: &ClusterStats,
 ) -> io::Result<UpstreamStream> {
     stats.upstream_cx_total.inc();
-    let result = match tokio::time::timeout(timeout, UpstreamStream::connect(addr)).await {
+    let open = async {
+        match host.transport {
+            TransportSocket::RawBuffer => UpstreamStream::connect(&host.addr).await,
+        }
+    };
+    let result = match tokio::time::timeout(timeout, open).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
     };

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::config::transport::TransportSocket;
 use crate::stats::Counter;
 use crate::upstream::address::UpstreamAddr;
 use crate::upstream::pool::HostPool;
@@ -11,6 +12,10 @@ use crate::upstream::pool::HostPool;
 #[derive(Debug)]
 pub struct Host {
     pub addr: UpstreamAddr,
+    /// The socket its connections run on (chosen per endpoint by the
+    /// cluster's transport_socket_matches); pools are per host, so per
+    /// (address, transport).
+    pub transport: TransportSocket,
     pub rq_total: Counter,
     pub rq_active: Counter,
     pub rq_error: Counter,
@@ -22,8 +27,13 @@ pub struct Host {
 
 impl Host {
     pub fn new(addr: impl Into<UpstreamAddr>) -> Arc<Self> {
+        Host::with_transport(addr, TransportSocket::RawBuffer)
+    }
+
+    pub fn with_transport(addr: impl Into<UpstreamAddr>, transport: TransportSocket) -> Arc<Self> {
         Arc::new(Host {
             addr: addr.into(),
+            transport,
             rq_total: Counter::default(),
             rq_active: Counter::default(),
             rq_error: Counter::default(),

@@ -159,7 +159,7 @@ async fn open(
     stats: &ClusterStats,
 ) -> Result<crate::upstream::UpstreamStream, RequestError> {
     host.cx_total.inc();
-    connect(&host.addr, timeout, stats).await.map_err(|e| {
+    connect(host, timeout, stats).await.map_err(|e| {
         host.cx_connect_fail.inc();
         RequestError::ConnectFailure(e)
     })

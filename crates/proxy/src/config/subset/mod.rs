@@ -200,12 +200,12 @@ filter_chains:
             "per_connection_buffer_limit_bytes"
         );
         let l: Listener = xds::json::from_yaml(
-            "name: l\nfilter_chains: [{name: a}, {name: b, transport_socket: {name: tls}}]",
+            "name: l\nfilter_chains: [{name: a}, {name: b, transport_socket_connect_timeout: 1s}]",
         )
         .unwrap();
         assert_eq!(
             check(&l, &LISTENER).unwrap_err().path,
-            "filter_chains[1].transport_socket"
+            "filter_chains[1].transport_socket_connect_timeout"
         );
     }
 

@@ -771,6 +771,29 @@ pub(super) static NETWORK_FILTER: Schema = Schema {
     names: &[(1, "name"), (4, "typed_config"), (5, "config_discovery")],
 };
 
+pub(super) static RAW_BUFFER: Schema = Schema {
+    message: "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+    allowed: &[],
+    names: &[],
+};
+
+pub(super) static TRANSPORT_SOCKET: Schema = Schema {
+    message: "envoy.config.core.v3.TransportSocket",
+    allowed: &[
+        ("name", 1, false, Field::Leaf),
+        (
+            "typed_config",
+            3,
+            false,
+            Field::Any(&[(
+                "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+                &RAW_BUFFER,
+            )]),
+        ),
+    ],
+    names: &[(1, "name"), (3, "typed_config")],
+};
+
 pub(super) static FILTER_CHAIN: Schema = Schema {
     message: "envoy.config.listener.v3.FilterChain",
     allowed: &[
@@ -783,6 +806,7 @@ pub(super) static FILTER_CHAIN: Schema = Schema {
         ("filters", 3, true, Field::Msg(&NETWORK_FILTER)),
         ("name", 7, false, Field::Leaf),
         ("metadata", 5, false, Field::Leaf),
+        ("transport_socket", 6, false, Field::Msg(&TRANSPORT_SOCKET)),
     ],
     names: &[
         (1, "filter_chain_match"),
@@ -1041,9 +1065,26 @@ pub(super) static COMMON_LB_CONFIG: Schema = Schema {
     ],
 };
 
+pub(super) static TRANSPORT_SOCKET_MATCH: Schema = Schema {
+    message: "envoy.config.cluster.v3.Cluster.TransportSocketMatch",
+    allowed: &[
+        ("name", 1, false, Field::Leaf),
+        ("match", 2, false, Field::Leaf),
+        ("transport_socket", 3, false, Field::Msg(&TRANSPORT_SOCKET)),
+    ],
+    names: &[(1, "name"), (2, "match"), (3, "transport_socket")],
+};
+
 pub static CLUSTER: Schema = Schema {
     message: "envoy.config.cluster.v3.Cluster",
     allowed: &[
+        ("transport_socket", 24, false, Field::Msg(&TRANSPORT_SOCKET)),
+        (
+            "transport_socket_matches",
+            43,
+            true,
+            Field::Msg(&TRANSPORT_SOCKET_MATCH),
+        ),
         ("name", 1, false, Field::Leaf),
         ("alt_stat_name", 28, false, Field::Leaf),
         ("type", 2, false, Field::Leaf),
@@ -1323,6 +1364,8 @@ pub(super) static ALL: &[&Schema] = &[
     &TCP_WEIGHTED_CLUSTERS,
     &TCP_PROXY,
     &NETWORK_FILTER,
+    &RAW_BUFFER,
+    &TRANSPORT_SOCKET,
     &FILTER_CHAIN,
     &ORIGINAL_DST,
     &HTTP_INSPECTOR,
@@ -1337,6 +1380,7 @@ pub(super) static ALL: &[&Schema] = &[
     &HTTP_PROTOCOL_OPTIONS,
     &EDS_CLUSTER_CONFIG,
     &COMMON_LB_CONFIG,
+    &TRANSPORT_SOCKET_MATCH,
     &CLUSTER,
     &ENVOY_GRPC,
     &GRPC_SERVICE,

@@ -43,9 +43,7 @@ pub async fn proxy(
         return;
     };
     host.cx_total.inc();
-    let mut upstream = match connect(&host.addr, cluster.config.connect_timeout, &cluster.stats)
-        .await
-    {
+    let mut upstream = match connect(&host, cluster.config.connect_timeout, &cluster.stats).await {
         Ok(s) => s,
         Err(e) => {
             host.cx_connect_fail.inc();
