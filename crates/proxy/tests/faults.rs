@@ -99,3 +99,36 @@ async fn a_bad_route_fault_is_nacked_and_the_last_good_routes_stay() {
         ))
     );
 }
+
+/// A route timeout on tokio's clock: a backend that never answers gets the
+/// client Envoy's 504 (UT) after exactly the route's timeout of virtual time.
+#[tokio::test(start_paused = true)]
+async fn a_route_timeout_runs_on_tokios_clock() {
+    let silent = silent_backend().await;
+    let proxy = start_static(&http_bootstrap(
+        "timeouts",
+        r#"- name: all
+  domains: ["*"]
+  routes:
+  - match: {prefix: /}
+    route: {cluster: silent, timeout: 7s}"#,
+        &[("silent", silent)],
+    ))
+    .await;
+    let http = proxy.listener_addr("http").expect("listener");
+    let wall = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
+    let r = get(http, "svc", "/", &[]).await;
+    assert_eq!(r.status, 504);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(7) && waited < Duration::from_secs(8),
+        "{waited:?}"
+    );
+    assert!(wall.elapsed() < Duration::from_secs(5), "a real wait");
+    let (_, stats) = admin_get(proxy.admin_addr(), "/stats").await;
+    assert!(
+        stats.contains("cluster.silent.upstream_rq_timeout: 1\n"),
+        "{stats}"
+    );
+}
