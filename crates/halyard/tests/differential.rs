@@ -630,8 +630,7 @@ fn values(h: &reqwest::header::HeaderMap, name: &str) -> Vec<String> {
         .collect()
 }
 
-fn fault_stat(mesh: &Mesh, admin: SocketAddr, stat: &str) -> u64 {
-    let _ = mesh;
+fn fault_stat(admin: SocketAddr, stat: &str) -> u64 {
     let stats = reqwest::blocking::get(format!("http://{admin}/stats"))
         .and_then(|r| r.text())
         .expect("stats");
@@ -766,13 +765,13 @@ fn header_edits_and_faults_alike() {
         assert_eq!(c.len(), 2, "{who}: {c:?}");
     });
     for (who, admin) in [("envoy", mesh.envoy_admin), ("halyard", mesh.halyard_admin)] {
-        let n = fault_stat(&mesh, admin, "aborts_injected");
+        let n = fault_stat(admin, "aborts_injected");
         assert!(
             (900..=1100).contains(&n),
             "{who}: fault.aborts_injected {n}"
         );
         assert!(
-            fault_stat(&mesh, admin, "delays_injected") >= 3,
+            fault_stat(admin, "delays_injected") >= 3,
             "{who}: delays_injected"
         );
     }

@@ -67,6 +67,17 @@ pub(crate) struct Versioned<D, P> {
     pub config: Arc<D>,
 }
 
+/// The same version again (the converted form is shared, not copied).
+impl<D, P: Clone> Clone for Versioned<D, P> {
+    fn clone(&self) -> Self {
+        Versioned {
+            version: self.version.clone(),
+            proto: self.proto.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct State {
     pub ads: bool,
@@ -241,14 +252,7 @@ impl ConfigStore {
                     ));
                     match old.get(&name) {
                         Some(prev) => {
-                            state.listeners.insert(
-                                name,
-                                Versioned {
-                                    version: prev.version.clone(),
-                                    proto: prev.proto.clone(),
-                                    config: prev.config.clone(),
-                                },
-                            );
+                            state.listeners.insert(name, prev.clone());
                         }
                         None => {
                             state.listeners.remove(&name);
@@ -594,8 +598,6 @@ fn all_clusters(state: &State) -> impl Iterator<Item = &Arc<ClusterConfig>> {
     statics.chain(dynamics)
 }
 
-/// Envoy refuses a listener whose address another listener already has
-/// (port 0 = ephemeral, never a clash).
 /// Listeners whose update changed only filter chains keep the chains that
 /// did not change (Envoy's in-place filter chain update).
 fn adopt_unchanged_chains(
@@ -620,6 +622,8 @@ fn adopt_unchanged_chains(
     }
 }
 
+/// Envoy refuses a listener whose address another listener already has
+/// (port 0 = ephemeral, never a clash).
 fn reject_duplicate_addresses(state: &mut State, errors: &mut Vec<(String, String)>) {
     let mut seen: HashMap<SocketAddr, String> = state
         .static_listeners
@@ -795,14 +799,7 @@ where
         if let (Ok(proto), Some(prev)) = (&decoded, old.get(name))
             && *proto == prev.proto
         {
-            next.insert(
-                name.clone(),
-                Versioned {
-                    version: prev.version.clone(),
-                    proto: prev.proto.clone(),
-                    config: prev.config.clone(),
-                },
-            );
+            next.insert(name.clone(), prev.clone());
             continue;
         }
         let converted = decoded
@@ -826,14 +823,7 @@ where
             Err(e) => {
                 errors.push((name.clone(), format!("{kind} {name}: {e}")));
                 if let Some(prev) = old.get(name) {
-                    next.insert(
-                        name.clone(),
-                        Versioned {
-                            version: prev.version.clone(),
-                            proto: prev.proto.clone(),
-                            config: prev.config.clone(),
-                        },
-                    );
+                    next.insert(name.clone(), prev.clone());
                 }
             }
         }

@@ -41,9 +41,7 @@ pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
     stats.downstream_rq_total.inc();
     let observers = ctx.store.stream_observers();
     let mut mutations = Mutations {
-        info: observers
-            .as_ref()
-            .map(|_| Box::new(StreamInfo::new(ctx.downstream))),
+        info: observers.as_ref().map(|_| StreamInfo::new(ctx.downstream)),
         ..Mutations::default()
     };
     let mut resp = match forward(req, ctx, &mut mutations).await {
@@ -71,7 +69,7 @@ pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
         (Some(mut info), Some(observers)) => {
             info.response_code = resp.status().as_u16();
             info.response_start = Some(Instant::now());
-            resp.map(|body| body.tracked(*info, observers))
+            resp.map(|body| body.tracked(info, observers))
         }
         _ => resp,
     }
@@ -98,7 +96,7 @@ pub fn local_reply(err: &RequestError) -> Response<ResponseBody> {
 struct Mutations {
     cluster: Option<Arc<LevelHeaders>>,
     route: Option<Arc<LevelHeaders>>,
-    info: Option<Box<StreamInfo>>,
+    info: Option<StreamInfo>,
 }
 
 impl Mutations {
@@ -293,7 +291,7 @@ async fn inject_fault(
     fault: &FaultConfig,
     req: &Request<Incoming>,
     ctx: &HttpContext,
-    info: &mut Option<Box<StreamInfo>>,
+    info: &mut Option<StreamInfo>,
 ) -> Option<Response<ResponseBody>> {
     let stats = &ctx.stats;
     let delay = fault.delay_for(random());
