@@ -1,5 +1,6 @@
 //! The admin interface (Envoy's, on `admin.address`): `/config_dump`,
-//! `/clusters`, `/stats`, `/ready`; and the `/healthz/ready` probe port.
+//! `/clusters`, `/stats`, `/stats/prometheus`, `/ready`; and the
+//! `/healthz/ready` probe port.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -71,6 +72,16 @@ fn admin(
     match req.uri().path() {
         "/ready" => ready(store),
         "/stats" => text(StatusCode::OK, store.stats.render()),
+        "/stats/prometheus" => {
+            let mut resp = text(StatusCode::OK, store.stats.render_prometheus());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8"
+                    .parse()
+                    .expect("static"),
+            );
+            resp
+        }
         "/clusters" => text(StatusCode::OK, clusters(store)),
         "/config_dump" => {
             let body =

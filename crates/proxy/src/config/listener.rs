@@ -18,7 +18,7 @@ use super::route::{RouteConfig, WeightedClusters};
 use super::transport::TransportSocket;
 use super::{check_subset, decode_any, duration, socket_addr, subset};
 use crate::error::ConfigError;
-use crate::stats::{HttpStats, ListenerStats, Stats};
+use crate::stats::{HttpStats, ListenerStats, Stats, TcpStats};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault as FaultProto;
 
 pub type XdsListener = xds_listener::Listener;
@@ -194,6 +194,15 @@ pub enum HttpFilter {
 pub struct TcpProxy {
     pub stat_prefix: String,
     pub clusters: WeightedClusters,
+    stats: OnceLock<TcpStats>,
+}
+
+impl TcpProxy {
+    /// `tcp.<stat_prefix>.*`, registered on first use.
+    pub fn stats(&self, registry: &Stats) -> &TcpStats {
+        self.stats
+            .get_or_init(|| TcpStats::new(registry, &self.stat_prefix))
+    }
 }
 
 impl ListenerConfig {
@@ -553,6 +562,7 @@ impl TryFrom<&tcp::TcpProxy> for TcpProxy {
         Ok(TcpProxy {
             stat_prefix: t.stat_prefix.clone(),
             clusters,
+            stats: OnceLock::new(),
         })
     }
 }

@@ -430,7 +430,9 @@ impl ConfigStore {
                     } else {
                         "update_success"
                     };
-                    self.stats.counter(format!("cluster.{name}.{what}")).inc();
+                    crate::stats::Scope::new("cluster", "cluster_name", name)
+                        .counter(&self.stats, what)
+                        .inc();
                 }
             }
             other => return Err(format!("unsupported resource type {other}")),
@@ -558,10 +560,10 @@ impl ConfigStore {
         }
         state.runtime.retain(|name, _| clusters.contains_key(name));
         self.stats
-            .counter("cluster_manager.active_clusters")
+            .gauge("cluster_manager.active_clusters")
             .set(clusters.len() as i64);
         self.stats
-            .counter("listener_manager.total_listeners_active")
+            .gauge("listener_manager.total_listeners_active")
             .set(listeners.len() as i64);
         let mut by_address = HashMap::with_capacity(listeners.len());
         for l in listeners.values() {

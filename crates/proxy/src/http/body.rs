@@ -8,10 +8,19 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::stats::{Counter, Histogram};
 use crate::stream_info::{StreamInfo, StreamObserver};
 use crate::upstream::pool::UpstreamBody;
 
-pub enum ResponseBody {
+pub struct ResponseBody {
+    inner: Inner,
+    /// `upstream_rq_time`, recorded when the body is done with.
+    upstream_timer: Option<EndTimer>,
+    /// `downstream_rq_time` and `downstream_rq_completed`, likewise.
+    downstream_timer: Option<EndTimer>,
+}
+
+enum Inner {
     Upstream(UpstreamBody),
     Local(Option<Bytes>),
     /// Either of the above, with the request's record, handed to the
@@ -19,20 +28,60 @@ pub enum ResponseBody {
     Tracked(Box<Tracked>),
 }
 
+/// Records the time since `start` in a histogram (and counts a completion)
+/// when dropped: a response body is dropped once its last byte is written
+/// or the stream is abandoned, so no per-frame work is needed.
+pub struct EndTimer {
+    pub start: tokio::time::Instant,
+    pub histogram: Histogram,
+    pub completed: Option<Counter>,
+}
+
+impl Drop for EndTimer {
+    fn drop(&mut self) {
+        self.histogram.record(self.start.elapsed());
+        if let Some(c) = &self.completed {
+            c.inc();
+        }
+    }
+}
+
 impl ResponseBody {
+    fn new(inner: Inner) -> Self {
+        ResponseBody {
+            inner,
+            upstream_timer: None,
+            downstream_timer: None,
+        }
+    }
+
     pub fn local(text: impl Into<Bytes>) -> Self {
         let bytes: Bytes = text.into();
-        ResponseBody::Local((!bytes.is_empty()).then_some(bytes))
+        Self::new(Inner::Local((!bytes.is_empty()).then_some(bytes)))
+    }
+
+    /// An upstream response body streamed through; `timer` records the
+    /// cluster's `upstream_rq_time` when it is done.
+    pub fn upstream(body: UpstreamBody, timer: EndTimer) -> Self {
+        let mut b = Self::new(Inner::Upstream(body));
+        b.upstream_timer = Some(timer);
+        b
+    }
+
+    /// Record the connection manager's `downstream_rq_time` when done.
+    pub fn timed(mut self, timer: EndTimer) -> Self {
+        self.downstream_timer = Some(timer);
+        self
     }
 
     /// Carry `info` until the body ends (only when someone observes streams).
     pub fn tracked(self, info: StreamInfo, observers: Arc<Vec<Arc<dyn StreamObserver>>>) -> Self {
-        ResponseBody::Tracked(Box::new(Tracked {
+        Self::new(Inner::Tracked(Box::new(Tracked {
             inner: self,
             info,
             observers,
             done: false,
-        }))
+        })))
     }
 }
 
@@ -77,10 +126,10 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            ResponseBody::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            ResponseBody::Tracked(t) => {
+        match &mut self.get_mut().inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Tracked(t) => {
                 let polled = Pin::new(&mut t.inner).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -101,20 +150,18 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Upstream(b) => b.is_end_stream(),
-            ResponseBody::Local(b) => b.is_none(),
-            ResponseBody::Tracked(t) => t.inner.is_end_stream(),
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Local(b) => b.is_none(),
+            Inner::Tracked(t) => t.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Upstream(b) => b.size_hint(),
-            ResponseBody::Local(b) => {
-                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
-            }
-            ResponseBody::Tracked(t) => t.inner.size_hint(),
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Tracked(t) => t.inner.size_hint(),
         }
     }
 }

@@ -14,7 +14,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::ResponseBody;
+use super::body::{EndTimer, ResponseBody};
 use super::connection_manager::HttpContext;
 use super::fault::{self, FaultConfig};
 use super::headers::{
@@ -38,6 +38,7 @@ use crate::upstream::pool::{self, Protocol};
 /// Handle one downstream request; never fails (errors become local replies).
 pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<ResponseBody> {
     let stats = &ctx.stats;
+    let started = Instant::now();
     stats.downstream_rq_total.inc();
     let observers = ctx.store.stream_observers();
     let mut mutations = Mutations {
@@ -65,6 +66,13 @@ pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("envoy"));
     stats.record_status(resp.status().as_u16());
+    let resp = resp.map(|body| {
+        body.timed(EndTimer {
+            start: started,
+            histogram: stats.downstream_rq_time.clone(),
+            completed: Some(stats.downstream_rq_completed.clone()),
+        })
+    });
     match (mutations.info, observers) {
         (Some(mut info), Some(observers)) => {
             info.response_code = resp.status().as_u16();
@@ -282,7 +290,12 @@ async fn forward(
     let elapsed = start.elapsed().as_millis() as u64;
     h.insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(elapsed));
     *resp.version_mut() = Version::default();
-    Ok(resp.map(ResponseBody::Upstream))
+    let timer = EndTimer {
+        start,
+        histogram: cluster.stats.upstream_rq_time.clone(),
+        completed: None,
+    };
+    Ok(resp.map(|body| ResponseBody::upstream(body, timer)))
 }
 
 /// Run a fault config on a request: the delay (DI) on tokio's clock, then

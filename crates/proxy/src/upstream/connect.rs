@@ -18,6 +18,7 @@ pub async fn connect(
     stats: &ClusterStats,
 ) -> io::Result<UpstreamStream> {
     stats.upstream_cx_total.inc();
+    let started = tokio::time::Instant::now();
     let open = async {
         match host.transport {
             TransportSocket::RawBuffer => UpstreamStream::connect(&host.addr).await,
@@ -27,8 +28,9 @@ pub async fn connect(
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
     };
-    if result.is_err() {
-        stats.upstream_cx_connect_fail.inc();
+    match &result {
+        Ok(_) => stats.upstream_cx_connect_ms.record(started.elapsed()),
+        Err(_) => stats.upstream_cx_connect_fail.inc(),
     }
     result
 }

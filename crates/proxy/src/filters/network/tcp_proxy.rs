@@ -20,18 +20,12 @@ pub async fn proxy(
     config: Arc<TcpProxy>,
     store: Arc<ConfigStore>,
 ) {
-    let prefix = &config.stat_prefix;
-    store
-        .stats
-        .counter(format!("tcp.{prefix}.downstream_cx_total"))
-        .inc();
+    let stats = config.stats(&store.stats);
+    stats.downstream_cx_total.inc();
     let cluster_name = config.clusters.pick(random());
     let Some(cluster) = store.load().clusters.get(cluster_name).cloned() else {
         tracing::debug!(cluster = cluster_name, "tcp_proxy: no such cluster");
-        store
-            .stats
-            .counter(format!("tcp.{prefix}.downstream_cx_no_route"))
-            .inc();
+        stats.downstream_cx_no_route.inc();
         return;
     };
     let Some(host) = cluster.pick(conn.original_dst) else {
