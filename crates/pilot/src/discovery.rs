@@ -37,6 +37,7 @@ struct SnapshotCache {
     by_key: HashMap<ConfigKey, Checked>,
     /// NDS: the same for every proxy, built once per mesh.
     nds: TypeSnapshot,
+    pool: ResourcePool,
 }
 
 /// `pilot_xds_push_errors{type}`: units the pre-push check dropped, counted
@@ -68,11 +69,12 @@ impl PushErrors {
 }
 
 impl SnapshotCache {
-    fn for_mesh(mesh: &Mesh) -> Self {
+    fn for_mesh(mesh: &Mesh, mut pool: ResourcePool) -> Self {
         SnapshotCache {
             label_sensitive: mesh.label_sensitive(),
             by_key: HashMap::new(),
-            nds: type_snapshot(&[crate::names::nds(mesh)], |_| &NDS_NAME),
+            nds: type_snapshot(&[crate::names::nds(mesh)], |_| &NDS_NAME, &mut pool),
+            pool,
         }
     }
 
@@ -84,7 +86,7 @@ impl SnapshotCache {
                 let mut res = translate(mesh, proxy);
                 let dropped = check::sanitize(mesh, &mut res);
                 errors.add(&dropped);
-                let mut snap = snapshot(&res);
+                let mut snap = snapshot_pooled(&res, &mut self.pool);
                 snap.types
                     .insert(type_url::NAME_TABLE.to_string(), self.nds.clone());
                 (Arc::new(snap), Arc::new(dropped))
@@ -104,7 +106,7 @@ pub struct Discovery {
 
 impl Discovery {
     pub fn new(mesh: Mesh) -> Self {
-        let cache = SnapshotCache::for_mesh(&mesh);
+        let cache = SnapshotCache::for_mesh(&mesh, ResourcePool::default());
         Discovery {
             mesh: ArcSwap::from_pointee(mesh),
             proxies: Mutex::new(Vec::new()),
@@ -123,7 +125,8 @@ impl Discovery {
         let mesh = Arc::new(mesh);
         let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        *cache = SnapshotCache::for_mesh(&mesh);
+        let pool = cache.pool.next_generation();
+        *cache = SnapshotCache::for_mesh(&mesh, pool);
         self.mesh.store(mesh.clone());
         proxies.retain(|p| !p.tx.is_closed());
         for p in proxies.iter_mut() {
@@ -203,52 +206,97 @@ impl SnapshotSource for Discovery {
 /// NDS is one resource, unnamed (as Istio sends it).
 static NDS_NAME: String = String::new();
 
+/// Resources of the current and the previous mesh, by (type, name, version):
+/// a resource that proxies with different configs share, or that did not
+/// change since the last mesh, is one `Arc` (one body in memory, and an
+/// identity the ADS server's diff compares in one step).
+#[derive(Default)]
+pub struct ResourcePool {
+    current: HashMap<u64, Vec<Arc<Resource>>>,
+    previous: HashMap<u64, Vec<Arc<Resource>>>,
+}
+
+impl ResourcePool {
+    /// A pool for a new mesh, that reuses what this one holds.
+    fn next_generation(&mut self) -> ResourcePool {
+        ResourcePool {
+            current: HashMap::new(),
+            previous: std::mem::take(&mut self.current),
+        }
+    }
+
+    fn key(type_url: &str, name: &str, version: &str) -> u64 {
+        let mut h = DefaultHasher::new();
+        (type_url, name, version).hash(&mut h);
+        h.finish()
+    }
+
+    /// The shared copy of a resource with this name and version, made from
+    /// `body` if there is none.
+    fn share(&mut self, name: &str, version: String, body: impl FnOnce() -> prost_types::Any, type_url: &str) -> Arc<Resource> {
+        let key = Self::key(type_url, name, &version);
+        let same = |r: &&Arc<Resource>| &*r.name == name && *r.version == *version && r.body.type_url == type_url;
+        if let Some(r) = self.current.get(&key).and_then(|v| v.iter().find(same)) {
+            return r.clone();
+        }
+        let r = self
+            .previous
+            .get(&key)
+            .and_then(|v| v.iter().find(same))
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Resource::with_version(name, version, body())));
+        self.current.entry(key).or_default().push(r.clone());
+        r
+    }
+}
+
 /// Package translated resources as an xDS snapshot with content versions.
 pub fn snapshot(res: &ProxyResources) -> Snapshot {
+    snapshot_pooled(res, &mut ResourcePool::default())
+}
+
+fn snapshot_pooled(res: &ProxyResources, pool: &mut ResourcePool) -> Snapshot {
     let mut types = BTreeMap::new();
     types.insert(
         type_url::CLUSTER.to_string(),
-        type_snapshot(&res.clusters, |c| &c.name),
+        type_snapshot(&res.clusters, |c| &c.name, pool),
     );
     types.insert(
         type_url::ENDPOINT.to_string(),
-        type_snapshot(&res.endpoints, |e| &e.cluster_name),
+        type_snapshot(&res.endpoints, |e| &e.cluster_name, pool),
     );
     types.insert(
         type_url::LISTENER.to_string(),
-        type_snapshot(&res.listeners, |l| &l.name),
+        type_snapshot(&res.listeners, |l| &l.name, pool),
     );
     types.insert(
         type_url::ROUTE.to_string(),
-        type_snapshot(&res.routes, |r| &r.name),
+        type_snapshot(&res.routes, |r| &r.name, pool),
     );
     Snapshot { types }
 }
 
-fn type_snapshot<M: Message + Name>(items: &[M], name: impl Fn(&M) -> &String) -> TypeSnapshot {
-    let mut resources = BTreeMap::new();
-    let mut all = DefaultHasher::new();
-    for item in items {
+fn type_snapshot<M: Message + Name>(
+    items: &[M],
+    name: impl Fn(&M) -> &String,
+    pool: &mut ResourcePool,
+) -> TypeSnapshot {
+    let type_url = M::type_url();
+    let full_name = M::full_name();
+    let shared = items.iter().map(|item| {
         let bytes = item.encode_to_vec();
-        let version = crate::version::stable_version(&M::full_name(), &bytes);
-        let name = name(item).clone();
-        (&name, &version).hash(&mut all);
-        resources.insert(
-            name.clone(),
-            Resource {
-                name,
-                version,
-                body: prost_types::Any {
-                    type_url: M::type_url(),
-                    value: bytes,
-                },
+        let version = crate::version::stable_version(&full_name, &bytes);
+        pool.share(
+            name(item),
+            version,
+            || prost_types::Any {
+                type_url: type_url.clone(),
+                value: bytes,
             },
-        );
-    }
-    TypeSnapshot {
-        version: format!("{:016x}", all.finish()),
-        resources,
-    }
+            &type_url,
+        )
+    });
+    TypeSnapshot::from_shared(shared.collect::<Vec<_>>())
 }
 
 #[cfg(test)]

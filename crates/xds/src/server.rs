@@ -20,6 +20,7 @@
 //! answered with the same content again: the next snapshot change is.
 
 mod delta;
+mod shared;
 mod sotw;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,37 +47,51 @@ pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
 const STREAM_BUFFER: usize = 16;
 
 /// One resource as served: its name, a content version (hash), and its body.
+/// Shared (`Arc`) by every snapshot and stream that holds it, so a mesh's
+/// memory grows with its distinct config, not with the number of proxies.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
-    pub name: String,
-    pub version: String,
+    pub name: Arc<str>,
+    pub version: Arc<str>,
     pub body: prost_types::Any,
 }
 
+/// A type's resources by name.
+pub type ResourceMap = BTreeMap<Arc<str>, Arc<Resource>>;
+
 /// Everything one proxy should have, per type URL. Immutable; the pilot builds a
-/// new one per change.
+/// new one per change, sharing what did not change.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub types: BTreeMap<String, TypeSnapshot>,
 }
 
 /// All resources of one type, with the type's version (changes whenever any
-/// resource of the type changes).
+/// resource of the type changes). Cloning shares the resources.
 #[derive(Clone, Debug, Default)]
 pub struct TypeSnapshot {
     pub version: String,
-    pub resources: BTreeMap<String, Resource>,
+    pub resources: Arc<ResourceMap>,
 }
 
 impl Resource {
     /// A resource whose version is a hash of its encoded body. (Messages with
     /// protobuf maps, such as `Struct` metadata, may encode in varying order:
     /// then equal content can get a new version, which costs a push, no more.)
-    pub fn new(name: impl Into<String>, body: prost_types::Any) -> Resource {
+    pub fn new(name: impl Into<Arc<str>>, body: prost_types::Any) -> Resource {
         let version = format!("{:016x}", fnv1a(&[body.type_url.as_bytes(), &body.value]));
+        Resource::with_version(name, version, body)
+    }
+
+    /// A resource with a version of the caller's choosing.
+    pub fn with_version(
+        name: impl Into<Arc<str>>,
+        version: impl Into<Arc<str>>,
+        body: prost_types::Any,
+    ) -> Resource {
         Resource {
             name: name.into(),
-            version,
+            version: version.into(),
             body,
         }
     }
@@ -86,8 +101,20 @@ impl TypeSnapshot {
     /// The resources keyed by name, with a type version hashed from every
     /// (name, version) pair, so it changes exactly when some resource does.
     pub fn from_resources(resources: impl IntoIterator<Item = Resource>) -> TypeSnapshot {
-        let resources: BTreeMap<String, Resource> =
-            resources.into_iter().map(|r| (r.name.clone(), r)).collect();
+        Self::from_shared(resources.into_iter().map(Arc::new))
+    }
+
+    /// Like [`TypeSnapshot::from_resources`], for resources already shared.
+    pub fn from_shared(resources: impl IntoIterator<Item = Arc<Resource>>) -> TypeSnapshot {
+        let resources: ResourceMap = resources
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        Self::from_map(Arc::new(resources))
+    }
+
+    /// A snapshot of `resources`, its version hashed from names and versions.
+    pub fn from_map(resources: Arc<ResourceMap>) -> TypeSnapshot {
         let parts: Vec<&[u8]> = resources
             .values()
             .flat_map(|r| [r.name.as_bytes(), b"\0", r.version.as_bytes(), b"\0"])
@@ -96,6 +123,10 @@ impl TypeSnapshot {
             version: format!("{:016x}", fnv1a(&parts)),
             resources,
         }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.resources.get(name)
     }
 }
 
@@ -122,11 +153,23 @@ pub trait SnapshotSource: Send + Sync + 'static {
 pub struct AdsServer {
     source: Arc<dyn SnapshotSource>,
     status: SyncStatus,
+    shared: Arc<Shared>,
+}
+
+/// What every stream of one server shares.
+#[derive(Default)]
+struct Shared {
+    diffs: shared::DiffCache,
+    names: shared::NameSets,
 }
 
 impl AdsServer {
     pub fn new(source: Arc<dyn SnapshotSource>, status: SyncStatus) -> Self {
-        AdsServer { source, status }
+        AdsServer {
+            source,
+            status,
+            shared: Arc::default(),
+        }
     }
 
     /// The tonic service, with message size limits raised to [`MAX_MESSAGE_SIZE`].
@@ -150,6 +193,7 @@ impl AggregatedDiscoveryService for AdsServer {
         let ctx = StreamContext {
             source: self.source.clone(),
             status: self.status.clone(),
+            shared: self.shared.clone(),
         };
         tokio::spawn(sotw::run(ctx, request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -163,6 +207,7 @@ impl AggregatedDiscoveryService for AdsServer {
         let ctx = StreamContext {
             source: self.source.clone(),
             status: self.status.clone(),
+            shared: self.shared.clone(),
         };
         tokio::spawn(delta::run(ctx, request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -173,6 +218,7 @@ impl AggregatedDiscoveryService for AdsServer {
 struct StreamContext {
     source: Arc<dyn SnapshotSource>,
     status: SyncStatus,
+    shared: Arc<Shared>,
 }
 
 impl StreamContext {
@@ -220,26 +266,36 @@ impl Drop for StreamGuard {
 /// The proxy went away (its response channel closed).
 struct Closed;
 
-/// Which names of a type a stream is subscribed to.
+/// Which names of a type a stream is subscribed to. The name set is
+/// interned: streams subscribed to the same names share one copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Subscription {
-    wildcard: bool,
-    names: BTreeSet<String>,
+pub struct Subscription {
+    pub wildcard: bool,
+    pub names: Arc<BTreeSet<Arc<str>>>,
 }
 
 impl Subscription {
-    fn wants(&self, name: &str) -> bool {
+    pub fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         !self.wildcard && self.names.is_empty()
     }
 
-    /// For the sync status: the names, with `*` for a wildcard.
-    fn to_list(&self) -> Vec<String> {
+    /// The names, with `*` for a wildcard.
+    pub fn to_list(&self) -> Vec<String> {
         let star = self.wildcard.then(|| "*".to_string());
-        star.into_iter().chain(self.names.iter().cloned()).collect()
+        star.into_iter()
+            .chain(self.names.iter().map(|n| n.to_string()))
+            .collect()
+    }
+
+    /// `name` as an `Arc<str>`, the snapshot's own when it has the name.
+    fn name_in(snapshot: Option<&TypeSnapshot>, name: &str) -> Arc<str> {
+        snapshot
+            .and_then(|s| s.resources.get_key_value(name))
+            .map_or_else(|| Arc::from(name), |(k, _)| k.clone())
     }
 }
 

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use crate::server::Subscription;
 use tokio::sync::watch;
 
 /// Sync state of every connected ADS stream. Cheap to clone (an `Arc` inside).
@@ -39,6 +41,39 @@ pub struct ProxyStatus {
     pub types: BTreeMap<String, TypeStatus>,
 }
 
+/// A stream's subscription to one type, shared with the stream (no copy of
+/// the names per stream); serialized as a list, `*` first for a wildcard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subscribed(pub Subscription);
+
+impl Subscribed {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn to_list(&self) -> Vec<String> {
+        self.0.to_list()
+    }
+}
+
+impl<const N: usize> PartialEq<[&str; N]> for Subscribed {
+    fn eq(&self, other: &[&str; N]) -> bool {
+        self.to_list().iter().map(String::as_str).eq(other.iter().copied())
+    }
+}
+
+impl Serialize for Subscribed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .wildcard
+                .then_some("*")
+                .into_iter()
+                .chain(self.0.names.iter().map(|n| &**n)),
+        )
+    }
+}
+
 /// One type URL on one stream.
 #[derive(Clone, Debug, Serialize)]
 pub struct TypeStatus {
@@ -49,7 +84,7 @@ pub struct TypeStatus {
     /// Error text of the last NACK, cleared by a later ACK.
     pub nack: Option<String>,
     /// Subscribed names; `*` stands for a wildcard subscription.
-    pub subscribed: Vec<String>,
+    pub subscribed: Subscribed,
     /// Responses sent for this type.
     pub sent_count: u64,
     pub ack_count: u64,
@@ -66,7 +101,7 @@ impl TypeStatus {
             sent_nonce: None,
             acked_version: None,
             nack: None,
-            subscribed: Vec::new(),
+            subscribed: Subscribed::default(),
             sent_count: 0,
             ack_count: 0,
             nack_count: 0,
@@ -158,8 +193,8 @@ impl SyncStatus {
         self.bump();
     }
 
-    pub(crate) fn subscribed(&self, stream_id: u64, type_url: &str, names: Vec<String>) {
-        self.update(stream_id, type_url, |t| t.subscribed = names);
+    pub(crate) fn subscribed(&self, stream_id: u64, type_url: &str, names: Subscription) {
+        self.update(stream_id, type_url, |t| t.subscribed = Subscribed(names));
     }
 
     pub(crate) fn sent(
@@ -285,7 +320,11 @@ mod tests {
         );
         // b never asked for CDS, so it does not hold convergence back.
         assert!(status.all_acked(CLUSTER, "v1"));
-        status.subscribed(b, LISTENER, vec!["*".into()]);
+        let all = Subscription {
+            wildcard: true,
+            ..Default::default()
+        };
+        status.subscribed(b, LISTENER, all);
         assert!(!status.all_acked(LISTENER, "v1"));
         status.unregister(b);
         assert_eq!(status.snapshot().len(), 1);

@@ -40,11 +40,7 @@ fn envoy_binary() -> Option<PathBuf> {
 fn resource<M: Message + Name + Default>(name: &str, yaml: &str) -> Resource {
     let msg: M = xds::json::from_yaml(yaml).unwrap_or_else(|e| panic!("{name}: {e}"));
     let body = xds::json::to_any(&msg);
-    Resource {
-        name: name.into(),
-        version: format!("{:x}", fxhash(&body.value)),
-        body,
-    }
+    Resource::with_version(name, format!("{:x}", fxhash(&body.value)), body)
 }
 
 fn fxhash(bytes: &[u8]) -> u64 {
@@ -59,7 +55,12 @@ fn type_snapshot(resources: Vec<Resource>) -> TypeSnapshot {
     });
     TypeSnapshot {
         version: format!("{:x}", fxhash(version.as_bytes())),
-        resources: resources.into_iter().map(|r| (r.name.clone(), r)).collect(),
+        resources: std::sync::Arc::new(
+            resources
+                .into_iter()
+                .map(|r| (r.name.clone(), std::sync::Arc::new(r)))
+                .collect(),
+        ),
     }
 }
 

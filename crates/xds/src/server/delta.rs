@@ -20,7 +20,8 @@ use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
 use super::{
-    Closed, Snapshot, StreamContext, Subscription, is_wildcard_type, nack_text, push_order,
+    Closed, Resource, ResourceMap, Shared, Snapshot, StreamContext, Subscription,
+    is_wildcard_type, nack_text, push_order,
 };
 use crate::status::SyncStatus;
 use crate::type_url;
@@ -39,6 +40,7 @@ pub(super) async fn run(
     let Some(Ok(first)) = requests.next().await else {
         return;
     };
+    let shared = ctx.shared.clone();
     let (guard, mut snapshots) = match ctx.open(first.node.as_ref(), true) {
         Ok(opened) => opened,
         Err(status) => {
@@ -49,6 +51,7 @@ pub(super) async fn run(
     let mut stream = DeltaStream {
         stream_id: guard.stream_id,
         status: guard.status.clone(),
+        shared: shared.clone(),
         snapshot: snapshots.borrow_and_update().clone(),
         types: HashMap::new(),
         nonce: 0,
@@ -85,12 +88,18 @@ pub(super) async fn run(
     }
 }
 
-/// What one stream knows about one type.
+/// What one stream knows about one type. What the proxy holds is kept
+/// without a per-stream copy of names or versions: the wanted resources of
+/// `held` (the snapshot last answered, shared with every proxy that got it),
+/// except the few names in `deviations`.
 #[derive(Default)]
 struct TypeState {
     subscription: Subscription,
-    /// Name -> version the proxy holds (as far as this stream knows).
-    known: HashMap<String, String>,
+    held: Option<Arc<ResourceMap>>,
+    /// Names whose held version is not `held`'s: `Some(v)` the proxy has v
+    /// (from `initial_resource_versions`), `None` it has nothing (newly
+    /// subscribed, or to be sent again).
+    deviations: HashMap<Arc<str>, Option<Arc<str>>>,
     /// Whether anything was sent yet (the first request is always answered).
     responded: bool,
     /// Sent nonces not yet ACKed or NACKed, with the version they carried.
@@ -102,11 +111,46 @@ impl TypeState {
         let at = self.pending.iter().position(|(n, _)| n == nonce)?;
         self.pending.remove(at).map(|(_, version)| version)
     }
+
+    /// The version of `name` the proxy holds, as far as this stream knows.
+    fn holds(&self, name: &str) -> Option<&str> {
+        if let Some(v) = self.deviations.get(name) {
+            return v.as_deref();
+        }
+        if !self.subscription.wants(name) {
+            return None;
+        }
+        self.held.as_ref()?.get(name).map(|r| &*r.version)
+    }
+
+    /// A subscription change: names it now wants that `held` has but the
+    /// proxy never got are marked as not held; names it dropped are
+    /// forgotten (the proxy drops them too).
+    fn resubscribe(&mut self, before: &Subscription) {
+        let after = &self.subscription;
+        if let Some(held) = &self.held {
+            let newly: Vec<Arc<str>> = if after.wildcard && !before.wildcard {
+                held.keys().filter(|n| !before.wants(n)).cloned().collect()
+            } else {
+                after
+                    .names
+                    .iter()
+                    .filter(|n| !before.wants(n) && held.contains_key(&***n))
+                    .cloned()
+                    .collect()
+            };
+            for name in newly {
+                self.deviations.entry(name).or_insert(None);
+            }
+        }
+        self.deviations.retain(|name, _| after.wants(name));
+    }
 }
 
 struct DeltaStream {
     stream_id: u64,
     status: SyncStatus,
+    shared: Arc<Shared>,
     snapshot: Arc<Snapshot>,
     types: HashMap<String, TypeState>,
     nonce: u64,
@@ -124,6 +168,7 @@ impl DeltaStream {
             return Ok(());
         }
         let first_for_type = !self.types.contains_key(&url);
+        let type_snapshot = self.snapshot.types.get(&url);
         let state = self.types.entry(url.clone()).or_default();
         if !request.response_nonce.is_empty() {
             let version = state.take_pending(&request.response_nonce);
@@ -137,31 +182,49 @@ impl DeltaStream {
         }
         let before = state.subscription.clone();
         if first_for_type {
-            state.known = request.initial_resource_versions.into_iter().collect();
+            state.deviations = request
+                .initial_resource_versions
+                .into_iter()
+                .map(|(name, version)| {
+                    (
+                        Subscription::name_in(type_snapshot, &name),
+                        Some(Arc::from(version)),
+                    )
+                })
+                .collect();
             state.subscription.wildcard =
                 request.resource_names_subscribe.is_empty() && is_wildcard_type(&url);
         }
-        for name in request.resource_names_subscribe {
-            if name == "*" {
-                state.subscription.wildcard = true;
-            } else {
-                state.subscription.names.insert(name);
+        let names_change =
+            !request.resource_names_subscribe.is_empty() || !request.resource_names_unsubscribe.is_empty();
+        if names_change {
+            let mut names = (*state.subscription.names).clone();
+            for name in request.resource_names_subscribe {
+                if name == "*" {
+                    state.subscription.wildcard = true;
+                } else {
+                    names.insert(Subscription::name_in(type_snapshot, &name));
+                }
             }
-        }
-        for name in request.resource_names_unsubscribe {
-            if name == "*" {
-                state.subscription.wildcard = false;
-            } else {
-                state.subscription.names.remove(&name);
+            for name in request.resource_names_unsubscribe {
+                if name == "*" {
+                    state.subscription.wildcard = false;
+                } else {
+                    names.remove(name.as_str());
+                }
             }
+            state.subscription.names = self.shared.names.intern(Arc::new(names));
         }
-        // The proxy drops what it unsubscribed from; forget it so a later
-        // subscribe sends it again.
-        let subscription = &state.subscription;
-        state.known.retain(|name, _| subscription.wants(name));
+        if first_for_type {
+            // Initial versions of names it does not subscribe to are moot.
+            let subscription = &state.subscription;
+            state.deviations.retain(|name, _| subscription.wants(name));
+        } else if before != state.subscription {
+            state.resubscribe(&before);
+        }
         if first_for_type || before != state.subscription {
             self.status
-                .subscribed(self.stream_id, &url, state.subscription.to_list());
+                .subscribed(self.stream_id, &url, state.subscription.clone());
         }
         self.maybe_send(&url).await?;
         if url == type_url::CLUSTER {
@@ -186,45 +249,72 @@ impl DeltaStream {
         else {
             return Ok(());
         };
-        let resources: Vec<XdsResource> = snapshot
-            .resources
-            .values()
-            .filter(|r| state.subscription.wants(&r.name))
-            .filter(|r| state.known.get(&r.name) != Some(&r.version))
-            .map(|r| XdsResource {
-                name: r.name.clone(),
-                version: r.version.clone(),
-                resource: Some(super::to_wire(&r.body)),
-                ..Default::default()
-            })
-            .collect();
-        let mut removed: Vec<String> = state
-            .known
-            .keys()
-            .filter(|name| !snapshot.resources.contains_key(*name))
-            .cloned()
-            .collect();
+        let current = &snapshot.resources;
+        let mut resources: Vec<Arc<Resource>> = Vec::new();
+        let mut removed: Vec<Arc<str>> = Vec::new();
+        let mut consider = |state: &TypeState, name: &Arc<str>| {
+            match current.get(&**name) {
+                Some(r) => {
+                    if state.subscription.wants(name) && state.holds(name) != Some(&*r.version) {
+                        resources.push(r.clone());
+                    }
+                }
+                None => {
+                    if state.holds(name).is_some() {
+                        removed.push(name.clone());
+                    }
+                }
+            }
+        };
+        match &state.held {
+            // Unchanged since the last answer: only the exceptions can differ.
+            Some(held) if Arc::ptr_eq(held, current) => {}
+            // What changed between the two versions, computed once for
+            // every stream that moves between them.
+            Some(held) => {
+                let diff = self.shared.diffs.diff(held, current);
+                for r in &diff.changed {
+                    if !state.deviations.contains_key(&*r.name) {
+                        consider(state, &r.name);
+                    }
+                }
+                for name in &diff.removed {
+                    if !state.deviations.contains_key(&**name) {
+                        consider(state, name);
+                    }
+                }
+            }
+            None => {
+                for name in current.keys() {
+                    if !state.deviations.contains_key(&**name) {
+                        consider(state, name);
+                    }
+                }
+            }
+        }
+        let deviating: Vec<Arc<str>> = state.deviations.keys().cloned().collect();
+        for name in &deviating {
+            consider(state, name);
+        }
+        resources.sort_by(|a, b| a.name.cmp(&b.name));
         removed.sort();
+        state.held = Some(current.clone());
+        state.deviations.clear();
         if resources.is_empty() && removed.is_empty() && state.responded {
             return Ok(());
-        }
-        for name in &removed {
-            state.known.remove(name);
-        }
-        for r in &resources {
-            state.known.insert(r.name.clone(), r.version.clone());
         }
         state.responded = true;
         if url == type_url::CLUSTER {
             // Envoy warms an added or changed EDS cluster until it gets that
             // cluster's ClusterLoadAssignment again, even an unchanged one it
             // already holds (else it waits initial_fetch_timeout, 15 s): so
-            // forget that the proxy has it, and the EDS push that follows
-            // re-sends it. (Our load assignments are named after their cluster.)
-            let names: Vec<String> = resources.iter().map(|r| r.name.clone()).collect();
+            // mark it as not held, and the EDS push that follows re-sends it.
+            // (Our load assignments are named after their cluster.)
             if let Some(eds) = self.types.get_mut(type_url::ENDPOINT) {
-                for name in &names {
-                    eds.known.remove(name);
+                for r in &resources {
+                    if eds.subscription.wants(&r.name) {
+                        eds.deviations.insert(r.name.clone(), None);
+                    }
                 }
             }
         }
@@ -250,9 +340,17 @@ impl DeltaStream {
             changed = resources.len(), removed = removed.len(), "delta push");
         let response = DeltaDiscoveryResponse {
             system_version_info: snapshot.version.clone(),
-            resources,
+            resources: resources
+                .iter()
+                .map(|r| XdsResource {
+                    name: r.name.to_string(),
+                    version: r.version.to_string(),
+                    resource: Some(super::to_wire(&r.body)),
+                    ..Default::default()
+                })
+                .collect(),
             type_url: url.to_string(),
-            removed_resources: removed,
+            removed_resources: removed.iter().map(|n| n.to_string()).collect(),
             nonce,
             ..Default::default()
         };

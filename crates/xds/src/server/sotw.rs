@@ -18,7 +18,8 @@ use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
 use super::{
-    Closed, Snapshot, StreamContext, Subscription, is_wildcard_type, nack_text, push_order,
+    Closed, Shared, Snapshot, StreamContext, Subscription, is_wildcard_type, nack_text,
+    push_order,
 };
 use crate::status::SyncStatus;
 use crate::type_url;
@@ -30,6 +31,7 @@ pub(super) async fn run(ctx: StreamContext, mut requests: Streaming<DiscoveryReq
     let Some(Ok(first)) = requests.next().await else {
         return;
     };
+    let shared = ctx.shared.clone();
     let (guard, mut snapshots) = match ctx.open(first.node.as_ref(), false) {
         Ok(opened) => opened,
         Err(status) => {
@@ -40,6 +42,7 @@ pub(super) async fn run(ctx: StreamContext, mut requests: Streaming<DiscoveryReq
     let mut stream = SotwStream {
         stream_id: guard.stream_id,
         status: guard.status.clone(),
+        shared: shared.clone(),
         snapshot: snapshots.borrow_and_update().clone(),
         types: HashMap::new(),
         nonce: 0,
@@ -89,6 +92,7 @@ struct TypeState {
 struct SotwStream {
     stream_id: u64,
     status: SyncStatus,
+    shared: Arc<Shared>,
     snapshot: Arc<Snapshot>,
     types: HashMap<String, TypeState>,
     nonce: u64,
@@ -124,14 +128,20 @@ impl SotwStream {
                 .acked(self.stream_id, &url, &request.version_info);
         }
         let names = request.resource_names;
+        let type_snapshot = self.snapshot.types.get(&url);
+        let set = names
+            .iter()
+            .filter(|n| *n != "*")
+            .map(|n| Subscription::name_in(type_snapshot, n))
+            .collect();
         state.subscription = Subscription {
             wildcard: names.iter().any(|n| n == "*")
                 || (names.is_empty() && is_wildcard_type(&url)),
-            names: names.into_iter().filter(|n| n != "*").collect(),
+            names: self.shared.names.intern(Arc::new(set)),
         };
         if state.sent_subscription.as_ref() != Some(&state.subscription) {
             self.status
-                .subscribed(self.stream_id, &url, state.subscription.to_list());
+                .subscribed(self.stream_id, &url, state.subscription.clone());
         }
         self.maybe_send(&url).await?;
         if url == type_url::CLUSTER {

@@ -175,17 +175,13 @@ fn type_snapshot(url: &str, items: &[(&str, &str)]) -> TypeSnapshot {
     let resources = items
         .iter()
         .map(|(name, tag)| {
-            let resource = Resource {
-                name: name.to_string(),
-                version: tag.to_string(),
-                body: body(url, name, tag),
-            };
-            (name.to_string(), resource)
+            let resource = Resource::with_version(*name, *tag, body(url, name, tag));
+            (resource.name.clone(), std::sync::Arc::new(resource))
         })
         .collect();
     TypeSnapshot {
         version: format!("{:016x}", hasher.finish()),
-        resources,
+        resources: std::sync::Arc::new(resources),
     }
 }
 
