@@ -116,6 +116,22 @@ pub fn sanitize(mesh: &Mesh, res: &mut ProxyResources) -> Vec<Dropped> {
     dropped
 }
 
+/// The pre-push check of load assignments alone (an endpoint-only push).
+pub fn sanitize_endpoints(mesh: &Mesh, endpoints: &mut Vec<ClusterLoadAssignment>) -> Vec<Dropped> {
+    let mut dropped = Vec::new();
+    endpoints.retain_mut(|cla| load_assignment(mesh, cla, &mut dropped));
+    for d in &dropped {
+        tracing::warn!(
+            r#type = d.type_short,
+            resource = %d.resource,
+            unit = %d.unit,
+            error = %d.error,
+            "pre-push check: dropped what Envoy would reject"
+        );
+    }
+    dropped
+}
+
 /// Repeatedly check and cut: `cut` removes the units named by the
 /// violations and says what it removed, or None when only dropping the
 /// whole resource will do. True = keep the (cut) resource.

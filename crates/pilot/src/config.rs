@@ -22,6 +22,18 @@ pub struct Loaded {
 pub struct ConfigStore {
     paths: Vec<PathBuf>,
     last_good: HashMap<String, Resource>,
+    /// Each file's parse, by its (modified, length, inode) when parsed: a
+    /// reload parses only the files that changed.
+    parsed: HashMap<PathBuf, (FileStamp, api::load::Loaded)>,
+}
+
+/// What tells that a file changed.
+type FileStamp = (Option<SystemTime>, u64, u64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok(), m.len(), m.ino()))
 }
 
 impl ConfigStore {
@@ -31,6 +43,7 @@ impl ConfigStore {
         ConfigStore {
             paths,
             last_good: HashMap::new(),
+            parsed: HashMap::new(),
         }
     }
 
@@ -43,11 +56,35 @@ impl ConfigStore {
     pub fn load(&mut self) -> Loaded {
         let mut resources = Vec::new();
         let mut errors = Vec::new();
+        let mut files = Vec::new();
         for path in &self.paths {
-            let (r, e) = api::load::load_path(path);
-            resources.extend(r);
-            errors.extend(e);
+            if path.is_dir() {
+                let (found, e) = api::load::config_files(path);
+                files.extend(found);
+                errors.extend(e);
+            } else {
+                files.push(path.clone());
+            }
         }
+        let mut parsed = HashMap::with_capacity(files.len());
+        for file in files {
+            let now = stamp(&file);
+            let reuse = now.is_some()
+                && self
+                    .parsed
+                    .get(&file)
+                    .is_some_and(|(then, _)| Some(*then) == now);
+            let loaded = match (reuse, self.parsed.remove(&file)) {
+                (true, Some((_, loaded))) => loaded,
+                _ => api::load::load_file_with(&file, api::load::Options::default()),
+            };
+            resources.extend(loaded.resources.iter().cloned());
+            errors.extend(loaded.errors.iter().cloned());
+            if let Some(now) = now {
+                parsed.insert(file, (now, loaded));
+            }
+        }
+        self.parsed = parsed;
         let mut kept = Vec::new();
         for e in &errors {
             let (Some(kind), Some(name)) = (&e.kind, &e.name) else {

@@ -95,6 +95,83 @@ impl SnapshotCache {
     }
 }
 
+/// What one [`Discovery::update`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PushSummary {
+    /// Configs translated in full.
+    pub configs: usize,
+    /// Configs carried over with only their endpoints rebuilt.
+    pub incremental: usize,
+    /// Proxies whose snapshot changed.
+    pub proxies: usize,
+}
+
+impl SnapshotCache {
+    /// `snap` (translated for `key` from the previous mesh) for the new one,
+    /// when only the endpoints of `hosts` changed: the same clusters,
+    /// listeners and routes (shared, not copied), the load assignments of
+    /// those hosts rebuilt and checked, and this mesh's NDS.
+    fn patch_endpoints(
+        &mut self,
+        mesh: &Mesh,
+        key: &ConfigKey,
+        (snap, dropped): (&Arc<Snapshot>, &Arc<Vec<Dropped>>),
+        hosts: &std::collections::BTreeSet<String>,
+        errors: &PushErrors,
+    ) -> Checked {
+        let mut types = snap.types.clone();
+        types.insert(type_url::NAME_TABLE.to_string(), self.nds.clone());
+        let Some(eds) = snap.types.get(type_url::ENDPOINT) else {
+            return (Arc::new(Snapshot { types }), dropped.clone());
+        };
+        let mut rebuilt = Vec::new();
+        let mut stale = std::collections::BTreeSet::new();
+        for name in eds.resources.keys() {
+            let Some((port, subset, host)) = crate::incremental::parse_outbound(name) else {
+                continue;
+            };
+            if !hosts.contains(host) {
+                continue;
+            }
+            stale.insert(name.clone());
+            let Some(svc) = mesh.service(host) else {
+                continue;
+            };
+            let Some(port) = svc.port(port) else {
+                continue;
+            };
+            let rule = mesh.destination_rule(host, key.namespace(), &svc.namespace);
+            let subset = match subset {
+                "" => None,
+                s => rule.and_then(|r| r.subset(s)),
+            };
+            rebuilt.push(crate::translate::endpoint::assignment(
+                name, svc, port, subset,
+            ));
+        }
+        if stale.is_empty() {
+            return (Arc::new(Snapshot { types }), dropped.clone());
+        }
+        let mut new_drops = check::sanitize_endpoints(mesh, &mut rebuilt);
+        errors.add(&new_drops);
+        let mut map = (*eds.resources).clone();
+        map.retain(|name, _| !stale.contains(name));
+        let fresh = type_snapshot(&rebuilt, |e| &e.cluster_name, &mut self.pool);
+        map.extend(fresh.resources.iter().map(|(k, v)| (k.clone(), v.clone())));
+        types.insert(
+            type_url::ENDPOINT.to_string(),
+            TypeSnapshot::from_map(Arc::new(map)),
+        );
+        let mut all: Vec<Dropped> = dropped
+            .iter()
+            .filter(|d| !(d.type_short == "EDS" && stale.contains(d.resource.as_str())))
+            .cloned()
+            .collect();
+        all.append(&mut new_drops);
+        (Arc::new(Snapshot { types }), Arc::new(all))
+    }
+}
+
 /// The pilot's side of ADS: current mesh plus every connected proxy.
 pub struct Discovery {
     mesh: ArcSwap<Mesh>,
@@ -120,26 +197,55 @@ impl Discovery {
     }
 
     /// Swap in a new mesh and push to every connected proxy. Translation runs
-    /// once per distinct [`ConfigKey`], not once per proxy.
-    pub fn update(&self, mesh: Mesh) {
+    /// once per distinct [`ConfigKey`], not once per proxy; when only
+    /// endpoints changed, a config keeps everything but the load assignments
+    /// of the changed services (see [`crate::incremental`]).
+    pub fn update(&self, mesh: Mesh) -> PushSummary {
         let mesh = Arc::new(mesh);
         let mut proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let old_mesh = self.mesh.load_full();
         let pool = cache.pool.next_generation();
-        *cache = SnapshotCache::for_mesh(&mesh, pool);
+        let mut old = std::mem::replace(&mut *cache, SnapshotCache::for_mesh(&mesh, pool));
+        let endpoints_only = crate::incremental::endpoint_only_change(&old_mesh, &mesh)
+            .filter(|_| old.label_sensitive == cache.label_sensitive);
         self.mesh.store(mesh.clone());
         proxies.retain(|p| !p.tx.is_closed());
+        let mut summary = PushSummary::default();
         for p in proxies.iter_mut() {
-            let (snap, dropped) = cache.get(&mesh, &p.node, &self.push_errors);
+            let key = config_key(&mesh, &p.node, cache.label_sensitive);
+            let hit = cache.by_key.get(&key).cloned();
+            let (snap, dropped) = match (hit, &endpoints_only) {
+                (Some(hit), _) => hit,
+                (None, Some(hosts)) if old.by_key.contains_key(&key) => {
+                    let (snap, dropped) = old.by_key.remove(&key).unwrap_or_default();
+                    let patched = cache.patch_endpoints(
+                        &mesh,
+                        &key,
+                        (&snap, &dropped),
+                        hosts,
+                        &self.push_errors,
+                    );
+                    summary.incremental += 1;
+                    cache.by_key.insert(key, patched.clone());
+                    patched
+                }
+                (None, _) => {
+                    summary.configs += 1;
+                    cache.get(&mesh, &p.node, &self.push_errors)
+                }
+            };
             p.dropped = dropped;
-            p.tx.send_if_modified(|cur| {
+            let sent = p.tx.send_if_modified(|cur| {
                 let changed = !same_versions(cur, &snap);
                 if changed {
                     *cur = snap;
                 }
                 changed
             });
+            summary.proxies += usize::from(sent);
         }
+        summary
     }
 
     /// Number of proxies with an open stream.
@@ -233,9 +339,17 @@ impl ResourcePool {
 
     /// The shared copy of a resource with this name and version, made from
     /// `body` if there is none.
-    fn share(&mut self, name: &str, version: String, body: impl FnOnce() -> prost_types::Any, type_url: &str) -> Arc<Resource> {
+    fn share(
+        &mut self,
+        name: &str,
+        version: String,
+        body: impl FnOnce() -> prost_types::Any,
+        type_url: &str,
+    ) -> Arc<Resource> {
         let key = Self::key(type_url, name, &version);
-        let same = |r: &&Arc<Resource>| &*r.name == name && *r.version == *version && r.body.type_url == type_url;
+        let same = |r: &&Arc<Resource>| {
+            &*r.name == name && *r.version == *version && r.body.type_url == type_url
+        };
         if let Some(r) = self.current.get(&key).and_then(|v| v.iter().find(same)) {
             return r.clone();
         }
@@ -345,6 +459,108 @@ spec: {address: ADDRESS, labels: {app: ratings}}
             .map(|(url, _)| type_url::short(url))
             .collect();
         assert_eq!(changed, vec!["EDS"]);
+    }
+
+    /// Subsets, two namespaces, a proxy that is itself an endpoint.
+    const SUBSETS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-1, namespace: bookinfo}
+spec: {address: A1, labels: {app: reviews, version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-2, namespace: bookinfo}
+spec: {address: A2, labels: {app: reviews, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: other}
+spec:
+  selector: {app: ratings}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ratings-1, namespace: other}
+spec: {address: 10.0.9.1, labels: {app: ratings}}
+"#;
+
+    fn versions(s: &Snapshot) -> Vec<(String, Vec<(String, String)>)> {
+        s.types
+            .iter()
+            .map(|(url, t)| {
+                let rs = t
+                    .resources
+                    .values()
+                    .map(|r| (r.name.to_string(), r.version.to_string()))
+                    .collect();
+                (url.clone(), rs)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn endpoint_only_push_equals_a_fresh_translation() {
+        let cfg = |a1: &str, a2: &str| mesh(&SUBSETS.replace("A1", a1).replace("A2", a2));
+        let nodes: Vec<Node> = [
+            "sidecar~10.0.0.1~productpage-0.bookinfo~bookinfo.svc.cluster.local",
+            "sidecar~10.0.9.9~client-0.other~other.svc.cluster.local",
+            // An endpoint of reviews before the change (inbound config), not after.
+            "sidecar~10.0.1.1~reviews-0.bookinfo~bookinfo.svc.cluster.local",
+        ]
+        .iter()
+        .map(|id| Node {
+            id: id.to_string(),
+            ..Default::default()
+        })
+        .collect();
+        let d = Discovery::new(cfg("10.0.1.1", "10.0.1.2"));
+        let rxs: Vec<_> = nodes.iter().map(|n| d.subscribe(n).expect("sub")).collect();
+        // Several rounds of moves: each must equal what a fresh pilot sends.
+        for (round, (a1, a2)) in [
+            ("10.0.1.5", "10.0.1.2"),
+            ("10.0.1.5", "10.0.1.6"),
+            ("10.0.1.1", "10.0.1.6"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let summary = d.update(cfg(a1, a2));
+            assert!(summary.incremental >= 1, "round {round}: {summary:?}");
+            let fresh = Discovery::new(cfg(a1, a2));
+            for (n, rx) in nodes.iter().zip(&rxs) {
+                let want = fresh.subscribe(n).expect("fresh").borrow().clone();
+                assert_eq!(
+                    versions(&rx.borrow()),
+                    versions(&want),
+                    "round {round}, {}",
+                    n.id
+                );
+            }
+        }
+        // A routing change translates in full.
+        let summary = d.update(mesh(&format!(
+            "{}---\n{}",
+            SUBSETS.replace("A1", "10.0.1.1").replace("A2", "10.0.1.6"),
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: bookinfo}\nspec:\n  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews, subset: v2}}]}]\n"
+        )));
+        assert_eq!(summary.incremental, 0);
+        assert!(summary.configs >= 2);
     }
 
     #[test]

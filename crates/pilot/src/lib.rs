@@ -11,6 +11,7 @@ pub mod compile;
 pub mod config;
 pub mod debug;
 pub mod discovery;
+pub mod incremental;
 pub mod mesh;
 pub mod model;
 pub mod names;
@@ -154,20 +155,29 @@ pub async fn run(
         let mut loads = 1;
         loop {
             config::changed(&paths, &mut fingerprint, opts.debounce).await;
+            let started = std::time::Instant::now();
             let loaded = store.load();
+            let load_ms = started.elapsed().as_millis();
             loads += 1;
             // Push first, then publish the report: once /debug/configz shows a
             // resource, every proxy's snapshot already includes it.
             let mesh = compile::build_with(&loaded.resources, &build);
+            let compile_ms = started.elapsed().as_millis() - load_ms;
             if let Some(dns) = &dns {
                 dns.set(names::table(&mesh));
             }
-            discovery.update(mesh);
+            let pushed = discovery.update(mesh);
             *report.lock().unwrap_or_else(|e| e.into_inner()) = report_of(&loaded, loads);
             tracing::info!(
                 resources = loaded.resources.len(),
                 errors = loaded.errors.len(),
                 kept = loaded.kept.len(),
+                load_ms,
+                compile_ms,
+                total_ms = started.elapsed().as_millis(),
+                configs = pushed.configs,
+                incremental = pushed.incremental,
+                proxies = pushed.proxies,
                 "config reloaded and pushed"
             );
         }

@@ -106,10 +106,7 @@ impl TypeSnapshot {
 
     /// Like [`TypeSnapshot::from_resources`], for resources already shared.
     pub fn from_shared(resources: impl IntoIterator<Item = Arc<Resource>>) -> TypeSnapshot {
-        let resources: ResourceMap = resources
-            .into_iter()
-            .map(|r| (r.name.clone(), r))
-            .collect();
+        let resources: ResourceMap = resources.into_iter().map(|r| (r.name.clone(), r)).collect();
         Self::from_map(Arc::new(resources))
     }
 
@@ -157,18 +154,83 @@ pub struct AdsServer {
 }
 
 /// What every stream of one server shares.
-#[derive(Default)]
 struct Shared {
     diffs: shared::DiffCache,
     names: shared::NameSets,
+    /// Streams with resources in flight (sent, not yet ACKed or NACKed).
+    /// A burst of first syncs (a pilot restart) then holds at most this many
+    /// encoded configs in memory at once, and each stream's push completes
+    /// at the proxy's pace instead of all of them crawling together.
+    pushes: Arc<tokio::sync::Semaphore>,
+}
+
+/// Streams with a push in flight at once (Istio's `PILOT_PUSH_THROTTLE`
+/// default).
+pub const DEFAULT_PUSH_CONCURRENCY: usize = 100;
+
+/// How long a stream keeps its push slot waiting for an ACK (a proxy that
+/// stops reading must not hold the others back).
+const PUSH_SLOT_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Shared {
+    fn new(push_concurrency: usize) -> Self {
+        Shared {
+            diffs: Default::default(),
+            names: Default::default(),
+            pushes: Arc::new(tokio::sync::Semaphore::new(push_concurrency.max(1))),
+        }
+    }
+}
+
+/// A stream's push slot, while it has responses the proxy has not answered.
+#[derive(Default)]
+struct PushSlot {
+    held: Option<(tokio::sync::OwnedSemaphorePermit, tokio::time::Instant)>,
+}
+
+impl PushSlot {
+    /// Wait for a slot unless this stream holds one.
+    async fn acquire(&mut self, shared: &Shared) {
+        if self.held.is_none()
+            && let Ok(permit) = shared.pushes.clone().acquire_owned().await
+        {
+            self.held = Some((permit, tokio::time::Instant::now() + PUSH_SLOT_HOLD));
+        }
+    }
+
+    fn release(&mut self) {
+        self.held = None;
+    }
+
+    /// When the slot is given up even without an answer.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.held.as_ref().map(|(_, d)| *d)
+    }
+}
+
+/// Sleep until `deadline`, or forever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl AdsServer {
     pub fn new(source: Arc<dyn SnapshotSource>, status: SyncStatus) -> Self {
+        Self::with_push_concurrency(source, status, DEFAULT_PUSH_CONCURRENCY)
+    }
+
+    /// At most `n` streams with a push in flight at once.
+    pub fn with_push_concurrency(
+        source: Arc<dyn SnapshotSource>,
+        status: SyncStatus,
+        n: usize,
+    ) -> Self {
         AdsServer {
             source,
             status,
-            shared: Arc::default(),
+            shared: Arc::new(Shared::new(n)),
         }
     }
 

@@ -58,7 +58,10 @@ impl Subscribed {
 
 impl<const N: usize> PartialEq<[&str; N]> for Subscribed {
     fn eq(&self, other: &[&str; N]) -> bool {
-        self.to_list().iter().map(String::as_str).eq(other.iter().copied())
+        self.to_list()
+            .iter()
+            .map(String::as_str)
+            .eq(other.iter().copied())
     }
 }
 

@@ -148,6 +148,16 @@ pub fn load_dir_with(dir: &Path, options: Options) -> Loaded {
     out
 }
 
+/// The files [`load_dir_with`] reads under `dir`, sorted, and the errors met
+/// walking it.
+pub fn config_files(dir: &Path) -> (Vec<PathBuf>, Vec<ConfigError>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    collect_files(dir, 0, &mut files, &mut errors);
+    files.sort();
+    (files, errors)
+}
+
 /// [`load_dir`] when `path` is a directory, [`load_file`] otherwise.
 pub fn load_path(path: &Path) -> (Vec<Resource>, Vec<ConfigError>) {
     let l = load_path_with(path, Options::default());

@@ -45,6 +45,13 @@ pub struct ConfigKey {
     inbound: Vec<(u32, u32, Protocol)>,
 }
 
+impl ConfigKey {
+    /// The proxy namespace the config was translated for.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
 /// The key for a proxy; `label_sensitive` is [`Mesh::label_sensitive`].
 pub fn config_key(mesh: &Mesh, proxy: &ProxyNode, label_sensitive: bool) -> ConfigKey {
     ConfigKey {

@@ -20,8 +20,8 @@ use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
 use super::{
-    Closed, Resource, ResourceMap, Shared, Snapshot, StreamContext, Subscription,
-    is_wildcard_type, nack_text, push_order,
+    Closed, PushSlot, Resource, ResourceMap, Shared, Snapshot, StreamContext, Subscription,
+    is_wildcard_type, nack_text, push_order, until,
 };
 use crate::status::SyncStatus;
 use crate::type_url;
@@ -55,6 +55,7 @@ pub(super) async fn run(
         snapshot: snapshots.borrow_and_update().clone(),
         types: HashMap::new(),
         nonce: 0,
+        slot: PushSlot::default(),
         tx,
     };
     if stream.on_request(first).await.is_err() {
@@ -74,6 +75,10 @@ pub(super) async fn run(
                 }
                 None => return,
             },
+            () = until(stream.slot.deadline()) => {
+                tracing::debug!(node = %guard.node.id, "no ACK in time: push slot given up");
+                stream.slot.release();
+            }
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     let _ = stream.tx.send(Err(Status::unavailable("control plane shutting down"))).await;
@@ -154,6 +159,7 @@ struct DeltaStream {
     snapshot: Arc<Snapshot>,
     types: HashMap<String, TypeState>,
     nonce: u64,
+    slot: PushSlot,
     tx: Tx,
 }
 
@@ -179,7 +185,11 @@ impl DeltaStream {
             } else if let Some(version) = version {
                 self.status.acked(self.stream_id, &url, &version);
             }
+            if self.types.values().all(|t| t.pending.is_empty()) {
+                self.slot.release();
+            }
         }
+        let state = self.types.entry(url.clone()).or_default();
         let before = state.subscription.clone();
         if first_for_type {
             state.deviations = request
@@ -195,8 +205,8 @@ impl DeltaStream {
             state.subscription.wildcard =
                 request.resource_names_subscribe.is_empty() && is_wildcard_type(&url);
         }
-        let names_change =
-            !request.resource_names_subscribe.is_empty() || !request.resource_names_unsubscribe.is_empty();
+        let names_change = !request.resource_names_subscribe.is_empty()
+            || !request.resource_names_unsubscribe.is_empty();
         if names_change {
             let mut names = (*state.subscription.names).clone();
             for name in request.resource_names_subscribe {
@@ -252,17 +262,15 @@ impl DeltaStream {
         let current = &snapshot.resources;
         let mut resources: Vec<Arc<Resource>> = Vec::new();
         let mut removed: Vec<Arc<str>> = Vec::new();
-        let mut consider = |state: &TypeState, name: &Arc<str>| {
-            match current.get(&**name) {
-                Some(r) => {
-                    if state.subscription.wants(name) && state.holds(name) != Some(&*r.version) {
-                        resources.push(r.clone());
-                    }
+        let mut consider = |state: &TypeState, name: &Arc<str>| match current.get(&**name) {
+            Some(r) => {
+                if state.subscription.wants(name) && state.holds(name) != Some(&*r.version) {
+                    resources.push(r.clone());
                 }
-                None => {
-                    if state.holds(name).is_some() {
-                        removed.push(name.clone());
-                    }
+            }
+            None => {
+                if state.holds(name).is_some() {
+                    removed.push(name.clone());
                 }
             }
         };
@@ -338,6 +346,10 @@ impl DeltaStream {
         );
         tracing::debug!(stream_id = self.stream_id, %url, version = %snapshot.version,
             changed = resources.len(), removed = removed.len(), "delta push");
+        // Wait for a push slot before the bodies are copied into the message.
+        if !resources.is_empty() || !removed.is_empty() {
+            self.slot.acquire(&self.shared).await;
+        }
         let response = DeltaDiscoveryResponse {
             system_version_info: snapshot.version.clone(),
             resources: resources

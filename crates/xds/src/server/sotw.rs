@@ -18,8 +18,8 @@ use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
 use super::{
-    Closed, Shared, Snapshot, StreamContext, Subscription, is_wildcard_type, nack_text,
-    push_order,
+    Closed, PushSlot, Shared, Snapshot, StreamContext, Subscription, is_wildcard_type, nack_text,
+    push_order, until,
 };
 use crate::status::SyncStatus;
 use crate::type_url;
@@ -46,6 +46,7 @@ pub(super) async fn run(ctx: StreamContext, mut requests: Streaming<DiscoveryReq
         snapshot: snapshots.borrow_and_update().clone(),
         types: HashMap::new(),
         nonce: 0,
+        slot: PushSlot::default(),
         tx,
     };
     if stream.on_request(first).await.is_err() {
@@ -65,6 +66,10 @@ pub(super) async fn run(ctx: StreamContext, mut requests: Streaming<DiscoveryReq
                 }
                 None => return,
             },
+            () = until(stream.slot.deadline()) => {
+                tracing::debug!(node = %guard.node.id, "no ACK in time: push slot given up");
+                stream.slot.release();
+            }
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     let _ = stream.tx.send(Err(Status::unavailable("control plane shutting down"))).await;
@@ -87,6 +92,8 @@ struct TypeState {
     sent_nonce: Option<String>,
     /// The subscription the last response answered.
     sent_subscription: Option<Subscription>,
+    /// The last response is not yet ACKed or NACKed.
+    awaiting: bool,
 }
 
 struct SotwStream {
@@ -96,6 +103,7 @@ struct SotwStream {
     snapshot: Arc<Snapshot>,
     types: HashMap<String, TypeState>,
     nonce: u64,
+    slot: PushSlot,
     tx: Tx,
 }
 
@@ -127,6 +135,13 @@ impl SotwStream {
             self.status
                 .acked(self.stream_id, &url, &request.version_info);
         }
+        if answers_ours {
+            state.awaiting = false;
+            if self.types.values().all(|t| !t.awaiting) {
+                self.slot.release();
+            }
+        }
+        let state = self.types.entry(url.clone()).or_default();
         let names = request.resource_names;
         let type_snapshot = self.snapshot.types.get(&url);
         let set = names
@@ -170,6 +185,8 @@ impl SotwStream {
         if unchanged || state.subscription.is_empty() {
             return Ok(());
         }
+        // Wait for a push slot before the bodies are copied into the message.
+        self.slot.acquire(&self.shared).await;
         let resources: Vec<_> = snapshot
             .resources
             .values()
@@ -181,6 +198,7 @@ impl SotwStream {
         state.sent_version = Some(snapshot.version.clone());
         state.sent_nonce = Some(nonce.clone());
         state.sent_subscription = Some(state.subscription.clone());
+        state.awaiting = true;
         if url == type_url::CLUSTER {
             // Envoy warms each added or changed EDS cluster until it gets the
             // cluster's ClusterLoadAssignment again, even unchanged (else it
