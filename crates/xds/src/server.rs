@@ -20,22 +20,18 @@
 //! answered with the same content again: the next snapshot change is.
 
 mod delta;
+mod grpc;
 mod shared;
 mod sotw;
+
+pub use grpc::AdsService;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::watch;
+use tonic::Status;
 
 use crate::status::SyncStatus;
 use crate::type_url;
@@ -49,11 +45,20 @@ const STREAM_BUFFER: usize = 16;
 /// One resource as served: its name, a content version (hash), and its body.
 /// Shared (`Arc`) by every snapshot and stream that holds it, so a mesh's
 /// memory grows with its distinct config, not with the number of proxies.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Resource {
     pub name: Arc<str>,
     pub version: Arc<str>,
     pub body: prost_types::Any,
+    /// Its encoding as a delta `Resource` and, inside it, as an `Any`:
+    /// made on first send, then shared by every response that carries it.
+    wire: std::sync::OnceLock<(bytes::Bytes, bytes::Bytes)>,
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.version == other.version && self.body == other.body
+    }
 }
 
 /// A type's resources by name.
@@ -93,7 +98,13 @@ impl Resource {
             name: name.into(),
             version: version.into(),
             body,
+            wire: std::sync::OnceLock::new(),
         }
+    }
+
+    /// (delta `Resource` encoding, `Any` encoding within it).
+    fn wire(&self) -> &(bytes::Bytes, bytes::Bytes) {
+        self.wire.get_or_init(|| grpc::resource_wire(self))
     }
 }
 
@@ -234,45 +245,13 @@ impl AdsServer {
         }
     }
 
-    /// The tonic service, with message size limits raised to [`MAX_MESSAGE_SIZE`].
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE)
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let ctx = StreamContext {
-            source: self.source.clone(),
-            status: self.status.clone(),
-            shared: self.shared.clone(),
-        };
-        tokio::spawn(sotw::run(ctx, request.into_inner(), tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let ctx = StreamContext {
-            source: self.source.clone(),
-            status: self.status.clone(),
-            shared: self.shared.clone(),
-        };
-        tokio::spawn(delta::run(ctx, request.into_inner(), tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+    /// The service for tonic's router (ADS, both variants, on their gRPC paths).
+    pub fn into_service(self) -> AdsService {
+        AdsService {
+            source: self.source,
+            status: self.status,
+            shared: self.shared,
+        }
     }
 }
 
@@ -383,6 +362,7 @@ fn push_order<'a>(urls: impl Iterator<Item = &'a String>) -> Vec<String> {
 /// Envoy's generated messages carry their own `google.protobuf.Any`; ours is prost's.
 pub(crate) type WireAny = envoy_types::pb::google::protobuf::Any;
 
+#[cfg(test)]
 pub(crate) fn to_wire(any: &prost_types::Any) -> WireAny {
     WireAny {
         type_url: any.type_url.clone(),

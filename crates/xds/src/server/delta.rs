@@ -12,10 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource,
-};
-use tokio::sync::mpsc;
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
@@ -26,7 +23,7 @@ use super::{
 use crate::status::SyncStatus;
 use crate::type_url;
 
-type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+use super::grpc::{Tx, delta_response};
 
 /// Unacknowledged nonces remembered per type (to map an ACK to its version).
 const PENDING_NONCES: usize = 32;
@@ -350,22 +347,7 @@ impl DeltaStream {
         if !resources.is_empty() || !removed.is_empty() {
             self.slot.acquire(&self.shared).await;
         }
-        let response = DeltaDiscoveryResponse {
-            system_version_info: snapshot.version.clone(),
-            resources: resources
-                .iter()
-                .map(|r| XdsResource {
-                    name: r.name.to_string(),
-                    version: r.version.to_string(),
-                    resource: Some(super::to_wire(&r.body)),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: url.to_string(),
-            removed_resources: removed.iter().map(|n| n.to_string()).collect(),
-            nonce,
-            ..Default::default()
-        };
+        let response = delta_response(&snapshot.version, &resources, url, &removed, &nonce);
         self.tx.send(Ok(response)).await.map_err(|_| Closed)
     }
 }

@@ -58,10 +58,13 @@ impl Diff {
 
 type DiffKey = (usize, usize);
 
+/// A memoised diff and the two maps it is between (held weakly).
+type DiffEntry = (Weak<ResourceMap>, Weak<ResourceMap>, Arc<Diff>);
+
 /// Diffs by (old, new) resource map, kept while both maps are alive.
 #[derive(Default)]
 pub(crate) struct DiffCache {
-    entries: Mutex<HashMap<DiffKey, (Weak<ResourceMap>, Weak<ResourceMap>, Arc<Diff>)>>,
+    entries: Mutex<HashMap<DiffKey, DiffEntry>>,
 }
 
 /// Diffs kept before dead ones are swept.

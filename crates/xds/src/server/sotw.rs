@@ -12,8 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
@@ -24,7 +23,7 @@ use super::{
 use crate::status::SyncStatus;
 use crate::type_url;
 
-type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+use super::grpc::{Tx, sotw_response};
 
 /// Serve one SotW stream until the proxy or the snapshot source goes away.
 pub(super) async fn run(ctx: StreamContext, mut requests: Streaming<DiscoveryRequest>, tx: Tx) {
@@ -191,7 +190,7 @@ impl SotwStream {
             .resources
             .values()
             .filter(|r| state.subscription.wants(&r.name))
-            .map(|r| super::to_wire(&r.body))
+            .cloned()
             .collect();
         self.nonce += 1;
         let nonce = self.nonce.to_string();
@@ -215,13 +214,7 @@ impl SotwStream {
             resources.len(),
         );
         tracing::debug!(stream_id = self.stream_id, %url, version = %snapshot.version, count = resources.len(), "push");
-        let response = DiscoveryResponse {
-            version_info: snapshot.version.clone(),
-            resources,
-            type_url: url.to_string(),
-            nonce,
-            ..Default::default()
-        };
+        let response = sotw_response(&snapshot.version, resources.iter(), url, &nonce);
         self.tx.send(Ok(response)).await.map_err(|_| Closed)
     }
 }

@@ -1,0 +1,353 @@
+//! The ADS gRPC endpoint, framed by hand on the response side so that a
+//! resource body is encoded once and sent by reference to every stream that
+//! receives it: a response is a gRPC frame header, a few freshly encoded
+//! fields (version, nonce, type URL) and the shared bytes of each resource,
+//! handed to HTTP/2 as a list of chunks. (tonic's generated server would
+//! copy every body into a per-stream buffer that then stays as large as the
+//! stream's largest message.) Requests are decoded with tonic's own
+//! streaming decoder.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use http_body::{Body, Frame, SizeHint};
+use prost::encoding::{WireType, encode_key, encode_varint};
+use tokio::sync::mpsc;
+use tonic::Status;
+use tonic::codec::Streaming;
+use tonic::server::NamedService;
+
+use super::{MAX_MESSAGE_SIZE, Resource, STREAM_BUFFER, Shared, StreamContext};
+use crate::status::SyncStatus;
+
+/// One response, ready for the wire: its chunks in order (the gRPC frame
+/// header first).
+pub(crate) struct Encoded {
+    chunks: Vec<Bytes>,
+}
+
+impl Encoded {
+    #[cfg(test)]
+    pub fn concat(&self) -> Vec<u8> {
+        self.chunks.concat()
+    }
+}
+
+/// Builds one protobuf message as chunks: small fields into a scratch
+/// buffer, shared bytes spliced in without a copy.
+struct MessageWriter {
+    chunks: Vec<Bytes>,
+    scratch: BytesMut,
+    len: usize,
+}
+
+impl MessageWriter {
+    fn new() -> Self {
+        MessageWriter {
+            chunks: vec![Bytes::new()],
+            scratch: BytesMut::with_capacity(256),
+            len: 0,
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.scratch.is_empty() {
+            self.len += self.scratch.len();
+            self.chunks.push(self.scratch.split().freeze());
+        }
+    }
+
+    fn string(&mut self, tag: u32, value: &str) {
+        if !value.is_empty() {
+            prost::encoding::string::encode(tag, &value.to_string(), &mut self.scratch);
+        }
+    }
+
+    fn shared(&mut self, tag: u32, bytes: &Bytes) {
+        encode_key(tag, WireType::LengthDelimited, &mut self.scratch);
+        encode_varint(bytes.len() as u64, &mut self.scratch);
+        self.flush();
+        self.len += bytes.len();
+        self.chunks.push(bytes.clone());
+    }
+
+    /// The message as a gRPC frame: uncompressed flag, length, body.
+    fn finish(mut self) -> Encoded {
+        self.flush();
+        let mut head = BytesMut::with_capacity(5);
+        head.put_u8(0);
+        head.put_u32(self.len as u32);
+        self.chunks[0] = head.freeze();
+        Encoded {
+            chunks: self.chunks,
+        }
+    }
+}
+
+/// `envoy.service.discovery.v3.Resource` for this resource: the `Any` first
+/// (field 2), then version (1) and name (3), so the `Any` alone is a slice
+/// of the same bytes (what state-of-the-world responses carry).
+pub(crate) fn resource_wire(r: &Resource) -> (Bytes, Bytes) {
+    use prost::Message as _;
+    let any_len = r.body.encoded_len();
+    let mut buf = BytesMut::with_capacity(any_len + r.name.len() + r.version.len() + 16);
+    encode_key(2, WireType::LengthDelimited, &mut buf);
+    encode_varint(any_len as u64, &mut buf);
+    let any_start = buf.len();
+    let _ = r.body.encode(&mut buf);
+    let any_end = buf.len();
+    prost::encoding::string::encode(1, &r.version.to_string(), &mut buf);
+    prost::encoding::string::encode(3, &r.name.to_string(), &mut buf);
+    let all = buf.freeze();
+    let any = all.slice(any_start..any_end);
+    debug_assert_eq!(any.len(), any_len);
+    (all, any)
+}
+
+/// A `DeltaDiscoveryResponse`.
+pub(crate) fn delta_response(
+    system_version_info: &str,
+    resources: &[Arc<Resource>],
+    type_url: &str,
+    removed: &[Arc<str>],
+    nonce: &str,
+) -> Encoded {
+    let mut w = MessageWriter::new();
+    w.string(1, system_version_info);
+    for r in resources {
+        w.shared(2, &r.wire().0);
+    }
+    w.string(4, type_url);
+    w.string(5, nonce);
+    for name in removed {
+        prost::encoding::string::encode(6, &name.to_string(), &mut w.scratch);
+    }
+    w.finish()
+}
+
+/// A state-of-the-world `DiscoveryResponse`.
+pub(crate) fn sotw_response<'a>(
+    version_info: &str,
+    resources: impl Iterator<Item = &'a Arc<Resource>>,
+    type_url: &str,
+    nonce: &str,
+) -> Encoded {
+    let mut w = MessageWriter::new();
+    w.string(1, version_info);
+    for r in resources {
+        w.shared(2, &r.wire().1);
+    }
+    w.string(4, type_url);
+    w.string(5, nonce);
+    w.finish()
+}
+
+pub(crate) type Tx = mpsc::Sender<Result<Encoded, Status>>;
+
+/// The ADS service as tonic's router serves it.
+#[derive(Clone)]
+pub struct AdsService {
+    pub(super) source: Arc<dyn super::SnapshotSource>,
+    pub(super) status: SyncStatus,
+    pub(super) shared: Arc<Shared>,
+}
+
+impl NamedService for AdsService {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for AdsService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let ctx = StreamContext {
+            source: self.source.clone(),
+            status: self.status.clone(),
+            shared: self.shared.clone(),
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let settings = tonic::codec::BufferSettings::default();
+        match req.uri().path() {
+            DELTA_PATH => {
+                let requests: Streaming<DeltaDiscoveryRequest> = Streaming::new_request(
+                    tonic_prost::ProstDecoder::new(settings),
+                    req.into_body(),
+                    None,
+                    Some(MAX_MESSAGE_SIZE),
+                );
+                tokio::spawn(super::delta::run(ctx, requests, tx));
+            }
+            SOTW_PATH => {
+                let requests: Streaming<DiscoveryRequest> = Streaming::new_request(
+                    tonic_prost::ProstDecoder::new(settings),
+                    req.into_body(),
+                    None,
+                    Some(MAX_MESSAGE_SIZE),
+                );
+                tokio::spawn(super::sotw::run(ctx, requests, tx));
+            }
+            _ => return std::future::ready(Ok(Status::unimplemented("").into_http())),
+        }
+        let body = ResponseBody {
+            rx,
+            pending: VecDeque::new(),
+            done: false,
+        };
+        let resp = http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(tonic::body::Body::new(body))
+            .unwrap_or_else(|_| Status::internal("response").into_http());
+        std::future::ready(Ok(resp))
+    }
+}
+
+/// A stream's responses as HTTP/2 data, then the gRPC status as trailers.
+struct ResponseBody {
+    rx: mpsc::Receiver<Result<Encoded, Status>>,
+    pending: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        loop {
+            if let Some(chunk) = self.pending.pop_front() {
+                if chunk.is_empty() {
+                    continue;
+                }
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(encoded))) => self.pending.extend(encoded.chunks),
+                Poll::Ready(Some(Err(status))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))));
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(&Status::ok(""))))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.pending.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+fn trailers(status: &Status) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    let _ = status.add_header(&mut h);
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryResponse, DiscoveryResponse, Resource as XdsResource,
+    };
+    use prost::Message;
+
+    fn res(name: &str, value: &[u8]) -> Arc<Resource> {
+        Arc::new(Resource::new(
+            name,
+            prost_types::Any {
+                type_url: "type.googleapis.com/x.Y".into(),
+                value: value.to_vec(),
+            },
+        ))
+    }
+
+    fn body(e: &Encoded) -> Vec<u8> {
+        let all = e.concat();
+        assert_eq!(all[0], 0);
+        let len = u32::from_be_bytes([all[1], all[2], all[3], all[4]]) as usize;
+        assert_eq!(len, all.len() - 5, "frame length");
+        all[5..].to_vec()
+    }
+
+    #[test]
+    fn delta_responses_decode_as_envoy_reads_them() {
+        let rs = [res("a", b"one"), res("b", &[7u8; 300])];
+        let removed: Vec<Arc<str>> = vec!["gone".into(), "old".into()];
+        let e = delta_response("v9", &rs, "type.googleapis.com/x.Y", &removed, "17");
+        let got = DeltaDiscoveryResponse::decode(&body(&e)[..]).expect("decodes");
+        let want = DeltaDiscoveryResponse {
+            system_version_info: "v9".into(),
+            resources: rs
+                .iter()
+                .map(|r| XdsResource {
+                    name: r.name.to_string(),
+                    version: r.version.to_string(),
+                    resource: Some(super::super::to_wire(&r.body)),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: "type.googleapis.com/x.Y".into(),
+            removed_resources: vec!["gone".into(), "old".into()],
+            nonce: "17".into(),
+            ..Default::default()
+        };
+        assert_eq!(got, want);
+        // The bodies are the shared bytes, not copies.
+        let shared = rs[1].wire().0.as_ptr();
+        assert!(e.chunks.iter().any(|c| c.as_ptr() == shared));
+    }
+
+    #[test]
+    fn sotw_responses_decode_as_envoy_reads_them() {
+        let rs = [res("a", b"one"), res("b", b"")];
+        let e = sotw_response("v1", rs.iter(), "type.googleapis.com/x.Y", "3");
+        let got = DiscoveryResponse::decode(&body(&e)[..]).expect("decodes");
+        assert_eq!(got.version_info, "v1");
+        assert_eq!(got.nonce, "3");
+        assert_eq!(got.type_url, "type.googleapis.com/x.Y");
+        let bodies: Vec<_> = got
+            .resources
+            .into_iter()
+            .map(super::super::from_wire)
+            .collect();
+        assert_eq!(bodies, vec![rs[0].body.clone(), rs[1].body.clone()]);
+        let empty = delta_response("", &[], "t", &[], "1");
+        assert_eq!(
+            DeltaDiscoveryResponse::decode(&body(&empty)[..]).expect("decodes"),
+            DeltaDiscoveryResponse {
+                type_url: "t".into(),
+                nonce: "1".into(),
+                ..Default::default()
+            }
+        );
+    }
+}
