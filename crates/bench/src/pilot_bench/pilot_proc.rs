@@ -44,7 +44,11 @@ impl PilotUnderTest {
             .arg(config_dir)
             .args(["--xds", &addr.to_string(), "--debug", &debug.to_string()])
             .args(["--debounce", "100ms"])
-            .env("HALYARD_LOG", "warn")
+            // HALYARD_PILOT_LOG (e.g. `info`: per-reload push timings) overrides.
+            .env(
+                "HALYARD_LOG",
+                std::env::var("HALYARD_PILOT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

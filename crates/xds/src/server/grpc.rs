@@ -38,6 +38,12 @@ impl Encoded {
     }
 }
 
+/// Resources at least this large are sent by reference, not copied.
+const SPLICE_AT_LEAST: usize = 4 << 10;
+
+/// About one HTTP/2 frame (16 KiB by default).
+const CHUNK: usize = 16 << 10;
+
 /// Builds one protobuf message as chunks: small fields into a scratch
 /// buffer, shared bytes spliced in without a copy.
 struct MessageWriter {
@@ -50,7 +56,7 @@ impl MessageWriter {
     fn new() -> Self {
         MessageWriter {
             chunks: vec![Bytes::new()],
-            scratch: BytesMut::with_capacity(256),
+            scratch: BytesMut::new(),
             len: 0,
         }
     }
@@ -68,9 +74,20 @@ impl MessageWriter {
         }
     }
 
+    /// A length-delimited field with these bytes: small ones are copied
+    /// into chunks of about an HTTP/2 frame (one queued frame per chunk, so
+    /// thousands of small resources must not become thousands of frames);
+    /// large ones are spliced in by reference.
     fn shared(&mut self, tag: u32, bytes: &Bytes) {
         encode_key(tag, WireType::LengthDelimited, &mut self.scratch);
         encode_varint(bytes.len() as u64, &mut self.scratch);
+        if bytes.len() < SPLICE_AT_LEAST {
+            self.scratch.extend_from_slice(bytes);
+            if self.scratch.len() >= CHUNK {
+                self.flush();
+            }
+            return;
+        }
         self.flush();
         self.len += bytes.len();
         self.chunks.push(bytes.clone());
@@ -321,9 +338,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(got, want);
-        // The bodies are the shared bytes, not copies.
-        let shared = rs[1].wire().0.as_ptr();
+        // Small bodies are copied into frame-sized chunks.
+        assert_eq!(e.chunks.len(), 2, "header and one chunk");
+        // Large ones are the shared bytes, not copies.
+        let big = res("big", &[1u8; 100 << 10]);
+        let e = delta_response("v", std::slice::from_ref(&big), "t", &[], "1");
+        let shared = big.wire().0.as_ptr();
         assert!(e.chunks.iter().any(|c| c.as_ptr() == shared));
+        let got = DeltaDiscoveryResponse::decode(&body(&e)[..]).expect("decodes");
+        assert_eq!(got.resources[0].resource.as_ref().map(|a| a.value.len()), Some(100 << 10));
     }
 
     #[test]
