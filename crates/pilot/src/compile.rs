@@ -53,10 +53,8 @@ pub fn build_with(resources: &[Resource], options: &BuildOptions) -> Mesh {
         }
     }
 
-    let mut mesh = Mesh {
-        services: services.into_values().collect(),
-        ..Default::default()
-    };
+    let mut mesh = Mesh::default();
+    mesh.services = services.into_values().collect();
     if options.auto_allocate {
         crate::auto_vip::allocate(&mut mesh.services);
     }

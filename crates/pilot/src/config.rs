@@ -67,6 +67,7 @@ impl ConfigStore {
             }
         }
         let mut parsed = HashMap::with_capacity(files.len());
+        let mut fresh = Vec::new();
         for file in files {
             let now = stamp(&file);
             let reuse = now.is_some()
@@ -76,7 +77,11 @@ impl ConfigStore {
                     .is_some_and(|(then, _)| Some(*then) == now);
             let loaded = match (reuse, self.parsed.remove(&file)) {
                 (true, Some((_, loaded))) => loaded,
-                _ => api::load::load_file_with(&file, api::load::Options::default()),
+                _ => {
+                    let loaded = api::load::load_file_with(&file, api::load::Options::default());
+                    fresh.extend(loaded.resources.iter().cloned());
+                    loaded
+                }
             };
             resources.extend(loaded.resources.iter().cloned());
             errors.extend(loaded.errors.iter().cloned());
@@ -103,7 +108,14 @@ impl ConfigStore {
         for e in &errors {
             tracing::warn!("{e}");
         }
-        self.last_good = resources.iter().map(|r| (r.key(), r.clone())).collect();
+        // The last good version of every current resource: unchanged files'
+        // resources are already in; deleted ones go.
+        let current: std::collections::HashSet<String> =
+            resources.iter().map(|r| r.key()).collect();
+        self.last_good.retain(|key, _| current.contains(key));
+        for r in fresh {
+            self.last_good.insert(r.key(), r);
+        }
         Loaded {
             resources,
             errors,

@@ -3,7 +3,7 @@
 //! server pushes the types whose content changed (content-hash versions, so an
 //! endpoint-only change pushes only EDS).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -212,8 +212,31 @@ impl Discovery {
         self.mesh.store(mesh.clone());
         proxies.retain(|p| !p.tx.is_closed());
         let mut summary = PushSummary::default();
-        for p in proxies.iter_mut() {
-            let key = config_key(&mesh, &p.node, cache.label_sensitive);
+        let keys: Vec<ConfigKey> = proxies
+            .iter()
+            .map(|p| config_key(&mesh, &p.node, cache.label_sensitive))
+            .collect();
+        // Configs that need a full translation, one proxy each, on all cores.
+        let mut work: Vec<(ConfigKey, &ProxyNode)> = Vec::new();
+        let mut queued = std::collections::HashSet::new();
+        for (key, p) in keys.iter().zip(proxies.iter()) {
+            let patchable = endpoints_only.is_some() && old.by_key.contains_key(key);
+            if !patchable && queued.insert(key) {
+                work.push((key.clone(), &p.node));
+            }
+        }
+        for ((key, _), (encoded, dropped)) in work.iter().zip(translate_parallel(&mesh, &work)) {
+            self.push_errors.add(&dropped);
+            let mut snap = adopt(encoded, &mut cache.pool);
+            snap.types
+                .insert(type_url::NAME_TABLE.to_string(), cache.nds.clone());
+            cache
+                .by_key
+                .insert(key.clone(), (Arc::new(snap), Arc::new(dropped)));
+            summary.configs += 1;
+        }
+        drop(work);
+        for (p, key) in proxies.iter_mut().zip(keys) {
             let hit = cache.by_key.get(&key).cloned();
             let (snap, dropped) = match (hit, &endpoints_only) {
                 (Some(hit), _) => hit,
@@ -230,10 +253,7 @@ impl Discovery {
                     cache.by_key.insert(key, patched.clone());
                     patched
                 }
-                (None, _) => {
-                    summary.configs += 1;
-                    cache.get(&mesh, &p.node, &self.push_errors)
-                }
+                (None, _) => cache.get(&mesh, &p.node, &self.push_errors),
             };
             p.dropped = dropped;
             let sent = p.tx.send_if_modified(|cur| {
@@ -370,23 +390,57 @@ pub fn snapshot(res: &ProxyResources) -> Snapshot {
 }
 
 fn snapshot_pooled(res: &ProxyResources, pool: &mut ResourcePool) -> Snapshot {
-    let mut types = BTreeMap::new();
-    types.insert(
-        type_url::CLUSTER.to_string(),
-        type_snapshot(&res.clusters, |c| &c.name, pool),
-    );
-    types.insert(
-        type_url::ENDPOINT.to_string(),
-        type_snapshot(&res.endpoints, |e| &e.cluster_name, pool),
-    );
-    types.insert(
-        type_url::LISTENER.to_string(),
-        type_snapshot(&res.listeners, |l| &l.name, pool),
-    );
-    types.insert(
-        type_url::ROUTE.to_string(),
-        type_snapshot(&res.routes, |r| &r.name, pool),
-    );
+    adopt(encode(res), pool)
+}
+
+/// One type's resources encoded and versioned: (type URL, [(name, version, bytes)]).
+type EncodedType = (String, Vec<(String, String, Vec<u8>)>);
+
+/// Encode and version every resource (pure: runs on any thread).
+fn encode(res: &ProxyResources) -> Vec<EncodedType> {
+    vec![
+        encode_type(&res.clusters, |c| &c.name),
+        encode_type(&res.endpoints, |e| &e.cluster_name),
+        encode_type(&res.listeners, |l| &l.name),
+        encode_type(&res.routes, |r| &r.name),
+    ]
+}
+
+fn encode_type<M: Message + Name>(items: &[M], name: impl Fn(&M) -> &String) -> EncodedType {
+    let full_name = M::full_name();
+    let encoded = items
+        .iter()
+        .map(|item| {
+            let bytes = item.encode_to_vec();
+            let version = crate::version::stable_version(&full_name, &bytes);
+            (name(item).clone(), version, bytes)
+        })
+        .collect();
+    (M::type_url(), encoded)
+}
+
+/// The snapshot of encoded resources, sharing what the pool already has.
+fn adopt(types: Vec<EncodedType>, pool: &mut ResourcePool) -> Snapshot {
+    let types = types
+        .into_iter()
+        .map(|(type_url, items)| {
+            let shared: Vec<Arc<Resource>> = items
+                .into_iter()
+                .map(|(name, version, bytes)| {
+                    pool.share(
+                        &name,
+                        version,
+                        || prost_types::Any {
+                            type_url: type_url.clone(),
+                            value: bytes,
+                        },
+                        &type_url,
+                    )
+                })
+                .collect();
+            (type_url, TypeSnapshot::from_shared(shared))
+        })
+        .collect();
     Snapshot { types }
 }
 
@@ -395,22 +449,50 @@ fn type_snapshot<M: Message + Name>(
     name: impl Fn(&M) -> &String,
     pool: &mut ResourcePool,
 ) -> TypeSnapshot {
-    let type_url = M::type_url();
-    let full_name = M::full_name();
-    let shared = items.iter().map(|item| {
-        let bytes = item.encode_to_vec();
-        let version = crate::version::stable_version(&full_name, &bytes);
-        pool.share(
-            name(item),
-            version,
-            || prost_types::Any {
-                type_url: type_url.clone(),
-                value: bytes,
-            },
-            &type_url,
-        )
+    let mut snap = adopt(vec![encode_type(items, name)], pool);
+    snap.types.pop_first().map(|(_, t)| t).unwrap_or_default()
+}
+
+/// Translate, check and encode each (key, proxy) on all cores; what each
+/// returns is pure, so the order of work does not matter.
+fn translate_parallel(
+    mesh: &Mesh,
+    work: &[(ConfigKey, &ProxyNode)],
+) -> Vec<(Vec<EncodedType>, Vec<Dropped>)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(work.len())
+        .max(1);
+    let one = |proxy: &ProxyNode| {
+        let mut res = translate(mesh, proxy);
+        let dropped = check::sanitize(mesh, &mut res);
+        (encode(&res), dropped)
+    };
+    if threads == 1 {
+        return work.iter().map(|(_, p)| one(p)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<Option<(Vec<EncodedType>, Vec<Dropped>)>> = Vec::new();
+    out.resize_with(work.len(), || None);
+    let results = Mutex::new(out);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((_, proxy)) = work.get(i) else { break };
+                    let r = one(proxy);
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                }
+            });
+        }
     });
-    TypeSnapshot::from_shared(shared.collect::<Vec<_>>())
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect()
 }
 
 #[cfg(test)]

@@ -59,9 +59,28 @@ pub struct Mesh {
     pub sidecars: Vec<SidecarScope>,
     /// Mesh-wide `outboundTrafficPolicy` (ALLOW_ANY unless set).
     pub registry_only: bool,
+    /// (service index, endpoint index) by endpoint address, built on first
+    /// use (a mesh is not changed once built).
+    endpoint_index: std::sync::OnceLock<std::collections::HashMap<String, Vec<(usize, usize)>>>,
 }
 
 impl Mesh {
+    /// The endpoints at `address`, as (service, endpoint) indices into
+    /// `services` (a proxy's inbound ports come from these).
+    pub fn endpoints_at(&self, address: &str) -> &[(usize, usize)] {
+        let index = self.endpoint_index.get_or_init(|| {
+            let mut index: std::collections::HashMap<String, Vec<(usize, usize)>> =
+                std::collections::HashMap::new();
+            for (si, svc) in self.services.iter().enumerate() {
+                for (ei, ep) in svc.endpoints.iter().enumerate() {
+                    index.entry(ep.address.clone()).or_default().push((si, ei));
+                }
+            }
+            index
+        });
+        index.get(address).map_or(&[], Vec::as_slice)
+    }
+
     /// The Sidecar that applies to a proxy: a selector match in its namespace,
     /// else its namespace's selector-less one, else the root namespace's.
     pub fn sidecar_for(&self, proxy: &ProxyNode) -> Option<&SidecarScope> {

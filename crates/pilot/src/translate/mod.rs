@@ -299,18 +299,22 @@ fn tcp_cluster(services: &[&Service], port: u32, fallback: &str) -> String {
 /// The workload's own service ports: (service port, target port, protocol),
 /// from services with an endpoint on one of the proxy's IPs.
 fn inbound_ports(mesh: &Mesh, proxy: &ProxyNode) -> Vec<(u32, u32, Protocol)> {
+    let mut at: Vec<(usize, usize)> = proxy
+        .ips
+        .iter()
+        .flat_map(|ip| mesh.endpoints_at(ip).iter().copied())
+        .collect();
+    // In mesh order (services sorted by hostname), as a scan would meet them.
+    at.sort_unstable();
+    at.dedup();
     let mut seen = BTreeMap::new();
-    for svc in &mesh.services {
-        for ep in svc
-            .endpoints
-            .iter()
-            .filter(|e| proxy.ips.contains(&e.address))
-        {
-            for p in &svc.ports {
-                if let Some(target) = ep.ports.get(&p.number) {
-                    seen.entry(*target)
-                        .or_insert((p.number, *target, p.protocol));
-                }
+    for (si, ei) in at {
+        let svc = &mesh.services[si];
+        let ep = &svc.endpoints[ei];
+        for p in &svc.ports {
+            if let Some(target) = ep.ports.get(&p.number) {
+                seen.entry(*target)
+                    .or_insert((p.number, *target, p.protocol));
             }
         }
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio_stream::StreamExt;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::{
     Closed, PushSlot, Resource, ResourceMap, Shared, Snapshot, StreamContext, Subscription,
@@ -31,7 +31,7 @@ const PENDING_NONCES: usize = 32;
 /// Serve one delta stream until the proxy or the snapshot source goes away.
 pub(super) async fn run(
     ctx: StreamContext,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    mut requests: super::grpc::Requests<DeltaDiscoveryRequest>,
     tx: Tx,
 ) {
     let Some(Ok(first)) = requests.next().await else {

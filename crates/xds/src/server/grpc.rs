@@ -4,8 +4,8 @@
 //! fields (version, nonce, type URL) and the shared bytes of each resource,
 //! handed to HTTP/2 as a list of chunks. (tonic's generated server would
 //! copy every body into a per-stream buffer that then stays as large as the
-//! stream's largest message.) Requests are decoded with tonic's own
-//! streaming decoder.
+//! stream's largest message.) Requests are decoded here too, with a buffer
+//! that does not keep the largest request's size.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,7 +19,6 @@ use http_body::{Body, Frame, SizeHint};
 use prost::encoding::{WireType, encode_key, encode_varint};
 use tokio::sync::mpsc;
 use tonic::Status;
-use tonic::codec::Streaming;
 use tonic::server::NamedService;
 
 use super::{MAX_MESSAGE_SIZE, Resource, STREAM_BUFFER, Shared, StreamContext};
@@ -166,6 +165,95 @@ pub(crate) fn sotw_response<'a>(
 
 pub(crate) type Tx = mpsc::Sender<Result<Encoded, Status>>;
 
+/// A stream's requests, decoded from the request body's gRPC frames. The
+/// read buffer is given back once it has been drained, so a large request
+/// (an EDS subscription naming a thousand clusters) does not keep its size
+/// for the life of the stream.
+pub(crate) struct Requests<T> {
+    body: tonic::body::Body,
+    buf: BytesMut,
+    done: bool,
+    _type: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Requests<T> {
+    fn new(body: tonic::body::Body) -> Self {
+        Requests {
+            body,
+            buf: BytesMut::new(),
+            done: false,
+            _type: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: prost::Message + Default> Requests<T> {
+    /// One whole message from the buffer, if it holds one.
+    fn take(&mut self) -> Option<Result<T, Status>> {
+        if self.buf.len() < 5 {
+            return None;
+        }
+        if self.buf[0] != 0 {
+            return Some(Err(Status::unimplemented(
+                "compressed requests are not supported",
+            )));
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > MAX_MESSAGE_SIZE {
+            return Some(Err(Status::out_of_range(format!(
+                "request of {len} bytes is over the {MAX_MESSAGE_SIZE} allowed"
+            ))));
+        }
+        if self.buf.len() < 5 + len {
+            return None;
+        }
+        let _ = self.buf.split_to(5);
+        let message = self.buf.split_to(len);
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        Some(T::decode(message).map_err(|e| Status::invalid_argument(format!("bad request: {e}"))))
+    }
+}
+
+impl<T: prost::Message + Default> tokio_stream::Stream for Requests<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(item) = self.take() {
+                if item.is_err() {
+                    self.done = true;
+                }
+                return Poll::Ready(Some(item));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.done = true;
+                    if !self.buf.is_empty() {
+                        return Poll::Ready(Some(Err(Status::invalid_argument(
+                            "request stream ended inside a message",
+                        ))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Status::from_error(e.into()))));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The ADS service as tonic's router serves it.
 #[derive(Clone)]
 pub struct AdsService {
@@ -199,24 +287,13 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for AdsService {
             shared: self.shared.clone(),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let settings = tonic::codec::BufferSettings::default();
         match req.uri().path() {
             DELTA_PATH => {
-                let requests: Streaming<DeltaDiscoveryRequest> = Streaming::new_request(
-                    tonic_prost::ProstDecoder::new(settings),
-                    req.into_body(),
-                    None,
-                    Some(MAX_MESSAGE_SIZE),
-                );
+                let requests: Requests<DeltaDiscoveryRequest> = Requests::new(req.into_body());
                 tokio::spawn(super::delta::run(ctx, requests, tx));
             }
             SOTW_PATH => {
-                let requests: Streaming<DiscoveryRequest> = Streaming::new_request(
-                    tonic_prost::ProstDecoder::new(settings),
-                    req.into_body(),
-                    None,
-                    Some(MAX_MESSAGE_SIZE),
-                );
+                let requests: Requests<DiscoveryRequest> = Requests::new(req.into_body());
                 tokio::spawn(super::sotw::run(ctx, requests, tx));
             }
             _ => return std::future::ready(Ok(Status::unimplemented("").into_http())),
@@ -293,7 +370,7 @@ fn trailers(status: &Status) -> http::HeaderMap {
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::service::discovery::v3::{
-        DeltaDiscoveryResponse, DiscoveryResponse, Resource as XdsResource,
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse, Resource as XdsResource,
     };
     use prost::Message;
 
@@ -346,7 +423,68 @@ mod tests {
         let shared = big.wire().0.as_ptr();
         assert!(e.chunks.iter().any(|c| c.as_ptr() == shared));
         let got = DeltaDiscoveryResponse::decode(&body(&e)[..]).expect("decodes");
-        assert_eq!(got.resources[0].resource.as_ref().map(|a| a.value.len()), Some(100 << 10));
+        assert_eq!(
+            got.resources[0].resource.as_ref().map(|a| a.value.len()),
+            Some(100 << 10)
+        );
+    }
+
+    /// A request body of these chunks.
+    struct Chunks(VecDeque<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = Status;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_decode_across_and_within_frames() {
+        use tokio_stream::StreamExt;
+        let frame = |m: &DeltaDiscoveryRequest| {
+            let body = m.encode_to_vec();
+            let mut f = vec![0u8];
+            f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            f.extend_from_slice(&body);
+            f
+        };
+        let a = DeltaDiscoveryRequest {
+            type_url: "a".into(),
+            resource_names_subscribe: (0..2000).map(|i| format!("cluster-{i}")).collect(),
+            ..Default::default()
+        };
+        let b = DeltaDiscoveryRequest {
+            type_url: "b".into(),
+            ..Default::default()
+        };
+        let mut bytes = frame(&a);
+        bytes.extend(frame(&b));
+        bytes.extend(frame(&b));
+        // Split anywhere: inside a header, inside a body, across messages.
+        let cuts = [3, 700, bytes.len() - 4];
+        let mut chunks = VecDeque::new();
+        let mut from = 0;
+        for cut in cuts.into_iter().chain([bytes.len()]) {
+            chunks.push_back(Bytes::copy_from_slice(&bytes[from..cut]));
+            from = cut;
+        }
+        let mut requests: Requests<DeltaDiscoveryRequest> =
+            Requests::new(tonic::body::Body::new(Chunks(chunks)));
+        assert_eq!(requests.next().await.expect("a").expect("ok"), a);
+        assert!(requests.buf.capacity() < 1024, "buffer given back");
+        assert_eq!(requests.next().await.expect("b").expect("ok"), b);
+        assert_eq!(requests.next().await.expect("b").expect("ok"), b);
+        assert!(requests.next().await.is_none());
+        // A stream cut inside a message is an error, not a hang.
+        let cut = Chunks(VecDeque::from([Bytes::copy_from_slice(&frame(&a)[..50])]));
+        let mut requests: Requests<DeltaDiscoveryRequest> =
+            Requests::new(tonic::body::Body::new(cut));
+        assert!(requests.next().await.expect("item").is_err());
     }
 
     #[test]

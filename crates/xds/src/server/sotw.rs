@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio_stream::StreamExt;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::{
     Closed, PushSlot, Shared, Snapshot, StreamContext, Subscription, is_wildcard_type, nack_text,
@@ -26,7 +26,11 @@ use crate::type_url;
 use super::grpc::{Tx, sotw_response};
 
 /// Serve one SotW stream until the proxy or the snapshot source goes away.
-pub(super) async fn run(ctx: StreamContext, mut requests: Streaming<DiscoveryRequest>, tx: Tx) {
+pub(super) async fn run(
+    ctx: StreamContext,
+    mut requests: super::grpc::Requests<DiscoveryRequest>,
+    tx: Tx,
+) {
     let Some(Ok(first)) = requests.next().await else {
         return;
     };
