@@ -1,6 +1,6 @@
 //! The config directory: load every YAML under it, keep the last good version
-//! of any resource that turns bad, and watch for edits (polled, debounced like
-//! Istio's 100 ms push debounce).
+//! of any resource that turns bad, and watch for edits (inotify, polling where
+//! that is refused; debounced like Istio's 100 ms push debounce).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -157,15 +157,97 @@ pub fn fingerprint(dir: &Path) -> Fingerprint {
     out
 }
 
-/// Wait for the directory to change and then settle for `debounce`.
-pub async fn changed(paths: &[PathBuf], since: &mut Fingerprint, debounce: Duration) {
+/// Change notifications for the config paths: inotify (through `notify`),
+/// so an edit is seen at once and nothing is polled while nothing changes.
+pub struct Watcher {
+    inner: Option<notify::RecommendedWatcher>,
+    events: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+impl Watcher {
+    /// Watch `paths` (directories recursively). If the kernel refuses (no
+    /// inotify, watch limit reached), fall back to polling.
+    pub fn new(paths: &[PathBuf]) -> Watcher {
+        use notify::Watcher as _;
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let made = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let relevant = event.is_ok_and(|e| !e.kind.is_access());
+            if relevant {
+                let _ = tx.send(());
+            }
+        })
+        .and_then(|mut w| {
+            for p in paths {
+                w.watch(p, notify::RecursiveMode::Recursive)?;
+            }
+            Ok(w)
+        });
+        match made {
+            Ok(w) => Watcher {
+                inner: Some(w),
+                events,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the config for changes; polling instead");
+                Watcher {
+                    inner: None,
+                    events,
+                }
+            }
+        }
+    }
+
+    /// Wait for a notification, or for `poll` when there is no watcher.
+    async fn next(&mut self, poll: Duration) {
+        if self.inner.is_some() {
+            if self.events.recv().await.is_none() {
+                tokio::time::sleep(poll).await;
+            }
+        } else {
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Drop notifications already queued; true if there were any.
+    fn drain(&mut self) -> bool {
+        let mut any = false;
+        while self.events.try_recv().is_ok() {
+            any = true;
+        }
+        any
+    }
+}
+
+/// Wait for the config to change and then settle for `debounce` (Istio's
+/// push debounce: no further change for that long). A notification is
+/// confirmed against the files' fingerprint, so touching a file that did not
+/// change pushes nothing.
+pub async fn changed(
+    paths: &[PathBuf],
+    since: &mut Fingerprint,
+    debounce: Duration,
+    watcher: &mut Watcher,
+) {
     let poll = Duration::from_millis(50).min(debounce);
     loop {
-        tokio::time::sleep(poll).await;
+        watcher.next(poll).await;
+        let watched = watcher.inner.is_some();
+        if watched {
+            // Quiet for `debounce` before looking.
+            loop {
+                watcher.drain();
+                tokio::time::sleep(debounce).await;
+                if !watcher.drain() {
+                    break;
+                }
+            }
+        }
         let now = fingerprint_all(paths);
-        if now != *since {
-            // Debounce: wait until nothing changed for `debounce`.
-            let mut settled = now;
+        if now == *since {
+            continue;
+        }
+        let mut settled = now;
+        if !watched {
             loop {
                 tokio::time::sleep(debounce).await;
                 let again = fingerprint_all(paths);
@@ -174,8 +256,49 @@ pub async fn changed(paths: &[PathBuf], since: &mut Fingerprint, debounce: Durat
                 }
                 settled = again;
             }
-            *since = settled;
-            return;
         }
+        *since = settled;
+        return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn edits_are_seen_and_unchanged_touches_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = vec![dir.path().to_path_buf()];
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, "a: 1\n").expect("write");
+        let mut watcher = Watcher::new(&paths);
+        assert!(watcher.inner.is_some(), "inotify is available here");
+        let mut since = fingerprint_all(&paths);
+        let debounce = Duration::from_millis(20);
+
+        // Reading a file is no change.
+        let _ = std::fs::read(&file).expect("read");
+        let quiet = tokio::time::timeout(
+            Duration::from_millis(300),
+            changed(&paths, &mut since, debounce, &mut watcher),
+        )
+        .await;
+        assert!(quiet.is_err(), "a read is not a change");
+
+        // An atomic replace (write a temporary, rename), as editors and
+        // the bench do, in a new subdirectory too.
+        let sub = dir.path().join("more");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let tmp = sub.join(".b.tmp");
+        std::fs::write(&tmp, "b: 2\n").expect("write");
+        std::fs::rename(&tmp, sub.join("b.yaml")).expect("rename");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            changed(&paths, &mut since, debounce, &mut watcher),
+        )
+        .await
+        .expect("the edit is seen");
+        assert!(since.contains_key(&sub.join("b.yaml")));
     }
 }

@@ -103,6 +103,8 @@ pub async fn run(
         .chain(opts.registry_dir.clone())
         .collect();
     let mut store = ConfigStore::new(paths.clone());
+    // Watch before the first look, so no edit falls between the two.
+    let mut watcher = config::Watcher::new(&paths);
     let mut fingerprint = config::fingerprint_all(&paths);
     let loaded = store.load();
     let report = Arc::new(Mutex::new(report_of(&loaded, 1)));
@@ -154,7 +156,7 @@ pub async fn run(
     let watch = async {
         let mut loads = 1;
         loop {
-            config::changed(&paths, &mut fingerprint, opts.debounce).await;
+            config::changed(&paths, &mut fingerprint, opts.debounce, &mut watcher).await;
             let started = std::time::Instant::now();
             let loaded = store.load();
             let load_ms = started.elapsed().as_millis();
