@@ -103,7 +103,20 @@ pub fn sanitize(mesh: &Mesh, res: &mut ProxyResources) -> Vec<Dropped> {
             && load_assignment(mesh, cla, &mut dropped)
             && names.insert(cla.cluster_name.clone())
     });
-    for d in &dropped {
+    log_dropped(&dropped);
+    dropped
+}
+
+/// The pre-push check of load assignments alone (an endpoint-only push).
+pub fn sanitize_endpoints(mesh: &Mesh, endpoints: &mut Vec<ClusterLoadAssignment>) -> Vec<Dropped> {
+    let mut dropped = Vec::new();
+    endpoints.retain_mut(|cla| load_assignment(mesh, cla, &mut dropped));
+    log_dropped(&dropped);
+    dropped
+}
+
+fn log_dropped(dropped: &[Dropped]) {
+    for d in dropped {
         tracing::warn!(
             r#type = d.type_short,
             resource = %d.resource,
@@ -113,23 +126,6 @@ pub fn sanitize(mesh: &Mesh, res: &mut ProxyResources) -> Vec<Dropped> {
             "pre-push check: dropped what Envoy would reject"
         );
     }
-    dropped
-}
-
-/// The pre-push check of load assignments alone (an endpoint-only push).
-pub fn sanitize_endpoints(mesh: &Mesh, endpoints: &mut Vec<ClusterLoadAssignment>) -> Vec<Dropped> {
-    let mut dropped = Vec::new();
-    endpoints.retain_mut(|cla| load_assignment(mesh, cla, &mut dropped));
-    for d in &dropped {
-        tracing::warn!(
-            r#type = d.type_short,
-            resource = %d.resource,
-            unit = %d.unit,
-            error = %d.error,
-            "pre-push check: dropped what Envoy would reject"
-        );
-    }
-    dropped
 }
 
 /// Repeatedly check and cut: `cut` removes the units named by the

@@ -182,20 +182,23 @@ impl Stats {
 
     /// A counter with an Envoy name and a labelled Prometheus name.
     pub fn tagged_counter(&self, flat: String, prom: String, labels: Labels) -> Counter {
-        let metric = self.entry(flat, || Entry {
-            metric: Metric::Counter(Counter::default()),
-            prom: PromName { name: prom, labels },
-        });
-        match metric {
-            Metric::Counter(c) | Metric::Gauge(c) => c,
-            Metric::Histogram(_) => Counter::default(),
-        }
+        self.value_stat(flat, prom, labels, Metric::Counter)
     }
 
     /// A gauge with an Envoy name and a labelled Prometheus name.
     pub fn tagged_gauge(&self, flat: String, prom: String, labels: Labels) -> Counter {
+        self.value_stat(flat, prom, labels, Metric::Gauge)
+    }
+
+    fn value_stat(
+        &self,
+        flat: String,
+        prom: String,
+        labels: Labels,
+        kind: fn(Counter) -> Metric,
+    ) -> Counter {
         let metric = self.entry(flat, || Entry {
-            metric: Metric::Gauge(Counter::default()),
+            metric: kind(Counter::default()),
             prom: PromName { name: prom, labels },
         });
         match metric {
