@@ -89,6 +89,10 @@ struct PilotArgs {
     /// (Istio's DNS auto-allocation).
     #[arg(long, env = "PILOT_ENABLE_IP_AUTOALLOCATE")]
     auto_allocate: bool,
+    /// Proxies with a push in flight at once (Istio's PILOT_PUSH_THROTTLE);
+    /// the rest wait for a slot, freed by the ACK.
+    #[arg(long, env = "PILOT_PUSH_THROTTLE", default_value_t = pilot::DEFAULT_PUSH_THROTTLE)]
+    push_throttle: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -182,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 debounce: args.debounce,
                 dns_addr: args.dns,
                 auto_allocate: args.auto_allocate,
+                push_throttle: args.push_throttle,
             };
             tokio::select! {
                 r = pilot::run(opts, None) => r.context("pilot"),

@@ -157,6 +157,9 @@ pub fn fingerprint(dir: &Path) -> Fingerprint {
     out
 }
 
+/// Longest a stream of edits can hold a push back (Istio's PILOT_DEBOUNCE_MAX).
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(10);
+
 /// Change notifications for the config paths: inotify (through `notify`),
 /// so an edit is seen at once and nothing is polled while nothing changes.
 pub struct Watcher {
@@ -208,13 +211,26 @@ impl Watcher {
         }
     }
 
-    /// Drop notifications already queued; true if there were any.
-    fn drain(&mut self) -> bool {
-        let mut any = false;
-        while self.events.try_recv().is_ok() {
-            any = true;
+    /// Istio's push debounce: return once no notification has come for
+    /// `debounce` (each one restarts the wait from its own arrival, so the
+    /// burst of events one edit makes costs `debounce`, not a multiple), but
+    /// never later than [`DEBOUNCE_MAX`] after the first.
+    async fn quiet_for(&mut self, debounce: Duration) {
+        let first = tokio::time::Instant::now();
+        let cap = first + DEBOUNCE_MAX.max(debounce);
+        let mut deadline = (first + debounce).min(cap);
+        loop {
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(()) => deadline = (tokio::time::Instant::now() + debounce).min(cap),
+                    None => {
+                        tokio::time::sleep_until(deadline).await;
+                        return;
+                    }
+                },
+                () = tokio::time::sleep_until(deadline) => return,
+            }
         }
-        any
     }
 }
 
@@ -233,14 +249,7 @@ pub async fn changed(
         watcher.next(poll).await;
         let watched = watcher.inner.is_some();
         if watched {
-            // Quiet for `debounce` before looking.
-            loop {
-                watcher.drain();
-                tokio::time::sleep(debounce).await;
-                if !watcher.drain() {
-                    break;
-                }
-            }
+            watcher.quiet_for(debounce).await;
         }
         let now = fingerprint_all(paths);
         if now == *since {
@@ -300,5 +309,54 @@ mod tests {
         .await
         .expect("the edit is seen");
         assert!(since.contains_key(&sub.join("b.yaml")));
+    }
+
+    /// A watcher fed by hand (no inotify), for the paused clock.
+    fn fed() -> (Watcher, tokio::sync::mpsc::UnboundedSender<()>) {
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        (
+            Watcher {
+                inner: None,
+                events,
+            },
+            tx,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debounce_runs_from_the_last_event_not_per_batch() {
+        let (mut w, tx) = fed();
+        let debounce = Duration::from_millis(100);
+        let start = tokio::time::Instant::now();
+        // One edit's events: a few within a millisecond, then one at 50 ms.
+        let feeder = tokio::spawn(async move {
+            tx.send(()).expect("send");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            tx.send(()).expect("send");
+            tokio::time::sleep(Duration::from_millis(49)).await;
+            tx.send(()).expect("send");
+            tx
+        });
+        w.quiet_for(debounce).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(150));
+        let _tx = feeder.await.expect("feeder");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_of_edits_is_pushed_by_the_max() {
+        let (mut w, tx) = fed();
+        let start = tokio::time::Instant::now();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..1000 {
+                if tx.send(()).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        w.quiet_for(Duration::from_millis(100)).await;
+        assert_eq!(start.elapsed(), DEBOUNCE_MAX);
+        drop(w);
+        feeder.await.expect("feeder");
     }
 }

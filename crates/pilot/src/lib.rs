@@ -33,6 +33,9 @@ use crate::config::ConfigStore;
 use crate::debug::{ConfigReport, DebugState};
 use crate::discovery::Discovery;
 
+/// Istio's PILOT_PUSH_THROTTLE default: proxies with a push in flight at once.
+pub const DEFAULT_PUSH_THROTTLE: usize = xds::server::DEFAULT_PUSH_CONCURRENCY;
+
 /// How to run the pilot.
 #[derive(Clone, Debug)]
 pub struct PilotOptions {
@@ -50,6 +53,8 @@ pub struct PilotOptions {
     pub dns_addr: Option<SocketAddr>,
     /// Istio's address auto-allocation for ServiceEntries without addresses.
     pub auto_allocate: bool,
+    /// Proxies with a push in flight at once (Istio's PILOT_PUSH_THROTTLE).
+    pub push_throttle: usize,
 }
 
 /// Why the pilot could not start.
@@ -129,7 +134,12 @@ pub async fn run(
         "config loaded"
     );
 
-    let ads = xds::server::AdsServer::new(discovery.clone(), sync.clone()).into_service();
+    let ads = xds::server::AdsServer::with_push_concurrency(
+        discovery.clone(),
+        sync.clone(),
+        opts.push_throttle,
+    )
+    .into_service();
     let xds_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(ads)

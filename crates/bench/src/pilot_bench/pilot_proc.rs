@@ -82,6 +82,7 @@ impl PilotUnderTest {
             debounce: Duration::from_millis(100),
             dns_addr: None,
             auto_allocate: false,
+            push_throttle: pilot::DEFAULT_PUSH_THROTTLE,
         };
         let task = tokio::spawn(async move {
             if let Err(e) = pilot::run(opts, Some(tx)).await {
