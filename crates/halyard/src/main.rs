@@ -93,6 +93,10 @@ struct PilotArgs {
     /// the rest wait for a slot, freed by the ACK.
     #[arg(long, env = "PILOT_PUSH_THROTTLE", default_value_t = pilot::DEFAULT_PUSH_THROTTLE)]
     push_throttle: usize,
+    /// Drop the stream of a proxy that has not read a response for this
+    /// long, e.g. 30s; 0 never (Istio's PILOT_XDS_SEND_TIMEOUT).
+    #[arg(long, env = "PILOT_XDS_SEND_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    send_timeout: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -187,6 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dns_addr: args.dns,
                 auto_allocate: args.auto_allocate,
                 push_throttle: args.push_throttle,
+                send_timeout: (!args.send_timeout.is_zero()).then_some(args.send_timeout),
             };
             tokio::select! {
                 r = pilot::run(opts, None) => r.context("pilot"),

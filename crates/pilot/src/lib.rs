@@ -36,6 +36,10 @@ use crate::discovery::Discovery;
 /// Istio's PILOT_PUSH_THROTTLE default: proxies with a push in flight at once.
 pub const DEFAULT_PUSH_THROTTLE: usize = xds::server::DEFAULT_PUSH_CONCURRENCY;
 
+/// Istio's PILOT_XDS_SEND_TIMEOUT as we default it: a proxy that has not read
+/// a response for this long is dropped.
+pub const DEFAULT_SEND_TIMEOUT: Duration = xds::server::DEFAULT_SEND_TIMEOUT;
+
 /// How to run the pilot.
 #[derive(Clone, Debug)]
 pub struct PilotOptions {
@@ -55,6 +59,9 @@ pub struct PilotOptions {
     pub auto_allocate: bool,
     /// Proxies with a push in flight at once (Istio's PILOT_PUSH_THROTTLE).
     pub push_throttle: usize,
+    /// Drop a stream whose proxy has not read a response for this long
+    /// (Istio's PILOT_XDS_SEND_TIMEOUT; None: never).
+    pub send_timeout: Option<Duration>,
 }
 
 /// Why the pilot could not start.
@@ -139,6 +146,7 @@ pub async fn run(
         sync.clone(),
         opts.push_throttle,
     )
+    .with_send_timeout(opts.send_timeout)
     .into_service();
     let xds_task = tokio::spawn(
         tonic::transport::Server::builder()

@@ -173,6 +173,8 @@ struct Shared {
     /// encoded configs in memory at once, and each stream's push completes
     /// at the proxy's pace instead of all of them crawling together.
     pushes: Arc<tokio::sync::Semaphore>,
+    /// How long a response may wait for the proxy to take it (None: forever).
+    send_timeout: Option<std::time::Duration>,
 }
 
 /// Streams with a push in flight at once (Istio's `PILOT_PUSH_THROTTLE`
@@ -189,6 +191,7 @@ impl Shared {
             diffs: Default::default(),
             names: Default::default(),
             pushes: Arc::new(tokio::sync::Semaphore::new(push_concurrency.max(1))),
+            send_timeout: Some(DEFAULT_SEND_TIMEOUT),
         }
     }
 }
@@ -219,6 +222,41 @@ impl PushSlot {
     }
 }
 
+/// How long a response may wait for a proxy that does not read before its
+/// stream is dropped (Istio's `PILOT_XDS_SEND_TIMEOUT`).
+pub const DEFAULT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Queue a response for the proxy. While the proxy does not take it (its
+/// HTTP/2 window and the stream's buffer are full) the push slot is given up
+/// at its deadline, so other streams push meanwhile; after the send timeout
+/// the stream is dropped and logged: a proxy that stopped reading must not
+/// hold memory or a slot for ever.
+async fn send_bounded(
+    tx: &grpc::Tx,
+    response: Result<grpc::Encoded, Status>,
+    slot: &mut PushSlot,
+    shared: &Shared,
+    node: &str,
+) -> Result<(), Closed> {
+    let give_up = shared.send_timeout.map(|t| tokio::time::Instant::now() + t);
+    let send = tx.send(response);
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            sent = &mut send => return sent.map_err(|_| Closed),
+            () = until(slot.deadline()) => slot.release(),
+            () = until(give_up) => {
+                tracing::warn!(
+                    node,
+                    timeout_s = shared.send_timeout.unwrap_or_default().as_secs_f64(),
+                    "proxy is not reading its xDS stream: stream dropped"
+                );
+                return Err(Closed);
+            }
+        }
+    }
+}
+
 /// Sleep until `deadline`, or forever without one.
 async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -243,6 +281,15 @@ impl AdsServer {
             status,
             shared: Arc::new(Shared::new(n)),
         }
+    }
+
+    /// Drop a stream whose proxy has not taken a response for this long
+    /// (None: never). Default [`DEFAULT_SEND_TIMEOUT`].
+    pub fn with_send_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.send_timeout = timeout;
+        }
+        self
     }
 
     /// The service for tonic's router (ADS, both variants, on their gRPC paths).
@@ -424,5 +471,54 @@ mod tests {
             .map(|u| type_url::short(u))
             .collect();
         assert_eq!(shorts, ["CDS", "EDS", "LDS", "RDS", "SDS"]);
+    }
+
+    fn encoded() -> Result<grpc::Encoded, Status> {
+        Err(Status::unavailable("a stand-in response"))
+    }
+
+    /// A proxy that stops reading: its slot goes back to the pool at the
+    /// slot deadline while the send still waits, and the stream is given up
+    /// at the send timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_proxy_that_does_not_read_gives_up_its_slot_then_its_stream() {
+        let shared = Shared {
+            send_timeout: Some(std::time::Duration::from_secs(30)),
+            ..Shared::new(1)
+        };
+        let (tx, _never_read) = tokio::sync::mpsc::channel(1);
+        tx.send(encoded()).await.expect("fills the buffer");
+        let mut slot = PushSlot::default();
+        slot.acquire(&shared).await;
+        assert_eq!(shared.pushes.available_permits(), 0);
+        let start = tokio::time::Instant::now();
+        let sending = send_bounded(&tx, encoded(), &mut slot, &shared, "stuck");
+        tokio::pin!(sending);
+        // Still waiting at the slot deadline, but the slot is free again.
+        assert!(
+            tokio::time::timeout(PUSH_SLOT_HOLD + std::time::Duration::from_millis(1), &mut sending)
+                .await
+                .is_err()
+        );
+        assert_eq!(shared.pushes.available_permits(), 1);
+        assert!(sending.await.is_err(), "dropped");
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reading_proxy_is_sent_to_at_once() {
+        let shared = Shared::new(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let mut slot = PushSlot::default();
+        slot.acquire(&shared).await;
+        let start = tokio::time::Instant::now();
+        assert!(
+            send_bounded(&tx, encoded(), &mut slot, &shared, "ok")
+                .await
+                .is_ok()
+        );
+        assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+        assert_eq!(shared.pushes.available_permits(), 0, "held until the ACK");
+        assert!(rx.recv().await.is_some());
     }
 }

@@ -83,6 +83,7 @@ impl PilotUnderTest {
             dns_addr: None,
             auto_allocate: false,
             push_throttle: pilot::DEFAULT_PUSH_THROTTLE,
+            send_timeout: Some(pilot::DEFAULT_SEND_TIMEOUT),
         };
         let task = tokio::spawn(async move {
             if let Err(e) = pilot::run(opts, Some(tx)).await {

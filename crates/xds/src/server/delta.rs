@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
-use super::{
+use super::{send_bounded, 
     Closed, PushSlot, Resource, ResourceMap, Shared, Snapshot, StreamContext, Subscription,
     is_wildcard_type, nack_text, push_order, until,
 };
@@ -54,6 +54,7 @@ pub(super) async fn run(
         nonce: 0,
         slot: PushSlot::default(),
         tx,
+        node: guard.node.id.clone(),
     };
     if stream.on_request(first).await.is_err() {
         return;
@@ -158,6 +159,8 @@ struct DeltaStream {
     nonce: u64,
     slot: PushSlot,
     tx: Tx,
+    /// The proxy's node id, for logs.
+    node: String,
 }
 
 impl DeltaStream {
@@ -348,6 +351,13 @@ impl DeltaStream {
             self.slot.acquire(&self.shared).await;
         }
         let response = delta_response(&snapshot.version, &resources, url, &removed, &nonce);
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        send_bounded(
+            &self.tx,
+            Ok(response),
+            &mut self.slot,
+            &self.shared,
+            &self.node,
+        )
+        .await
     }
 }

@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
-use super::{
+use super::{send_bounded, 
     Closed, PushSlot, Shared, Snapshot, StreamContext, Subscription, is_wildcard_type, nack_text,
     push_order, until,
 };
@@ -51,6 +51,7 @@ pub(super) async fn run(
         nonce: 0,
         slot: PushSlot::default(),
         tx,
+        node: guard.node.id.clone(),
     };
     if stream.on_request(first).await.is_err() {
         return;
@@ -108,6 +109,8 @@ struct SotwStream {
     nonce: u64,
     slot: PushSlot,
     tx: Tx,
+    /// The proxy's node id, for logs.
+    node: String,
 }
 
 impl SotwStream {
@@ -219,6 +222,13 @@ impl SotwStream {
         );
         tracing::debug!(stream_id = self.stream_id, %url, version = %snapshot.version, count = resources.len(), "push");
         let response = sotw_response(&snapshot.version, resources.iter(), url, &nonce);
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        send_bounded(
+            &self.tx,
+            Ok(response),
+            &mut self.slot,
+            &self.shared,
+            &self.node,
+        )
+        .await
     }
 }
