@@ -257,6 +257,38 @@ async fn send_bounded(
     }
 }
 
+/// Since when a stream has had a response out that the proxy has not
+/// answered (ACK or NACK). Envoy answers every response once applied; one
+/// that answers nothing for the send timeout has stopped reading.
+#[derive(Default)]
+struct Unanswered {
+    since: Option<tokio::time::Instant>,
+}
+
+impl Unanswered {
+    fn sent(&mut self) {
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    fn all_answered(&mut self) {
+        self.since = None;
+    }
+
+    /// When the stream is given up.
+    fn deadline(&self, shared: &Shared) -> Option<tokio::time::Instant> {
+        Some(self.since? + shared.send_timeout?)
+    }
+}
+
+/// Log that a stream is dropped for not answering.
+fn log_unanswered(node: &str, shared: &Shared) {
+    tracing::warn!(
+        node,
+        timeout_s = shared.send_timeout.unwrap_or_default().as_secs_f64(),
+        "proxy has not answered its xDS pushes: stream dropped"
+    );
+}
+
 /// Sleep until `deadline`, or forever without one.
 async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -496,9 +528,12 @@ mod tests {
         tokio::pin!(sending);
         // Still waiting at the slot deadline, but the slot is free again.
         assert!(
-            tokio::time::timeout(PUSH_SLOT_HOLD + std::time::Duration::from_millis(1), &mut sending)
-                .await
-                .is_err()
+            tokio::time::timeout(
+                PUSH_SLOT_HOLD + std::time::Duration::from_millis(1),
+                &mut sending
+            )
+            .await
+            .is_err()
         );
         assert_eq!(shared.pushes.available_permits(), 1);
         assert!(sending.await.is_err(), "dropped");

@@ -68,3 +68,53 @@ async fn a_stalled_proxy_does_not_block_others() {
     );
     client.abort();
 }
+
+/// A proxy that never answers (no ACK, no NACK) is dropped once the send
+/// timeout passes, and only it: a healthy proxy on the same server stays.
+#[tokio::test]
+async fn a_proxy_that_answers_nothing_is_dropped() {
+    let world = snapshot(&[(CLUSTER, &[("a", "1")]), (LISTENER, &[("l1", "1")])]);
+    let server =
+        TestServer::start_with_send_timeout(world, std::time::Duration::from_millis(300)).await;
+    let mut raw = AggregatedDiscoveryServiceClient::connect(server.endpoint())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: "silent".into(),
+            ..Default::default()
+        }),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut silent = raw
+        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // It reads the push but never answers it.
+    assert!(silent.message().await.unwrap().is_some());
+    let sink = TestSink::new();
+    let client = xds::client::spawn(client_config(&server, false), sink.clone());
+    eventually("the healthy proxy is served", || {
+        sink.holds(CLUSTER, &[("a", "1")])
+    })
+    .await;
+    eventually("the silent stream is dropped", || {
+        let ids: Vec<String> = server
+            .status
+            .snapshot()
+            .into_iter()
+            .map(|p| p.node_id)
+            .collect();
+        !ids.iter().any(|id| id == "silent") && !ids.is_empty()
+    })
+    .await;
+    // Its stream ends (the server closed it); the healthy one is still there.
+    let end = silent.message().await;
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    drop(tx);
+    client.abort();
+}

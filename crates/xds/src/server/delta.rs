@@ -16,9 +16,9 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
-use super::{send_bounded, 
+use super::{
     Closed, PushSlot, Resource, ResourceMap, Shared, Snapshot, StreamContext, Subscription,
-    is_wildcard_type, nack_text, push_order, until,
+    Unanswered, is_wildcard_type, log_unanswered, nack_text, push_order, send_bounded, until,
 };
 use crate::status::SyncStatus;
 use crate::type_url;
@@ -55,6 +55,7 @@ pub(super) async fn run(
         slot: PushSlot::default(),
         tx,
         node: guard.node.id.clone(),
+        unanswered: Unanswered::default(),
     };
     if stream.on_request(first).await.is_err() {
         return;
@@ -76,6 +77,10 @@ pub(super) async fn run(
             () = until(stream.slot.deadline()) => {
                 tracing::debug!(node = %guard.node.id, "no ACK in time: push slot given up");
                 stream.slot.release();
+            }
+            () = until(stream.unanswered.deadline(&shared)) => {
+                log_unanswered(&guard.node.id, &shared);
+                return;
             }
             changed = snapshots.changed() => {
                 if changed.is_err() {
@@ -161,6 +166,7 @@ struct DeltaStream {
     tx: Tx,
     /// The proxy's node id, for logs.
     node: String,
+    unanswered: Unanswered,
 }
 
 impl DeltaStream {
@@ -187,6 +193,7 @@ impl DeltaStream {
             }
             if self.types.values().all(|t| t.pending.is_empty()) {
                 self.slot.release();
+                self.unanswered.all_answered();
             }
         }
         let state = self.types.entry(url.clone()).or_default();
@@ -351,6 +358,7 @@ impl DeltaStream {
             self.slot.acquire(&self.shared).await;
         }
         let response = delta_response(&snapshot.version, &resources, url, &removed, &nonce);
+        self.unanswered.sent();
         send_bounded(
             &self.tx,
             Ok(response),

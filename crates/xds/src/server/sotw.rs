@@ -16,9 +16,9 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
-use super::{send_bounded, 
-    Closed, PushSlot, Shared, Snapshot, StreamContext, Subscription, is_wildcard_type, nack_text,
-    push_order, until,
+use super::{
+    Closed, PushSlot, Shared, Snapshot, StreamContext, Subscription, Unanswered, is_wildcard_type,
+    log_unanswered, nack_text, push_order, send_bounded, until,
 };
 use crate::status::SyncStatus;
 use crate::type_url;
@@ -52,6 +52,7 @@ pub(super) async fn run(
         slot: PushSlot::default(),
         tx,
         node: guard.node.id.clone(),
+        unanswered: Unanswered::default(),
     };
     if stream.on_request(first).await.is_err() {
         return;
@@ -73,6 +74,10 @@ pub(super) async fn run(
             () = until(stream.slot.deadline()) => {
                 tracing::debug!(node = %guard.node.id, "no ACK in time: push slot given up");
                 stream.slot.release();
+            }
+            () = until(stream.unanswered.deadline(&shared)) => {
+                log_unanswered(&guard.node.id, &shared);
+                return;
             }
             changed = snapshots.changed() => {
                 if changed.is_err() {
@@ -111,6 +116,7 @@ struct SotwStream {
     tx: Tx,
     /// The proxy's node id, for logs.
     node: String,
+    unanswered: Unanswered,
 }
 
 impl SotwStream {
@@ -145,6 +151,7 @@ impl SotwStream {
             state.awaiting = false;
             if self.types.values().all(|t| !t.awaiting) {
                 self.slot.release();
+                self.unanswered.all_answered();
             }
         }
         let state = self.types.entry(url.clone()).or_default();
@@ -222,6 +229,7 @@ impl SotwStream {
         );
         tracing::debug!(stream_id = self.stream_id, %url, version = %snapshot.version, count = resources.len(), "push");
         let response = sotw_response(&snapshot.version, resources.iter(), url, &nonce);
+        self.unanswered.sent();
         send_bounded(
             &self.tx,
             Ok(response),

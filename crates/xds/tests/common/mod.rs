@@ -55,6 +55,13 @@ impl TestServer {
         Self::serve(listener, snapshot)
     }
 
+    /// A server that drops a stream whose proxy answers nothing for `timeout`.
+    #[allow(dead_code)]
+    pub async fn start_with_send_timeout(snapshot: Snapshot, timeout: Duration) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve_with(listener, snapshot, Some(timeout))
+    }
+
     /// Restart on a port a stopped server used.
     pub async fn start_on(addr: SocketAddr, snapshot: Snapshot) -> TestServer {
         let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -68,10 +75,19 @@ impl TestServer {
     }
 
     fn serve(listener: TcpListener, snapshot: Snapshot) -> TestServer {
+        Self::serve_with(listener, snapshot, Some(xds::server::DEFAULT_SEND_TIMEOUT))
+    }
+
+    fn serve_with(
+        listener: TcpListener,
+        snapshot: Snapshot,
+        send_timeout: Option<Duration>,
+    ) -> TestServer {
         let addr = listener.local_addr().expect("local addr");
         let (snapshots, rx) = watch::channel(Arc::new(snapshot));
         let status = SyncStatus::default();
-        let ads = AdsServer::new(Arc::new(TestSource { snapshots: rx }), status.clone());
+        let ads = AdsServer::new(Arc::new(TestSource { snapshots: rx }), status.clone())
+            .with_send_timeout(send_timeout);
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
