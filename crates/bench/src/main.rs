@@ -83,6 +83,25 @@ struct PilotArgs {
     /// Report file stem (default pilot-YYYYMMDD, or pilot-smoke).
     #[arg(long)]
     name: Option<String>,
+    /// Sidecar scoping per size: `none` (no Sidecar), `namespace` (a Sidecar
+    /// per namespace importing only `./*`), or both, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    sidecar: Vec<SidecarScope>,
+    /// Stuck clients (connect, never read) in the stuck phase; 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    stuck: usize,
+    /// The pilot's --send-timeout in seconds (a stuck stream is dropped after it).
+    #[arg(long, default_value_t = 10)]
+    send_timeout: u64,
+    /// Skip the phase that kills and restarts the pilot under the fleet.
+    #[arg(long)]
+    no_restart: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SidecarScope {
+    None,
+    Namespace,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -132,6 +151,14 @@ fn pilot(args: PilotArgs) -> anyhow::Result<()> {
         quiet: Duration::from_millis(args.quiet_ms),
         burst: args.burst,
         client_threads: args.client_threads,
+        scopes: args
+            .sidecar
+            .iter()
+            .map(|s| *s == SidecarScope::Namespace)
+            .collect(),
+        stuck: args.stuck,
+        send_timeout: Duration::from_secs(args.send_timeout),
+        restart: !args.no_restart,
     };
     let machine = report::machine::Machine::probe();
     let stem = args.name.unwrap_or_else(|| {

@@ -16,6 +16,10 @@ fn pilot_smoke_run_converges_and_reports() {
             "30",
             "--quiet-ms",
             "300",
+            "--send-timeout",
+            "1",
+            "--stuck",
+            "3",
         ])
         .arg("--out")
         .arg(out.path())
@@ -37,6 +41,15 @@ fn pilot_smoke_run_converges_and_reports() {
         assert_eq!(r[phase]["converged"], 20, "{phase}: {}", r[phase]);
     }
     assert!(r["first_sync_bytes_per_proxy"][0].as_u64() > Some(0));
+    // After every edit each proxy holds what a fresh proxy gets.
+    assert_eq!(r["final_check"]["proxies"], 20, "{}", r["final_check"]);
+    assert_eq!(r["final_check"]["mismatched"], 0, "{}", r["final_check"]);
+    assert!(r["final_check"]["resources_per_proxy"].as_f64() > Some(20.0));
+    // Stuck clients did not hold the change back and were dropped.
+    let stuck = &r["stuck"];
+    assert_eq!(stuck["clients"], 3);
+    assert_eq!(stuck["virtual_service_change"]["converged"], 20, "{stuck}");
+    assert!(stuck["dropped_after_s"].as_f64().is_some(), "{stuck}");
     assert!(out.path().join("pilot-smoke.md").is_file());
     assert!(out.path().join("pilot-smoke.svg").is_file());
 }

@@ -26,7 +26,7 @@ impl CheckCost {
 }
 
 pub fn run(services: usize, endpoints: usize, rounds: usize) -> anyhow::Result<CheckCost> {
-    let files = MeshFiles::create(services, endpoints)?;
+    let files = MeshFiles::create(services, endpoints, false)?;
     let (resources, errors) = api::load::load_dir(files.dir());
     anyhow::ensure!(errors.is_empty(), "generated mesh has errors: {errors:?}");
     let mesh = pilot::compile::build(&resources);

@@ -20,20 +20,23 @@ pub struct DeltaResponse {
     pub removed_resources: Vec<String>,
 }
 
-/// `envoy.service.discovery.v3.Resource`: name and body.
+/// `envoy.service.discovery.v3.Resource`: name, version and body.
 #[derive(Clone, PartialEq, Message)]
 pub struct Resource {
+    #[prost(string, tag = "1")]
+    pub version: String,
     #[prost(message, optional, tag = "2")]
     pub resource: Option<Any>,
     #[prost(string, tag = "3")]
     pub name: String,
 }
 
-/// `google.protobuf.Any`: only the bytes.
+/// `google.protobuf.Any`: only the bytes (a slice of the received message,
+/// not a copy).
 #[derive(Clone, PartialEq, Message)]
 pub struct Any {
-    #[prost(bytes = "vec", tag = "2")]
-    pub value: Vec<u8>,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: bytes::Bytes,
 }
 
 /// `envoy.config.cluster.v3.Cluster`: name and EDS config.

@@ -29,8 +29,10 @@ pub struct MeshFiles {
 }
 
 impl MeshFiles {
-    /// Write the whole mesh into a new temporary directory.
-    pub fn create(services: usize, endpoints: usize) -> std::io::Result<MeshFiles> {
+    /// Write the whole mesh into a new temporary directory; with `scoped`,
+    /// each namespace also gets a Sidecar whose egress imports only its own
+    /// namespace (`./*`, `istio-system/*`), the user's lever to shrink config.
+    pub fn create(services: usize, endpoints: usize, scoped: bool) -> std::io::Result<MeshFiles> {
         let dir = tempfile::Builder::new()
             .prefix("halyard-bench-mesh-")
             .tempdir()?;
@@ -41,6 +43,18 @@ impl MeshFiles {
         };
         for i in 0..services {
             files.write(i)?;
+        }
+        if scoped {
+            let mut y = String::new();
+            for ns in 0..NAMESPACES {
+                let _ = write!(
+                    y,
+                    "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+                     metadata: {{name: default, namespace: ns-{ns}}}\n\
+                     spec:\n  egress:\n  - hosts: [\"./*\", \"istio-system/*\"]\n"
+                );
+            }
+            std::fs::write(files.dir.path().join("sidecars.yaml"), y)?;
         }
         Ok(files)
     }
@@ -128,7 +142,7 @@ mod tests {
 
     #[test]
     fn generated_mesh_loads_cleanly_and_compiles() {
-        let mut files = MeshFiles::create(20, 3).expect("write mesh");
+        let mut files = MeshFiles::create(20, 3, false).expect("write mesh");
         let (resources, errors) = api::load::load_path(files.dir());
         assert!(errors.is_empty(), "{errors:?}");
         // 20 Services, 60 WorkloadEntries, 2 DestinationRules, 2 VirtualServices.
@@ -142,5 +156,13 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(resources.len(), 84);
         assert_ne!(format!("{:?}", pilot::compile::build(&resources)), before);
+    }
+
+    #[test]
+    fn scoped_mesh_has_a_sidecar_per_namespace() {
+        let files = MeshFiles::create(20, 3, true).expect("write mesh");
+        let (resources, errors) = api::load::load_path(files.dir());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(resources.len(), 84 + NAMESPACES);
     }
 }

@@ -19,6 +19,9 @@ pub struct Phase {
     pub timed_out: bool,
     /// Mean responses of the affected types per proxy (pushes).
     pub pushes_per_proxy: f64,
+    /// Pushes to proxies the change does not concern (should be 0).
+    #[serde(default)]
+    pub unexpected_pushes: u64,
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -40,6 +43,7 @@ fn phase(mut ms: Vec<f64>, proxies: usize, timed_out: bool, pushes: f64) -> Phas
         proxies,
         timed_out,
         pushes_per_proxy: pushes,
+        unexpected_pushes: 0,
     }
 }
 
@@ -70,6 +74,31 @@ pub async fn first_sync(fleet: &FleetStats, timeout: Duration) -> Phase {
         .map(|p| p.synced.load(Relaxed))
         .filter(|t| *t != 0)
         .map(ns_to_ms)
+        .collect::<Vec<_>>();
+    let timed_out = timed_out || ms.len() < n;
+    phase(ms, n, timed_out, 1.0)
+}
+
+/// After the pilot went away at `since` (fleet ns): wait until every proxy has
+/// reconnected and is in sync again; per proxy, the time from `since`.
+pub async fn resync(fleet: &FleetStats, since: u64, timeout: Duration) -> Phase {
+    let deadline = Instant::now() + timeout;
+    let n = fleet.proxies.len();
+    let done = |p: &super::fleet::ProxyStats| p.resynced.load(Relaxed) > since;
+    let timed_out = loop {
+        if fleet.proxies.iter().all(done) {
+            break false;
+        }
+        if Instant::now() > deadline {
+            break true;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let ms = fleet
+        .proxies
+        .iter()
+        .filter(|p| done(p))
+        .map(|p| ns_to_ms(p.resynced.load(Relaxed) - since))
         .collect::<Vec<_>>();
     let timed_out = timed_out || ms.len() < n;
     phase(ms, n, timed_out, 1.0)
@@ -109,9 +138,12 @@ pub fn counts(fleet: &FleetStats, types: &[usize]) -> Vec<u32> {
         .collect()
 }
 
-/// After a change written at `written` (fleet ns): wait until every live proxy
-/// has a new response of `types` and the fleet is quiet, then report per proxy
-/// the time from the write to its last such response.
+/// After a change written at `written` (fleet ns): wait until every live
+/// proxy that `expected` names has a new response of `types` and the fleet
+/// is quiet, then report per such proxy the time from the write to its last
+/// such response. Proxies not expected to get the change (a Sidecar keeps
+/// the service out of their config) are not waited for; any push they get
+/// anyway is counted in `unexpected_pushes`.
 pub async fn convergence(
     fleet: &FleetStats,
     types: &[usize],
@@ -119,16 +151,18 @@ pub async fn convergence(
     written: u64,
     quiet: Duration,
     timeout: Duration,
+    expected: impl Fn(usize) -> bool,
 ) -> Phase {
     let deadline = Instant::now() + timeout;
-    let n = fleet.proxies.len();
+    let n = (0..fleet.proxies.len()).filter(|i| expected(*i)).count();
     let timed_out = loop {
         let now_counts = counts(fleet, types);
         let all_new = fleet
             .proxies
             .iter()
             .zip(now_counts.iter().zip(before))
-            .all(|(p, (now, was))| now > was || p.failed.load(Relaxed) != 0);
+            .enumerate()
+            .all(|(i, (p, (now, was)))| !expected(i) || now > was || p.failed.load(Relaxed) != 0);
         let quiet_now = fleet.now().saturating_sub(latest(fleet)) >= quiet.as_nanos() as u64;
         if all_new && quiet_now {
             break false;
@@ -141,11 +175,17 @@ pub async fn convergence(
     let now_counts = counts(fleet, types);
     let mut ms = Vec::with_capacity(n);
     let mut pushes = 0u64;
+    let mut unexpected = 0u64;
     for (i, p) in fleet.proxies.iter().enumerate() {
         if now_counts[i] <= before[i] {
             continue;
         }
-        pushes += u64::from(now_counts[i] - before[i]);
+        let got = u64::from(now_counts[i] - before[i]);
+        if !expected(i) {
+            unexpected += got;
+            continue;
+        }
+        pushes += got;
         let last = types
             .iter()
             .map(|t| p.last[*t].load(Relaxed))
@@ -156,7 +196,9 @@ pub async fn convergence(
         }
     }
     let timed_out = timed_out || ms.len() < n;
-    phase(ms, n, timed_out, pushes as f64 / n.max(1) as f64)
+    let mut phase = phase(ms, n, timed_out, pushes as f64 / n.max(1) as f64);
+    phase.unexpected_pushes = unexpected;
+    phase
 }
 
 use std::sync::atomic::Ordering::Relaxed;

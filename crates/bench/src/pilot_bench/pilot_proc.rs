@@ -15,11 +15,24 @@ pub enum PilotUnderTest {
     Process {
         child: Child,
         addr: SocketAddr,
+        debug: SocketAddr,
+        spawn: Spawn,
     },
     InProcess {
         task: tokio::task::JoinHandle<()>,
         addr: SocketAddr,
+        debug: SocketAddr,
     },
+}
+
+/// How the pilot subprocess was started (to start it again the same way).
+#[derive(Clone, Debug)]
+pub struct Spawn {
+    pub bin: PathBuf,
+    pub config_dir: PathBuf,
+    pub log: PathBuf,
+    /// Its `--send-timeout`.
+    pub send_timeout: Duration,
 }
 
 /// CPU seconds and memory of a process, from /proc.
@@ -34,45 +47,57 @@ pub struct ProcUsage {
 }
 
 impl PilotUnderTest {
-    /// Start `halyard pilot` from `bin` on a free loopback port.
-    pub fn spawn(bin: &Path, config_dir: &Path, log: &Path) -> anyhow::Result<PilotUnderTest> {
+    /// Start `halyard pilot` on free loopback ports.
+    pub fn spawn(spawn: Spawn) -> anyhow::Result<PilotUnderTest> {
         let addr = free_port()?;
         let debug = free_port()?;
-        let log = std::fs::File::create(log).context("pilot log")?;
-        let mut child = Command::new(bin)
-            .args(["pilot", "--config"])
-            .arg(config_dir)
-            .args(["--xds", &addr.to_string(), "--debug", &debug.to_string()])
-            .args(["--debounce", "100ms"])
-            // HALYARD_PILOT_LOG (e.g. `info`: per-reload push timings) overrides.
-            .env(
-                "HALYARD_LOG",
-                std::env::var("HALYARD_PILOT_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        // Both ports are bound before the config is loaded; the debug server
-        // answers only once loading is done, so wait for its /ready.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !http_ok(debug) {
-            if let Some(status) = child.try_wait()? {
-                bail!("pilot exited early ({status})");
+        let log = std::fs::File::create(&spawn.log).context("pilot log")?;
+        let child = start(&spawn, addr, debug, log)?;
+        Ok(PilotUnderTest::Process {
+            child,
+            addr,
+            debug,
+            spawn,
+        })
+    }
+
+    /// Kill the pilot process (as a crash or a forced restart does) and start
+    /// it again on the same ports; returns once it answers /ready.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let PilotUnderTest::Process {
+            child,
+            addr,
+            debug,
+            spawn,
+        } = self
+        else {
+            bail!("only a pilot subprocess can be restarted");
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&spawn.log)
+            .context("pilot log")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The old process's ports are free once it is gone.
+        loop {
+            match start(spawn, *addr, *debug, log.try_clone()?) {
+                Ok(new) => {
+                    *child = new;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("pilot did not answer on {debug}/ready within 120 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(PilotUnderTest::Process { child, addr })
     }
 
     /// Run the pilot inside this process.
-    pub async fn in_process(config_dir: &Path) -> anyhow::Result<PilotUnderTest> {
+    pub async fn in_process(
+        config_dir: &Path,
+        send_timeout: Duration,
+    ) -> anyhow::Result<PilotUnderTest> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let opts = pilot::PilotOptions {
             config_dir: config_dir.to_path_buf(),
@@ -83,7 +108,7 @@ impl PilotUnderTest {
             dns_addr: None,
             auto_allocate: false,
             push_throttle: pilot::DEFAULT_PUSH_THROTTLE,
-            send_timeout: Some(pilot::DEFAULT_SEND_TIMEOUT),
+            send_timeout: Some(send_timeout),
         };
         let task = tokio::spawn(async move {
             if let Err(e) = pilot::run(opts, Some(tx)).await {
@@ -94,6 +119,7 @@ impl PilotUnderTest {
         Ok(PilotUnderTest::InProcess {
             task,
             addr: started.xds_addr,
+            debug: started.debug_addr,
         })
     }
 
@@ -101,6 +127,22 @@ impl PilotUnderTest {
         match self {
             PilotUnderTest::Process { addr, .. } | PilotUnderTest::InProcess { addr, .. } => *addr,
         }
+    }
+
+    /// Node ids of the proxies the pilot has a stream for (its /debug/syncz).
+    pub fn connected_ids(&self) -> anyhow::Result<Vec<String>> {
+        let debug = match self {
+            PilotUnderTest::Process { debug, .. } | PilotUnderTest::InProcess { debug, .. } => {
+                *debug
+            }
+        };
+        let body = http_get(debug, "/debug/syncz")?;
+        let v: serde_json::Value = serde_json::from_slice(&body).context("syncz JSON")?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("node_id")?.as_str().map(str::to_string))
+            .collect())
     }
 
     /// Whether RSS/CPU figures are the pilot's alone.
@@ -126,6 +168,69 @@ impl PilotUnderTest {
             PilotUnderTest::InProcess { task, .. } => task.abort(),
         }
     }
+}
+
+/// Start the subprocess and wait for its /ready.
+fn start(
+    spawn: &Spawn,
+    addr: SocketAddr,
+    debug: SocketAddr,
+    log: std::fs::File,
+) -> anyhow::Result<Child> {
+    let mut child = Command::new(&spawn.bin)
+        .args(["pilot", "--config"])
+        .arg(&spawn.config_dir)
+        .args(["--xds", &addr.to_string(), "--debug", &debug.to_string()])
+        .args(["--debounce", "100ms"])
+        .arg(format!(
+            "--send-timeout={}ms",
+            spawn.send_timeout.as_millis()
+        ))
+        // HALYARD_PILOT_LOG (e.g. `info`: per-reload push timings) overrides.
+        .env(
+            "HALYARD_LOG",
+            std::env::var("HALYARD_PILOT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {}", spawn.bin.display()))?;
+    // Both ports are bound before the config is loaded; the debug server
+    // answers only once loading is done, so wait for its /ready.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !http_ok(debug) {
+        if let Some(status) = child.try_wait()? {
+            bail!("pilot exited early ({status})");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("pilot did not answer on {debug}/ready within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// The body of `GET path` on `addr` (HTTP/1.1, connection closed after).
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<Vec<u8>> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: pilot\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut all = Vec::new();
+    conn.read_to_end(&mut all)?;
+    let at = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no HTTP header end")?;
+    anyhow::ensure!(all.starts_with(b"HTTP/1.1 200"), "GET {path}: not 200");
+    let body = all.split_off(at + 4);
+    // Chunked bodies: axum sends a length for JSON, so no de-chunking here.
+    Ok(body)
 }
 
 /// Whether `GET /ready` on `addr` answers 200.

@@ -121,21 +121,99 @@ impl PilotReport {
              |---:|---:|---|---|---|---|---:|\n",
         );
         for r in &self.results {
+            // With a Sidecar per namespace a change concerns fewer proxies.
+            let scoped = |p: &Phase| {
+                let c = cell(p);
+                if r.scoped && p.proxies > 0 && p.proxies < r.proxies {
+                    format!("{c} ({} proxies concerned)", p.proxies)
+                } else {
+                    c
+                }
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} |",
                 r.proxies,
-                r.services,
+                services(r),
                 cell(&r.first_sync),
-                cell(&r.endpoint_change),
-                cell(&r.virtual_service_change),
-                cell(&r.burst),
+                scoped(&r.endpoint_change),
+                scoped(&r.virtual_service_change),
+                scoped(&r.burst),
                 if r.burst.proxies == 0 {
                     "–".to_string()
                 } else {
                     format!("{:.1}", r.burst.pushes_per_proxy)
                 }
             );
+        }
+        if self
+            .results
+            .iter()
+            .any(|r| r.final_check.proxies > 0 || r.restart.proxies > 0)
+        {
+            s.push_str(
+                "\n## Correctness under churn, stuck clients, pilot restart\n\n\
+                 | N | M | final state ≠ fresh proxy's | VirtualService change with stuck clients (ms) | \
+                 stuck dropped after | restart: kill → all resynced (ms) | resources re-sent per proxy | \
+                 restarted pilot CPU s | restarted pilot peak RSS |\n\
+                 |---:|---:|---|---|---|---|---:|---:|---:|\n",
+            );
+            for r in &self.results {
+                let fc = &r.final_check;
+                let check = if fc.proxies == 0 {
+                    "not run".to_string()
+                } else {
+                    format!(
+                        "{} of {} ({} fresh, {:.0} resources each){}",
+                        fc.mismatched,
+                        fc.proxies,
+                        fc.fresh,
+                        fc.resources_per_proxy,
+                        fc.example
+                            .as_ref()
+                            .map_or(String::new(), |e| format!(": {e}"))
+                    )
+                };
+                let stuck = if r.stuck.clients == 0 {
+                    "not run".to_string()
+                } else {
+                    format!(
+                        "{} ({} stuck)",
+                        cell(&r.stuck.virtual_service_change),
+                        r.stuck.clients
+                    )
+                };
+                let dropped = match (r.stuck.clients, r.stuck.dropped_after_s) {
+                    (0, _) => "–".to_string(),
+                    (_, Some(t)) => format!("{t:.1} s"),
+                    (_, None) => "**not dropped**".to_string(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.proxies,
+                    services(r),
+                    check,
+                    stuck,
+                    dropped,
+                    cell(&r.restart),
+                    if r.restart.proxies == 0 {
+                        "–".to_string()
+                    } else {
+                        format!("{:.1}", r.restart_resources_per_proxy)
+                    },
+                    if r.restart.proxies == 0 {
+                        "–".to_string()
+                    } else {
+                        format!("{:.2}", r.pilot.cpu_s_restart)
+                    },
+                    if r.restart.proxies == 0 {
+                        "–".to_string()
+                    } else {
+                        format!("{:.1}", r.pilot.restart_peak_rss_mib)
+                    },
+                );
+            }
         }
         s.push_str(
             "\n## Pilot resources (CPU seconds = utime+stime, all threads; RSS in MiB)\n\n\
@@ -157,7 +235,7 @@ impl PilotReport {
                 s,
                 "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.2} | {:.1} |",
                 r.proxies,
-                r.services,
+                services(r),
                 p.rss_after_load_mib,
                 p.rss_after_sync_mib,
                 p.peak_rss_mib,
@@ -184,7 +262,7 @@ impl PilotReport {
                 s,
                 "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 r.proxies,
-                r.services,
+                services(r),
                 r.config_yaml_bytes as f64 / 1024.0,
                 b[0],
                 b[1],
@@ -211,6 +289,15 @@ impl PilotReport {
     }
 }
 
+/// The M column: the service count, marked when a Sidecar scoped each namespace.
+fn services(r: &SizeResult) -> String {
+    if r.scoped {
+        format!("{} + Sidecar ./*", r.services)
+    } else {
+        r.services.to_string()
+    }
+}
+
 /// `p50 / p99 / max`, or why not.
 fn cell(p: &Phase) -> String {
     if p.proxies == 0 {
@@ -218,6 +305,13 @@ fn cell(p: &Phase) -> String {
     }
     let ms = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
     let mut c = format!("{} / {} / {}", ms(p.p50_ms), ms(p.p99_ms), ms(p.max_ms));
+    if p.unexpected_pushes > 0 {
+        let _ = write!(
+            c,
+            " (+{} pushes to proxies it does not concern)",
+            p.unexpected_pushes
+        );
+    }
     if p.timed_out {
         let _ = write!(c, " **timed out** ({}/{})", p.converged, p.proxies);
     }
@@ -244,6 +338,10 @@ mod tests {
             quiet: std::time::Duration::from_secs(1),
             burst: 100,
             client_threads: 1,
+            scopes: vec![false],
+            stuck: 0,
+            send_timeout: std::time::Duration::from_secs(10),
+            restart: false,
         };
         let rep = PilotReport::new(&Machine::probe(), &opts, "x", Instant::now(), vec![r]);
         let md = rep.markdown("c.svg");

@@ -118,10 +118,11 @@ pub fn convergence_chart(results: &[SizeResult]) -> String {
             }
             let _ = writeln!(
                 s,
-                "<text x=\"{mid:.1}\" y=\"{:.1}\" text-anchor=\"middle\">N={} M={}</text>",
+                "<text x=\"{mid:.1}\" y=\"{:.1}\" text-anchor=\"middle\">N={} M={}{}</text>",
                 base + 14.0,
                 r.proxies,
-                r.services
+                r.services,
+                if r.scoped { " Sidecar" } else { "" }
             );
         }
         let _ = writeln!(
