@@ -336,3 +336,39 @@ async fn delta_honours_initial_versions_and_subscriptions() {
     );
     assert!(!p.types.contains_key("RDS"));
 }
+
+/// A proxy resuming (a restarted server) that holds part of the config gets
+/// exactly the rest: wildcard resources it lacks, named ones it asked for
+/// and lacks, and nothing it already holds at the current version.
+#[tokio::test]
+async fn delta_resume_sends_only_what_the_proxy_lacks() {
+    let server = TestServer::start(world("1")).await;
+    let first = DeltaDiscoveryRequest {
+        node: node("p1"),
+        type_url: CLUSTER.into(),
+        initial_resource_versions: [("a".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    };
+    let mut d = Delta::open(&server, first).await;
+    let (cds, items) = d.expect(CLUSTER).await;
+    assert_eq!(items, pairs(&[("b", "1")]), "b is missing from the proxy");
+    assert!(cds.removed_resources.is_empty());
+    d.ack(&cds);
+    d.tx.send(DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names_subscribe: vec!["a".into(), "b".into()],
+        initial_resource_versions: [("b".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let (eds, items) = d.expect(ENDPOINT).await;
+    assert_eq!(items, pairs(&[("a", "1")]));
+    d.ack(&eds);
+    // A later change still diffs from what it holds.
+    server.set(snapshot(&[
+        (CLUSTER, &[("a", "1"), ("b", "2")]),
+        (ENDPOINT, &[("a", "1"), ("b", "1")]),
+    ]));
+    let (_, items) = d.expect(CLUSTER).await;
+    assert_eq!(items, pairs(&[("b", "2")]));
+}

@@ -131,6 +131,55 @@ impl TypeState {
         self.held.as_ref()?.get(name).map(|r| &*r.version)
     }
 
+    /// A (re)connecting proxy's first request: what it holds, from its
+    /// `initial_resource_versions`. Against the current snapshot only the
+    /// names that differ are kept (its version differs, or it lacks a wanted
+    /// resource): a proxy that reconnects to a restarted pilot with the same
+    /// config costs a comparison per name, not a copy of every name.
+    fn resume(&mut self, snapshot: Option<&super::TypeSnapshot>, initial: HashMap<String, String>) {
+        let sub = &self.subscription;
+        let Some(snapshot) = snapshot.filter(|_| !initial.is_empty()) else {
+            self.deviations = initial
+                .into_iter()
+                .filter(|(name, _)| sub.wants(name))
+                .map(|(name, version)| (Arc::from(name), Some(Arc::from(version))))
+                .collect();
+            return;
+        };
+        let current = &snapshot.resources;
+        let mut deviations = HashMap::new();
+        for (name, version) in &initial {
+            if !sub.wants(name) {
+                continue;
+            }
+            match current.get_key_value(name.as_str()) {
+                Some((_, r)) if *r.version == **version => {}
+                Some((key, _)) => {
+                    deviations.insert(key.clone(), Some(Arc::from(version.as_str())));
+                }
+                None => {
+                    deviations.insert(Arc::from(name.as_str()), Some(Arc::from(version.as_str())));
+                }
+            }
+        }
+        let lacks = |name: &Arc<str>| !initial.contains_key(&**name);
+        if sub.wildcard {
+            for name in current.keys().filter(|n| lacks(n)) {
+                deviations.insert(name.clone(), None);
+            }
+        } else {
+            for name in sub
+                .names
+                .iter()
+                .filter(|n| lacks(n) && current.contains_key(&***n))
+            {
+                deviations.insert(name.clone(), None);
+            }
+        }
+        self.held = Some(current.clone());
+        self.deviations = deviations;
+    }
+
     /// A subscription change: names it now wants that `held` has but the
     /// proxy never got are marked as not held; names it dropped are
     /// forgotten (the proxy drops them too).
@@ -198,17 +247,8 @@ impl DeltaStream {
         }
         let state = self.types.entry(url.clone()).or_default();
         let before = state.subscription.clone();
+        let initial = request.initial_resource_versions;
         if first_for_type {
-            state.deviations = request
-                .initial_resource_versions
-                .into_iter()
-                .map(|(name, version)| {
-                    (
-                        Subscription::name_in(type_snapshot, &name),
-                        Some(Arc::from(version)),
-                    )
-                })
-                .collect();
             state.subscription.wildcard =
                 request.resource_names_subscribe.is_empty() && is_wildcard_type(&url);
         }
@@ -233,9 +273,7 @@ impl DeltaStream {
             state.subscription.names = self.shared.names.intern(Arc::new(names));
         }
         if first_for_type {
-            // Initial versions of names it does not subscribe to are moot.
-            let subscription = &state.subscription;
-            state.deviations.retain(|name, _| subscription.wants(name));
+            state.resume(type_snapshot, initial);
         } else if before != state.subscription {
             state.resubscribe(&before);
         }
