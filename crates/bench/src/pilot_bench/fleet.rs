@@ -359,6 +359,25 @@ fn opening_requests(
     out
 }
 
+/// A delta ADS stream on `channel` sending what `requests` yields, decoded
+/// through the lean response type.
+async fn open_stream(
+    channel: Channel,
+    requests: mpsc::Receiver<DeltaDiscoveryRequest>,
+) -> anyhow::Result<tonic::Streaming<lean::DeltaResponse>> {
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
+    grpc.ready().await?;
+    let codec = tonic_prost::ProstCodec::<DeltaDiscoveryRequest, lean::DeltaResponse>::default();
+    Ok(grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(requests)),
+            PathAndQuery::from_static(ADS_PATH),
+            codec,
+        )
+        .await?
+        .into_inner())
+}
+
 /// One stream: subscribe (or resume), follow the dependency chain, ACK
 /// everything, until the stream ends.
 async fn run_stream(
@@ -387,17 +406,7 @@ async fn run_stream(
         tx.send(r).await?;
     }
 
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
-    grpc.ready().await?;
-    let codec = tonic_prost::ProstCodec::<DeltaDiscoveryRequest, lean::DeltaResponse>::default();
-    let mut inbound = grpc
-        .streaming(
-            tonic::Request::new(ReceiverStream::new(rx)),
-            PathAndQuery::from_static(ADS_PATH),
-            codec,
-        )
-        .await?
-        .into_inner();
+    let mut inbound = open_stream(channel, rx).await?;
 
     let mut seen = [false; 4];
     let mut route_names = Vec::new();
@@ -540,19 +549,7 @@ impl Stuck {
             cds.node = Some(node);
             tx.send(cds).await?;
             tx.send(request(LDS)).await?;
-            let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
-            grpc.ready().await?;
-            let codec =
-                tonic_prost::ProstCodec::<DeltaDiscoveryRequest, lean::DeltaResponse>::default();
-            let streaming = grpc
-                .streaming(
-                    tonic::Request::new(ReceiverStream::new(rx)),
-                    PathAndQuery::from_static(ADS_PATH),
-                    codec,
-                )
-                .await?
-                .into_inner();
-            stuck._streams.push(streaming);
+            stuck._streams.push(open_stream(channel, rx).await?);
             stuck._requests.push(tx);
         }
         Ok(stuck)

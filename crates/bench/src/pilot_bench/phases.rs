@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::fleet::FleetStats;
+use super::fleet::{FleetStats, ProxyStats};
 
 /// One measured phase, over proxies.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -52,22 +52,11 @@ const POLL: Duration = Duration::from_millis(10);
 /// Wait until every proxy has its first full config (or a stream failed, or
 /// the deadline). Times are from the fleet's epoch (stream start).
 pub async fn first_sync(fleet: &FleetStats, timeout: Duration) -> Phase {
-    let deadline = Instant::now() + timeout;
     let n = fleet.proxies.len();
-    let timed_out = loop {
-        let done = fleet
-            .proxies
-            .iter()
-            .filter(|p| p.synced.load(Relaxed) != 0 || p.failed.load(Relaxed) != 0)
-            .count();
-        if done == n {
-            break false;
-        }
-        if Instant::now() > deadline {
-            break true;
-        }
-        tokio::time::sleep(POLL).await;
-    };
+    let timed_out = !until_all(fleet, timeout, |p| {
+        p.synced.load(Relaxed) != 0 || p.failed.load(Relaxed) != 0
+    })
+    .await;
     let ms = fleet
         .proxies
         .iter()
@@ -79,21 +68,30 @@ pub async fn first_sync(fleet: &FleetStats, timeout: Duration) -> Phase {
     phase(ms, n, timed_out, 1.0)
 }
 
+/// Poll until `done` holds for every proxy; false if `timeout` passed first.
+async fn until_all(
+    fleet: &FleetStats,
+    timeout: Duration,
+    done: impl Fn(&ProxyStats) -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if fleet.proxies.iter().all(&done) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// After the pilot went away at `since` (fleet ns): wait until every proxy has
 /// reconnected and is in sync again; per proxy, the time from `since`.
 pub async fn resync(fleet: &FleetStats, since: u64, timeout: Duration) -> Phase {
-    let deadline = Instant::now() + timeout;
     let n = fleet.proxies.len();
-    let done = |p: &super::fleet::ProxyStats| p.resynced.load(Relaxed) > since;
-    let timed_out = loop {
-        if fleet.proxies.iter().all(done) {
-            break false;
-        }
-        if Instant::now() > deadline {
-            break true;
-        }
-        tokio::time::sleep(POLL).await;
-    };
+    let done = |p: &ProxyStats| p.resynced.load(Relaxed) > since;
+    let timed_out = !until_all(fleet, timeout, done).await;
     let ms = fleet
         .proxies
         .iter()
