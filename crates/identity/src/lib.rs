@@ -10,8 +10,10 @@
 
 pub mod ca;
 pub mod spiffe;
+pub mod token;
 pub mod workload;
 
 pub use ca::{Ca, CaError, Issued, SignError};
 pub use spiffe::{SpiffeId, SpiffeIdError};
+pub use token::{LocalTokens, ServiceAccount, TokenError, TokenIssuer, TokenVerifier};
 pub use workload::{WorkloadKey, renew_at};
