@@ -97,6 +97,26 @@ struct PilotArgs {
     /// long, e.g. 30s; 0 never (Istio's PILOT_XDS_SEND_TIMEOUT).
     #[arg(long, env = "PILOT_XDS_SEND_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     send_timeout: Duration,
+    /// Run the mesh CA: Istio's plug-in CA files in DIR (`ca-cert.pem`,
+    /// `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`), or a self-signed
+    /// root created there on first start. Serves xDS and Istio's certificate
+    /// service over TLS on --secure-xds.
+    #[arg(long, requires = "token_key")]
+    ca_dir: Option<PathBuf>,
+    /// Public key (PEM) that verifies workloads' service-account tokens.
+    #[arg(long)]
+    token_key: Option<PathBuf>,
+    /// xDS and the CA over TLS (Istio's 15012).
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    secure_xds: SocketAddr,
+    /// MeshConfig file (`trustDomain`, ...); a bare MeshConfig, Helm values
+    /// with `meshConfig:`, or the `istio` ConfigMap.
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
+    /// Workload certificate lifetime when a CSR asks for none (Istio's
+    /// DEFAULT_WORKLOAD_CERT_TTL).
+    #[arg(long, env = "DEFAULT_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    workload_cert_ttl: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -182,6 +202,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pilot(args) => runtime(None)?.block_on(async {
+            let mesh_config = match &args.mesh_config {
+                Some(path) => {
+                    api::mesh_config::load_mesh_config(path).map_err(|e| anyhow::anyhow!("{e}"))?
+                }
+                None => api::mesh_config::MeshConfig::default(),
+            };
+            let ca = match (&args.ca_dir, &args.token_key) {
+                (Some(dir), Some(token_key)) => Some(pilot::CaOptions {
+                    dir: dir.clone(),
+                    token_key: token_key.clone(),
+                    secure_addr: args.secure_xds,
+                    trust_domain: mesh_config.trust_domain().to_string(),
+                    workload_ttl: args.workload_cert_ttl,
+                }),
+                _ => None,
+            };
             let opts = pilot::PilotOptions {
                 config_dir: args.config,
                 registry_dir: args.registry,
@@ -192,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 auto_allocate: args.auto_allocate,
                 push_throttle: args.push_throttle,
                 send_timeout: (!args.send_timeout.is_zero()).then_some(args.send_timeout),
+                ca,
             };
             tokio::select! {
                 r = pilot::run(opts, None) => r.context("pilot"),

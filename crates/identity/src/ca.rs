@@ -113,7 +113,8 @@ fn certs(path: &Path, text: &str) -> Result<Vec<(String, Vec<u8>)>, CaError> {
         X509Certificate::from_der(p.contents()).map_err(|e| {
             CaError::Invalid(path.to_path_buf(), format!("not an X.509 certificate: {e}"))
         })?;
-        out.push((pem::encode(&p), p.into_contents()));
+        let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        out.push((pem::encode_config(&p, lf), p.into_contents()));
     }
     if out.is_empty() {
         return Err(CaError::Invalid(
@@ -294,6 +295,41 @@ impl Ca {
                 caller: caller.to_string(),
             });
         }
+        self.issue(&csr.public_key, csr.params.subject_alt_names, ttl, now)
+    }
+
+    /// A serving certificate for the CA's own process (the pilot on 15012):
+    /// `id` plus DNS names, for `key`. Not reachable by a CSR.
+    pub fn issue_serving(
+        &self,
+        key: &crate::WorkloadKey,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Issued, SignError> {
+        let mut sans = vec![SanType::URI(
+            id.to_string()
+                .try_into()
+                .map_err(|e: rcgen::Error| SignError::Sign(e.to_string()))?,
+        )];
+        for name in dns_names {
+            sans.push(SanType::DnsName(
+                name.clone()
+                    .try_into()
+                    .map_err(|e: rcgen::Error| SignError::Sign(e.to_string()))?,
+            ));
+        }
+        self.issue(key.key_pair(), sans, ttl, now)
+    }
+
+    fn issue(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        sans: Vec<SanType>,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Issued, SignError> {
         let ttl = if ttl.is_zero() {
             DEFAULT_WORKLOAD_TTL
         } else {
@@ -303,7 +339,7 @@ impl Ca {
         let not_after = (now + ttl).min(self.not_after);
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = csr.params.subject_alt_names.clone();
+        params.subject_alt_names = sans;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -315,10 +351,10 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
-        let serial = serial(rcgen::PublicKeyData::der_bytes(&csr.public_key));
+        let serial = serial(public_key.der_bytes());
         params.serial_number = Some(serial.clone());
         let cert = params
-            .signed_by(&csr.public_key, &self.issuer)
+            .signed_by(public_key, &self.issuer)
             .map_err(|e| SignError::Sign(e.to_string()))?;
         let mut chain = vec![cert.pem()];
         chain.extend(self.path.iter().cloned());

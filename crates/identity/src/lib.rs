@@ -9,6 +9,8 @@
 //! ```
 
 pub mod ca;
+pub mod client;
+pub mod proto;
 pub mod spiffe;
 pub mod token;
 pub mod workload;

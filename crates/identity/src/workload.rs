@@ -34,6 +34,10 @@ impl WorkloadKey {
         params.serialize_request(&self.key)?.pem()
     }
 
+    pub(crate) fn key_pair(&self) -> &KeyPair {
+        &self.key
+    }
+
     /// The key in PKCS#8 PEM, for a TLS stack in the same process.
     pub fn private_key_pem(&self) -> String {
         self.key.serialize_pem()

@@ -5,6 +5,7 @@
 //! [`discovery`] (per-proxy snapshots) → ADS (`xds::server`).
 
 pub mod auto_vip;
+pub mod ca_service;
 pub mod check;
 pub mod cluster_ip;
 pub mod compile;
@@ -62,7 +63,28 @@ pub struct PilotOptions {
     /// Drop a stream whose proxy has not read a response for this long
     /// (Istio's PILOT_XDS_SEND_TIMEOUT; None: never).
     pub send_timeout: Option<Duration>,
+    /// The mesh CA and the TLS port (Istio's 15012), when enabled.
+    pub ca: Option<CaOptions>,
 }
+
+/// The CA and xDS over TLS.
+#[derive(Clone, Debug)]
+pub struct CaOptions {
+    /// Istio's plug-in CA files (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`,
+    /// `cert-chain.pem`), or where a self-signed root is created on first start.
+    pub dir: PathBuf,
+    /// Public key (PEM) that verifies workloads' service-account tokens.
+    pub token_key: PathBuf,
+    /// xDS and the certificate service over TLS (Istio's 15012).
+    pub secure_addr: SocketAddr,
+    /// meshConfig `trustDomain`.
+    pub trust_domain: String,
+    /// Istio's `DEFAULT_WORKLOAD_CERT_TTL` (24 h).
+    pub workload_ttl: Duration,
+}
+
+/// The names the pilot's own serving certificate carries (istiod's).
+pub const PILOT_DNS_NAMES: [&str; 3] = ["istiod.istio-system.svc", "istiod", "localhost"];
 
 /// Why the pilot could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +98,8 @@ pub enum PilotError {
     Serve(#[from] tonic::transport::Error),
     #[error("debug server: {0}")]
     Debug(std::io::Error),
+    #[error("CA: {0}")]
+    Ca(String),
 }
 
 /// A started pilot: where it listens.
@@ -84,6 +108,8 @@ pub struct Pilot {
     pub debug_addr: SocketAddr,
     /// Where DNS is answered, when asked for.
     pub dns_addr: Option<SocketAddr>,
+    /// xDS and the CA over TLS, when the CA is on.
+    pub secure_addr: Option<SocketAddr>,
     pub discovery: Arc<Discovery>,
     pub sync: xds::status::SyncStatus,
 }
@@ -148,6 +174,17 @@ pub async fn run(
     )
     .with_send_timeout(opts.send_timeout)
     .into_service();
+    let secure = match &opts.ca {
+        Some(ca) => Some(secure_server(ca, ads.clone()).await?),
+        None => None,
+    };
+    let secure_addr = secure.as_ref().map(|(addr, _)| *addr);
+    let secure_task = async {
+        match secure {
+            Some((_, task)) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     let xds_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(ads)
@@ -166,6 +203,7 @@ pub async fn run(
             xds_addr,
             debug_addr,
             dns_addr: dns.as_ref().map(dns::DnsServer::local_addr),
+            secure_addr,
             discovery: discovery.clone(),
             sync: sync.clone(),
         });
@@ -204,10 +242,68 @@ pub async fn run(
     };
     tokio::select! {
         r = xds_task => r.map_err(|e| PilotError::Debug(std::io::Error::other(e)))??,
+        r = secure_task => r.map_err(|e| PilotError::Debug(std::io::Error::other(e)))??,
         r = debug_task => r.map_err(|e| PilotError::Debug(std::io::Error::other(e)))?.map_err(PilotError::Debug)?,
         () = watch => {}
     }
     Ok(())
+}
+
+/// Load the CA, give the pilot a serving certificate from it, and serve ADS
+/// and the certificate service over TLS.
+async fn secure_server(
+    opts: &CaOptions,
+    ads: xds::server::AdsService,
+) -> Result<
+    (
+        SocketAddr,
+        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    ),
+    PilotError,
+> {
+    let ca = identity::Ca::from_dir(&opts.dir, &opts.trust_domain)
+        .map_err(|e| PilotError::Ca(e.to_string()))?;
+    let key_text = std::fs::read_to_string(&opts.token_key)
+        .map_err(|e| PilotError::Ca(format!("{}: {e}", opts.token_key.display())))?;
+    let tokens = identity::LocalTokens::new(&key_text)
+        .map_err(|e| PilotError::Ca(format!("{}: {e}", opts.token_key.display())))?;
+    let own_key = identity::WorkloadKey::generate().map_err(|e| PilotError::Ca(e.to_string()))?;
+    let own_id = identity::SpiffeId::new(&opts.trust_domain, "istio-system", "istiod");
+    let dns: Vec<String> = PILOT_DNS_NAMES.iter().map(|s| s.to_string()).collect();
+    let serving = ca
+        .issue_serving(
+            &own_key,
+            &own_id,
+            &dns,
+            identity::ca::MAX_WORKLOAD_TTL,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| PilotError::Ca(e.to_string()))?;
+    let tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(serving.chain.concat(), own_key.private_key_pem()),
+    );
+    let listener = TcpListener::bind(opts.secure_addr)
+        .await
+        .map_err(|source| PilotError::Bind {
+            addr: opts.secure_addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(PilotError::Debug)?;
+    let state = Arc::new(ca_service::CaState {
+        ca,
+        tokens: Box::new(tokens),
+        workload_ttl: opts.workload_ttl,
+    });
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| PilotError::Ca(e.to_string()))?
+        .add_service(ads)
+        .add_service(ca_service::CaService::new(state));
+    tracing::info!(%addr, trust_domain = %opts.trust_domain, "CA and xDS over TLS");
+    Ok((
+        addr,
+        tokio::spawn(server.serve_with_incoming(TcpListenerStream::new(listener))),
+    ))
 }
 
 fn report_of(loaded: &config::Loaded, loads: u64) -> ConfigReport {
