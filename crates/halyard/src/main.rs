@@ -5,6 +5,7 @@ mod analyze;
 mod bootstrap;
 mod mesh_cmd;
 mod progress;
+mod token;
 mod validate;
 
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ enum Command {
     Proxy(ProxyArgs),
     /// Print an Envoy bootstrap for a sidecar (works for Envoy and `halyard proxy`).
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Service-account tokens for the CA: create a signing key, or issue a token.
+    Token(token::TokenArgs),
     /// The test application: echoes requests as JSON, makes calls on request.
     Echo(echo::EchoArgs),
     /// Check Istio/Kubernetes YAML offline: schema and Istio's validation rules.
@@ -135,7 +138,7 @@ struct ProxyArgs {
     concurrency: Option<usize>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<api::Duration>()
         .map(|d| d.get())
         .map_err(|e| e.to_string())
@@ -177,7 +180,15 @@ fn main() -> std::process::ExitCode {
             }
             // clap's first line says what is wrong; the usage is one --help away.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("error: bad arguments");
+            // A first line ending in ':' is completed by the next one (the
+            // missing arguments' names), still on one line.
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("error: bad arguments").to_string();
+            if first.ends_with(':')
+                && let Some(next) = lines.next()
+            {
+                first = format!("{first} {next}");
+            }
             eprintln!(
                 "halyard: {} (see `halyard --help`)",
                 first.trim_start_matches("error: ")
@@ -244,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             proxy::run(opts).await
         }),
         Command::Echo(args) => runtime(None)?.block_on(echo::run(args)),
+        Command::Token(args) => token::run(&args),
         Command::Validate(args) => std::process::exit(validate::run(&args)),
         Command::Analyze(args) => std::process::exit(analyze::run(&args)),
         Command::Up(args) => mesh_cmd::up(args),

@@ -91,3 +91,71 @@ fn demo_script_dry_run() {
         "{text}"
     );
 }
+
+#[test]
+fn missing_required_flag_is_named() {
+    let err = one_line_error(&halyard(&["token", "--key", "k"], None));
+    assert!(err.contains("--namespace"), "{err}");
+    let err = one_line_error(&halyard(
+        &["pilot", "--config", "/tmp", "--ca-dir", "/tmp/x"],
+        None,
+    ));
+    assert!(err.contains("--token-key"), "{err}");
+}
+
+#[test]
+fn token_keys_are_created_once_and_issue_tokens() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = dir.path().join("sa.key");
+    let key = key.to_str().expect("utf8");
+    let out = halyard(&["token", "--key", key, "--new-key"], None);
+    assert!(out.status.success(), "{out:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key).expect("key").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let public = std::fs::read_to_string(format!("{key}.pub")).expect("public key");
+    let out = halyard(
+        &[
+            "token",
+            "--key",
+            key,
+            "--namespace",
+            "default",
+            "--service-account",
+            "sleep",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).expect("utf8");
+    let verifier = identity::LocalTokens::new(&public).expect("verifier");
+    use identity::TokenVerifier;
+    let sa = verifier.verify(token.trim()).expect("a valid token");
+    assert_eq!(
+        (sa.namespace.as_str(), sa.name.as_str()),
+        ("default", "sleep")
+    );
+    // Never overwritten.
+    let err = one_line_error(&halyard(&["token", "--key", key, "--new-key"], None));
+    assert!(err.contains("sa.key") && err.contains("exists"), "{err}");
+    // A pilot whose token key is unreadable stops with the file named.
+    let err = one_line_error(&halyard(
+        &[
+            "pilot",
+            "--config",
+            dir.path().to_str().expect("utf8"),
+            "--ca-dir",
+            dir.path().join("ca").to_str().expect("utf8"),
+            "--token-key",
+            "/nonexistent/sa.pub",
+            "--xds",
+            "127.0.0.1:0",
+            "--debug",
+            "127.0.0.1:0",
+            "--secure-xds",
+            "127.0.0.1:0",
+        ],
+        None,
+    ));
+    assert!(err.contains("/nonexistent/sa.pub"), "{err}");
+}

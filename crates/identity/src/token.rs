@@ -63,11 +63,15 @@ pub struct TokenIssuer {
 impl TokenIssuer {
     /// A new signing key (ECDSA P-256).
     pub fn generate() -> Result<TokenIssuer, rcgen::Error> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        Self::from_pem(&key.serialize_pem()).map_err(|_| rcgen::Error::CouldNotParseKeyPair)
+        Self::from_pem(&Self::generate_pem()?).map_err(|_| rcgen::Error::CouldNotParseKeyPair)
     }
 
-    /// From a PKCS#8 PEM private key (as [`TokenIssuer::private_pem`] wrote it).
+    /// A new signing key as PKCS#8 PEM, to keep in a file.
+    pub fn generate_pem() -> Result<String, rcgen::Error> {
+        Ok(rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem())
+    }
+
+    /// From a PKCS#8 PEM private key (as [`TokenIssuer::generate_pem`] makes it).
     pub fn from_pem(private_pem: &str) -> Result<TokenIssuer, TokenError> {
         let pair = rcgen::KeyPair::from_pem(private_pem)
             .map_err(|e| TokenError::Invalid(format!("signing key: {e}")))?;
