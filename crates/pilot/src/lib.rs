@@ -17,6 +17,7 @@ pub mod mesh;
 pub mod model;
 pub mod names;
 pub mod node;
+pub mod peer_authn;
 pub mod policy;
 pub mod routing;
 pub mod translate;
