@@ -12,6 +12,7 @@ pub mod ca;
 pub mod client;
 pub mod proto;
 pub mod spiffe;
+pub mod tls;
 pub mod token;
 pub mod workload;
 
