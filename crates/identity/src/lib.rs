@@ -10,6 +10,7 @@
 
 pub mod ca;
 pub mod client;
+pub mod keeper;
 pub mod proto;
 pub mod spiffe;
 pub mod tls;

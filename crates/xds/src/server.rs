@@ -24,7 +24,7 @@ mod grpc;
 mod shared;
 mod sotw;
 
-pub use grpc::AdsService;
+pub use grpc::{AdsService, SdsService};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -322,6 +322,12 @@ impl AdsServer {
             shared.send_timeout = timeout;
         }
         self
+    }
+
+    /// The same snapshots as Envoy's SDS service (`StreamSecrets`,
+    /// `DeltaSecrets`), as an agent serves its proxy's certificates.
+    pub fn into_sds_service(self) -> SdsService {
+        SdsService(self.into_service())
     }
 
     /// The service for tonic's router (ADS, both variants, on their gRPC paths).

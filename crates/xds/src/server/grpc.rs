@@ -270,6 +270,33 @@ const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+/// SDS on its own stream (how Envoy reaches pilot-agent's `sds-grpc`): the
+/// same protocol, served from the same snapshots.
+const SDS_SOTW_PATH: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+const SDS_DELTA_PATH: &str = "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets";
+
+/// The secret discovery service (`envoy.service.secret.v3`), for tonic's
+/// router: the ADS machinery under SDS's gRPC names.
+#[derive(Clone)]
+pub struct SdsService(pub(super) AdsService);
+
+impl NamedService for SdsService {
+    const NAME: &'static str = "envoy.service.secret.v3.SecretDiscoveryService";
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for SdsService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        self.0.call(req)
+    }
+}
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for AdsService {
     type Response = http::Response<tonic::body::Body>;
@@ -288,11 +315,11 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for AdsService {
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         match req.uri().path() {
-            DELTA_PATH => {
+            DELTA_PATH | SDS_DELTA_PATH => {
                 let requests: Requests<DeltaDiscoveryRequest> = Requests::new(req.into_body());
                 tokio::spawn(super::delta::run(ctx, requests, tx));
             }
-            SOTW_PATH => {
+            SOTW_PATH | SDS_SOTW_PATH => {
                 let requests: Requests<DiscoveryRequest> = Requests::new(req.into_body());
                 tokio::spawn(super::sotw::run(ctx, requests, tx));
             }
