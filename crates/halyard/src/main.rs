@@ -1,6 +1,7 @@
 //! `halyard`: the one binary — control plane, sidecar proxy, bootstrap
 //! generator and the echo test app.
 
+mod agent;
 mod analyze;
 mod bootstrap;
 mod mesh_cmd;
@@ -34,6 +35,9 @@ enum Command {
     Proxy(ProxyArgs),
     /// Print an Envoy bootstrap for a sidecar (works for Envoy and `halyard proxy`).
     Bootstrap(bootstrap::BootstrapArgs),
+    /// pilot-agent's SDS role for a stock Envoy: keep the workload certificate
+    /// and serve it over SDS on Istio's UDS path.
+    Agent(agent::AgentArgs),
     /// Service-account tokens for the CA: create a signing key, or issue a token.
     Token(token::TokenArgs),
     /// The test application: echoes requests as JSON, makes calls on request.
@@ -256,6 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Echo(args) => runtime(None)?.block_on(echo::run(args)),
         Command::Token(args) => token::run(&args),
+        Command::Agent(args) => runtime(None)?.block_on(agent::run(args)),
         Command::Validate(args) => std::process::exit(validate::run(&args)),
         Command::Analyze(args) => std::process::exit(analyze::run(&args)),
         Command::Up(args) => mesh_cmd::up(args),

@@ -1,0 +1,178 @@
+//! `halyard agent`: pilot-agent's SDS role for a stock Envoy. It keeps the
+//! workload's certificate (key made in memory, CSR to the mesh CA over TLS
+//! with the workload's service-account token, renewed at half-life) and
+//! serves it to Envoy over SDS on Istio's UDS path as the secrets `default`
+//! (certificate and key) and `ROOTCA` (the mesh root). Our own proxy needs no
+//! agent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, TlsCertificate, secret,
+};
+use prost::{Message, Name};
+use tokio::sync::watch;
+use xds::server::{Resource, Snapshot, SnapshotSource, TypeSnapshot};
+
+/// Istio's SDS socket, relative to the workload's working directory.
+pub const DEFAULT_SOCKET: &str = "./var/run/secrets/workload-spiffe-uds/socket";
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// The mesh CA (the pilot's TLS port, Istio's 15012).
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    ca_address: SocketAddr,
+    /// The mesh root that the CA's certificate chains to (Istio mounts
+    /// `./var/run/secrets/istio/root-cert.pem`).
+    #[arg(long)]
+    ca_root: PathBuf,
+    /// The name the CA's certificate is checked for.
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    ca_name: String,
+    /// The service-account token file (re-read on every request).
+    #[arg(long)]
+    token: PathBuf,
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Where Envoy reaches SDS.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+/// Asks the CA over TLS with the token in the file.
+struct CaClient {
+    channel: tonic::transport::Channel,
+    token: PathBuf,
+}
+
+impl identity::keeper::Fetch for CaClient {
+    async fn fetch(&self, csr: String) -> Result<Vec<String>, String> {
+        let token = std::fs::read_to_string(&self.token)
+            .map_err(|e| format!("{}: {e}", self.token.display()))?;
+        identity::client::create_certificate(
+            self.channel.clone(),
+            &csr,
+            token.trim(),
+            std::time::Duration::ZERO,
+        )
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    }
+}
+
+fn inline(text: &str) -> Option<DataSource> {
+    Some(DataSource {
+        specifier: Some(Specifier::InlineBytes(text.as_bytes().to_vec())),
+        ..Default::default()
+    })
+}
+
+fn any_of<M: Message + Name>(m: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// Istio's two secrets for a bundle.
+pub fn secrets(bundle: &identity::keeper::Bundle) -> Snapshot {
+    let default = Secret {
+        name: "default".into(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline(&bundle.chain.concat()),
+            private_key: inline(&bundle.key_pem),
+            ..Default::default()
+        })),
+    };
+    let root = Secret {
+        name: "ROOTCA".into(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: inline(&bundle.roots.concat()),
+                ..Default::default()
+            },
+        )),
+    };
+    let mut snap = Snapshot::default();
+    snap.types.insert(
+        xds::type_url::SECRET.to_string(),
+        TypeSnapshot::from_resources([
+            Resource::new("default", any_of(&default)),
+            Resource::new("ROOTCA", any_of(&root)),
+        ]),
+    );
+    snap
+}
+
+/// Every proxy on the socket gets the same secrets.
+struct Secrets(watch::Receiver<Arc<Snapshot>>);
+
+impl SnapshotSource for Secrets {
+    fn subscribe(
+        &self,
+        _node: &envoy_types::pb::envoy::config::core::v3::Node,
+    ) -> Result<watch::Receiver<Arc<Snapshot>>, tonic::Status> {
+        Ok(self.0.clone())
+    }
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let root = std::fs::read_to_string(&args.ca_root)
+        .with_context(|| format!("read {}", args.ca_root.display()))?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", args.ca_address))?
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&root))
+                .domain_name(args.ca_name.clone()),
+        )
+        .context("CA TLS settings")?
+        .connect_lazy();
+    let id = identity::SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account);
+    let (bundles_tx, mut bundles) = watch::channel(None);
+    let keeper = identity::keeper::keep(
+        id,
+        CaClient {
+            channel,
+            token: args.token.clone(),
+        },
+        bundles_tx,
+    );
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let publish = async move {
+        while bundles.changed().await.is_ok() {
+            let current = bundles.borrow_and_update().clone();
+            if let Some(b) = current {
+                snap_tx.send_replace(Arc::new(secrets(&b)));
+            }
+        }
+    };
+    if let Some(dir) = args.socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    let listener = tokio::net::UnixListener::bind(&args.socket)
+        .with_context(|| format!("listen on {}", args.socket.display()))?;
+    let sds = xds::server::AdsServer::new(
+        Arc::new(Secrets(snap_rx)),
+        xds::status::SyncStatus::default(),
+    )
+    .into_sds_service();
+    tracing::info!(socket = %args.socket.display(), ca = %args.ca_address, "SDS agent serving");
+    let serve = tonic::transport::Server::builder()
+        .add_service(sds)
+        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
+    tokio::select! {
+        r = serve => r.context("SDS server")?,
+        () = keeper => {}
+        () = publish => {}
+    }
+    Ok(())
+}

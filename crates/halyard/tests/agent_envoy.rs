@@ -1,0 +1,313 @@
+//! Stock Envoy gets its workload certificate the way Istio's does: `halyard
+//! agent` asks the pilot's CA (over TLS, with the service-account token) and
+//! serves `default` and `ROOTCA` over SDS on a Unix socket. Envoy's listener
+//! then requires mTLS with that identity: a mesh client sees Envoy as
+//! `spiffe://cluster.local/ns/default/sa/sleep`, a client without a
+//! certificate is refused.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Proc, free_port, halyard, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn sds() -> serde_json::Value {
+    serde_json::json!({
+        "resource_api_version": "V3",
+        "api_config_source": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]
+        }
+    })
+}
+
+fn bootstrap(admin: u16, port: u16, socket: &str) -> serde_json::Value {
+    serde_json::json!({
+        "node": {"id": "sidecar~10.0.0.1~sleep-0.default~default.svc.cluster.local", "cluster": "sleep.default"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "clusters": [{
+                "name": "sds-grpc",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}
+                    }
+                },
+                "load_assignment": {
+                    "cluster_name": "sds-grpc",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket}}}}]}]
+                }
+            }],
+            "listeners": [{
+                "name": "mtls",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                            "require_client_certificate": true,
+                            "common_tls_context": {
+                                "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": sds()}],
+                                "combined_validation_context": {
+                                    "default_validation_context": {},
+                                    "validation_context_sds_secret_config": {"name": "ROOTCA", "sds_config": sds()}
+                                }
+                            }
+                        }
+                    },
+                    "filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "mtls",
+                            "route_config": {"virtual_hosts": [{
+                                "name": "all",
+                                "domains": ["*"],
+                                "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "hello from envoy"}}}]
+                            }]},
+                            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                        }
+                    }]
+                }]
+            }]
+        }
+    })
+}
+
+#[test]
+fn stock_envoy_serves_mtls_with_the_agents_certificate() {
+    let Some(envoy) = common::envoy() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = |p: &str| dir.path().join(p);
+    let s = |p: &std::path::Path| p.to_str().expect("utf8").to_string();
+    // A token signing key, and tokens for the two workloads.
+    let ok = halyard()
+        .args(["token", "--key", &s(&d("sa.key")), "--new-key"])
+        .output()
+        .expect("token key");
+    assert!(ok.status.success(), "{ok:?}");
+    let token = |sa: &str| {
+        let out = halyard()
+            .args(["token", "--key", &s(&d("sa.key")), "--namespace", "default"])
+            .args(["--service-account", sa])
+            .output()
+            .expect("token");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string()
+    };
+    std::fs::write(d("sleep.token"), token("sleep")).expect("write");
+    std::fs::create_dir_all(d("config")).expect("mkdir");
+
+    let (xds, debug, secure) = (
+        free_port(&["127.0.0.1"]),
+        free_port(&["127.0.0.1"]),
+        free_port(&["127.0.0.1"]),
+    );
+    let _pilot = Proc::spawn(
+        "pilot",
+        halyard()
+            .args([
+                "pilot",
+                "--config",
+                &s(&d("config")),
+                "--ca-dir",
+                &s(&d("ca")),
+            ])
+            .args(["--token-key", &s(&d("sa.key.pub"))])
+            .args(["--xds", &format!("127.0.0.1:{xds}")])
+            .args(["--debug", &format!("127.0.0.1:{debug}")])
+            .args(["--secure-xds", &format!("127.0.0.1:{secure}")]),
+        dir.path(),
+    );
+    wait_for("the pilot's root", Duration::from_secs(20), || {
+        d("ca/root-cert.pem").exists().then_some(())
+    });
+    let socket = s(&d("var/run/secrets/workload-spiffe-uds/socket"));
+    let _agent = Proc::spawn(
+        "agent",
+        halyard()
+            .args(["agent", "--ca-address", &format!("127.0.0.1:{secure}")])
+            .args(["--ca-root", &s(&d("ca/root-cert.pem"))])
+            .args(["--token", &s(&d("sleep.token"))])
+            .args(["--namespace", "default", "--service-account", "sleep"])
+            .args(["--socket", &socket]),
+        dir.path(),
+    );
+    let (admin, port) = (free_port(&["127.0.0.1"]), free_port(&["127.0.0.1"]));
+    std::fs::write(d("envoy.json"), bootstrap(admin, port, &socket).to_string()).expect("write");
+    let _envoy = Proc::spawn(
+        "envoy",
+        std::process::Command::new(envoy)
+            .args(["-c", &s(&d("envoy.json")), "--base-id"])
+            .arg(format!("{}", port))
+            .args(["-l", "warning"]),
+        dir.path(),
+    );
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let root = std::fs::read_to_string(d("ca/root-cert.pem")).expect("root");
+    // A mesh client's certificate, from the same CA.
+    let client_creds = rt.block_on(async {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{secure}"))
+                .expect("endpoint")
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(&root))
+                        .domain_name("istiod.istio-system.svc"),
+                )
+                .expect("tls")
+                .connect()
+                .await
+                .expect("connect to the CA");
+        let key = identity::WorkloadKey::generate().expect("key");
+        let me = identity::SpiffeId::new("cluster.local", "default", "client");
+        let chain = identity::client::create_certificate(
+            channel,
+            &key.csr(&me).expect("csr"),
+            &token("client"),
+            Duration::ZERO,
+        )
+        .await
+        .expect("client certificate");
+        identity::tls::Credentials::from_pem(&chain, &key.private_key_pem(), &[root.clone()])
+            .expect("creds")
+    });
+    let sleep = identity::SpiffeId::new("cluster.local", "default", "sleep");
+    let config = identity::tls::client_config(
+        client_creds,
+        &[root.clone()],
+        &["cluster.local".to_string()],
+        std::slice::from_ref(&sleep),
+    )
+    .expect("client config");
+    let connect = |config: Arc<rustls_config::ClientConfig>| {
+        rt.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| e.to_string())?;
+            let name =
+                rustls_config::pki_types::ServerName::try_from("sleep.default").expect("name");
+            let mut tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(identity::tls::spiffe_id);
+            let group = tls
+                .get_ref()
+                .1
+                .negotiated_key_exchange_group()
+                .map(|g| format!("{:?}", g.name()));
+            eprintln!("key exchange with Envoy: {group:?}");
+            tls.write_all(b"GET / HTTP/1.1\r\nHost: sleep\r\nConnection: close\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            // Envoy may close without close_notify after its response.
+            let mut body = Vec::new();
+            match tls.read_to_end(&mut body).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !body.is_empty() => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            Ok::<_, String>((peer, String::from_utf8_lossy(&body).to_string()))
+        })
+    };
+    // Envoy's listener warms until SDS has delivered both secrets.
+    let (peer, body) = wait_for(
+        "Envoy serving mTLS with SDS secrets",
+        Duration::from_secs(30),
+        || match connect(config.clone()) {
+            Ok((peer, body)) if body.contains("hello") => Some((peer, body)),
+            other => {
+                eprintln!("not yet: {other:?}");
+                None
+            }
+        },
+    );
+    assert_eq!(peer, Some(sleep));
+    assert!(
+        body.starts_with("HTTP/1.1 200") && body.ends_with("hello from envoy"),
+        "{body}"
+    );
+
+    // Without a client certificate Envoy refuses.
+    let anonymous = rustls_config::ClientConfig::builder_with_provider(identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
+    let refused = connect(Arc::new(anonymous));
+    assert!(
+        refused.as_ref().map_or(true, |(_, b)| b.is_empty()),
+        "{refused:?}"
+    );
+}
+
+use tokio_rustls::rustls as rustls_config;
+
+/// Accepts any server (only to show that the server is the one refusing).
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls_config::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_config::pki_types::CertificateDer<'_>,
+        _: &[rustls_config::pki_types::CertificateDer<'_>],
+        _: &rustls_config::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_config::pki_types::UnixTime,
+    ) -> Result<rustls_config::client::danger::ServerCertVerified, rustls_config::Error> {
+        Ok(rustls_config::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_config::pki_types::CertificateDer<'_>,
+        d: &rustls_config::DigitallySignedStruct,
+    ) -> Result<rustls_config::client::danger::HandshakeSignatureValid, rustls_config::Error> {
+        rustls_config::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &identity::tls::provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_config::pki_types::CertificateDer<'_>,
+        d: &rustls_config::DigitallySignedStruct,
+    ) -> Result<rustls_config::client::danger::HandshakeSignatureValid, rustls_config::Error> {
+        rustls_config::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &identity::tls::provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls_config::SignatureScheme> {
+        identity::tls::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
