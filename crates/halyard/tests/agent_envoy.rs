@@ -180,13 +180,17 @@ fn stock_envoy_serves_mtls_with_the_agents_certificate() {
         )
         .await
         .expect("client certificate");
-        identity::tls::Credentials::from_pem(&chain, &key.private_key_pem(), &[root.clone()])
-            .expect("creds")
+        identity::tls::Credentials::from_pem(
+            &chain,
+            &key.private_key_pem(),
+            std::slice::from_ref(&root),
+        )
+        .expect("creds")
     });
     let sleep = identity::SpiffeId::new("cluster.local", "default", "sleep");
     let config = identity::tls::client_config(
         client_creds,
-        &[root.clone()],
+        std::slice::from_ref(&root),
         &["cluster.local".to_string()],
         std::slice::from_ref(&sleep),
     )
