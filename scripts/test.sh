@@ -35,6 +35,9 @@ export HALYARD_ENVOY="$CACHE_DIR/venv/bin/envoy"
 # shellcheck source=scripts/rust.sh
 . scripts/rust.sh
 ensure_rust
+# One build per run: incremental state only grows the shared target dir
+# (it had reached 30 GB and filled the disk).
+export CARGO_INCREMENTAL=0
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2
 
