@@ -25,6 +25,11 @@ pub struct BootstrapArgs {
     /// State-of-the-world ADS instead of delta.
     #[arg(long)]
     pub sotw: bool,
+    /// For a stock Envoy with `halyard agent`: the agent's SDS socket (Istio's
+    /// `./var/run/secrets/workload-spiffe-uds/socket`), reached by a static
+    /// `sds-grpc` cluster as in Istio's bootstrap.
+    #[arg(long)]
+    pub sds_socket: Option<String>,
     /// Output format.
     #[arg(long, default_value = "json", value_parser = ["json", "yaml"])]
     pub output: String,
@@ -46,6 +51,7 @@ impl BootstrapArgs {
             interception_mode: self.interception_mode.clone(),
             service_account: self.service_account.clone(),
             sotw: self.sotw,
+            sds_socket: self.sds_socket.clone(),
         }
     }
 }

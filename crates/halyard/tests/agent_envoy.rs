@@ -24,26 +24,10 @@ fn sds() -> serde_json::Value {
     })
 }
 
-fn bootstrap(admin: u16, port: u16, socket: &str) -> serde_json::Value {
+/// A static listener that needs mTLS with the SDS secrets `default` and `ROOTCA`.
+fn mtls_listeners(port: u16) -> serde_json::Value {
     serde_json::json!({
-        "node": {"id": "sidecar~10.0.0.1~sleep-0.default~default.svc.cluster.local", "cluster": "sleep.default"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
-            "clusters": [{
-                "name": "sds-grpc",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}}
-                    }
-                },
-                "load_assignment": {
-                    "cluster_name": "sds-grpc",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket}}}}]}]
-                }
-            }],
             "listeners": [{
                 "name": "mtls",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
@@ -144,7 +128,28 @@ fn stock_envoy_serves_mtls_with_the_agents_certificate() {
         dir.path(),
     );
     let (admin, port) = (free_port(&["127.0.0.1"]), free_port(&["127.0.0.1"]));
-    std::fs::write(d("envoy.json"), bootstrap(admin, port, &socket).to_string()).expect("write");
+    // Istio's sds-grpc cluster from `halyard bootstrap --sds-socket`, plus a
+    // static mTLS listener whose secrets come from it.
+    let out = halyard()
+        .args([
+            "bootstrap",
+            "--node-id",
+            "sidecar~10.0.0.1~sleep-0.default~default.svc.cluster.local",
+        ])
+        .args([
+            "--xds",
+            &format!("127.0.0.1:{xds}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .args(["--interception-mode", "NONE", "--sds-socket", &socket])
+        .output()
+        .expect("bootstrap");
+    assert!(out.status.success(), "{out:?}");
+    let mut generated: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let listener = mtls_listeners(port)["static_resources"]["listeners"].clone();
+    generated["static_resources"]["listeners"] = listener;
+    std::fs::write(d("envoy.json"), generated.to_string()).expect("write");
     let _envoy = Proc::spawn(
         "envoy",
         std::process::Command::new(envoy)

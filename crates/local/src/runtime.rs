@@ -261,6 +261,7 @@ impl Mesh {
                 interception_mode: "REDIRECT".into(),
                 service_account: run.plan.service_account.clone(),
                 sotw: false,
+                sds_socket: None,
             };
             let json = xds::bootstrap::generate(&spec)
                 .map_err(|e| RuntimeError::Command(e.to_string()))?;

@@ -22,6 +22,10 @@ pub struct BootstrapSpec {
     pub service_account: String,
     /// State-of-the-world ADS instead of delta.
     pub sotw: bool,
+    /// Where `halyard agent` serves SDS (Istio's
+    /// `./var/run/secrets/workload-spiffe-uds/socket`): adds Istio's static
+    /// `sds-grpc` cluster for a stock Envoy's certificates.
+    pub sds_socket: Option<String>,
 }
 
 /// A bootstrap that cannot be made.
@@ -110,6 +114,26 @@ pub fn generate(args: &BootstrapSpec) -> Result<Value, BootstrapError> {
             }]
         }
     });
+    let mut bootstrap = bootstrap;
+    if let Some(path) = &args.sds_socket
+        && let Some(clusters) = bootstrap["static_resources"]["clusters"].as_array_mut()
+    {
+        clusters.push(json!({
+            "name": "sds-grpc",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": "sds-grpc",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": path}}}}]}]
+            },
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}
+                }
+            }
+        }));
+    }
     // Prove it is a valid Envoy bootstrap before anyone starts from it.
     let parsed: Bootstrap = crate::json::from_json(&bootstrap)
         .map_err(|e| BootstrapError(format!("generated bootstrap: {e}")))?;
