@@ -63,6 +63,13 @@ pub fn build_with(resources: &[Resource], options: &BuildOptions) -> Mesh {
             Spec::VirtualService(vs) => mesh.virtual_services.push(virtual_service(r, vs)),
             Spec::DestinationRule(dr) => mesh.destination_rules.push(destination_rule(r, dr)),
             Spec::Sidecar(sc) => mesh.sidecars.push(sidecar(r, sc)),
+            Spec::PeerAuthentication(pa) => {
+                mesh.peer_authentications.push(crate::mesh::PeerAuthnRule {
+                    namespace: r.namespace().to_string(),
+                    name: r.meta.name.clone(),
+                    spec: pa.clone(),
+                })
+            }
             _ => {}
         }
     }

@@ -1,6 +1,7 @@
 //! The pilot's debug and metrics port (15014): `/debug/syncz` (every proxy, its
 //! types, versions sent and ACKed, NACK texts, and what the pre-push check
-//! `dropped` from its config), `/metrics` (Prometheus: `pilot_xds_push_errors`,
+//! `dropped` from its config), `/debug/authenticationz` (each proxy's mTLS mode
+//! from PeerAuthentication), `/metrics` (Prometheus: `pilot_xds_push_errors`,
 //! `pilot_total_xds_internal_errors`), `/debug/configz` (loaded
 //! resources and config errors), `/debug/analyze` (`istioctl analyze`'s
 //! messages for the loaded config), `/debug/config_dump?proxyID=ID`, `/ready`.
@@ -44,6 +45,7 @@ pub fn router(state: DebugState) -> axum::Router {
         .route("/debug/configz", get(configz))
         .route("/debug/analyze", get(analyze))
         .route("/debug/config_dump", get(config_dump))
+        .route("/debug/authenticationz", get(authenticationz))
         .route("/ready", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -125,6 +127,52 @@ async fn config_dump(
     }
 }
 
+/// Each connected proxy's inbound mTLS mode from PeerAuthentication
+/// (`?proxyID=` for one), as Istio's `/debug/authenticationz` answers.
+async fn authenticationz(
+    State(s): State<DebugState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let nodes = s.discovery.proxy_nodes();
+    Json(authn_report(
+        &s.discovery.mesh(),
+        &nodes,
+        q.get("proxyID").map(String::as_str),
+    ))
+}
+
+/// The report behind `/debug/authenticationz`.
+fn authn_report(
+    mesh: &crate::mesh::Mesh,
+    nodes: &[crate::node::ProxyNode],
+    only: Option<&str>,
+) -> Value {
+    let mode = |m: crate::peer_authn::Mode| match m {
+        crate::peer_authn::Mode::Strict => "STRICT",
+        crate::peer_authn::Mode::Permissive => "PERMISSIVE",
+        crate::peer_authn::Mode::Disable => "DISABLE",
+    };
+    let list: Vec<Value> = nodes
+        .iter()
+        .filter(|n| only.is_none_or(|id| id == n.id))
+        .map(|n| {
+            let eff = mesh.mtls_for(&n.namespace, &n.labels);
+            let ports: serde_json::Map<String, Value> = eff
+                .ports
+                .iter()
+                .map(|(p, m)| (p.to_string(), json!(mode(*m))))
+                .collect();
+            json!({
+                "proxy": n.id,
+                "namespace": n.namespace,
+                "mode": mode(eff.default),
+                "ports": ports,
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
 /// A snapshot as Envoy-shaped JSON, by type.
 fn dump(snap: &Snapshot) -> Value {
     let mut out = serde_json::Map::new();
@@ -140,4 +188,78 @@ fn dump(snap: &Snapshot) -> Value {
         );
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod authn_tests {
+    use super::*;
+
+    #[test]
+    fn reports_each_proxys_mode_from_loaded_peer_authentications() {
+        let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: payments}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: legacy, namespace: payments}
+spec:
+  selector: {matchLabels: {app: payments-legacy}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls: {"9090": {mode: DISABLE}}
+"#;
+        let (resources, errors) = api::load::load_str(std::path::Path::new("pa.yaml"), yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mesh = crate::compile::build(&resources);
+        let node = |id: &str, app: &str| {
+            let mut n = crate::node::ProxyNode::from_node(
+                &envoy_types::pb::envoy::config::core::v3::Node {
+                    id: id.to_string(),
+                    ..Default::default()
+                },
+            )
+            .expect("node");
+            n.labels.insert("app".into(), app.into());
+            n
+        };
+        let nodes = [
+            node(
+                "sidecar~10.0.0.1~api-0.payments~payments.svc.cluster.local",
+                "payments-api",
+            ),
+            node(
+                "sidecar~10.0.0.2~legacy-0.payments~payments.svc.cluster.local",
+                "payments-legacy",
+            ),
+            node(
+                "sidecar~10.0.0.3~sleep-0.default~default.svc.cluster.local",
+                "sleep",
+            ),
+        ];
+        let report = authn_report(&mesh, &nodes, None);
+        let modes: Vec<(&str, &str)> = report
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|p| {
+                (
+                    p["namespace"].as_str().unwrap_or(""),
+                    p["mode"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                ("payments", "STRICT"),
+                ("payments", "PERMISSIVE"),
+                ("default", "PERMISSIVE")
+            ]
+        );
+        assert_eq!(report[1]["ports"]["9090"], "DISABLE");
+        let one = authn_report(&mesh, &nodes, Some(nodes[0].id.as_str()));
+        assert_eq!(one.as_array().map(Vec::len), Some(1));
+    }
 }

@@ -284,6 +284,16 @@ impl Discovery {
             .map(|p| p.tx.borrow().clone())
     }
 
+    /// Every connected proxy's node (for debug pages).
+    pub fn proxy_nodes(&self) -> Vec<ProxyNode> {
+        let proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        proxies
+            .iter()
+            .filter(|p| !p.tx.is_closed())
+            .map(|p| p.node.clone())
+            .collect()
+    }
+
     /// What the pre-push check dropped from each connected proxy's config
     /// (by node id; empty lists left out).
     pub fn dropped(&self) -> HashMap<String, Arc<Vec<Dropped>>> {

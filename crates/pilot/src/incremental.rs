@@ -16,6 +16,7 @@ pub fn endpoint_only_change(old: &Mesh, new: &Mesh) -> Option<BTreeSet<String>> 
         || old.sidecars != new.sidecars
         || old.virtual_services != new.virtual_services
         || old.destination_rules != new.destination_rules
+        || old.peer_authentications != new.peer_authentications
         || old.services.len() != new.services.len()
     {
         return None;

@@ -49,9 +49,19 @@ pub struct SidecarScope {
     pub registry_only: Option<bool>,
 }
 
+/// A PeerAuthentication resource, as loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerAuthnRule {
+    pub namespace: String,
+    pub name: String,
+    pub spec: api::security::PeerAuthentication,
+}
+
 /// Everything translation needs, for every proxy.
 #[derive(Clone, Debug, Default)]
 pub struct Mesh {
+    /// PeerAuthentications (mesh-wide ones in [`ROOT_NAMESPACE`]).
+    pub peer_authentications: Vec<PeerAuthnRule>,
     /// Sorted by hostname.
     pub services: Vec<Service>,
     pub virtual_services: Vec<VirtualServiceRule>,
@@ -65,6 +75,25 @@ pub struct Mesh {
 }
 
 impl Mesh {
+    /// The mTLS mode of each port of a workload in `namespace` with `labels`,
+    /// by Istio's PeerAuthentication precedence.
+    pub fn mtls_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> crate::peer_authn::Effective {
+        let policies: Vec<crate::peer_authn::Policy<'_>> = self
+            .peer_authentications
+            .iter()
+            .map(|p| crate::peer_authn::Policy {
+                namespace: &p.namespace,
+                name: &p.name,
+                spec: &p.spec,
+            })
+            .collect();
+        crate::peer_authn::resolve(&policies, ROOT_NAMESPACE, namespace, labels)
+    }
+
     /// The endpoints at `address`, as (service, endpoint) indices into
     /// `services` (a proxy's inbound ports come from these).
     pub fn endpoints_at(&self, address: &str) -> &[(usize, usize)] {
