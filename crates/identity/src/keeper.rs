@@ -141,36 +141,39 @@ mod tests {
         }
     }
 
-    /// Let the keeper run until the clock has moved `d` (paused clock).
-    async fn advance(d: Duration) {
-        tokio::time::sleep(d).await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn renews_at_half_of_the_validity() {
-        let ca = fake(Duration::from_secs(60), 0);
-        let (tx, mut rx) = watch::channel(None);
+    /// Run a keeper against `ca` for `d` of paused time; the seconds (from
+    /// the start) at which it asked, and what it published last.
+    async fn run_for(ca: &Fake, d: Duration) -> (Vec<u64>, Option<Arc<Bundle>>) {
+        let (tx, rx) = watch::channel(None);
         let id = SpiffeId::new("cluster.local", "default", "sleep");
         let start = tokio::time::Instant::now();
-        let keeper = keep(id, &ca, tx);
+        let keeper = keep(id, ca, tx);
         tokio::pin!(keeper);
         tokio::select! {
             () = &mut keeper => unreachable!("keeps going"),
-            () = advance(Duration::from_secs(95)) => {}
+            () = tokio::time::sleep(d) => {}
         }
-        let asked: Vec<u64> = ca
+        let asked = ca
             .asked
             .lock()
             .expect("lock")
             .iter()
             .map(|t| (*t - start).as_secs())
             .collect();
+        let last = rx.borrow().clone();
+        (asked, last)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renews_at_half_of_the_validity() {
+        let ca = fake(Duration::from_secs(60), 0);
+        let (asked, last) = run_for(&ca, Duration::from_secs(95)).await;
         // 60 s certificates (whole seconds): renewed about every 30 s.
         assert_eq!(asked.len(), 4, "{asked:?}");
         for pair in asked.windows(2) {
             assert!((29..=31).contains(&(pair[1] - pair[0])), "{asked:?}");
         }
-        let bundle = rx.borrow_and_update().clone().expect("a certificate");
+        let bundle = last.expect("a certificate");
         assert_eq!(bundle.chain.len(), 2);
         assert_eq!(bundle.roots.len(), 1);
         assert!(bundle.key_pem.contains("PRIVATE KEY"));
@@ -179,23 +182,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_with_back_off_while_the_ca_is_down() {
         let ca = fake(Duration::from_secs(3600), 3);
-        let (tx, rx) = watch::channel(None);
-        let id = SpiffeId::new("cluster.local", "default", "sleep");
-        let start = tokio::time::Instant::now();
-        let keeper = keep(id, &ca, tx);
-        tokio::pin!(keeper);
-        tokio::select! {
-            () = &mut keeper => unreachable!("keeps going"),
-            () = advance(Duration::from_secs(10)) => {}
-        }
-        let asked: Vec<u64> = ca
-            .asked
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|t| (*t - start).as_secs())
-            .collect();
+        let (asked, last) = run_for(&ca, Duration::from_secs(10)).await;
         assert_eq!(asked, [0, 1, 3, 7], "1 s, 2 s, 4 s between tries");
-        assert!(rx.borrow().is_some(), "served once the CA is back");
+        assert!(last.is_some(), "served once the CA is back");
     }
 }

@@ -56,24 +56,10 @@ async fn channel(addr: std::net::SocketAddr, root_pem: &str) -> Channel {
         .expect("TLS connection to the pilot, verified against the mesh root")
 }
 
-fn uri_sans(pem_text: &str) -> Vec<String> {
-    use x509_parser::prelude::FromDer;
+/// The SPIFFE id of a PEM certificate.
+fn spiffe_of(pem_text: &str) -> Option<SpiffeId> {
     let der = pem::parse(pem_text).expect("pem").into_contents();
-    let (_, c) = x509_parser::certificate::X509Certificate::from_der(&der).expect("x509");
-    c.subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    identity::tls::spiffe_id(&der.into())
 }
 
 #[tokio::test]
@@ -105,7 +91,7 @@ async fn workloads_get_certificates_for_their_own_identity_only() {
     .await
     .expect("issued");
     assert_eq!(chain.len(), 2, "leaf and root");
-    assert_eq!(uri_sans(&chain[0]), [me.to_string()]);
+    assert_eq!(spiffe_of(&chain[0]), Some(me.clone()));
     assert_eq!(chain[1].trim(), root.trim());
 
     // The same token, a CSR for someone else.
