@@ -6,6 +6,7 @@ mod analyze;
 mod bootstrap;
 mod mesh_cmd;
 mod progress;
+mod proxy_config;
 mod token;
 mod validate;
 
@@ -38,6 +39,9 @@ enum Command {
     /// pilot-agent's SDS role for a stock Envoy: keep the workload certificate
     /// and serve it over SDS on Istio's UDS path.
     Agent(agent::AgentArgs),
+    /// What a proxy holds (istioctl proxy-config): `secret`.
+    #[command(subcommand)]
+    ProxyConfig(proxy_config::ProxyConfigCommand),
     /// Service-account tokens for the CA: create a signing key, or issue a token.
     Token(token::TokenArgs),
     /// The test application: echoes requests as JSON, makes calls on request.
@@ -260,6 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Echo(args) => runtime(None)?.block_on(echo::run(args)),
         Command::Token(args) => token::run(&args),
+        Command::ProxyConfig(cmd) => proxy_config::run(&cmd),
         Command::Agent(args) => runtime(None)?.block_on(agent::run(args)),
         Command::Validate(args) => std::process::exit(validate::run(&args)),
         Command::Analyze(args) => std::process::exit(analyze::run(&args)),

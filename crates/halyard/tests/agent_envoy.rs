@@ -254,6 +254,56 @@ fn stock_envoy_serves_mtls_with_the_agents_certificate() {
         "{body}"
     );
 
+    // What Envoy holds, as `istioctl proxy-config secret` shows it.
+    let out = halyard()
+        .args([
+            "proxy-config",
+            "secret",
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .args(["--output", "json"])
+        .output()
+        .expect("proxy-config");
+    assert!(out.status.success(), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let by_name = |n: &str| {
+        rows.as_array()
+            .and_then(|r| r.iter().find(|r| r["resource_name"] == n))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {n} in {rows}"))
+    };
+    let default = by_name("default");
+    assert_eq!(default["type"], "Cert Chain");
+    assert_eq!(default["valid_cert"], true);
+    assert_eq!(
+        default["identity"],
+        "spiffe://cluster.local/ns/default/sa/sleep"
+    );
+    assert!(
+        default["serial_number"]
+            .as_str()
+            .is_some_and(|s| s.len() >= 16),
+        "{default}"
+    );
+    let root = by_name("ROOTCA");
+    assert_eq!(root["type"], "CA");
+    assert_eq!(root["valid_cert"], true);
+    let table = halyard()
+        .args([
+            "proxy-config",
+            "secret",
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .output()
+        .expect("proxy-config");
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        table.starts_with("RESOURCE NAME") && table.contains("ROOTCA"),
+        "{table}"
+    );
+
     // Without a client certificate Envoy refuses.
     let anonymous = rustls_config::ClientConfig::builder_with_provider(identity::tls::provider())
         .with_safe_default_protocol_versions()
