@@ -40,6 +40,7 @@ ensure_rust
 export CARGO_INCREMENTAL=0
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2
+python3 scripts/prune-target.py "${CARGO_TARGET_DIR:-target}" || true
 
 # Nothing a test made may outlive it.
 left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(hyt|hycap|halyard)' || true)
