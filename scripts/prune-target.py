@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Keep a shared cargo target dir from filling the disk: in each profile's
-deps/, keep only the three most recent builds (hash groups) of every crate;
+deps/, keep only the six most recent builds (hash groups) of every crate;
 older ones belong to feature sets and sources no longer built. A removed
 build that is still wanted is simply rebuilt."""
 import collections
@@ -25,7 +25,7 @@ for profile in ("debug", "release"):
             key=lambda files: max(os.path.getmtime(x) for x in files),
             reverse=True,
         )
-        for files in newest[3:]:
+        for files in newest[6:]:
             for x in files:
                 try:
                     freed += os.path.getsize(x)
