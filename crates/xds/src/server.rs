@@ -226,32 +226,54 @@ impl PushSlot {
 /// stream is dropped (Istio's `PILOT_XDS_SEND_TIMEOUT`).
 pub const DEFAULT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Queue a response for the proxy. While the proxy does not take it (its
-/// HTTP/2 window and the stream's buffer are full) the push slot is given up
-/// at its deadline, so other streams push meanwhile; after the send timeout
-/// the stream is dropped and logged: a proxy that stopped reading must not
-/// hold memory or a slot for ever.
-async fn send_bounded(
-    tx: &grpc::Tx,
-    response: Result<grpc::Encoded, Status>,
-    slot: &mut PushSlot,
-    shared: &Shared,
-    node: &str,
-) -> Result<(), Closed> {
-    let give_up = shared.send_timeout.map(|t| tokio::time::Instant::now() + t);
-    let send = tx.send(response);
-    tokio::pin!(send);
-    loop {
-        tokio::select! {
-            sent = &mut send => return sent.map_err(|_| Closed),
-            () = until(slot.deadline()) => slot.release(),
-            () = until(give_up) => {
-                tracing::warn!(
-                    node,
-                    timeout_s = shared.send_timeout.unwrap_or_default().as_secs_f64(),
-                    "proxy is not reading its xDS stream: stream dropped"
-                );
-                return Err(Closed);
+/// A stream's way to its proxy: the response queue, the push slot, since
+/// when a response has gone unanswered, and the node id for logs. Both ADS
+/// variants send through it.
+struct Outbox {
+    tx: grpc::Tx,
+    slot: PushSlot,
+    unanswered: Unanswered,
+    node: String,
+}
+
+impl Outbox {
+    fn new(tx: grpc::Tx, node: &str) -> Outbox {
+        Outbox {
+            tx,
+            slot: PushSlot::default(),
+            unanswered: Unanswered::default(),
+            node: node.to_string(),
+        }
+    }
+
+    /// Every response sent so far is answered: the slot is free again.
+    fn all_answered(&mut self) {
+        self.slot.release();
+        self.unanswered.all_answered();
+    }
+
+    /// Queue a response for the proxy. While the proxy does not take it
+    /// (its HTTP/2 window and the stream's buffer are full) the push slot is
+    /// given up at its deadline, so other streams push meanwhile; after the
+    /// send timeout the stream is dropped and logged: a proxy that stopped
+    /// reading must not hold memory or a slot for ever.
+    async fn send(&mut self, response: grpc::Encoded, shared: &Shared) -> Result<(), Closed> {
+        self.unanswered.sent();
+        let give_up = shared.send_timeout.map(|t| tokio::time::Instant::now() + t);
+        let send = self.tx.send(Ok(response));
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                sent = &mut send => return sent.map_err(|_| Closed),
+                () = until(self.slot.deadline()) => self.slot.release(),
+                () = until(give_up) => {
+                    tracing::warn!(
+                        node = %self.node,
+                        timeout_s = shared.send_timeout.unwrap_or_default().as_secs_f64(),
+                        "proxy is not reading its xDS stream: stream dropped"
+                    );
+                    return Err(Closed);
+                }
             }
         }
     }
@@ -515,6 +537,10 @@ mod tests {
         Err(Status::unavailable("a stand-in response"))
     }
 
+    fn response() -> grpc::Encoded {
+        grpc::sotw_response("1", std::iter::empty(), type_url::CLUSTER, "1")
+    }
+
     /// A proxy that stops reading: its slot goes back to the pool at the
     /// slot deadline while the send still waits, and the stream is given up
     /// at the send timeout.
@@ -526,11 +552,11 @@ mod tests {
         };
         let (tx, _never_read) = tokio::sync::mpsc::channel(1);
         tx.send(encoded()).await.expect("fills the buffer");
-        let mut slot = PushSlot::default();
-        slot.acquire(&shared).await;
+        let mut out = Outbox::new(tx, "stuck");
+        out.slot.acquire(&shared).await;
         assert_eq!(shared.pushes.available_permits(), 0);
         let start = tokio::time::Instant::now();
-        let sending = send_bounded(&tx, encoded(), &mut slot, &shared, "stuck");
+        let sending = out.send(response(), &shared);
         tokio::pin!(sending);
         // Still waiting at the slot deadline, but the slot is free again.
         assert!(
@@ -550,14 +576,10 @@ mod tests {
     async fn a_reading_proxy_is_sent_to_at_once() {
         let shared = Shared::new(1);
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let mut slot = PushSlot::default();
-        slot.acquire(&shared).await;
+        let mut out = Outbox::new(tx, "ok");
+        out.slot.acquire(&shared).await;
         let start = tokio::time::Instant::now();
-        assert!(
-            send_bounded(&tx, encoded(), &mut slot, &shared, "ok")
-                .await
-                .is_ok()
-        );
+        assert!(out.send(response(), &shared).await.is_ok());
         assert_eq!(start.elapsed(), std::time::Duration::ZERO);
         assert_eq!(shared.pushes.available_permits(), 0, "held until the ACK");
         assert!(rx.recv().await.is_some());

@@ -444,29 +444,23 @@ async fn run_stream(
                     _ => {}
                 }
             }
-            removed.extend(
-                resp.removed_resources
-                    .iter()
-                    .filter_map(|n| interner.get(n)),
-            );
-        }
-        // Istio's EDS name is the cluster name, so a removed cluster drops its
-        // EDS subscription. Removed listeners keep their routes (shared by port).
-        let mut unsubscribed = false;
-        if ty == CDS {
             for name in &resp.removed_resources {
-                let id = fleet
-                    .interner
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(name);
-                if let Some(at) = id.and_then(|id| subs.eds.binary_search(&id).ok()) {
+                let Some(id) = interner.get(name) else {
+                    continue;
+                };
+                removed.push(id);
+                // Istio's EDS name is the cluster name, so a removed cluster
+                // drops its EDS subscription. Removed listeners keep their
+                // routes (shared by port).
+                if ty == CDS
+                    && let Ok(at) = subs.eds.binary_search(&id)
+                {
                     subs.eds.remove(at);
                     subscribe.resource_names_unsubscribe.push(name.clone());
-                    unsubscribed = true;
                 }
             }
         }
+        let unsubscribed = !subscribe.resource_names_unsubscribe.is_empty();
         {
             let mut held = fleet.held[i].lock().unwrap_or_else(|e| e.into_inner());
             stats.resources.fetch_add(updates.len() as u64, Relaxed);

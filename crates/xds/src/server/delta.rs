@@ -17,8 +17,8 @@ use tokio_stream::StreamExt;
 use tonic::Status;
 
 use super::{
-    Closed, PushSlot, Resource, ResourceMap, Shared, Snapshot, StreamContext, Subscription,
-    Unanswered, is_wildcard_type, log_unanswered, nack_text, push_order, send_bounded, until,
+    Closed, Outbox, Resource, ResourceMap, Shared, Snapshot, StreamContext, Subscription,
+    is_wildcard_type, log_unanswered, nack_text, push_order, until,
 };
 use crate::status::SyncStatus;
 use crate::type_url;
@@ -52,10 +52,7 @@ pub(super) async fn run(
         snapshot: snapshots.borrow_and_update().clone(),
         types: HashMap::new(),
         nonce: 0,
-        slot: PushSlot::default(),
-        tx,
-        node: guard.node.id.clone(),
-        unanswered: Unanswered::default(),
+        out: Outbox::new(tx, &guard.node.id),
     };
     if stream.on_request(first).await.is_err() {
         return;
@@ -74,17 +71,17 @@ pub(super) async fn run(
                 }
                 None => return,
             },
-            () = until(stream.slot.deadline()) => {
+            () = until(stream.out.slot.deadline()) => {
                 tracing::debug!(node = %guard.node.id, "no ACK in time: push slot given up");
-                stream.slot.release();
+                stream.out.slot.release();
             }
-            () = until(stream.unanswered.deadline(&shared)) => {
+            () = until(stream.out.unanswered.deadline(&shared)) => {
                 log_unanswered(&guard.node.id, &shared);
                 return;
             }
             changed = snapshots.changed() => {
                 if changed.is_err() {
-                    let _ = stream.tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+                    let _ = stream.out.tx.send(Err(Status::unavailable("control plane shutting down"))).await;
                     return;
                 }
                 stream.snapshot = snapshots.borrow_and_update().clone();
@@ -211,11 +208,7 @@ struct DeltaStream {
     snapshot: Arc<Snapshot>,
     types: HashMap<String, TypeState>,
     nonce: u64,
-    slot: PushSlot,
-    tx: Tx,
-    /// The proxy's node id, for logs.
-    node: String,
-    unanswered: Unanswered,
+    out: Outbox,
 }
 
 impl DeltaStream {
@@ -241,8 +234,7 @@ impl DeltaStream {
                 self.status.acked(self.stream_id, &url, &version);
             }
             if self.types.values().all(|t| t.pending.is_empty()) {
-                self.slot.release();
-                self.unanswered.all_answered();
+                self.out.all_answered();
             }
         }
         let state = self.types.entry(url.clone()).or_default();
@@ -393,17 +385,9 @@ impl DeltaStream {
             changed = resources.len(), removed = removed.len(), "delta push");
         // Wait for a push slot before the bodies are copied into the message.
         if !resources.is_empty() || !removed.is_empty() {
-            self.slot.acquire(&self.shared).await;
+            self.out.slot.acquire(&self.shared).await;
         }
         let response = delta_response(&snapshot.version, &resources, url, &removed, &nonce);
-        self.unanswered.sent();
-        send_bounded(
-            &self.tx,
-            Ok(response),
-            &mut self.slot,
-            &self.shared,
-            &self.node,
-        )
-        .await
+        self.out.send(response, &self.shared).await
     }
 }

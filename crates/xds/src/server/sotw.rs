@@ -17,8 +17,8 @@ use tokio_stream::StreamExt;
 use tonic::Status;
 
 use super::{
-    Closed, PushSlot, Shared, Snapshot, StreamContext, Subscription, Unanswered, is_wildcard_type,
-    log_unanswered, nack_text, push_order, send_bounded, until,
+    Closed, Outbox, Shared, Snapshot, StreamContext, Subscription, is_wildcard_type,
+    log_unanswered, nack_text, push_order, until,
 };
 use crate::status::SyncStatus;
 use crate::type_url;
@@ -49,10 +49,7 @@ pub(super) async fn run(
         snapshot: snapshots.borrow_and_update().clone(),
         types: HashMap::new(),
         nonce: 0,
-        slot: PushSlot::default(),
-        tx,
-        node: guard.node.id.clone(),
-        unanswered: Unanswered::default(),
+        out: Outbox::new(tx, &guard.node.id),
     };
     if stream.on_request(first).await.is_err() {
         return;
@@ -71,17 +68,17 @@ pub(super) async fn run(
                 }
                 None => return,
             },
-            () = until(stream.slot.deadline()) => {
+            () = until(stream.out.slot.deadline()) => {
                 tracing::debug!(node = %guard.node.id, "no ACK in time: push slot given up");
-                stream.slot.release();
+                stream.out.slot.release();
             }
-            () = until(stream.unanswered.deadline(&shared)) => {
+            () = until(stream.out.unanswered.deadline(&shared)) => {
                 log_unanswered(&guard.node.id, &shared);
                 return;
             }
             changed = snapshots.changed() => {
                 if changed.is_err() {
-                    let _ = stream.tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+                    let _ = stream.out.tx.send(Err(Status::unavailable("control plane shutting down"))).await;
                     return;
                 }
                 stream.snapshot = snapshots.borrow_and_update().clone();
@@ -112,11 +109,7 @@ struct SotwStream {
     snapshot: Arc<Snapshot>,
     types: HashMap<String, TypeState>,
     nonce: u64,
-    slot: PushSlot,
-    tx: Tx,
-    /// The proxy's node id, for logs.
-    node: String,
-    unanswered: Unanswered,
+    out: Outbox,
 }
 
 impl SotwStream {
@@ -150,8 +143,7 @@ impl SotwStream {
         if answers_ours {
             state.awaiting = false;
             if self.types.values().all(|t| !t.awaiting) {
-                self.slot.release();
-                self.unanswered.all_answered();
+                self.out.all_answered();
             }
         }
         let state = self.types.entry(url.clone()).or_default();
@@ -199,7 +191,7 @@ impl SotwStream {
             return Ok(());
         }
         // Wait for a push slot before the bodies are copied into the message.
-        self.slot.acquire(&self.shared).await;
+        self.out.slot.acquire(&self.shared).await;
         let resources: Vec<_> = snapshot
             .resources
             .values()
@@ -229,14 +221,6 @@ impl SotwStream {
         );
         tracing::debug!(stream_id = self.stream_id, %url, version = %snapshot.version, count = resources.len(), "push");
         let response = sotw_response(&snapshot.version, resources.iter(), url, &nonce);
-        self.unanswered.sent();
-        send_bounded(
-            &self.tx,
-            Ok(response),
-            &mut self.slot,
-            &self.shared,
-            &self.node,
-        )
-        .await
+        self.out.send(response, &self.shared).await
     }
 }
