@@ -233,6 +233,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     token_key: token_key.clone(),
                     secure_addr: args.secure_xds,
                     trust_domain: mesh_config.trust_domain().to_string(),
+                    trust_domain_aliases: mesh_config.trust_domain_aliases.clone(),
+                    auto_mtls: mesh_config.enable_auto_mtls.unwrap_or(true),
                     workload_ttl: args.workload_cert_ttl,
                 }),
                 _ => None,

@@ -131,6 +131,7 @@ fn kube_service(
         mesh_external: false,
         endpoints,
         origin: format!("Service {ns}/{}", r.meta.name),
+        subject_alt_names: Vec::new(),
     }
 }
 
@@ -190,6 +191,7 @@ fn service_entry(
             mesh_external: matches!(se.location, Some(net::Location::MeshExternal) | None),
             endpoints: endpoints.clone(),
             origin: format!("ServiceEntry {ns}/{}", r.meta.name),
+            subject_alt_names: se.subject_alt_names.clone(),
         })
         .collect()
 }
@@ -410,7 +412,18 @@ fn traffic_policy(p: Option<&net::TrafficPolicy>) -> TrafficPolicy {
             SimpleLb::Passthrough => Some(LbAlgorithm::Passthrough),
             SimpleLb::Unspecified => None,
         });
-    TrafficPolicy { lb }
+    TrafficPolicy {
+        lb,
+        tls: p.and_then(|p| p.tls.clone()),
+        port_tls: p
+            .map(|p| {
+                p.port_level_settings
+                    .iter()
+                    .filter_map(|s| Some((s.port.as_ref()?.number, s.tls.clone())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 fn destination_rule(r: &Resource, dr: &net::DestinationRule) -> DestinationPolicy {
@@ -419,6 +432,7 @@ fn destination_rule(r: &Resource, dr: &net::DestinationRule) -> DestinationPolic
         host: resolve_host(&dr.host, ns),
         namespace: ns.to_string(),
         name: r.meta.name.clone(),
+        workload_selector: dr.workload_selector.is_some(),
         policy: traffic_policy(dr.traffic_policy.as_ref()),
         subsets: dr
             .subsets

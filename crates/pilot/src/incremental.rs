@@ -13,6 +13,7 @@ use crate::model::{Resolution, Service};
 /// other part of the mesh changed, translate in full).
 pub fn endpoint_only_change(old: &Mesh, new: &Mesh) -> Option<BTreeSet<String>> {
     if old.registry_only != new.registry_only
+        || old.tls != new.tls
         || old.sidecars != new.sidecars
         || old.virtual_services != new.virtual_services
         || old.destination_rules != new.destination_rules
@@ -30,8 +31,13 @@ pub fn endpoint_only_change(old: &Mesh, new: &Mesh) -> Option<BTreeSet<String>> 
             continue;
         }
         // Only EDS services carry endpoints outside their clusters; DNS
-        // clusters embed theirs.
-        if !same_but_endpoints(a, b) || a.resolution != Resolution::Static {
+        // clusters embed theirs. With mesh TLS the clusters name the
+        // endpoints' service accounts (the servers' SPIFFE ids).
+        let sans_moved = new.tls.is_some()
+            && a.ports
+                .iter()
+                .any(|p| a.service_accounts(p.number) != b.service_accounts(p.number));
+        if !same_but_endpoints(a, b) || a.resolution != Resolution::Static || sans_moved {
             return None;
         }
         hosts.insert(b.hostname.clone());
@@ -47,6 +53,7 @@ fn same_but_endpoints(a: &Service, b: &Service) -> bool {
         && a.resolution == b.resolution
         && a.mesh_external == b.mesh_external
         && a.origin == b.origin
+        && a.subject_alt_names == b.subject_alt_names
 }
 
 /// `outbound|PORT|SUBSET|HOST` as (port, subset, host).

@@ -80,6 +80,10 @@ pub struct CaOptions {
     pub secure_addr: SocketAddr,
     /// meshConfig `trustDomain`.
     pub trust_domain: String,
+    /// meshConfig `trustDomainAliases`.
+    pub trust_domain_aliases: Vec<String>,
+    /// meshConfig `enableAutoMtls` (Istio's default: true).
+    pub auto_mtls: bool,
     /// Istio's `DEFAULT_WORKLOAD_CERT_TTL` (24 h).
     pub workload_ttl: Duration,
 }
@@ -150,7 +154,20 @@ pub async fn run(
     let build = compile::BuildOptions {
         auto_allocate: opts.auto_allocate,
     };
-    let mesh = compile::build_with(&loaded.resources, &build);
+    // Mesh TLS only with a CA: without one there are no identities.
+    let mesh_tls = opts.ca.as_ref().map(|ca| mesh::MeshTls {
+        trust_domain: ca.trust_domain.clone(),
+        trust_domain_aliases: ca.trust_domain_aliases.clone(),
+        auto_mtls: ca.auto_mtls,
+    });
+    let mut mesh = compile::build_with(&loaded.resources, &build);
+    mesh.tls = mesh_tls.clone();
+    if mesh_tls.is_none() && strict_anywhere(&mesh) {
+        tracing::warn!(
+            "a PeerAuthentication asks for STRICT mTLS but the pilot has no CA \
+             (--ca-dir, --token-key): every hop stays plaintext"
+        );
+    }
     let dns = match opts.dns_addr {
         Some(addr) => Some(
             dns::serve(addr, names::table(&mesh))
@@ -220,7 +237,8 @@ pub async fn run(
             loads += 1;
             // Push first, then publish the report: once /debug/configz shows a
             // resource, every proxy's snapshot already includes it.
-            let mesh = compile::build_with(&loaded.resources, &build);
+            let mut mesh = compile::build_with(&loaded.resources, &build);
+            mesh.tls = mesh_tls.clone();
             let compile_ms = started.elapsed().as_millis() - load_ms;
             if let Some(dns) = &dns {
                 dns.set(names::table(&mesh));
@@ -305,6 +323,19 @@ async fn secure_server(
         addr,
         tokio::spawn(server.serve_with_incoming(TcpListenerStream::new(listener))),
     ))
+}
+
+/// Does any PeerAuthentication (or one of its ports) say STRICT?
+fn strict_anywhere(mesh: &mesh::Mesh) -> bool {
+    use api::security::MtlsMode;
+    mesh.peer_authentications.iter().any(|p| {
+        p.spec.mtls.as_ref().and_then(|m| m.mode) == Some(MtlsMode::Strict)
+            || p.spec
+                .port_level_mtls
+                .iter()
+                .flat_map(|ports| ports.values())
+                .any(|m| m.mode == Some(MtlsMode::Strict))
+    })
 }
 
 fn report_of(loaded: &config::Loaded, loads: u64) -> ConfigReport {

@@ -57,9 +57,38 @@ pub struct PeerAuthnRule {
     pub spec: api::security::PeerAuthentication,
 }
 
+/// Mesh TLS, on when the pilot has a CA (without one there are no
+/// identities and every hop stays plaintext).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshTls {
+    /// meshConfig `trustDomain`.
+    pub trust_domain: String,
+    /// meshConfig `trustDomainAliases`: peers of these are accepted too.
+    pub trust_domain_aliases: Vec<String>,
+    /// meshConfig `enableAutoMtls` (default true).
+    pub auto_mtls: bool,
+}
+
+impl MeshTls {
+    /// The trust domain, then its aliases.
+    pub fn trust_domains(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.trust_domain.as_str())
+            .chain(self.trust_domain_aliases.iter().map(String::as_str))
+    }
+
+    /// `spiffe://TD/ns/NS/sa/SA` in each trust domain.
+    pub fn spiffe_ids(&self, namespace: &str, service_account: &str) -> Vec<String> {
+        self.trust_domains()
+            .map(|td| format!("spiffe://{td}/ns/{namespace}/sa/{service_account}"))
+            .collect()
+    }
+}
+
 /// Everything translation needs, for every proxy.
 #[derive(Clone, Debug, Default)]
 pub struct Mesh {
+    /// Mesh TLS (None: no CA, plaintext everywhere).
+    pub tls: Option<MeshTls>,
     /// PeerAuthentications (mesh-wide ones in [`ROOT_NAMESPACE`]).
     pub peer_authentications: Vec<PeerAuthnRule>,
     /// Sorted by hostname.
@@ -92,6 +121,14 @@ impl Mesh {
             })
             .collect();
         crate::peer_authn::resolve(&policies, ROOT_NAMESPACE, namespace, labels)
+    }
+
+    /// The mode a client assumes for a service (Istio's
+    /// `BestEffortInferServiceMTLSMode`): the namespace- or mesh-level
+    /// PeerAuthentication of the service's namespace (workload and port
+    /// policies are not known to the client), none for mesh-external ones.
+    pub fn service_mtls_mode(&self, svc: &Service) -> Option<crate::peer_authn::Mode> {
+        (!svc.mesh_external).then(|| self.mtls_for(&svc.namespace, &BTreeMap::new()).default)
     }
 
     /// The endpoints at `address`, as (service, endpoint) indices into
@@ -174,10 +211,18 @@ impl Mesh {
     }
 
     /// Does any config depend on a proxy's labels (a Sidecar selector, a
-    /// route match on source labels)? If not, proxies differing only in
+    /// route match on source labels, with mesh TLS a workload-level
+    /// PeerAuthentication)? If not, proxies differing only in
     /// labels get the same config.
     pub fn label_sensitive(&self) -> bool {
         self.sidecars.iter().any(|s| s.selector.is_some())
+            || (self.tls.is_some()
+                && self.peer_authentications.iter().any(|p| {
+                    p.spec
+                        .selector
+                        .as_ref()
+                        .is_some_and(|s| !s.match_labels.is_empty())
+                }))
             || self
                 .virtual_services
                 .iter()

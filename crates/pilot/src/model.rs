@@ -98,11 +98,27 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// Where the service was defined, for messages (`ServiceEntry ns/name`).
     pub origin: String,
+    /// ServiceEntry `subjectAltNames`: identities its servers may present.
+    pub subject_alt_names: Vec<String>,
 }
 
 impl Service {
     pub fn port(&self, number: u32) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.number == number)
+    }
+
+    /// The service accounts of the endpoints serving a port, sorted.
+    pub fn service_accounts(&self, port: u32) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .endpoints
+            .iter()
+            .filter(|ep| ep.ports.contains_key(&port))
+            .filter_map(|ep| ep.service_account.as_deref())
+            .filter(|sa| !sa.is_empty())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use api::networking::ClientTlsSettings;
+
 /// DestinationRule `loadBalancer.simple`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LbAlgorithm {
@@ -17,6 +19,11 @@ pub enum LbAlgorithm {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrafficPolicy {
     pub lb: Option<LbAlgorithm>,
+    /// `tls`: how the client sidecar talks to the destination.
+    pub tls: Option<ClientTlsSettings>,
+    /// `portLevelSettings[].tls` by port number (None: the port's entry
+    /// has no `tls`, which then means none, not the rule's).
+    pub port_tls: BTreeMap<u32, Option<ClientTlsSettings>>,
 }
 
 impl TrafficPolicy {
@@ -24,6 +31,28 @@ impl TrafficPolicy {
     pub fn merged_over(&self, base: &TrafficPolicy) -> TrafficPolicy {
         TrafficPolicy {
             lb: self.lb.or(base.lb),
+            tls: self.tls.clone().or_else(|| base.tls.clone()),
+            port_tls: self.port_tls.clone(),
+        }
+    }
+
+    /// The TLS settings for one port, as Istio merges them
+    /// (`MergeTrafficPolicy`): a port-level entry replaces the rule-wide
+    /// settings outright; a subset's settings replace the rule's, and its
+    /// own port-level entry replaces both.
+    pub fn tls_for(
+        rule: &TrafficPolicy,
+        subset: Option<&TrafficPolicy>,
+        port: u32,
+    ) -> Option<ClientTlsSettings> {
+        let base = match rule.port_tls.get(&port) {
+            Some(t) => t.clone(),
+            None => rule.tls.clone(),
+        };
+        let Some(subset) = subset else { return base };
+        match subset.port_tls.get(&port) {
+            Some(t) => t.clone(),
+            None => subset.tls.clone().or(base),
         }
     }
 }
@@ -43,6 +72,9 @@ pub struct DestinationPolicy {
     pub host: String,
     pub namespace: String,
     pub name: String,
+    /// The rule has a `workloadSelector` (Istio gives sidecars a
+    /// `credentialName` only from such rules).
+    pub workload_selector: bool,
     pub policy: TrafficPolicy,
     pub subsets: Vec<Subset>,
 }

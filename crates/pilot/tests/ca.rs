@@ -27,6 +27,8 @@ async fn start(dir: &Path, token_key: &Path) -> std::net::SocketAddr {
             token_key: token_key.to_path_buf(),
             secure_addr: "127.0.0.1:0".parse().expect("addr"),
             trust_domain: "cluster.local".into(),
+            trust_domain_aliases: Vec::new(),
+            auto_mtls: true,
             workload_ttl: Duration::from_secs(3600),
         }),
     };
@@ -158,6 +160,8 @@ async fn a_broken_ca_directory_stops_the_pilot_naming_the_file() {
             token_key,
             secure_addr: "127.0.0.1:0".parse().expect("addr"),
             trust_domain: "cluster.local".into(),
+            trust_domain_aliases: Vec::new(),
+            auto_mtls: true,
             workload_ttl: Duration::from_secs(3600),
         }),
     };

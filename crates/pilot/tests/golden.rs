@@ -1,7 +1,10 @@
 //! Golden tests for the pure translation: each `golden/CASE/` holds
 //! `config.yaml` (Istio + Kubernetes YAML), `node.json` (the Envoy node) and
-//! `expected.json` (Envoy JSON by type). `UPDATE_GOLDEN=1 cargo test -p pilot
-//! --test golden` rewrites the expectations; review the diff.
+//! `expected.json` (Envoy JSON by type), and optionally `mesh.yaml` (a
+//! MeshConfig): its presence stands for a pilot with a CA, so the case is
+//! translated with mesh TLS (trust domain, aliases, auto-mTLS from it).
+//! `UPDATE_GOLDEN=1 cargo test -p pilot --test golden` rewrites the
+//! expectations; review the diff.
 
 use std::path::Path;
 
@@ -13,7 +16,16 @@ use serde_json::{Value, json};
 fn run_case(dir: &Path) {
     let (resources, errors) = api::load::load_path(&dir.join("config.yaml"));
     assert!(errors.is_empty(), "{}: {errors:?}", dir.display());
-    let mesh = pilot::compile::build(&resources);
+    let mut mesh = pilot::compile::build(&resources);
+    let mesh_yaml = dir.join("mesh.yaml");
+    if mesh_yaml.exists() {
+        let mc = api::mesh_config::load_mesh_config(&mesh_yaml).expect("mesh.yaml");
+        mesh.tls = Some(pilot::mesh::MeshTls {
+            trust_domain: mc.trust_domain().to_string(),
+            trust_domain_aliases: mc.trust_domain_aliases.clone(),
+            auto_mtls: mc.enable_auto_mtls.unwrap_or(true),
+        });
+    }
     let node: Node = xds::json::from_json(
         &serde_json::from_str::<Value>(
             &std::fs::read_to_string(dir.join("node.json")).expect("node.json"),

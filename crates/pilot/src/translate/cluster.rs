@@ -2,11 +2,14 @@
 //! DestinationRule subset (`outbound|PORT|SUBSET|HOST`), plus Istio's
 //! `PassthroughCluster` and `BlackHoleCluster`.
 
+use api::networking::{ClientTlsMode, ClientTlsSettings};
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
 };
-use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, Metadata};
+use envoy_types::pb::envoy::config::core::v3::{
+    Http2ProtocolOptions, Metadata, UpstreamHttpProtocolOptions,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions,
@@ -18,7 +21,10 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 
 use super::common::{ads, any, millis};
 use super::endpoint;
+use super::tls;
+use crate::mesh::MeshTls;
 use crate::model::{Resolution, Service, ServicePort};
+use crate::peer_authn::Mode;
 use crate::policy::{DestinationPolicy, LbAlgorithm, Subset, TrafficPolicy};
 
 pub const PASSTHROUGH: &str = "PassthroughCluster";
@@ -38,19 +44,144 @@ pub fn inbound_name(port: u32) -> String {
     format!("inbound|{port}||")
 }
 
+/// Mesh TLS for a service's clusters (absent without a CA).
+#[derive(Clone, Copy, Debug)]
+pub struct MeshUpstream<'a> {
+    pub mesh: &'a MeshTls,
+    /// The destination's mode as a client infers it (None: mesh-external).
+    pub service_mode: Option<Mode>,
+}
+
 /// The clusters for one service port: the default one and one per subset.
 pub fn for_service_port(
     svc: &Service,
     port: &ServicePort,
     rule: Option<&DestinationPolicy>,
+    mtls: Option<MeshUpstream<'_>>,
 ) -> Vec<Cluster> {
     let base = rule.map(|r| r.policy.clone()).unwrap_or_default();
-    let mut out = vec![cluster(svc, port, None, &base)];
+    let tls = |subset: Option<&Subset>| {
+        mtls.map(|m| {
+            (
+                m,
+                TrafficPolicy::tls_for(&base, subset.map(|s| &s.policy), port.number),
+                rule.is_some_and(|r| r.workload_selector),
+            )
+        })
+    };
+    let mut out = vec![cluster(svc, port, None, &base, tls(None))];
     for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
         let policy = subset.policy.merged_over(&base);
-        out.push(cluster(svc, port, Some(subset), &policy));
+        out.push(cluster(svc, port, Some(subset), &policy, tls(Some(subset))));
     }
     out
+}
+
+/// The SPIFFE ids a service port's servers may present: its endpoints'
+/// service accounts in every trust domain, plus a ServiceEntry's
+/// `subjectAltNames` (Istio's `ServiceAccounts` for the port), sorted.
+pub fn service_sans(mesh: &MeshTls, svc: &Service, port: u32) -> Vec<String> {
+    let mut out: Vec<String> = svc
+        .service_accounts(port)
+        .iter()
+        .flat_map(|sa| mesh.spiffe_ids(&svc.namespace, sa))
+        .chain(svc.subject_alt_names.iter().cloned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The cluster's transport socket(s) by Istio's rules for sidecars: the
+/// DestinationRule's `tls` if any (DISABLE: plaintext; ISTIO_MUTUAL; SIMPLE
+/// and MUTUAL, whose `credentialName` a sidecar gets only from a rule with
+/// a workload selector, else the rule's TLS is ignored); without one,
+/// auto-mTLS (enabled, a mesh-internal destination whose namespace is not
+/// DISABLE, not ORIGINAL_DST) picks ISTIO_MUTUAL per endpoint by its
+/// `tlsMode` metadata.
+fn apply_tls(
+    c: &mut Cluster,
+    svc: &Service,
+    port: &ServicePort,
+    subset: &str,
+    (up, settings, selector): (MeshUpstream<'_>, Option<ClientTlsSettings>, bool),
+) {
+    let sni = tls::istio_sni(port.number, subset, &svc.hostname);
+    let sans = || service_sans(up.mesh, svc, port.number);
+    let Some(settings) = settings else {
+        let original_dst = c.cluster_discovery_type
+            == Some(ClusterDiscoveryType::Type(
+                DiscoveryType::OriginalDst as i32,
+            ));
+        let auto = up.mesh.auto_mtls
+            && !original_dst
+            && matches!(up.service_mode, Some(Mode::Strict | Mode::Permissive));
+        if auto {
+            let ctx = tls::istio_mutual(&sans(), &sni, port.protocol);
+            c.transport_socket_matches = tls::auto_mtls_matches(&ctx);
+        }
+        return;
+    };
+    match settings.mode {
+        Some(ClientTlsMode::IstioMutual) => {
+            let sans = if settings.subject_alt_names.is_empty() {
+                sans()
+            } else {
+                settings.subject_alt_names.clone()
+            };
+            let sni = settings
+                .sni
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or(sni);
+            c.transport_socket = Some(tls::socket(&tls::istio_mutual(&sans, &sni, port.protocol)));
+        }
+        Some(ClientTlsMode::Simple | ClientTlsMode::Mutual) => {
+            let has_credential = settings
+                .credential_name
+                .as_deref()
+                .is_some_and(|c| !c.is_empty());
+            if has_credential && !selector {
+                return;
+            }
+            let sans = if settings.subject_alt_names.is_empty()
+                && svc.origin.starts_with("ServiceEntry")
+            {
+                sans()
+            } else {
+                settings.subject_alt_names.clone()
+            };
+            // Validation refuses a MUTUAL rule without its files, so this
+            // only drops what never passed it.
+            let Ok(ctx) = tls::user(&settings, &sans, port.protocol.is_http2()) else {
+                return;
+            };
+            if ctx.sni.is_empty() {
+                let auto_san = settings.subject_alt_names.is_empty()
+                    && settings.insecure_skip_verify != Some(true);
+                auto_sni(c, auto_san);
+            }
+            c.transport_socket = Some(tls::socket(&ctx));
+        }
+        Some(ClientTlsMode::Disable) | None => {}
+    }
+}
+
+/// `upstream_http_protocol_options: {auto_sni, auto_san_validation}`, as
+/// Istio sets for SIMPLE/MUTUAL without an `sni`.
+fn auto_sni(c: &mut Cluster, auto_san_validation: bool) {
+    let mut opts: HttpProtocolOptions = c
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+        .and_then(|a| prost::Message::decode(a.value.as_slice()).ok())
+        .unwrap_or_default();
+    opts.upstream_http_protocol_options = Some(UpstreamHttpProtocolOptions {
+        auto_sni: true,
+        auto_san_validation,
+        ..Default::default()
+    });
+    c.typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.to_string(), any(&opts));
 }
 
 fn cluster(
@@ -58,6 +189,7 @@ fn cluster(
     port: &ServicePort,
     subset: Option<&Subset>,
     policy: &TrafficPolicy,
+    tls: Option<(MeshUpstream<'_>, Option<ClientTlsSettings>, bool)>,
 ) -> Cluster {
     let subset_name = subset.map(|s| s.name.as_str()).unwrap_or_default();
     let name = outbound_name(port.number, subset_name, &svc.hostname);
@@ -108,6 +240,9 @@ fn cluster(
                 ..Default::default()
             }),
         );
+    }
+    if let Some(tls) = tls {
+        apply_tls(&mut c, svc, port, subset_name, tls);
     }
     c
 }

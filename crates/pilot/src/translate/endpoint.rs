@@ -44,7 +44,7 @@ pub fn locality_endpoints(
                 })),
                 health_status: HealthStatus::Healthy as i32,
                 load_balancing_weight: ep.weight.map(|value| UInt32Value { value }),
-                metadata: ep.service_account.as_deref().map(istio_workload_metadata),
+                metadata: endpoint_metadata(ep),
             })
         })
         .collect();
@@ -57,18 +57,31 @@ pub fn locality_endpoints(
     }]
 }
 
-/// `filter_metadata.istio.service_account` on an endpoint, as Istio sets it.
-fn istio_workload_metadata(service_account: &str) -> Metadata {
-    let mut istio = Struct::default();
-    istio.fields.insert(
-        "service_account".into(),
-        Value {
-            kind: Some(Kind::StringValue(service_account.to_string())),
-        },
-    );
+/// An endpoint's metadata: `filter_metadata.istio.service_account`, and
+/// `envoy.transport_socket_match.tlsMode` from its
+/// `security.istio.io/tlsMode` label (what auto-mTLS picks the socket by;
+/// Istio leaves it out for `disabled`).
+fn endpoint_metadata(ep: &crate::model::Endpoint) -> Option<Metadata> {
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    };
     let mut m = Metadata::default();
-    m.filter_metadata.insert("istio".into(), istio);
-    m
+    if let Some(sa) = ep.service_account.as_deref() {
+        let mut istio = Struct::default();
+        istio.fields.insert("service_account".into(), s(sa));
+        m.filter_metadata.insert("istio".into(), istio);
+    }
+    if let Some(mode) = ep
+        .labels
+        .get(super::tls::TLS_MODE_LABEL)
+        .filter(|m| !m.is_empty() && *m != "disabled")
+    {
+        let mut socket = Struct::default();
+        socket.fields.insert("tlsMode".into(), s(mode));
+        m.filter_metadata
+            .insert(super::tls::TRANSPORT_SOCKET_MATCH.into(), socket);
+    }
+    (!m.filter_metadata.is_empty()).then_some(m)
 }
 
 /// A single fixed endpoint (inbound clusters to the local app).

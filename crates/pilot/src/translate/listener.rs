@@ -12,9 +12,12 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
-    http_connection_manager::RouteSpecifier, http_connection_manager::UpgradeConfig, http_filter,
+    http_connection_manager::ForwardClientCertDetails, http_connection_manager::RouteSpecifier,
+    http_connection_manager::SetCurrentClientCertDetails, http_connection_manager::UpgradeConfig,
+    http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier,
@@ -22,6 +25,9 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::common::{ads, any, socket_address};
+use super::tls;
+use crate::mesh::MeshTls;
+use crate::peer_authn::{Effective, Mode};
 
 pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
 pub const VIRTUAL_INBOUND: &str = "virtualInbound";
@@ -78,18 +84,72 @@ pub fn outbound(address: &str, port: u32, serve: &Serve, bind: bool) -> Listener
     }
 }
 
+/// Mesh TLS on the inbound side: the workload's resolved
+/// PeerAuthentication modes (None: no CA, plaintext as before).
+#[derive(Clone, Copy, Debug)]
+pub struct InboundTls<'a> {
+    pub mesh: &'a MeshTls,
+    pub modes: &'a Effective,
+}
+
 /// `virtualInbound`: one filter chain per inbound port of the workload
 /// (matched on the original destination port), the rest passed through.
-pub fn virtual_inbound(ports: &[(u32, Serve)], passthrough_cluster: &str) -> Listener {
+/// With mesh TLS, each port's chains follow Istio's matrix for its mode,
+/// and the pass-through is filter chains of the workload's default mode
+/// (plus ports only `portLevelMtls` names) instead of a default filter
+/// chain: a connection that matches a port but none of its chains (say,
+/// plaintext to a STRICT port) is closed, never passed through.
+pub fn virtual_inbound(
+    ports: &[(u32, Serve)],
+    passthrough_cluster: &str,
+    tls: Option<InboundTls<'_>>,
+) -> Listener {
     let mut filter_chains = Vec::new();
     let mut sniff = false;
     for (port, serve) in ports {
         let stat_prefix = format!("inbound_0.0.0.0_{port}");
-        let (filters, chains) = chains(&stat_prefix, serve, Some(*port));
-        sniff |= !filters.is_empty();
+        let (http, chains) = match tls {
+            Some(t) => inbound_chains(&stat_prefix, serve, Some(*port), t.modes.port(*port), t),
+            None => {
+                let (filters, chains) = chains(&stat_prefix, serve, Some(*port));
+                (!filters.is_empty(), chains)
+            }
+        };
+        sniff |= http;
         filter_chains.extend(chains);
     }
     let mut listener_filters = vec![original_dst()];
+    let mut default_filter_chain = Some(chain(
+        None,
+        tcp_proxy("InboundPassthroughCluster", passthrough_cluster),
+    ));
+    if let Some(t) = tls {
+        default_filter_chain = None;
+        let passthrough = Serve::Tcp {
+            cluster: passthrough_cluster.to_string(),
+        };
+        let declared: Vec<u32> = ports.iter().map(|(p, _)| *p).collect();
+        for (port, mode) in t.modes.ports.iter().filter(|(p, _)| !declared.contains(p)) {
+            let stat_prefix = format!("inbound_0.0.0.0_{port}");
+            let (_, chains) = inbound_chains(&stat_prefix, &passthrough, Some(*port), *mode, t);
+            filter_chains.extend(chains);
+        }
+        let (_, chains) = inbound_chains(
+            "InboundPassthroughCluster",
+            &passthrough,
+            None,
+            t.modes.default,
+            t,
+        );
+        filter_chains.extend(chains);
+        if filter_chains.iter().any(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .is_some_and(|m| !m.transport_protocol.is_empty())
+        }) {
+            listener_filters.push(tls_inspector());
+        }
+    }
     if sniff {
         listener_filters.push(http_inspector());
     }
@@ -98,12 +158,105 @@ pub fn virtual_inbound(ports: &[(u32, Serve)], passthrough_cluster: &str) -> Lis
         address: Some(socket_address("0.0.0.0", INBOUND_PORT)),
         listener_filters,
         filter_chains,
-        default_filter_chain: Some(chain(
-            None,
-            tcp_proxy("InboundPassthroughCluster", passthrough_cluster),
-        )),
+        default_filter_chain,
         traffic_direction: TrafficDirection::Inbound as i32,
         ..Default::default()
+    }
+}
+
+/// One inbound port's chains under mesh TLS, by Istio's filter-chain
+/// matrix (`filterchain_options.go`): STRICT matches only TLS and
+/// terminates it; PERMISSIVE terminates TLS that carries a sidecar's ALPN
+/// and also takes plaintext (and, on TCP ports, an app's own TLS as
+/// opaque TCP); DISABLE is plaintext as without a CA. Returns whether the
+/// chains need http_inspector.
+fn inbound_chains(
+    stat_prefix: &str,
+    serve: &Serve,
+    port: Option<u32>,
+    mode: Mode,
+    t: InboundTls<'_>,
+) -> (bool, Vec<FilterChain>) {
+    let m = |transport: &str, alpn: &[&str]| {
+        (port.is_some() || !transport.is_empty() || !alpn.is_empty()).then(|| FilterChainMatch {
+            destination_port: port.map(|value| UInt32Value { value }),
+            transport_protocol: transport.to_string(),
+            application_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+    };
+    let secure = |fc: FilterChain, http: bool| FilterChain {
+        transport_socket: Some(tls::socket(&tls::downstream(t.mesh, http))),
+        ..fc
+    };
+    let http_filter = |serve: &Serve| match serve {
+        Serve::Http { route } | Serve::Auto { route, .. } => hcm_rds(stat_prefix, route, true),
+        Serve::HttpInline(rc) | Serve::AutoInline(rc, _) => hcm_inline(stat_prefix, rc, true),
+        Serve::Tcp { cluster } => tcp_proxy(stat_prefix, cluster),
+    };
+    let tcp = |cluster: &str| tcp_proxy(stat_prefix, cluster);
+    const TLS: &str = "tls";
+    const RAW: &str = "raw_buffer";
+    match (serve, mode) {
+        (Serve::Http { .. } | Serve::HttpInline(_), Mode::Strict) => (
+            false,
+            vec![secure(chain(m(TLS, &[]), http_filter(serve)), true)],
+        ),
+        (Serve::Http { .. } | Serve::HttpInline(_), Mode::Permissive) => (
+            false,
+            vec![
+                secure(
+                    chain(m(TLS, &tls::ALL_MTLS_ALPNS), http_filter(serve)),
+                    true,
+                ),
+                chain(m(RAW, &[]), http_filter(serve)),
+            ],
+        ),
+        (Serve::Http { .. } | Serve::HttpInline(_), Mode::Disable) => {
+            (false, vec![chain(m("", &[]), http_filter(serve))])
+        }
+        (Serve::Tcp { cluster }, Mode::Strict) => {
+            (false, vec![secure(chain(m(TLS, &[]), tcp(cluster)), false)])
+        }
+        (Serve::Tcp { cluster }, Mode::Permissive) => (
+            false,
+            vec![
+                secure(chain(m(TLS, &tls::ALL_MTLS_ALPNS), tcp(cluster)), false),
+                chain(m(TLS, &[]), tcp(cluster)),
+                chain(m(RAW, &[]), tcp(cluster)),
+            ],
+        ),
+        (Serve::Tcp { cluster }, Mode::Disable) => (false, vec![chain(m("", &[]), tcp(cluster))]),
+        (Serve::Auto { cluster, .. } | Serve::AutoInline(_, cluster), Mode::Strict) => (
+            false,
+            vec![
+                secure(
+                    chain(m(TLS, &tls::MTLS_HTTP_ALPNS), http_filter(serve)),
+                    true,
+                ),
+                secure(chain(m(TLS, &[]), tcp(cluster)), false),
+            ],
+        ),
+        (Serve::Auto { cluster, .. } | Serve::AutoInline(_, cluster), Mode::Permissive) => (
+            true,
+            vec![
+                secure(
+                    chain(m(TLS, &tls::MTLS_HTTP_ALPNS), http_filter(serve)),
+                    true,
+                ),
+                chain(m(RAW, &HTTP_ALPN), http_filter(serve)),
+                secure(chain(m(TLS, &tls::MTLS_TCP_ALPNS), tcp(cluster)), false),
+                chain(m(RAW, &[]), tcp(cluster)),
+                chain(m(TLS, &[]), tcp(cluster)),
+            ],
+        ),
+        (Serve::Auto { cluster, .. } | Serve::AutoInline(_, cluster), Mode::Disable) => (
+            true,
+            vec![
+                chain(m("", &HTTP_ALPN), http_filter(serve)),
+                chain(m("", &[]), tcp(cluster)),
+            ],
+        ),
     }
 }
 
@@ -121,20 +274,26 @@ fn chains(
         })
     };
     match serve {
-        Serve::Http { route } => (vec![], vec![chain(m(&[]), hcm_rds(stat_prefix, route))]),
-        Serve::HttpInline(rc) => (vec![], vec![chain(m(&[]), hcm_inline(stat_prefix, rc))]),
+        Serve::Http { route } => (
+            vec![],
+            vec![chain(m(&[]), hcm_rds(stat_prefix, route, false))],
+        ),
+        Serve::HttpInline(rc) => (
+            vec![],
+            vec![chain(m(&[]), hcm_inline(stat_prefix, rc, false))],
+        ),
         Serve::Tcp { cluster } => (vec![], vec![chain(m(&[]), tcp_proxy(stat_prefix, cluster))]),
         Serve::Auto { route, cluster } => (
             vec![http_inspector()],
             vec![
-                chain(m(&HTTP_ALPN), hcm_rds(stat_prefix, route)),
+                chain(m(&HTTP_ALPN), hcm_rds(stat_prefix, route, false)),
                 chain(m(&[]), tcp_proxy(stat_prefix, cluster)),
             ],
         ),
         Serve::AutoInline(rc, cluster) => (
             vec![http_inspector()],
             vec![
-                chain(m(&HTTP_ALPN), hcm_inline(stat_prefix, rc)),
+                chain(m(&HTTP_ALPN), hcm_inline(stat_prefix, rc, false)),
                 chain(m(&[]), tcp_proxy(stat_prefix, cluster)),
             ],
         ),
@@ -206,6 +365,16 @@ fn original_dst() -> ListenerFilter {
     }
 }
 
+fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+            &TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
 fn http_inspector() -> ListenerFilter {
     ListenerFilter {
         name: "envoy.filters.listener.http_inspector".into(),
@@ -228,22 +397,26 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
     }
 }
 
-fn hcm_rds(stat_prefix: &str, route: &str) -> Filter {
+fn hcm_rds(stat_prefix: &str, route: &str, xfcc: bool) -> Filter {
     hcm(
         stat_prefix,
         RouteSpecifier::Rds(Rds {
             config_source: Some(ads()),
             route_config_name: route.into(),
         }),
+        xfcc,
     )
 }
 
-fn hcm_inline(stat_prefix: &str, rc: &RouteConfiguration) -> Filter {
-    hcm(stat_prefix, RouteSpecifier::RouteConfig(rc.clone()))
+fn hcm_inline(stat_prefix: &str, rc: &RouteConfiguration, xfcc: bool) -> Filter {
+    hcm(stat_prefix, RouteSpecifier::RouteConfig(rc.clone()), xfcc)
 }
 
-fn hcm(stat_prefix: &str, route_specifier: RouteSpecifier) -> Filter {
-    let hcm = HttpConnectionManager {
+/// An HTTP connection manager; `xfcc`: a sidecar's inbound under mesh TLS,
+/// which tells the app the verified caller in `x-forwarded-client-cert`
+/// (Istio's `APPEND_FORWARD` with subject, URI and DNS).
+fn hcm(stat_prefix: &str, route_specifier: RouteSpecifier, xfcc: bool) -> Filter {
+    let mut hcm = HttpConnectionManager {
         stat_prefix: stat_prefix.into(),
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(route_specifier),
@@ -271,6 +444,15 @@ fn hcm(stat_prefix: &str, route_specifier: RouteSpecifier) -> Filter {
         }],
         ..Default::default()
     };
+    if xfcc {
+        hcm.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
+        hcm.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+            subject: Some(BoolValue { value: true }),
+            uri: true,
+            dns: true,
+            ..Default::default()
+        });
+    }
     Filter {
         name: HCM.into(),
         config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),

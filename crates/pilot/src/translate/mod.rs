@@ -6,6 +6,7 @@ pub mod common;
 pub mod endpoint;
 pub mod listener;
 pub mod route;
+pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -156,9 +157,18 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
             .iter()
             .map(|(port, target, protocol)| (*target, inbound_serve(*port, *protocol)))
             .collect();
+        // Mesh TLS reads the proxy's namespace and labels, both ConfigKey
+        // fields (labels when a workload-level PeerAuthentication exists).
+        let modes = mesh
+            .tls
+            .as_ref()
+            .map(|t| (t, mesh.mtls_for(&proxy.namespace, &proxy.labels)));
         out.listeners.push(listener::virtual_inbound(
             &chains,
             cluster::INBOUND_PASSTHROUGH,
+            modes
+                .as_ref()
+                .map(|(mesh, modes)| listener::InboundTls { mesh, modes }),
         ));
         out.clusters
             .push(cluster::passthrough(cluster::INBOUND_PASSTHROUGH));
@@ -180,8 +190,12 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
             continue;
         };
         let rule = mesh.destination_rule(&svc.hostname, &proxy.namespace, &svc.namespace);
+        let mtls = mesh.tls.as_ref().map(|mesh_tls| cluster::MeshUpstream {
+            mesh: mesh_tls,
+            service_mode: mesh.service_mtls_mode(svc),
+        });
         for port in &svc.ports {
-            for c in cluster::for_service_port(svc, port, rule) {
+            for c in cluster::for_service_port(svc, port, rule, mtls) {
                 if c.eds_cluster_config.is_some() {
                     let subset = rule.and_then(|r| {
                         let name = c.name.split('|').nth(2).unwrap_or_default();
