@@ -21,6 +21,10 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    "envoy.extensions.transport_sockets.tls.v3.Secret",
 ];
 
 fn collect(prefix: &str, msgs: &[DescriptorProto], file: &str, out: &mut HashMap<String, String>) {

@@ -116,39 +116,103 @@ fn refuse(why: String) -> Error {
     ))))
 }
 
-/// Checks a peer's SPIFFE id against trust domains and, optionally, a list.
-#[derive(Debug, Clone)]
-struct Policy {
-    trust_domains: Vec<String>,
-    /// Empty: any id of the trust domains.
-    accept: Vec<SpiffeId>,
+/// A check of the peer's leaf certificate after its chain verified (SAN
+/// matchers, SPIFFE ids); the error says why the peer is refused.
+pub type PeerCheck = Arc<dyn Fn(&CertificateDer<'_>) -> Result<(), String> + Send + Sync>;
+
+/// The names a certificate carries, for SAN matching and
+/// `x-forwarded-client-cert`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertNames {
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+    pub emails: Vec<String>,
+    pub ips: Vec<String>,
+    /// The subject DN in RFC 4514 form (empty for SPIFFE workload certs).
+    pub subject: String,
 }
 
-impl Policy {
-    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), Error> {
-        let id =
-            spiffe_id(cert).ok_or_else(|| refuse("peer certificate has no SPIFFE id".into()))?;
-        if !self.trust_domains.contains(&id.trust_domain) {
-            return Err(refuse(format!(
-                "peer {id} is not of trust domain {:?}",
-                self.trust_domains
-            )));
+/// The SANs and subject of a certificate (None if it does not parse).
+pub fn cert_names(cert: &CertificateDer<'_>) -> Option<CertNames> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::FromDer;
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+    let mut names = CertNames {
+        subject: c.subject().to_string(),
+        ..CertNames::default()
+    };
+    if let Ok(Some(san)) = c.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::URI(u) => names.uris.push(u.to_string()),
+                GeneralName::DNSName(d) => names.dns.push(d.to_string()),
+                GeneralName::RFC822Name(e) => names.emails.push(e.to_string()),
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.ips.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
         }
-        if !self.accept.is_empty() && !self.accept.contains(&id) {
-            return Err(refuse(format!("peer {id} is none of {:?}", self.accept)));
+    }
+    Some(names)
+}
+
+/// Accept a peer only with a SPIFFE id of one of `trust_domains` and, if
+/// `accept` names any, one of them.
+pub fn spiffe_check(trust_domains: &[String], accept: &[SpiffeId]) -> PeerCheck {
+    let trust_domains = trust_domains.to_vec();
+    let accept = accept.to_vec();
+    Arc::new(move |cert| {
+        let id = spiffe_id(cert).ok_or("peer certificate has no SPIFFE id")?;
+        if !trust_domains.contains(&id.trust_domain) {
+            return Err(format!(
+                "peer {id} is not of trust domain {trust_domains:?}"
+            ));
+        }
+        if !accept.is_empty() && !accept.contains(&id) {
+            return Err(format!("peer {id} is none of {accept:?}"));
         }
         Ok(())
+    })
+}
+
+/// Verifies a server: its chain leads to `roots` (None: any chain, Envoy's
+/// ACCEPT_UNTRUSTED or no validation context), then `check`. The name the
+/// client dialled is not compared: mesh identities are SANs checked by
+/// `check`, as Envoy's `match_subject_alt_names` does.
+struct ServerVerifier {
+    roots: Option<Arc<RootCertStore>>,
+    algorithms: WebPkiSupportedAlgorithms,
+    check: Option<PeerCheck>,
+}
+
+impl std::fmt::Debug for ServerVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerVerifier")
+            .field("verifies_chain", &self.roots.is_some())
+            .field("checks_peer", &self.check.is_some())
+            .finish()
     }
 }
 
-#[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-    policy: Policy,
+/// A server verifier (see [`ServerVerifier`]).
+pub fn server_verifier(
+    roots: Option<Arc<RootCertStore>>,
+    check: Option<PeerCheck>,
+) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(ServerVerifier {
+        roots,
+        algorithms: provider().signature_verification_algorithms,
+        check,
+    })
 }
 
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -157,15 +221,19 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        self.policy.check(end_entity)?;
+        if let Some(roots) = &self.roots {
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
+        if let Some(check) = &self.check {
+            check(end_entity).map_err(refuse)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -192,13 +260,41 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-#[derive(Debug)]
-struct SpiffeClientVerifier {
+/// Verifies a client: webpki to the roots, then `check`.
+struct ClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    policy: Policy,
+    check: Option<PeerCheck>,
 }
 
-impl ClientCertVerifier for SpiffeClientVerifier {
+impl std::fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("mandatory", &self.inner.client_auth_mandatory())
+            .field("checks_peer", &self.check.is_some())
+            .finish()
+    }
+}
+
+/// A client verifier: the chain must lead to `roots`; without `mandatory` a
+/// client may present no certificate at all (PERMISSIVE over TLS).
+pub fn client_verifier(
+    roots: Arc<RootCertStore>,
+    mandatory: bool,
+    check: Option<PeerCheck>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let builder = if mandatory {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    let inner = builder
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    Ok(Arc::new(ClientVerifier { inner, check }))
+}
+
+impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
     }
@@ -220,7 +316,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         let ok = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        self.policy.check(end_entity)?;
+        if let Some(check) = &self.check {
+            check(end_entity).map_err(refuse)?;
+        }
         Ok(ok)
     }
 
@@ -256,25 +354,12 @@ pub fn server_config(
     trust_domains: &[String],
     require_client: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = provider();
-    let store = Arc::new(root_store(roots)?);
-    let builder = WebPkiClientVerifier::builder_with_provider(store, provider.clone());
-    let builder = if require_client {
-        builder
-    } else {
-        builder.allow_unauthenticated()
-    };
-    let inner = builder
-        .build()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    let verifier = Arc::new(SpiffeClientVerifier {
-        inner,
-        policy: Policy {
-            trust_domains: trust_domains.to_vec(),
-            accept: Vec::new(),
-        },
-    });
-    let config = ServerConfig::builder_with_provider(provider)
+    let verifier = client_verifier(
+        Arc::new(root_store(roots)?),
+        require_client,
+        Some(spiffe_check(trust_domains, &[])),
+    )?;
+    let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_client_cert_verifier(verifier)
@@ -292,16 +377,11 @@ pub fn client_config(
     trust_domains: &[String],
     accept: &[SpiffeId],
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = provider();
-    let verifier = Arc::new(SpiffeServerVerifier {
-        roots: Arc::new(root_store(roots)?),
-        algorithms: provider.signature_verification_algorithms,
-        policy: Policy {
-            trust_domains: trust_domains.to_vec(),
-            accept: accept.to_vec(),
-        },
-    });
-    let config = ClientConfig::builder_with_provider(provider)
+    let verifier = server_verifier(
+        Some(Arc::new(root_store(roots)?)),
+        Some(spiffe_check(trust_domains, accept)),
+    );
+    let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .dangerous()

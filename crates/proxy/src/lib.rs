@@ -27,6 +27,7 @@ pub mod listener;
 pub mod request_body;
 pub mod stats;
 pub mod stream_info;
+pub mod tls;
 pub mod upstream;
 pub mod xds_sink;
 

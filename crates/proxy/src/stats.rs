@@ -501,6 +501,10 @@ pub struct ListenerStats {
     pub downstream_cx_active: Counter,
     pub no_filter_chain_match: Counter,
     pub downstream_pre_cx_timeout: Counter,
+    /// `ssl.*`: TLS handshakes done, failed, and clients without a certificate.
+    pub ssl_handshake: Counter,
+    pub ssl_connection_error: Counter,
+    pub ssl_no_certificate: Counter,
 }
 
 impl ListenerStats {
@@ -511,6 +515,9 @@ impl ListenerStats {
             downstream_cx_active: s.gauge(stats, "downstream_cx_active"),
             no_filter_chain_match: s.counter(stats, "no_filter_chain_match"),
             downstream_pre_cx_timeout: s.counter(stats, "downstream_pre_cx_timeout"),
+            ssl_handshake: s.counter(stats, "ssl.handshake"),
+            ssl_connection_error: s.counter(stats, "ssl.connection_error"),
+            ssl_no_certificate: s.counter(stats, "ssl.no_certificate"),
         }
     }
 }

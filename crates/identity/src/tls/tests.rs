@@ -35,14 +35,10 @@ fn creds(m: &Mesh, ns: &str, sa: &str) -> Credentials {
 
 /// A client without a certificate that accepts any mesh server.
 fn anonymous(roots: &[String], trust_domains: &[String]) -> Arc<ClientConfig> {
-    let verifier = Arc::new(SpiffeServerVerifier {
-        roots: Arc::new(root_store(roots).expect("roots")),
-        algorithms: provider().signature_verification_algorithms,
-        policy: Policy {
-            trust_domains: trust_domains.to_vec(),
-            accept: Vec::new(),
-        },
-    });
+    let verifier = server_verifier(
+        Some(Arc::new(root_store(roots).expect("roots"))),
+        Some(spiffe_check(trust_domains, &[])),
+    );
     Arc::new(
         ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()

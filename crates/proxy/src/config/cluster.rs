@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::cluster::v3 as xds_cluster;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 
 use super::endpoint::LoadAssignment;
-use super::transport::{TransportMatch, TransportSocket};
+use super::transport::{End, TransportMatch, TransportSocket};
 use super::{check_subset, decode_any, duration, subset};
 use crate::error::ConfigError;
 
@@ -43,7 +43,9 @@ impl ClusterConfig {
     /// The socket for an endpoint with this `envoy.transport_socket_match`
     /// metadata.
     pub fn transport_for(&self, metadata: &BTreeMap<String, String>) -> TransportSocket {
-        super::transport::transport_for(&self.transport_matches, self.transport, metadata).1
+        super::transport::transport_for(&self.transport_matches, &self.transport, metadata)
+            .1
+            .clone()
     }
 }
 
@@ -260,7 +262,7 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
             healthy_panic_threshold: healthy_panic_threshold.round() as u32,
             dns_refresh_rate,
             dns_lookup_family,
-            transport: TransportSocket::parse(c.transport_socket.as_ref())
+            transport: TransportSocket::parse(c.transport_socket.as_ref(), End::Upstream)
                 .map_err(|e| e.under("transport_socket"))?,
             transport_matches: c
                 .transport_socket_matches

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 
 use super::fault::FaultConfig;
 use super::route::{RouteConfig, WeightedClusters};
-use super::transport::TransportSocket;
+use super::transport::{End, TransportSocket};
 use super::{check_subset, decode_any, duration, socket_addr, subset};
 use crate::error::ConfigError;
 use crate::stats::{HttpStats, ListenerStats, Stats, TcpStats};
@@ -37,7 +37,10 @@ pub struct ListenerConfig {
     /// `use_original_dst`: hand restored connections to the listener of their
     /// original destination (needs the original_dst filter to restore it).
     pub use_original_dst: bool,
-    pub http_inspector: bool,
+    /// The http_inspector and tls_inspector listener filters, if present,
+    /// with when each is skipped (`filter_disabled`).
+    pub http_inspector: Option<FilterDisabled>,
+    pub tls_inspector: Option<FilterDisabled>,
     /// How long listener filters may wait for bytes (None = forever; Envoy's
     /// default 15 s), and whether to carry on without them after that.
     pub listener_filters_timeout: Option<Duration>,
@@ -94,6 +97,9 @@ pub struct FilterChain {
     pub(crate) wire: Vec<u8>,
     /// How the chain reads its connections.
     pub transport: TransportSocket,
+    /// `transport_socket_connect_timeout`: how long a TLS handshake may take
+    /// (None: no limit, Envoy's default).
+    pub transport_connect_timeout: Option<Duration>,
 }
 
 /// `filter_chain_match`, the fields of the subset. Empty = matches anything.
@@ -168,7 +174,35 @@ pub struct HttpConnectionManager {
     pub use_remote_address: bool,
     pub normalize_path: bool,
     pub merge_slashes: bool,
+    /// `forward_client_cert_details` and `set_current_client_cert_details`.
+    pub forward_client_cert: ForwardClientCert,
+    pub client_cert_details: ClientCertDetails,
     stats: OnceLock<HttpStats>,
+}
+
+/// What happens to `x-forwarded-client-cert` (Envoy's names; SANITIZE is
+/// the default: a client's own header never reaches the app).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardClientCert {
+    #[default]
+    Sanitize,
+    /// Over mTLS, forward the header as it came (else sanitize).
+    ForwardOnly,
+    /// Over mTLS, append this hop's client certificate (else sanitize).
+    AppendForward,
+    /// Over mTLS, replace with this hop's client certificate (else sanitize).
+    SanitizeSet,
+    /// Forward as it came, TLS or not.
+    AlwaysForwardOnly,
+}
+
+/// Which fields of the client certificate go into the header (`By` and
+/// `Hash` always do).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientCertDetails {
+    pub subject: bool,
+    pub uri: bool,
+    pub dns: bool,
 }
 
 impl HttpConnectionManager {
@@ -235,6 +269,73 @@ impl ListenerConfig {
     }
 }
 
+/// `ListenerFilterChainMatchPredicate`: when a listener filter is skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FilterDisabled {
+    /// Not set: the filter always runs.
+    #[default]
+    Never,
+    Any,
+    /// Destination port in [start, end).
+    Ports(u32, u32),
+    Or(Vec<FilterDisabled>),
+    And(Vec<FilterDisabled>),
+    Not(Box<FilterDisabled>),
+}
+
+impl FilterDisabled {
+    /// Whether the filter is skipped for a connection to this port.
+    pub fn skips(&self, port: u16) -> bool {
+        let port = u32::from(port);
+        match self {
+            FilterDisabled::Never => false,
+            FilterDisabled::Any => true,
+            FilterDisabled::Ports(start, end) => (*start..*end).contains(&port),
+            FilterDisabled::Or(v) => v.iter().any(|p| p.skips(port as u16)),
+            FilterDisabled::And(v) => v.iter().all(|p| p.skips(port as u16)),
+            FilterDisabled::Not(p) => !p.skips(port as u16),
+        }
+    }
+}
+
+impl TryFrom<&xds_listener::ListenerFilterChainMatchPredicate> for FilterDisabled {
+    type Error = ConfigError;
+
+    fn try_from(p: &xds_listener::ListenerFilterChainMatchPredicate) -> Result<Self, ConfigError> {
+        use xds_listener::listener_filter_chain_match_predicate::Rule;
+        let set = |s: &xds_listener::listener_filter_chain_match_predicate::MatchSet, at: &str| {
+            s.rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    FilterDisabled::try_from(r).map_err(|e| e.under(&format!("{at}.rules[{i}]")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(match &p.rule {
+            None => return Err(ConfigError::new("rule", "required")),
+            Some(Rule::AnyMatch(true)) => FilterDisabled::Any,
+            Some(Rule::AnyMatch(false)) => {
+                return Err(ConfigError::new("any_match", "must be true"));
+            }
+            Some(Rule::OrMatch(s)) => FilterDisabled::Or(set(s, "or_match")?),
+            Some(Rule::AndMatch(s)) => FilterDisabled::And(set(s, "and_match")?),
+            Some(Rule::NotMatch(n)) => FilterDisabled::Not(Box::new(
+                FilterDisabled::try_from(n.as_ref()).map_err(|e| e.under("not_match"))?,
+            )),
+            Some(Rule::DestinationPortRange(r)) => {
+                if r.start < 0 || r.end < r.start {
+                    return Err(ConfigError::new(
+                        "destination_port_range",
+                        "start must be >= 0 and end >= start",
+                    ));
+                }
+                FilterDisabled::Ports(r.start as u32, r.end as u32)
+            }
+        })
+    }
+}
+
 impl TryFrom<&XdsListener> for ListenerConfig {
     type Error = ConfigError;
 
@@ -243,32 +344,41 @@ impl TryFrom<&XdsListener> for ListenerConfig {
         super::check_envoy_rules(envoy_rules::listener(l))?;
         let address = socket_addr(l.address.as_ref()).map_err(|e| e.under("address"))?;
         let mut original_dst_filter = false;
-        let mut http_inspector = false;
+        let mut http_inspector = None;
+        let mut tls_inspector = None;
         for (i, f) in l.listener_filters.iter().enumerate() {
             let path = format!("listener_filters[{i}]");
-            match f.name.as_str() {
-                "envoy.filters.listener.original_dst" => original_dst_filter = true,
-                "envoy.filters.listener.http_inspector" => http_inspector = true,
-                other => {
-                    // The name is free-form when typed_config is set; go by type.
-                    match &f.config_type {
-                        Some(xds_listener::listener_filter::ConfigType::TypedConfig(any))
-                            if any.type_url.ends_with(subset::ORIGINAL_DST_TYPE) =>
-                        {
-                            original_dst_filter = true
-                        }
-                        Some(xds_listener::listener_filter::ConfigType::TypedConfig(any))
-                            if any.type_url.ends_with(subset::HTTP_INSPECTOR_TYPE) =>
-                        {
-                            http_inspector = true
-                        }
-                        _ => {
-                            return Err(ConfigError::new(
-                                path,
-                                format!("unsupported listener filter {other}"),
-                            ));
-                        }
-                    }
+            // The name is free-form when typed_config is set; go by type.
+            let type_name = match &f.config_type {
+                Some(xds_listener::listener_filter::ConfigType::TypedConfig(any)) => {
+                    any.type_url.rsplit('/').next().unwrap_or_default()
+                }
+                _ => "",
+            };
+            let disabled = || {
+                f.filter_disabled
+                    .as_ref()
+                    .map(FilterDisabled::try_from)
+                    .transpose()
+                    .map(Option::unwrap_or_default)
+                    .map_err(|e| e.under(&format!("{path}.filter_disabled")))
+            };
+            match (f.name.as_str(), type_name) {
+                (_, subset::ORIGINAL_DST_TYPE) | ("envoy.filters.listener.original_dst", "") => {
+                    original_dst_filter = true
+                }
+                (_, subset::HTTP_INSPECTOR_TYPE)
+                | ("envoy.filters.listener.http_inspector", "") => {
+                    http_inspector = Some(disabled()?)
+                }
+                (_, subset::TLS_INSPECTOR_TYPE) | ("envoy.filters.listener.tls_inspector", "") => {
+                    tls_inspector = Some(disabled()?)
+                }
+                (other, _) => {
+                    return Err(ConfigError::new(
+                        path,
+                        format!("unsupported listener filter {other}"),
+                    ));
                 }
             }
         }
@@ -313,6 +423,7 @@ impl TryFrom<&XdsListener> for ListenerConfig {
             original_dst: original_dst_filter,
             use_original_dst: use_original_dst && original_dst_filter,
             http_inspector,
+            tls_inspector,
             listener_filters_timeout: match &l.listener_filters_timeout {
                 None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
                 Some(d) => Some(duration(d, "listener_filters_timeout")?).filter(|d| !d.is_zero()),
@@ -372,8 +483,14 @@ impl TryFrom<&xds_listener::FilterChain> for FilterChain {
             filter,
             drain: watch::channel(false).0,
             wire: prost::Message::encode_to_vec(fc),
-            transport: TransportSocket::parse(fc.transport_socket.as_ref())
+            transport: TransportSocket::parse(fc.transport_socket.as_ref(), End::Downstream)
                 .map_err(|e| e.under("transport_socket"))?,
+            transport_connect_timeout: fc
+                .transport_socket_connect_timeout
+                .as_ref()
+                .map(|d| super::duration(d, "transport_socket_connect_timeout"))
+                .transpose()?
+                .filter(|d| !d.is_zero()),
         })
     }
 }
@@ -398,11 +515,13 @@ impl TryFrom<&xds_listener::FilterChainMatch> for FilterChainMatch {
             .collect::<Result<Vec<_>, _>>()?;
         let transport_protocol = match m.transport_protocol.as_str() {
             "" => None,
-            "raw_buffer" => Some("raw_buffer".to_string()),
+            // The values Envoy's own listener filters set (tls_inspector:
+            // tls; raw_buffer otherwise).
+            "raw_buffer" | "tls" => Some(m.transport_protocol.clone()),
             other => {
                 return Err(ConfigError::new(
                     "transport_protocol",
-                    format!("unsupported transport protocol {other} (no TLS inspector yet)"),
+                    format!("unsupported transport protocol {other} (raw_buffer or tls)"),
                 ));
             }
         };
@@ -478,6 +597,31 @@ impl TryFrom<&hcm::HttpConnectionManager> for HttpConnectionManager {
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
             normalize_path: h.normalize_path.as_ref().is_some_and(|b| b.value),
             merge_slashes: h.merge_slashes,
+            forward_client_cert: {
+                use hcm::http_connection_manager::ForwardClientCertDetails as F;
+                match F::try_from(h.forward_client_cert_details) {
+                    Ok(F::Sanitize) => ForwardClientCert::Sanitize,
+                    Ok(F::ForwardOnly) => ForwardClientCert::ForwardOnly,
+                    Ok(F::AppendForward) => ForwardClientCert::AppendForward,
+                    Ok(F::SanitizeSet) => ForwardClientCert::SanitizeSet,
+                    Ok(F::AlwaysForwardOnly) => ForwardClientCert::AlwaysForwardOnly,
+                    Err(_) => {
+                        return Err(ConfigError::new(
+                            "forward_client_cert_details",
+                            format!("unknown value {}", h.forward_client_cert_details),
+                        ));
+                    }
+                }
+            },
+            client_cert_details: h
+                .set_current_client_cert_details
+                .as_ref()
+                .map(|d| ClientCertDetails {
+                    subject: d.subject.as_ref().is_some_and(|b| b.value),
+                    uri: d.uri,
+                    dns: d.dns,
+                })
+                .unwrap_or_default(),
             stats: OnceLock::new(),
         })
     }
@@ -641,7 +785,7 @@ default_filter_chain:
         assert_eq!(err.to_string(), "address: is required");
         let bad = GOOD.replace(
             "destination_port: 80,",
-            "destination_port: 80, transport_protocol: tls,",
+            "destination_port: 80, transport_protocol: quic,",
         );
         assert_eq!(
             listener(&bad).unwrap_err().path,

@@ -10,6 +10,7 @@ pub mod listener;
 pub mod route;
 pub mod store;
 pub mod subset;
+pub mod tls;
 pub mod transport;
 
 use std::net::{IpAddr, SocketAddr};

@@ -113,6 +113,8 @@ pub struct ConfigStore {
     dns_proxy: std::sync::OnceLock<dns::DnsServer>,
     /// Who reads each finished HTTP stream's record (empty: no record kept).
     stream_observers: ArcSwap<Vec<Arc<dyn StreamObserver>>>,
+    /// SDS secrets the TLS sockets use (`default`, `ROOTCA`).
+    pub secrets: Arc<crate::tls::Secrets>,
 }
 
 impl std::fmt::Debug for ConfigStore {
@@ -147,6 +149,7 @@ impl ConfigStore {
             prebound: Mutex::new(HashMap::new()),
             dns_proxy: std::sync::OnceLock::new(),
             stream_observers: ArcSwap::from_pointee(Vec::new()),
+            secrets: Arc::default(),
         });
         let mut state = store.lock();
         store.publish(&mut state);
@@ -543,7 +546,7 @@ impl ConfigStore {
                         .get(&config.name)
                         .map(|v| {
                             v.iter()
-                                .map(|(a, w, h)| ((*a).into(), *w, *h, config.transport))
+                                .map(|(a, w, h)| ((*a).into(), *w, *h, config.transport.clone()))
                                 .collect()
                         })
                         .unwrap_or_default(),

@@ -1,48 +1,91 @@
 //! Transport sockets: how a listener's filter chain reads its connections and
-//! how a cluster connects to an endpoint. Only `raw_buffer` (plain TCP) is
-//! run today; TLS plugs in here next, and anything else is NACKed with its
-//! path. A cluster's `transport_socket_matches` pick a socket per endpoint
-//! from the endpoint's `envoy.transport_socket_match` metadata (how Istio
-//! chooses mTLS for endpoints labelled `tlsMode: istio`).
+//! how a cluster connects to an endpoint: `raw_buffer` (plain TCP) or
+//! `tls` (an UpstreamTlsContext on clusters, a DownstreamTlsContext on
+//! filter chains); anything else is NACKed with its path. A cluster's
+//! `transport_socket_matches` pick a socket per endpoint from the
+//! endpoint's `envoy.transport_socket_match` metadata (how Istio chooses
+//! mTLS for endpoints labelled `tlsMode: istio`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::google::protobuf::{Struct, value};
 
+use super::tls::{DOWNSTREAM_TYPE, TlsSocket, UPSTREAM_TYPE};
 use crate::error::ConfigError;
 
 /// The socket a connection runs on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub enum TransportSocket {
     /// Plain bytes (`envoy.transport_sockets.raw_buffer`; also the default).
     #[default]
     RawBuffer,
+    /// `envoy.transport_sockets.tls`.
+    Tls(Arc<TlsSocket>),
 }
 
 const RAW_BUFFER: &str = "envoy.transport_sockets.raw_buffer";
+const RAW_BUFFER_TYPE: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+
+/// Which end a socket is for: clusters connect, filter chains accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Upstream,
+    Downstream,
+}
 
 impl TransportSocket {
     /// `transport_socket` of a filter chain or cluster (unset = raw_buffer).
-    pub fn parse(ts: Option<&core::TransportSocket>) -> Result<TransportSocket, ConfigError> {
+    pub fn parse(
+        ts: Option<&core::TransportSocket>,
+        end: End,
+    ) -> Result<TransportSocket, ConfigError> {
         let Some(ts) = ts else {
             return Ok(TransportSocket::RawBuffer);
         };
-        let typed_raw = matches!(&ts.config_type,
-            Some(core::transport_socket::ConfigType::TypedConfig(any))
-                if any.type_url.ends_with("envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"));
-        if typed_raw || (ts.config_type.is_none() && (ts.name == RAW_BUFFER || ts.name.is_empty()))
-        {
-            return Ok(TransportSocket::RawBuffer);
+        let any = match &ts.config_type {
+            Some(core::transport_socket::ConfigType::TypedConfig(any)) => any,
+            _ if ts.name == RAW_BUFFER || ts.name.is_empty() => {
+                return Ok(TransportSocket::RawBuffer);
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    "name",
+                    format!(
+                        "unsupported transport socket {} without typed_config (raw_buffer, or tls with an Upstream/DownstreamTlsContext)",
+                        ts.name
+                    ),
+                ));
+            }
+        };
+        let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+        match (type_name, end) {
+            (RAW_BUFFER_TYPE, _) => Ok(TransportSocket::RawBuffer),
+            (UPSTREAM_TYPE, End::Upstream) => {
+                let ctx = super::decode_any(any, "typed_config")?;
+                Ok(TransportSocket::Tls(
+                    TlsSocket::upstream(&ctx).map_err(|e| e.under("typed_config"))?,
+                ))
+            }
+            (DOWNSTREAM_TYPE, End::Downstream) => {
+                let ctx = super::decode_any(any, "typed_config")?;
+                Ok(TransportSocket::Tls(
+                    TlsSocket::downstream(&ctx).map_err(|e| e.under("typed_config"))?,
+                ))
+            }
+            (UPSTREAM_TYPE | DOWNSTREAM_TYPE, _) => Err(ConfigError::new(
+                "typed_config",
+                format!(
+                    "{type_name} on the wrong end: clusters take an UpstreamTlsContext, filter chains a DownstreamTlsContext"
+                ),
+            )),
+            (other, _) => Err(ConfigError::new(
+                "typed_config",
+                format!("unsupported transport socket type {other}"),
+            )),
         }
-        Err(ConfigError::new(
-            "name",
-            format!(
-                "unsupported transport socket {} (only {RAW_BUFFER} for now)",
-                ts.name
-            ),
-        ))
     }
 }
 
@@ -67,7 +110,7 @@ impl TryFrom<&TransportSocketMatch> for TransportMatch {
                 .map(|s| strings(s, "match"))
                 .transpose()?
                 .unwrap_or_default(),
-            socket: TransportSocket::parse(m.transport_socket.as_ref())
+            socket: TransportSocket::parse(m.transport_socket.as_ref(), End::Upstream)
                 .map_err(|e| e.under("transport_socket"))?,
         })
     }
@@ -77,13 +120,13 @@ impl TryFrom<&TransportSocketMatch> for TransportMatch {
 /// whose criteria it meets (with its name), else the cluster's own.
 pub fn transport_for<'m>(
     matches: &'m [TransportMatch],
-    default: TransportSocket,
+    default: &'m TransportSocket,
     metadata: &BTreeMap<String, String>,
-) -> (Option<&'m str>, TransportSocket) {
+) -> (Option<&'m str>, &'m TransportSocket) {
     matches
         .iter()
         .find(|m| m.criteria.iter().all(|(k, v)| metadata.get(k) == Some(v)))
-        .map_or((None, default), |m| (Some(m.name.as_str()), m.socket))
+        .map_or((None, default), |m| (Some(m.name.as_str()), &m.socket))
 }
 
 /// A Struct of string values (match criteria, endpoint match metadata);
@@ -108,22 +151,22 @@ mod tests {
     #[test]
     fn raw_buffer_is_accepted_others_are_named() {
         assert_eq!(
-            TransportSocket::parse(None).expect("default"),
+            TransportSocket::parse(None, End::Upstream).expect("default"),
             TransportSocket::RawBuffer
         );
         let raw = core::TransportSocket {
             name: RAW_BUFFER.into(),
             ..Default::default()
         };
-        assert!(TransportSocket::parse(Some(&raw)).is_ok());
+        assert!(TransportSocket::parse(Some(&raw), End::Downstream).is_ok());
         let tls = core::TransportSocket {
             name: "envoy.transport_sockets.tls".into(),
             ..Default::default()
         };
-        let e = TransportSocket::parse(Some(&tls)).expect_err("tls");
+        let e = TransportSocket::parse(Some(&tls), End::Upstream).expect_err("tls");
         assert_eq!(
             e.to_string(),
-            "name: unsupported transport socket envoy.transport_sockets.tls (only envoy.transport_sockets.raw_buffer for now)"
+            "name: unsupported transport socket envoy.transport_sockets.tls without typed_config (raw_buffer, or tls with an Upstream/DownstreamTlsContext)"
         );
     }
 
@@ -144,16 +187,16 @@ mod tests {
         let other: BTreeMap<String, String> =
             [("tlsMode".to_string(), "disabled".to_string())].into();
         assert_eq!(
-            transport_for(&matches, TransportSocket::RawBuffer, &istio).0,
+            transport_for(&matches, &TransportSocket::RawBuffer, &istio).0,
             Some("tlsMode-istio")
         );
         assert_eq!(
-            transport_for(&matches, TransportSocket::RawBuffer, &other).0,
+            transport_for(&matches, &TransportSocket::RawBuffer, &other).0,
             Some("plaintext")
         );
         assert_eq!(
-            transport_for(&matches[..1], TransportSocket::RawBuffer, &other),
-            (None, TransportSocket::RawBuffer)
+            transport_for(&matches[..1], &TransportSocket::RawBuffer, &other),
+            (None, &TransportSocket::RawBuffer)
         );
     }
 }

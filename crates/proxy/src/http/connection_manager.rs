@@ -9,12 +9,11 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::listener::{Codec, HttpConnectionManager};
 use crate::config::store::ConfigStore;
-use crate::downstream::Downstream;
+use crate::downstream::{Downstream, DownstreamStream};
 use crate::stats::HttpStats;
 
 use super::router;
@@ -29,7 +28,7 @@ pub struct HttpContext {
 }
 
 pub async fn serve(
-    stream: TcpStream,
+    stream: DownstreamStream,
     downstream: Downstream,
     hcm: Arc<HttpConnectionManager>,
     store: Arc<ConfigStore>,

@@ -3,6 +3,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::config::listener::{ForwardClientCert, HttpConnectionManager};
+use crate::tls::PeerTls;
 use crate::upstream::lb::random;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -99,6 +101,81 @@ pub fn request_id() -> HeaderValue {
         nibble += 1;
     }
     HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
+}
+
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// `x-forwarded-client-cert` by the HCM's `forward_client_cert_details`:
+/// a client's own header is dropped unless its connection is mTLS and the
+/// config forwards it; over mTLS this hop's element is appended or set,
+/// `By=<our URI SAN>;Hash=<client cert SHA-256>` plus the configured
+/// `Subject`, `URI` and `DNS`, in Envoy's order.
+pub fn forward_client_cert(h: &mut HeaderMap, hcm: &HttpConnectionManager, tls: Option<&PeerTls>) {
+    let mtls = tls.and_then(|t| t.peer.as_ref().map(|p| (t, p)));
+    let element = |(t, p): (&PeerTls, &crate::tls::PeerCert)| {
+        let d = hcm.client_cert_details;
+        let mut v = String::new();
+        if let Some(by) = &t.local_uri {
+            v.push_str("By=");
+            v.push_str(by);
+            v.push(';');
+        }
+        v.push_str("Hash=");
+        v.push_str(&p.sha256);
+        if d.subject {
+            v.push_str(";Subject=\"");
+            v.push_str(&p.names.subject.replace('"', "\\\""));
+            v.push('"');
+        }
+        if d.uri {
+            for u in &p.names.uris {
+                v.push_str(";URI=");
+                v.push_str(u);
+            }
+        }
+        if d.dns {
+            for n in &p.names.dns {
+                v.push_str(";DNS=");
+                v.push_str(n);
+            }
+        }
+        HeaderValue::from_str(&v).ok()
+    };
+    match (hcm.forward_client_cert, mtls) {
+        (ForwardClientCert::AlwaysForwardOnly, _) | (ForwardClientCert::ForwardOnly, Some(_)) => {}
+        (ForwardClientCert::AppendForward, Some(m)) => {
+            let previous: Vec<&str> = h
+                .get_all(&X_FORWARDED_CLIENT_CERT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let mut joined = previous.join(",");
+            let Some(mine) = element(m) else { return };
+            if !joined.is_empty() {
+                joined.push(',');
+            }
+            joined.push_str(mine.to_str().unwrap_or_default());
+            match HeaderValue::from_str(&joined) {
+                Ok(v) => {
+                    h.insert(&X_FORWARDED_CLIENT_CERT, v);
+                }
+                Err(_) => {
+                    h.insert(&X_FORWARDED_CLIENT_CERT, mine);
+                }
+            }
+        }
+        (ForwardClientCert::SanitizeSet, Some(m)) => match element(m) {
+            Some(mine) => {
+                h.insert(&X_FORWARDED_CLIENT_CERT, mine);
+            }
+            None => {
+                h.remove(&X_FORWARDED_CLIENT_CERT);
+            }
+        },
+        _ => {
+            h.remove(&X_FORWARDED_CLIENT_CERT);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -42,7 +42,9 @@ pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
     stats.downstream_rq_total.inc();
     let observers = ctx.store.stream_observers();
     let mut mutations = Mutations {
-        info: observers.as_ref().map(|_| StreamInfo::new(ctx.downstream)),
+        info: observers
+            .as_ref()
+            .map(|_| StreamInfo::new(ctx.downstream.clone())),
         ..Mutations::default()
     };
     let mut resp = match forward(req, ctx, &mut mutations).await {
@@ -249,6 +251,7 @@ async fn forward(
         req.map(RequestBody::Streaming),
         cluster.config.connect_timeout,
         &cluster.stats,
+        &ctx.store.secrets,
         upgrade,
     );
     let result = match timeout {
@@ -452,8 +455,14 @@ fn prepare_request(
         h.insert(&X_REQUEST_ID, headers::request_id());
     }
     if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let scheme = if ctx.downstream.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
+    headers::forward_client_cert(h, &ctx.hcm, ctx.downstream.tls.as_deref());
     if let Some(t) = timeout {
         h.insert(
             &X_ENVOY_EXPECTED_RQ_TIMEOUT_MS,

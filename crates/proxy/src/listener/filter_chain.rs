@@ -13,7 +13,8 @@ pub struct ConnectionInfo<'a> {
     /// Local address, or the original destination when restored.
     pub destination: SocketAddr,
     pub transport_protocol: &'a str,
-    pub application_protocol: Option<&'a str>,
+    /// The ALPN list a TLS client offered, or what http_inspector saw.
+    pub application_protocols: &'a [&'a str],
 }
 
 /// The chain to run for a connection, or None to close it.
@@ -59,11 +60,10 @@ pub fn select<'l>(
         if fc.matcher.application_protocols.is_empty() {
             return Some(0);
         }
-        let proto = conn.application_protocol?;
         fc.matcher
             .application_protocols
             .iter()
-            .any(|p| p == proto)
+            .any(|p| conn.application_protocols.contains(&p.as_str()))
             .then_some(1)
     });
 
@@ -127,10 +127,11 @@ mod tests {
     }
 
     fn pick(l: &ListenerConfig, dst: &str, app: Option<&str>) -> String {
+        let app: Vec<&str> = app.into_iter().collect();
         let conn = ConnectionInfo {
             destination: dst.parse().unwrap(),
             transport_protocol: "raw_buffer",
-            application_protocol: app,
+            application_protocols: &app,
         };
         select(l, &conn)
             .map(|fc| fc.name.clone())

@@ -2,11 +2,11 @@
 //! connection (without consuming them) to tell HTTP/1.x from h2c prior
 //! knowledge, for `filter_chain_match.application_protocols`.
 
-use std::io;
 use std::time::Duration;
 
-use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use super::peek::{Peek, TimedOut, peek_until, within};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Envoy's http_inspector gives up after this many bytes.
@@ -68,68 +68,21 @@ pub fn detect(buf: &[u8]) -> Detected {
     }
 }
 
-/// The listener filters did not finish within listener_filters_timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimedOut;
-
 /// Peek until the protocol is known or the peer stops sending; `timeout`
 /// None waits as long as it takes.
 pub async fn inspect(
     stream: &TcpStream,
     timeout: Option<Duration>,
 ) -> Result<Option<&'static str>, TimedOut> {
-    match timeout {
-        Some(t) => tokio::time::timeout(t, peek_protocol(stream))
-            .await
-            .map_err(|_| TimedOut),
-        None => Ok(peek_protocol(stream).await),
-    }
-}
-
-async fn peek_protocol(stream: &TcpStream) -> Option<&'static str> {
-    let mut buf = vec![0u8; MAX_PEEK];
-    let mut seen = 0;
-    loop {
-        stream.readable().await.ok()?;
-        let n = match stream.try_io(Interest::READABLE, || {
-            let n = peek_raw(stream, &mut buf)?;
-            if n == seen {
-                // Nothing new: clear readiness and wait for more bytes.
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        }) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => return None,
-        };
-        if n == 0 {
-            return None;
-        }
-        seen = n;
-        match detect(&buf[..n]) {
-            Detected::Unknown => continue,
-            d => return d.protocol(),
-        }
-    }
-}
-
-fn peek_raw(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: recv with MSG_PEEK writes at most buf.len() bytes into buf.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    let found = within(
+        timeout,
+        peek_until(stream, MAX_PEEK, |buf| match detect(buf) {
+            Detected::Unknown => Peek::More,
+            d => Peek::Done(d.protocol()),
+        }),
+    )
+    .await?;
+    Ok(found.flatten())
 }
 
 #[cfg(test)]

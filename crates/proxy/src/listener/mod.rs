@@ -6,6 +6,7 @@
 pub mod filter_chain;
 pub mod http_inspector;
 pub mod original_dst;
+pub mod peek;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,11 +18,15 @@ use tokio::task::JoinHandle;
 
 use crate::config::listener::NetworkFilter;
 use crate::config::store::ConfigStore;
+use crate::config::tls::TlsSocket;
 use crate::config::transport::TransportSocket;
-use crate::downstream::Downstream;
+use crate::downstream::{Downstream, DownstreamStream};
 use crate::error::StartError;
 use crate::filters::network::tcp_proxy;
 use crate::http::connection_manager;
+use crate::stats::ListenerStats;
+use crate::tls::inspector::ClientHello;
+use crate::tls::{self, PeerCert, PeerTls, Secrets};
 use filter_chain::ConnectionInfo;
 
 struct Bound {
@@ -179,6 +184,7 @@ async fn handle_connection(
         peer,
         destination: local,
         original_dst: None,
+        tls: None,
     };
     if listener.original_dst
         && let Some(dst) = original_dst::original_dst(&stream)
@@ -192,22 +198,42 @@ async fn handle_connection(
         }
     }
     let stats = listener.stats(&store.stats).clone();
-    let app_protocol = if listener.http_inspector {
-        match http_inspector::inspect(&stream, listener.listener_filters_timeout).await {
-            Ok(p) => p,
-            Err(_) if listener.continue_on_listener_filters_timeout => None,
-            Err(_) => {
-                stats.downstream_pre_cx_timeout.inc();
-                return;
+    let port = downstream.destination.port();
+    let timeout = listener.listener_filters_timeout;
+    let hello = match &listener.tls_inspector {
+        Some(disabled) if !disabled.skips(port) => {
+            match tls::inspector::inspect(&stream, timeout).await {
+                Ok(h) => h,
+                Err(_) if listener.continue_on_listener_filters_timeout => None,
+                Err(_) => {
+                    stats.downstream_pre_cx_timeout.inc();
+                    return;
+                }
             }
         }
-    } else {
-        None
+        _ => None,
+    };
+    let app_protocol = match &listener.http_inspector {
+        Some(disabled) if hello.is_none() && !disabled.skips(port) => {
+            match http_inspector::inspect(&stream, timeout).await {
+                Ok(p) => p,
+                Err(_) if listener.continue_on_listener_filters_timeout => None,
+                Err(_) => {
+                    stats.downstream_pre_cx_timeout.inc();
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
+    let offered: Vec<&str> = match &hello {
+        Some(h) => h.alpn.iter().map(String::as_str).collect(),
+        None => app_protocol.into_iter().collect(),
     };
     let info = ConnectionInfo {
         destination: downstream.destination,
-        transport_protocol: "raw_buffer",
-        application_protocol: app_protocol,
+        transport_protocol: if hello.is_some() { "tls" } else { "raw_buffer" },
+        application_protocols: &offered,
     };
     let Some(chain) = filter_chain::select(&listener, &info) else {
         tracing::debug!(listener = %listener.name, dst = %downstream.destination, "no matching filter chain; closing");
@@ -216,9 +242,40 @@ async fn handle_connection(
     };
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
-    // The chain's transport socket (raw_buffer: the bytes as they come).
-    let stream = match chain.transport {
-        TransportSocket::RawBuffer => stream,
+    let _active = ActiveGauge(&stats.downstream_cx_active);
+    // The chain's transport socket: the bytes as they come, or TLS ended here.
+    let stream = match &chain.transport {
+        TransportSocket::RawBuffer => DownstreamStream::Tcp(stream),
+        TransportSocket::Tls(socket) => {
+            let hello = match hello {
+                Some(h) => h,
+                // No tls_inspector: read the ClientHello for its ALPN now.
+                None => match tls::inspector::inspect(&stream, timeout).await {
+                    Ok(Some(h)) => h,
+                    _ => {
+                        stats.ssl_connection_error.inc();
+                        return;
+                    }
+                },
+            };
+            let handshake = accept_tls(stream, socket, hello, &store.secrets, &stats);
+            let done = match chain.transport_connect_timeout {
+                Some(t) => tokio::time::timeout(t, handshake)
+                    .await
+                    .unwrap_or_else(|_| {
+                        stats.ssl_connection_error.inc();
+                        None
+                    }),
+                None => handshake.await,
+            };
+            match done {
+                Some((s, peer)) => {
+                    downstream.tls = Some(peer);
+                    DownstreamStream::Tls(s)
+                }
+                None => return,
+            }
+        }
     };
     let filter = chain.filter.clone();
     let drain = chain.drain.subscribe();
@@ -229,5 +286,64 @@ async fn handle_connection(
         }
         NetworkFilter::TcpProxy(tcp) => tcp_proxy::proxy(stream, downstream, tcp, store).await,
     }
-    stats.downstream_cx_active.dec();
+}
+
+/// Decrements a gauge when the connection ends, however it ends.
+struct ActiveGauge<'a>(&'a crate::stats::Counter);
+
+impl Drop for ActiveGauge<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The server side of a filter chain's TLS: the handshake with the config
+/// for what the client offered, and what it established.
+async fn accept_tls(
+    stream: TcpStream,
+    socket: &TlsSocket,
+    hello: ClientHello,
+    secrets: &Secrets,
+    stats: &ListenerStats,
+) -> Option<(
+    Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    Arc<PeerTls>,
+)> {
+    let side = match socket.server_config(secrets, &hello.alpn) {
+        Ok(side) => side,
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS not ready; closing");
+            stats.ssl_connection_error.inc();
+            return None;
+        }
+    };
+    let tls = match tokio_rustls::TlsAcceptor::from(side.config)
+        .accept(stream)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            stats.ssl_connection_error.inc();
+            return None;
+        }
+    };
+    stats.ssl_handshake.inc();
+    let conn = tls.get_ref().1;
+    let peer = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(PeerCert::from_der);
+    if peer.is_none() {
+        stats.ssl_no_certificate.inc();
+    }
+    let info = PeerTls {
+        local_uri: side.local_uri,
+        peer,
+        alpn: conn
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        sni: hello.sni,
+    };
+    Some((Box::new(tls), Arc::new(info)))
 }

@@ -39,6 +39,7 @@ impl std::fmt::Display for UpstreamAddr {
 pub enum UpstreamStream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl UpstreamStream {
@@ -64,6 +65,7 @@ impl AsyncRead for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -77,6 +79,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -84,6 +87,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             UpstreamStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -91,6 +95,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -102,6 +107,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             UpstreamStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -109,6 +115,7 @@ impl AsyncWrite for UpstreamStream {
         match self {
             UpstreamStream::Tcp(s) => s.is_write_vectored(),
             UpstreamStream::Unix(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
         }
     }
 }

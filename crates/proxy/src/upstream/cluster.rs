@@ -50,12 +50,12 @@ impl ClusterRuntime {
         let mut routable = Vec::with_capacity(endpoints.len());
         let mut next = HashMap::with_capacity(endpoints.len());
         for (addr, weight, health, transport) in endpoints {
-            let key = (addr.clone(), *transport);
+            let key = (addr.clone(), transport.clone());
             let host = self
                 .hosts
                 .get(&key)
                 .cloned()
-                .unwrap_or_else(|| Host::with_transport(addr.clone(), *transport));
+                .unwrap_or_else(|| Host::with_transport(addr.clone(), transport.clone()));
             next.insert(key, host.clone());
             if health.routable() {
                 routable.push((host.clone(), *weight));
@@ -117,15 +117,14 @@ impl UpstreamCluster {
                 // ORIGINAL_DST hosts on cleanup_interval).
                 map.retain(|_, h| h.rq_active.get() > 0 || h.cx_active.get() > 0);
             }
-            let transport = self.config.transport;
             let h = map
                 .entry(dst)
-                .or_insert_with(|| Host::with_transport(dst, transport))
+                .or_insert_with(|| Host::with_transport(dst, self.config.transport.clone()))
                 .clone();
             created = Some(h);
             map
         });
-        created.unwrap_or_else(|| Host::with_transport(dst, self.config.transport))
+        created.unwrap_or_else(|| Host::with_transport(dst, self.config.transport.clone()))
     }
 
     /// Hosts shown by `/clusters` (ORIGINAL_DST ones as they are created).

@@ -1,13 +1,15 @@
 //! Opening a connection to an upstream host (TCP, or a Unix domain socket
-//! for a pipe address), bounded by the cluster's connect_timeout, with the
-//! cluster's connection stats kept.
+//! for a pipe address) and running its transport socket (a TLS handshake),
+//! all bounded by the cluster's connect_timeout, with the cluster's
+//! connection stats kept.
 
 use std::io;
 use std::time::Duration;
 
 use crate::config::transport::TransportSocket;
 use crate::stats::ClusterStats;
-use crate::upstream::address::UpstreamStream;
+use crate::tls::Secrets;
+use crate::upstream::address::{UpstreamAddr, UpstreamStream};
 use crate::upstream::host::Host;
 
 /// Connect to `host` over its transport socket within `timeout`; counts
@@ -16,12 +18,33 @@ pub async fn connect(
     host: &Host,
     timeout: Duration,
     stats: &ClusterStats,
+    secrets: &Secrets,
 ) -> io::Result<UpstreamStream> {
     stats.upstream_cx_total.inc();
     let started = tokio::time::Instant::now();
     let open = async {
-        match host.transport {
+        match &host.transport {
             TransportSocket::RawBuffer => UpstreamStream::connect(&host.addr).await,
+            TransportSocket::Tls(tls) => {
+                let UpstreamAddr::Ip(ip) = &host.addr else {
+                    return Err(io::Error::other("TLS to a pipe address is not supported"));
+                };
+                let config = tls.client_config(secrets).map_err(io::Error::other)?;
+                let UpstreamStream::Tcp(tcp) = UpstreamStream::connect(&host.addr).await? else {
+                    unreachable!("an IP address connects over TCP");
+                };
+                let connector = tokio_rustls::TlsConnector::from(config);
+                let stream = connector
+                    .connect(tls.server_name(ip.ip()), tcp)
+                    .await
+                    .map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            format!("TLS handshake: {e}"),
+                        )
+                    })?;
+                Ok(UpstreamStream::Tls(Box::new(stream)))
+            }
         }
     };
     let result = match tokio::time::timeout(timeout, open).await {

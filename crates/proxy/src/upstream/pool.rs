@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::error::RequestError;
 use crate::stats::ClusterStats;
+use crate::tls::Secrets;
 use crate::upstream::connect::connect;
 use crate::upstream::host::{ActiveRequest, Host};
 
@@ -68,6 +69,7 @@ pub async fn send(
     req: Request<RequestBody>,
     connect_timeout: Duration,
     stats: &ClusterStats,
+    secrets: &Secrets,
     upgrade: bool,
 ) -> Result<Response<UpstreamBody>, RequestError> {
     let host = active.host().clone();
@@ -89,7 +91,7 @@ pub async fn send(
                     }
                 }
             }
-            let mut sender = connect_http1(&host, connect_timeout, stats).await?;
+            let mut sender = connect_http1(&host, connect_timeout, stats, secrets).await?;
             let resp = sender
                 .send_request(req)
                 .await
@@ -102,7 +104,7 @@ pub async fn send(
             let mut sender = match current {
                 Some(s) if !s.is_closed() => Http2Sender::clone(&s),
                 _ => {
-                    let s = connect_http2(&host, connect_timeout, stats).await?;
+                    let s = connect_http2(&host, connect_timeout, stats, secrets).await?;
                     host.pool.http2.store(Some(Arc::new(s.clone())));
                     s
                 }
@@ -121,8 +123,9 @@ async fn connect_http1(
     host: &Arc<Host>,
     timeout: Duration,
     stats: &ClusterStats,
+    secrets: &Secrets,
 ) -> Result<Http1Sender, RequestError> {
-    let io = open(host, timeout, stats).await?;
+    let io = open(host, timeout, stats, secrets).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
@@ -139,8 +142,9 @@ async fn connect_http2(
     host: &Arc<Host>,
     timeout: Duration,
     stats: &ClusterStats,
+    secrets: &Secrets,
 ) -> Result<Http2Sender, RequestError> {
-    let io = open(host, timeout, stats).await?;
+    let io = open(host, timeout, stats, secrets).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .handshake(TokioIo::new(io))
         .await
@@ -157,9 +161,10 @@ async fn open(
     host: &Arc<Host>,
     timeout: Duration,
     stats: &ClusterStats,
+    secrets: &Secrets,
 ) -> Result<crate::upstream::UpstreamStream, RequestError> {
     host.cx_total.inc();
-    connect(host, timeout, stats).await.map_err(|e| {
+    connect(host, timeout, stats, secrets).await.map_err(|e| {
         host.cx_connect_fail.inc();
         RequestError::ConnectFailure(e)
     })

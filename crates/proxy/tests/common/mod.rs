@@ -82,6 +82,9 @@ fn answer(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(id) = req.headers().get("x-request-id") {
         h.insert("x-seen-request-id", id.clone());
     }
+    if let Some(v) = req.headers().get("x-forwarded-client-cert") {
+        h.insert("x-seen-xfcc", v.clone());
+    }
     resp
 }
 

@@ -15,6 +15,8 @@ pub const TCP_PROXY_TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.
 pub const ORIGINAL_DST_TYPE: &str = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 pub const HTTP_INSPECTOR_TYPE: &str =
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+pub const TLS_INSPECTOR_TYPE: &str =
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 pub const HTTP_PROTOCOL_OPTIONS_TYPE: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -200,12 +202,12 @@ filter_chains:
             "per_connection_buffer_limit_bytes"
         );
         let l: Listener = xds::json::from_yaml(
-            "name: l\nfilter_chains: [{name: a}, {name: b, transport_socket_connect_timeout: 1s}]",
+            "name: l\nfilter_chains: [{name: a}, {name: b, use_proxy_proto: true}]",
         )
         .unwrap();
         assert_eq!(
             check(&l, &LISTENER).unwrap_err().path,
-            "filter_chains[1].transport_socket_connect_timeout"
+            "filter_chains[1].use_proxy_proto"
         );
     }
 

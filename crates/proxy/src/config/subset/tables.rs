@@ -617,9 +617,34 @@ pub(super) static UPGRADE_CONFIG: Schema = Schema {
     names: &[(1, "upgrade_type"), (2, "filters"), (3, "enabled")],
 };
 
+pub(super) static SET_CURRENT_CERT: Schema = Schema {
+    message: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails",
+    allowed: &[
+        ("subject", 1, false, Field::Leaf),
+        ("dns", 4, false, Field::Leaf),
+        ("uri", 5, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "subject"),
+        (3, "cert"),
+        (4, "dns"),
+        (5, "uri"),
+        (6, "chain"),
+        (7, "format"),
+        (8, "issuer"),
+    ],
+};
+
 pub(super) static HCM: Schema = Schema {
     message: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
     allowed: &[
+        ("forward_client_cert_details", 16, false, Field::Leaf),
+        (
+            "set_current_client_cert_details",
+            17,
+            false,
+            Field::Msg(&SET_CURRENT_CERT),
+        ),
         ("stat_prefix", 2, false, Field::Leaf),
         ("codec_type", 1, false, Field::Leaf),
         ("rds", 3, false, Field::Msg(&RDS)),
@@ -777,6 +802,261 @@ pub(super) static RAW_BUFFER: Schema = Schema {
     names: &[],
 };
 
+pub(super) static FILE_DATA_SOURCE: Schema = Schema {
+    message: "envoy.config.core.v3.DataSource",
+    allowed: &[
+        ("filename", 1, false, Field::Leaf),
+        ("inline_bytes", 2, false, Field::Leaf),
+        ("inline_string", 3, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "filename"),
+        (2, "inline_bytes"),
+        (3, "inline_string"),
+        (4, "environment_variable"),
+        (5, "watched_directory"),
+    ],
+};
+
+pub(super) static TLS_PARAMS: Schema = Schema {
+    message: "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+    allowed: &[
+        ("tls_minimum_protocol_version", 1, false, Field::Leaf),
+        ("tls_maximum_protocol_version", 2, false, Field::Leaf),
+        ("cipher_suites", 3, true, Field::Leaf),
+    ],
+    names: &[
+        (1, "tls_minimum_protocol_version"),
+        (2, "tls_maximum_protocol_version"),
+        (3, "cipher_suites"),
+        (4, "ecdh_curves"),
+        (5, "signature_algorithms"),
+        (6, "compliance_policies"),
+    ],
+};
+
+pub(super) static TLS_CERTIFICATE: Schema = Schema {
+    message: "envoy.extensions.transport_sockets.tls.v3.TlsCertificate",
+    allowed: &[
+        ("certificate_chain", 1, false, Field::Msg(&FILE_DATA_SOURCE)),
+        ("private_key", 2, false, Field::Msg(&FILE_DATA_SOURCE)),
+    ],
+    names: &[
+        (1, "certificate_chain"),
+        (2, "private_key"),
+        (3, "password"),
+        (4, "ocsp_staple"),
+        (5, "signed_certificate_timestamp"),
+        (6, "private_key_provider"),
+        (7, "watched_directory"),
+        (8, "pkcs12"),
+        (9, "tls_params"),
+    ],
+};
+
+pub(super) static SDS_CONFIG_SOURCE: Schema = Schema {
+    message: "envoy.config.core.v3.ConfigSource",
+    allowed: &[
+        ("ads", 3, false, Field::Msg(&AGGREGATED_CONFIG_SOURCE)),
+        (
+            "api_config_source",
+            2,
+            false,
+            Field::Msg(&API_CONFIG_SOURCE),
+        ),
+        ("resource_api_version", 6, false, Field::Leaf),
+        ("initial_fetch_timeout", 4, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "path"),
+        (2, "api_config_source"),
+        (3, "ads"),
+        (4, "initial_fetch_timeout"),
+        (5, "self"),
+        (6, "resource_api_version"),
+        (7, "authorities"),
+        (8, "path_config_source"),
+    ],
+};
+
+pub(super) static SDS_SECRET_CONFIG: Schema = Schema {
+    message: "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
+    allowed: &[
+        ("name", 1, false, Field::Leaf),
+        ("sds_config", 2, false, Field::Msg(&SDS_CONFIG_SOURCE)),
+    ],
+    names: &[(1, "name"), (2, "sds_config")],
+};
+
+pub(super) static SAN_MATCHER: Schema = Schema {
+    message: "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
+    allowed: &[
+        ("san_type", 1, false, Field::Leaf),
+        ("matcher", 2, false, Field::Msg(&STRING_MATCHER)),
+    ],
+    names: &[(1, "san_type"), (2, "matcher"), (3, "oid")],
+};
+
+pub(super) static VALIDATION_CONTEXT: Schema = Schema {
+    message: "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+    allowed: &[
+        ("trusted_ca", 1, false, Field::Msg(&FILE_DATA_SOURCE)),
+        (
+            "match_typed_subject_alt_names",
+            15,
+            true,
+            Field::Msg(&SAN_MATCHER),
+        ),
+        (
+            "match_subject_alt_names",
+            9,
+            true,
+            Field::Msg(&STRING_MATCHER),
+        ),
+        ("trust_chain_verification", 10, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "trusted_ca"),
+        (2, "verify_certificate_hash"),
+        (3, "verify_certificate_spki"),
+        (6, "require_signed_certificate_timestamp"),
+        (7, "crl"),
+        (8, "allow_expired_certificate"),
+        (9, "match_subject_alt_names"),
+        (10, "trust_chain_verification"),
+        (11, "watched_directory"),
+        (12, "custom_validator_config"),
+        (13, "ca_certificate_provider_instance"),
+        (14, "only_verify_leaf_cert_crl"),
+        (15, "match_typed_subject_alt_names"),
+        (16, "max_verify_depth"),
+        (17, "system_root_certs"),
+        (18, "suppress_client_ca_list"),
+    ],
+};
+
+pub(super) static COMBINED_VALIDATION: Schema = Schema {
+    message: "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
+    allowed: &[
+        (
+            "default_validation_context",
+            1,
+            false,
+            Field::Msg(&VALIDATION_CONTEXT),
+        ),
+        (
+            "validation_context_sds_secret_config",
+            2,
+            false,
+            Field::Msg(&SDS_SECRET_CONFIG),
+        ),
+    ],
+    names: &[
+        (1, "default_validation_context"),
+        (2, "validation_context_sds_secret_config"),
+        (3, "validation_context_certificate_provider"),
+        (4, "validation_context_certificate_provider_instance"),
+    ],
+};
+
+pub(super) static COMMON_TLS_CONTEXT: Schema = Schema {
+    message: "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+    allowed: &[
+        ("tls_params", 1, false, Field::Msg(&TLS_PARAMS)),
+        ("tls_certificates", 2, true, Field::Msg(&TLS_CERTIFICATE)),
+        (
+            "tls_certificate_sds_secret_configs",
+            6,
+            true,
+            Field::Msg(&SDS_SECRET_CONFIG),
+        ),
+        ("alpn_protocols", 4, true, Field::Leaf),
+        (
+            "validation_context",
+            3,
+            false,
+            Field::Msg(&VALIDATION_CONTEXT),
+        ),
+        (
+            "validation_context_sds_secret_config",
+            7,
+            false,
+            Field::Msg(&SDS_SECRET_CONFIG),
+        ),
+        (
+            "combined_validation_context",
+            8,
+            false,
+            Field::Msg(&COMBINED_VALIDATION),
+        ),
+    ],
+    names: &[
+        (1, "tls_params"),
+        (2, "tls_certificates"),
+        (3, "validation_context"),
+        (4, "alpn_protocols"),
+        (6, "tls_certificate_sds_secret_configs"),
+        (7, "validation_context_sds_secret_config"),
+        (8, "combined_validation_context"),
+        (9, "tls_certificate_certificate_provider"),
+        (10, "validation_context_certificate_provider"),
+        (11, "tls_certificate_certificate_provider_instance"),
+        (12, "validation_context_certificate_provider_instance"),
+        (13, "custom_handshaker"),
+        (14, "tls_certificate_provider_instance"),
+        (15, "key_log"),
+        (16, "custom_tls_certificate_selector"),
+    ],
+};
+
+pub(super) static UPSTREAM_TLS: Schema = Schema {
+    message: "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    allowed: &[
+        (
+            "common_tls_context",
+            1,
+            false,
+            Field::Msg(&COMMON_TLS_CONTEXT),
+        ),
+        ("sni", 2, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "common_tls_context"),
+        (2, "sni"),
+        (3, "allow_renegotiation"),
+        (4, "max_session_keys"),
+        (5, "enforce_rsa_key_usage"),
+        (6, "auto_host_sni"),
+        (7, "auto_sni_san_validation"),
+    ],
+};
+
+pub(super) static DOWNSTREAM_TLS: Schema = Schema {
+    message: "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    allowed: &[
+        (
+            "common_tls_context",
+            1,
+            false,
+            Field::Msg(&COMMON_TLS_CONTEXT),
+        ),
+        ("require_client_certificate", 2, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "common_tls_context"),
+        (2, "require_client_certificate"),
+        (3, "require_sni"),
+        (4, "session_ticket_keys"),
+        (5, "session_ticket_keys_sds_secret_config"),
+        (6, "session_timeout"),
+        (7, "disable_stateless_session_resumption"),
+        (8, "ocsp_staple_policy"),
+        (9, "full_scan_certs_on_sni_mismatch"),
+        (10, "disable_stateful_session_resumption"),
+        (11, "prefer_client_ciphers"),
+    ],
+};
+
 pub(super) static TRANSPORT_SOCKET: Schema = Schema {
     message: "envoy.config.core.v3.TransportSocket",
     allowed: &[
@@ -785,10 +1065,20 @@ pub(super) static TRANSPORT_SOCKET: Schema = Schema {
             "typed_config",
             3,
             false,
-            Field::Any(&[(
-                "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
-                &RAW_BUFFER,
-            )]),
+            Field::Any(&[
+                (
+                    "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+                    &RAW_BUFFER,
+                ),
+                (
+                    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    &UPSTREAM_TLS,
+                ),
+                (
+                    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    &DOWNSTREAM_TLS,
+                ),
+            ]),
         ),
     ],
     names: &[(1, "name"), (3, "typed_config")],
@@ -807,6 +1097,7 @@ pub(super) static FILTER_CHAIN: Schema = Schema {
         ("name", 7, false, Field::Leaf),
         ("metadata", 5, false, Field::Leaf),
         ("transport_socket", 6, false, Field::Msg(&TRANSPORT_SOCKET)),
+        ("transport_socket_connect_timeout", 9, false, Field::Leaf),
     ],
     names: &[
         (1, "filter_chain_match"),
@@ -831,6 +1122,51 @@ pub(super) static HTTP_INSPECTOR: Schema = Schema {
     names: &[],
 };
 
+pub(super) static TLS_INSPECTOR: Schema = Schema {
+    message: "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    allowed: &[],
+    names: &[
+        (1, "enable_ja3_fingerprinting"),
+        (2, "initial_read_buffer_size"),
+        (3, "enable_ja4_fingerprinting"),
+        (4, "close_connection_on_client_hello_parsing_errors"),
+        (5, "max_client_hello_size"),
+    ],
+};
+
+pub(super) static PORT_RANGE: Schema = Schema {
+    message: "envoy.type.v3.Int32Range",
+    allowed: &[
+        ("start", 1, false, Field::Leaf),
+        ("end", 2, false, Field::Leaf),
+    ],
+    names: &[(1, "start"), (2, "end")],
+};
+
+pub(super) static LF_PREDICATE_SET: Schema = Schema {
+    message: "envoy.config.listener.v3.ListenerFilterChainMatchPredicate.MatchSet",
+    allowed: &[("rules", 1, true, Field::Msg(&LF_PREDICATE))],
+    names: &[(1, "rules")],
+};
+
+pub(super) static LF_PREDICATE: Schema = Schema {
+    message: "envoy.config.listener.v3.ListenerFilterChainMatchPredicate",
+    allowed: &[
+        ("or_match", 1, false, Field::Msg(&LF_PREDICATE_SET)),
+        ("and_match", 2, false, Field::Msg(&LF_PREDICATE_SET)),
+        ("not_match", 3, false, Field::Msg(&LF_PREDICATE)),
+        ("any_match", 4, false, Field::Leaf),
+        ("destination_port_range", 5, false, Field::Msg(&PORT_RANGE)),
+    ],
+    names: &[
+        (1, "or_match"),
+        (2, "and_match"),
+        (3, "not_match"),
+        (4, "any_match"),
+        (5, "destination_port_range"),
+    ],
+};
+
 pub(super) static LISTENER_FILTER: Schema = Schema {
     message: "envoy.config.listener.v3.ListenerFilter",
     allowed: &[
@@ -848,8 +1184,13 @@ pub(super) static LISTENER_FILTER: Schema = Schema {
                     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
                     &HTTP_INSPECTOR,
                 ),
+                (
+                    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+                    &TLS_INSPECTOR,
+                ),
             ]),
         ),
+        ("filter_disabled", 4, false, Field::Msg(&LF_PREDICATE)),
     ],
     names: &[
         (1, "name"),
@@ -1359,16 +1700,32 @@ pub(super) static ALL: &[&Schema] = &[
     &ROUTER,
     &HTTP_FILTER,
     &UPGRADE_CONFIG,
+    &SET_CURRENT_CERT,
     &HCM,
     &TCP_CLUSTER_WEIGHT,
     &TCP_WEIGHTED_CLUSTERS,
     &TCP_PROXY,
     &NETWORK_FILTER,
     &RAW_BUFFER,
+    &FILE_DATA_SOURCE,
+    &TLS_PARAMS,
+    &TLS_CERTIFICATE,
+    &SDS_CONFIG_SOURCE,
+    &SDS_SECRET_CONFIG,
+    &SAN_MATCHER,
+    &VALIDATION_CONTEXT,
+    &COMBINED_VALIDATION,
+    &COMMON_TLS_CONTEXT,
+    &UPSTREAM_TLS,
+    &DOWNSTREAM_TLS,
     &TRANSPORT_SOCKET,
     &FILTER_CHAIN,
     &ORIGINAL_DST,
     &HTTP_INSPECTOR,
+    &TLS_INSPECTOR,
+    &PORT_RANGE,
+    &LF_PREDICATE_SET,
+    &LF_PREDICATE,
     &LISTENER_FILTER,
     &LISTENER,
     &ENDPOINT,

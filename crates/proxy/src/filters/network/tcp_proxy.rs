@@ -4,18 +4,16 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
-
 use crate::config::listener::TcpProxy;
 use crate::config::store::ConfigStore;
-use crate::downstream::Downstream;
+use crate::downstream::{Downstream, DownstreamStream};
 use crate::upstream::connect::connect;
 use crate::upstream::host::ActiveRequest;
 use crate::upstream::lb::random;
 use crate::upstream::pool::ConnectionGuard;
 
 pub async fn proxy(
-    mut downstream: TcpStream,
+    mut downstream: DownstreamStream,
     conn: Downstream,
     config: Arc<TcpProxy>,
     store: Arc<ConfigStore>,
@@ -37,7 +35,14 @@ pub async fn proxy(
         return;
     };
     host.cx_total.inc();
-    let mut upstream = match connect(&host, cluster.config.connect_timeout, &cluster.stats).await {
+    let mut upstream = match connect(
+        &host,
+        cluster.config.connect_timeout,
+        &cluster.stats,
+        &store.secrets,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             host.cx_connect_fail.inc();
