@@ -505,6 +505,8 @@ pub struct ListenerStats {
     pub ssl_handshake: Counter,
     pub ssl_connection_error: Counter,
     pub ssl_no_certificate: Counter,
+    /// `ssl.curves.<group>`: the key exchange each handshake negotiated.
+    pub ssl_curves: [(&'static str, Counter); 4],
 }
 
 impl ListenerStats {
@@ -518,6 +520,8 @@ impl ListenerStats {
             ssl_handshake: s.counter(stats, "ssl.handshake"),
             ssl_connection_error: s.counter(stats, "ssl.connection_error"),
             ssl_no_certificate: s.counter(stats, "ssl.no_certificate"),
+            ssl_curves: ["X25519MLKEM768", "X25519", "P-256", "P-384"]
+                .map(|g| (g, s.counter(stats, &format!("ssl.curves.{g}")))),
         }
     }
 }

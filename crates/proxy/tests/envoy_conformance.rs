@@ -6,37 +6,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use common::envoy::{self, envoy_binary};
 use common::*;
 use proxy::{Proxy, ProxyOptions};
-
-fn envoy_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("HALYARD_ENVOY") {
-        return Some(PathBuf::from(p));
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("envoy"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let p = PathBuf::from("/work/cache/venv/bin/envoy");
-        p.is_file().then_some(p)
-    })
-}
-
-/// Kills the Envoy child when the test ends, pass or fail.
-struct EnvoyProcess(Child);
-
-impl Drop for EnvoyProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn bootstrap(a: SocketAddr, b: SocketAddr, closed: SocketAddr) -> String {
     let cluster = |name: &str, addr: Option<SocketAddr>| {
@@ -150,62 +123,13 @@ fn health_cluster(name: &str, a: SocketAddr, ha: &str, b: SocketAddr, hb: &str) 
 }
 
 async fn start_envoy(
-    bin: &PathBuf,
+    bin: &std::path::Path,
     yaml: &str,
     dir: &std::path::Path,
-) -> (EnvoyProcess, SocketAddr) {
-    let config = dir.join("envoy.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let admin_path = dir.join("admin");
-    let base_id = 10_000 + (std::process::id() % 50_000);
-    let child = Command::new(bin)
-        .args([
-            "-c",
-            config.to_str().unwrap(),
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "-l",
-            "error",
-        ])
-        .args(["--base-id", &base_id.to_string()])
-        .args(["--admin-address-path", admin_path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("envoy starts");
-    let envoy = EnvoyProcess(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let admin: SocketAddr = loop {
-        if let Ok(text) = std::fs::read_to_string(&admin_path)
-            && let Ok(addr) = text.trim().parse()
-        {
-            break addr;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "envoy did not write its admin address"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let listener = loop {
-        let (status, body) = admin_get(admin, "/listeners?format=json").await;
-        if status == 200
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
-            && let Some(sa) =
-                v["listener_statuses"][0]["local_address"]["socket_address"].as_object()
-            && sa["port_value"].as_u64().unwrap_or(0) != 0
-        {
-            let ip = sa["address"].as_str().unwrap();
-            break SocketAddr::new(
-                ip.parse().unwrap(),
-                sa["port_value"].as_u64().unwrap() as u16,
-            );
-        }
-        assert!(Instant::now() < deadline, "envoy listener not up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    (envoy, listener)
+) -> (envoy::Envoy, SocketAddr) {
+    let e = envoy::start(bin, yaml, dir).await;
+    let addr = e.listener(None).await;
+    (e, addr)
 }
 
 /// Host, path and extra headers of one request.

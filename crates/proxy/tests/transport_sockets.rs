@@ -1,7 +1,8 @@
 //! Transport sockets on filter chains and clusters: raw_buffer (explicit, or
 //! picked per endpoint by transport_socket_matches on its
 //! `envoy.transport_socket_match` metadata, as Istio sends for `tlsMode`)
-//! carries traffic; a socket we do not run yet (TLS) is refused with its path.
+//! carries traffic; a TLS socket without its context is refused with its
+//! path (TLS itself: tests/mtls.rs).
 
 mod common;
 
@@ -46,7 +47,7 @@ static_resources:
 }
 
 #[tokio::test]
-async fn raw_buffer_carries_traffic_and_tls_is_refused_with_its_path() {
+async fn raw_buffer_carries_traffic_and_an_untyped_tls_socket_is_refused_with_its_path() {
     let b = backend("b").await;
     let proxy = start_static(&bootstrap(
         b.addr,

@@ -90,6 +90,9 @@ pub struct TlsSocket {
     pub versions: Versions,
     /// TLS 1.2 cipher suites by OpenSSL name (empty: rustls' defaults).
     pub cipher_suites: Vec<String>,
+    /// Key exchange groups in order (`ecdh_curves`; empty: X25519MLKEM768,
+    /// X25519, P-256, P-384).
+    pub ecdh_curves: Vec<String>,
     /// Hash of the socket's wire form: equal sockets share hosts and pools.
     fingerprint: u64,
     pub(crate) built: Built,
@@ -102,12 +105,6 @@ impl PartialEq for TlsSocket {
 }
 
 impl Eq for TlsSocket {}
-
-impl Hash for TlsSocket {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.fingerprint.hash(state);
-    }
-}
 
 pub const UPSTREAM_TYPE: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 pub const DOWNSTREAM_TYPE: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
@@ -234,8 +231,17 @@ impl TlsSocket {
                 format!("none of {cipher_suites:?} is a supported TLS 1.2 cipher suite"),
             ));
         }
+        for (i, c) in params.ecdh_curves.iter().enumerate() {
+            if crate::tls::kx_group(c).is_none() {
+                return Err(ConfigError::new(
+                    format!("tls_params.ecdh_curves[{i}]"),
+                    format!("unsupported curve {c} (X25519MLKEM768, X25519, P-256, P-384)"),
+                ));
+            }
+        }
         Ok(Arc::new(TlsSocket {
             side,
+            ecdh_curves: params.ecdh_curves.clone(),
             alpn: c.alpn_protocols.clone(),
             certificate,
             validation,
@@ -244,6 +250,11 @@ impl TlsSocket {
             fingerprint,
             built: Built::default(),
         }))
+    }
+
+    /// A hash of the socket's wire form.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The SDS secrets this socket needs.

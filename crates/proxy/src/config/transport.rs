@@ -17,7 +17,7 @@ use super::tls::{DOWNSTREAM_TYPE, TlsSocket, UPSTREAM_TYPE};
 use crate::error::ConfigError;
 
 /// The socket a connection runs on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum TransportSocket {
     /// Plain bytes (`envoy.transport_sockets.raw_buffer`; also the default).
     #[default]
@@ -37,6 +37,14 @@ pub enum End {
 }
 
 impl TransportSocket {
+    /// Equal for equal sockets: hosts and their pools are per (address, key).
+    pub fn key(&self) -> u64 {
+        match self {
+            TransportSocket::RawBuffer => 0,
+            TransportSocket::Tls(t) => t.fingerprint() | 1,
+        }
+    }
+
     /// `transport_socket` of a filter chain or cluster (unset = raw_buffer).
     pub fn parse(
         ts: Option<&core::TransportSocket>,

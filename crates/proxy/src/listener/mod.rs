@@ -330,6 +330,18 @@ async fn accept_tls(
     };
     stats.ssl_handshake.inc();
     let conn = tls.get_ref().1;
+    if let Some(group) = conn.negotiated_key_exchange_group() {
+        let name = match group.name() {
+            rustls::NamedGroup::X25519MLKEM768 => "X25519MLKEM768",
+            rustls::NamedGroup::X25519 => "X25519",
+            rustls::NamedGroup::secp256r1 => "P-256",
+            rustls::NamedGroup::secp384r1 => "P-384",
+            _ => "",
+        };
+        if let Some((_, c)) = stats.ssl_curves.iter().find(|(n, _)| *n == name) {
+            c.inc();
+        }
+    }
     let peer = conn
         .peer_certificates()
         .and_then(|c| c.first())

@@ -223,7 +223,7 @@ fn pem_key(text: &str) -> Result<PrivateKeyDer<'static>, String> {
 pub fn check_cert_pem(c: &CertPem) -> Result<(), String> {
     let chain = pem_certs(&c.chain)?;
     let key = pem_key(&c.key).map_err(|e| format!("private_key: {e}"))?;
-    let provider = provider(&[]);
+    let provider = provider(&[], &[]);
     let signing = provider
         .key_provider
         .load_private_key(key)
@@ -294,10 +294,25 @@ pub fn known_tls12_suites(list: &[String]) -> usize {
     suite_names(list).filter(|(_, s)| s.is_some()).count()
 }
 
+/// A key exchange group by its Envoy/BoringSSL name.
+pub fn kx_group(name: &str) -> Option<&'static dyn rustls::crypto::SupportedKxGroup> {
+    use rustls::crypto::aws_lc_rs::kx_group as g;
+    Some(match name {
+        "X25519MLKEM768" => g::X25519MLKEM768,
+        "X25519" => g::X25519,
+        "P-256" => g::SECP256R1,
+        "P-384" => g::SECP384R1,
+        _ => return None,
+    })
+}
+
 /// aws-lc-rs (post-quantum hybrid key exchange first), with the TLS 1.2
 /// suites narrowed to `cipher_suites` when given.
-fn provider(cipher_suites: &[String]) -> CryptoProvider {
+fn provider(cipher_suites: &[String], curves: &[String]) -> CryptoProvider {
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    if !curves.is_empty() {
+        p.kx_groups = curves.iter().filter_map(|c| kx_group(c)).collect();
+    }
     if known_tls12_suites(cipher_suites) > 0 {
         let wanted: Vec<rustls::CipherSuite> =
             suite_names(cipher_suites).filter_map(|(_, s)| s).collect();
@@ -390,7 +405,7 @@ fn resolve_roots(s: &Source<String>, secrets: &Secrets) -> Result<Arc<RootCertSt
 }
 
 fn build(s: &TlsSocket, secrets: &Secrets) -> Result<Prepared, String> {
-    let provider = Arc::new(provider(&s.cipher_suites));
+    let provider = Arc::new(provider(&s.cipher_suites, &s.ecdh_curves));
     let versions = versions(s);
     let alpn: Vec<Vec<u8>> = s.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     let cert = s

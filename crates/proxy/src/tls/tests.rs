@@ -47,7 +47,7 @@ fn cipher_lists_in_envoy_syntax() {
         "ECDHE-RSA-AES128-GCM-SHA256:AES128-GCM-SHA256".to_string(),
     ];
     assert_eq!(known_tls12_suites(&list), 3);
-    let p = provider(&list);
+    let p = provider(&list, &[]);
     let tls12: Vec<_> = p
         .cipher_suites
         .iter()

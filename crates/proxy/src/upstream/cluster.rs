@@ -25,7 +25,8 @@ const MAX_ORIGINAL_DST_HOSTS: usize = 1024;
 pub struct ClusterRuntime {
     pub stats: ClusterStats,
     rr: Arc<AtomicU64>,
-    hosts: HashMap<(UpstreamAddr, TransportSocket), Arc<Host>>,
+    /// By (address, transport socket key).
+    hosts: HashMap<(UpstreamAddr, u64), Arc<Host>>,
     original_dst: Arc<ArcSwap<HashMap<SocketAddr, Arc<Host>>>>,
 }
 
@@ -50,7 +51,7 @@ impl ClusterRuntime {
         let mut routable = Vec::with_capacity(endpoints.len());
         let mut next = HashMap::with_capacity(endpoints.len());
         for (addr, weight, health, transport) in endpoints {
-            let key = (addr.clone(), transport.clone());
+            let key = (addr.clone(), transport.key());
             let host = self
                 .hosts
                 .get(&key)

@@ -2,6 +2,8 @@
 //! a TCP echo server, and HTTP/1.1 and h2c clients.
 #![allow(dead_code)]
 
+pub mod envoy;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

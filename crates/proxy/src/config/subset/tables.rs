@@ -824,6 +824,7 @@ pub(super) static TLS_PARAMS: Schema = Schema {
         ("tls_minimum_protocol_version", 1, false, Field::Leaf),
         ("tls_maximum_protocol_version", 2, false, Field::Leaf),
         ("cipher_suites", 3, true, Field::Leaf),
+        ("ecdh_curves", 4, true, Field::Leaf),
     ],
     names: &[
         (1, "tls_minimum_protocol_version"),
