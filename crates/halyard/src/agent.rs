@@ -21,30 +21,101 @@ use xds::server::{Resource, Snapshot, SnapshotSource, TypeSnapshot};
 /// Istio's SDS socket, relative to the workload's working directory.
 pub const DEFAULT_SOCKET: &str = "./var/run/secrets/workload-spiffe-uds/socket";
 
-#[derive(clap::Args, Debug)]
-pub struct AgentArgs {
+/// How a workload proves and gets its identity (the agent's, and our
+/// proxy's when it keeps its own certificate).
+#[derive(clap::Args, Debug, Clone)]
+pub struct IdentityArgs {
     /// The mesh CA (the pilot's TLS port, Istio's 15012).
     #[arg(long, default_value = "127.0.0.1:15012")]
     ca_address: SocketAddr,
     /// The mesh root that the CA's certificate chains to (Istio mounts
     /// `./var/run/secrets/istio/root-cert.pem`).
     #[arg(long)]
-    ca_root: PathBuf,
+    ca_root: Option<PathBuf>,
     /// The name the CA's certificate is checked for.
     #[arg(long, default_value = "istiod.istio-system.svc")]
     ca_name: String,
     /// The service-account token file (re-read on every request).
     #[arg(long)]
-    token: PathBuf,
-    #[arg(long, env = "POD_NAMESPACE")]
+    token: Option<PathBuf>,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
     service_account: String,
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    identity: IdentityArgs,
     /// Where Envoy reaches SDS.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+}
+
+/// A workload's certificates as they are issued and renewed.
+pub type Bundles = watch::Receiver<Option<Arc<identity::keeper::Bundle>>>;
+
+impl IdentityArgs {
+    /// Whether a token was given (a proxy without one keeps no certificate).
+    pub fn enabled(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The certificate keeper (run it) and the bundles it publishes.
+    pub fn keeper(&self) -> anyhow::Result<(impl Future<Output = ()> + use<>, Bundles)> {
+        let (Some(token), Some(ca_root)) = (&self.token, &self.ca_root) else {
+            anyhow::bail!("--token and --ca-root are required to get a workload certificate");
+        };
+        let root = std::fs::read_to_string(ca_root)
+            .with_context(|| format!("read {}", ca_root.display()))?;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("https://{}", self.ca_address))?
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(&root))
+                        .domain_name(self.ca_name.clone()),
+                )
+                .context("CA TLS settings")?
+                .connect_lazy();
+        let id =
+            identity::SpiffeId::new(&self.trust_domain, &self.namespace, &self.service_account);
+        let (tx, rx) = watch::channel(None);
+        let keeper = identity::keeper::keep(
+            id,
+            CaClient {
+                channel,
+                token: token.clone(),
+            },
+            tx,
+        );
+        Ok((keeper, rx))
+    }
+}
+
+/// Our proxy's SDS secrets `default` and `ROOTCA`, from each bundle as it
+/// comes (both swapped at once, so no handshake sees a mismatched pair).
+pub async fn feed(mut bundles: Bundles, secrets: Arc<proxy::tls::Secrets>) {
+    while bundles.changed().await.is_ok() {
+        let Some(b) = bundles.borrow_and_update().clone() else {
+            continue;
+        };
+        secrets.set_all([
+            (
+                "default".to_string(),
+                proxy::tls::Secret::Certificate(proxy::config::tls::CertPem {
+                    chain: b.chain.concat(),
+                    key: b.key_pem.clone(),
+                }),
+            ),
+            (
+                "ROOTCA".to_string(),
+                proxy::tls::Secret::Roots(b.roots.concat()),
+            ),
+        ]);
+    }
 }
 
 /// Asks the CA over TLS with the token in the file.
@@ -125,26 +196,7 @@ impl SnapshotSource for Secrets {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let root = std::fs::read_to_string(&args.ca_root)
-        .with_context(|| format!("read {}", args.ca_root.display()))?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", args.ca_address))?
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&root))
-                .domain_name(args.ca_name.clone()),
-        )
-        .context("CA TLS settings")?
-        .connect_lazy();
-    let id = identity::SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account);
-    let (bundles_tx, mut bundles) = watch::channel(None);
-    let keeper = identity::keeper::keep(
-        id,
-        CaClient {
-            channel,
-            token: args.token.clone(),
-        },
-        bundles_tx,
-    );
+    let (keeper, mut bundles) = args.identity.keeper()?;
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let publish = async move {
         while bundles.changed().await.is_ok() {
@@ -165,7 +217,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         xds::status::SyncStatus::default(),
     )
     .into_sds_service();
-    tracing::info!(socket = %args.socket.display(), ca = %args.ca_address, "SDS agent serving");
+    tracing::info!(socket = %args.socket.display(), ca = %args.identity.ca_address, "SDS agent serving");
     let serve = tonic::transport::Server::builder()
         .add_service(sds)
         .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));

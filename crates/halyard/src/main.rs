@@ -144,6 +144,10 @@ struct ProxyArgs {
     /// Worker threads (like Envoy's --concurrency).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// With --token: keep a workload certificate from the mesh CA in
+    /// process (no agent) as the SDS secrets `default` and `ROOTCA`.
+    #[command(flatten)]
+    identity: agent::IdentityArgs,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -262,7 +266,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ready_port: (!args.no_ready_port).then_some(args.ready_port),
                 concurrency: args.concurrency,
             };
-            proxy::run(opts).await
+            let keeper = args
+                .identity
+                .enabled()
+                .then(|| args.identity.keeper())
+                .transpose()?;
+            let bootstrap = proxy::bootstrap::load(&opts.bootstrap)?;
+            let proxy = proxy::Proxy::start(bootstrap, &opts).await?;
+            tracing::info!(admin = %proxy.admin_addr(), "proxy started");
+            let identity = async {
+                match keeper {
+                    Some((keep, bundles)) => {
+                        tokio::join!(keep, agent::feed(bundles, proxy.store().secrets.clone()));
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r?,
+                () = identity => {}
+            }
+            tracing::info!("shutting down");
+            drop(proxy);
+            anyhow::Ok(())
         }),
         Command::Echo(args) => runtime(None)?.block_on(echo::run(args)),
         Command::Token(args) => token::run(&args),

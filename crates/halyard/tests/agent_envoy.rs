@@ -1,9 +1,10 @@
 //! Stock Envoy gets its workload certificate the way Istio's does: `halyard
 //! agent` asks the pilot's CA (over TLS, with the service-account token) and
-//! serves `default` and `ROOTCA` over SDS on a Unix socket. Envoy's listener
-//! then requires mTLS with that identity: a mesh client sees Envoy as
+//! serves `default` and `ROOTCA` over SDS on a Unix socket. Our proxy keeps
+//! its own (`halyard proxy --token`, no agent). Either listener then
+//! requires mTLS with that identity: a mesh client sees the sidecar as
 //! `spiffe://cluster.local/ns/default/sa/sleep`, a client without a
-//! certificate is refused.
+//! certificate is refused, and `halyard proxy-config secret` shows both.
 
 mod common;
 
@@ -66,7 +67,7 @@ fn mtls_listeners(port: u16) -> serde_json::Value {
 }
 
 #[test]
-fn stock_envoy_serves_mtls_with_the_agents_certificate() {
+fn envoy_with_the_agent_and_our_proxy_serve_mtls_with_a_ca_certificate() {
     let Some(envoy) = common::envoy() else { return };
     let dir = tempfile::tempdir().expect("tmp");
     let d = |p: &str| dir.path().join(p);
@@ -116,17 +117,41 @@ fn stock_envoy_serves_mtls_with_the_agents_certificate() {
     wait_for("the pilot's root", Duration::from_secs(20), || {
         d("ca/root-cert.pem").exists().then_some(())
     });
+    // Stock Envoy with `halyard agent`, then our proxy keeping its own
+    // certificate: the same bootstrap, the same checks.
+    for ours in [false, true] {
+        check_sidecar(ours, &envoy, dir.path(), xds, secure, &token);
+    }
+}
+
+fn check_sidecar(
+    ours: bool,
+    envoy: &std::path::Path,
+    dir: &std::path::Path,
+    xds: u16,
+    secure: u16,
+    token: &dyn Fn(&str) -> String,
+) {
+    let d = |p: &str| dir.join(p);
+    let s = |p: &std::path::Path| p.to_str().expect("utf8").to_string();
+    let who = if ours {
+        "halyard proxy"
+    } else {
+        "envoy + agent"
+    };
     let socket = s(&d("var/run/secrets/workload-spiffe-uds/socket"));
-    let _agent = Proc::spawn(
-        "agent",
-        halyard()
-            .args(["agent", "--ca-address", &format!("127.0.0.1:{secure}")])
-            .args(["--ca-root", &s(&d("ca/root-cert.pem"))])
-            .args(["--token", &s(&d("sleep.token"))])
-            .args(["--namespace", "default", "--service-account", "sleep"])
-            .args(["--socket", &socket]),
-        dir.path(),
-    );
+    let _agent = (!ours).then(|| {
+        Proc::spawn(
+            "agent",
+            halyard()
+                .args(["agent", "--ca-address", &format!("127.0.0.1:{secure}")])
+                .args(["--ca-root", &s(&d("ca/root-cert.pem"))])
+                .args(["--token", &s(&d("sleep.token"))])
+                .args(["--namespace", "default", "--service-account", "sleep"])
+                .args(["--socket", &socket]),
+            dir,
+        )
+    });
     let (admin, port) = (free_port(&["127.0.0.1"]), free_port(&["127.0.0.1"]));
     // Istio's sds-grpc cluster from `halyard bootstrap --sds-socket`, plus a
     // static mTLS listener whose secrets come from it.
@@ -150,16 +175,35 @@ fn stock_envoy_serves_mtls_with_the_agents_certificate() {
     let listener = mtls_listeners(port)["static_resources"]["listeners"].clone();
     generated["static_resources"]["listeners"] = listener;
     std::fs::write(d("envoy.json"), generated.to_string()).expect("write");
-    let _envoy = Proc::spawn(
-        "envoy",
-        std::process::Command::new(envoy)
-            .args(["-c", &s(&d("envoy.json")), "--base-id"])
-            .arg(format!("{}", port))
-            .args(["-l", "warning"]),
-        dir.path(),
-    );
+    let _sidecar = if ours {
+        Proc::spawn(
+            "halyard proxy",
+            halyard()
+                .args([
+                    "proxy",
+                    "--bootstrap",
+                    &s(&d("envoy.json")),
+                    "--no-ready-port",
+                ])
+                .args(["--ca-address", &format!("127.0.0.1:{secure}")])
+                .args(["--ca-root", &s(&d("ca/root-cert.pem"))])
+                .args(["--token", &s(&d("sleep.token"))])
+                .args(["--namespace", "default", "--service-account", "sleep"]),
+            dir,
+        )
+    } else {
+        Proc::spawn(
+            "envoy",
+            std::process::Command::new(envoy)
+                .args(["-c", &s(&d("envoy.json")), "--base-id"])
+                .arg(format!("{}", port))
+                .args(["-l", "warning"]),
+            dir,
+        )
+    };
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let token = |sa: &str| token(sa);
     let root = std::fs::read_to_string(d("ca/root-cert.pem")).expect("root");
     // A mesh client's certificate, from the same CA.
     let client_creds = rt.block_on(async {
@@ -222,7 +266,7 @@ fn stock_envoy_serves_mtls_with_the_agents_certificate() {
                 .1
                 .negotiated_key_exchange_group()
                 .map(|g| format!("{:?}", g.name()));
-            eprintln!("key exchange with Envoy: {group:?}");
+            eprintln!("key exchange with {who}: {group:?}");
             tls.write_all(b"GET / HTTP/1.1\r\nHost: sleep\r\nConnection: close\r\n\r\n")
                 .await
                 .map_err(|e| e.to_string())?;
@@ -236,9 +280,9 @@ fn stock_envoy_serves_mtls_with_the_agents_certificate() {
             Ok::<_, String>((peer, String::from_utf8_lossy(&body).to_string()))
         })
     };
-    // Envoy's listener warms until SDS has delivered both secrets.
+    // The listener serves once both secrets are there.
     let (peer, body) = wait_for(
-        "Envoy serving mTLS with SDS secrets",
+        &format!("{who} serving mTLS with SDS secrets"),
         Duration::from_secs(30),
         || match connect(config.clone()) {
             Ok((peer, body)) if body.contains("hello") => Some((peer, body)),
@@ -248,10 +292,10 @@ fn stock_envoy_serves_mtls_with_the_agents_certificate() {
             }
         },
     );
-    assert_eq!(peer, Some(sleep));
+    assert_eq!(peer, Some(sleep), "{who}");
     assert!(
         body.starts_with("HTTP/1.1 200") && body.ends_with("hello from envoy"),
-        "{body}"
+        "{who}: {body}"
     );
 
     // What Envoy holds, as `istioctl proxy-config secret` shows it.
@@ -314,7 +358,7 @@ fn stock_envoy_serves_mtls_with_the_agents_certificate() {
     let refused = connect(Arc::new(anonymous));
     assert!(
         refused.as_ref().map_or(true, |(_, b)| b.is_empty()),
-        "{refused:?}"
+        "{who}: {refused:?}"
     );
 }
 
