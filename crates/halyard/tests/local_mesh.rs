@@ -259,6 +259,16 @@ fn bookinfo_through_sidecars() {
     assert_eq!(calls[0]["body"]["service"], "details", "{page}");
     assert_eq!(calls[1]["body"]["service"], "reviews", "{page}");
     assert_eq!(calls[0]["body"]["headers"]["x-request-id"], "e2e-1");
+    // Sidecar to sidecar is mutual TLS (auto-mTLS, Istio's default): the
+    // server sidecar verified the caller and tells its app who it was.
+    let xfcc = calls[0]["body"]["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.starts_with("By=spiffe://cluster.local/ns/bookinfo/sa/bookinfo-details;Hash=")
+            && xfcc.ends_with(";URI=spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage"),
+        "{page}"
+    );
     let reviews = &calls[1]["body"];
     if reviews["version"] != "v1" {
         assert_eq!(

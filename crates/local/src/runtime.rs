@@ -21,6 +21,14 @@ use crate::{RuntimeError, nsconnect, registry};
 
 pub const XDS_PORT: u16 = 15010;
 pub const DEBUG_PORT: u16 = 15014;
+/// The pilot's CA and xDS over TLS (Istio's 15012).
+pub const SECURE_PORT: u16 = 15012;
+/// Service-account tokens live this long (a projected token's hour) and
+/// are rewritten at half-life, as the kubelet refreshes them.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Istio's paths inside the pod (relative to its directory here).
+const TOKEN_PATH: &str = "var/run/secrets/tokens/istio-token";
+const SDS_SOCKET: &str = "var/run/secrets/workload-spiffe-uds/socket";
 /// The cluster DNS every pod's resolv.conf names (the pilot answers it, on
 /// the bridge's gateway address).
 pub const DNS_PORT: u16 = 53;
@@ -61,6 +69,10 @@ struct PodRun {
     /// The sidecar's env: pod identity and ISTIO_KUBE_APP_PROBERS.
     sidecar_env: Vec<(String, String)>,
     apps: Vec<Container>,
+    /// `halyard agent` beside a stock Envoy sidecar (SDS for its certificate).
+    agent: Option<Proc>,
+    /// When the pod's service-account token was last written.
+    token_at: Option<Instant>,
     /// Sidecar restarts (containers count their own).
     restarts: u32,
     /// In the registry: sidecar ready, every container running and ready.
@@ -86,6 +98,8 @@ pub struct Mesh {
     veth_seq: usize,
     /// Runs the containers' probers.
     rt: tokio::runtime::Runtime,
+    /// Signs the pods' service-account tokens; the pilot's CA checks them.
+    tokens: identity::TokenIssuer,
 }
 
 impl Mesh {
@@ -127,6 +141,8 @@ impl Mesh {
             registry_dirty: false,
             veth_seq: 0,
             rt,
+            tokens: identity::TokenIssuer::generate()
+                .map_err(|e| RuntimeError::Command(format!("token signing key: {e}")))?,
         };
         if let Err(e) = mesh.build(plan) {
             mesh.shutdown();
@@ -156,6 +172,7 @@ impl Mesh {
                 self.state.pilot_log().display()
             ))
         })?;
+        self.publish_root()?;
         for pod in self.plan.pods.clone() {
             self.start_pod(pod)?;
         }
@@ -179,6 +196,13 @@ impl Mesh {
             // Pods resolve ServiceEntry hosts to their VIPs (Istio's
             // ISTIO_META_DNS_AUTO_ALLOCATE), so TCP to them is routable.
             "--auto-allocate".into(),
+            // The mesh CA: pods prove their service account with a token.
+            "--ca-dir".into(),
+            self.state.0.join("ca").display().to_string(),
+            "--token-key".into(),
+            self.token_key()?.display().to_string(),
+            "--secure-xds".into(),
+            format!("{GATEWAY}:{SECURE_PORT}"),
         ];
         self.pilot = Some(Proc::start(
             &self.net.mesh_ns(),
@@ -187,6 +211,62 @@ impl Mesh {
             false,
             &self.state.pilot_log(),
         )?);
+        Ok(())
+    }
+
+    /// The token verification key for the pilot, written once per run.
+    fn token_key(&self) -> Result<PathBuf, RuntimeError> {
+        let path = self.state.0.join("token-key.pub");
+        std::fs::write(&path, self.tokens.public_pem())
+            .map_err(|e| RuntimeError::Io(path.clone(), e))?;
+        Ok(path)
+    }
+
+    /// The mesh root as sidecars read it (the CA directory itself is the
+    /// pilot's alone: it holds the key).
+    fn publish_root(&self) -> Result<PathBuf, RuntimeError> {
+        let from = self.state.0.join("ca").join("root-cert.pem");
+        let to = self.state.0.join("root-cert.pem");
+        std::fs::copy(&from, &to).map_err(|e| RuntimeError::Io(from.clone(), e))?;
+        crate::state::chmod(&to, 0o644)?;
+        Ok(to)
+    }
+
+    /// Write the pod's service-account token where its sidecar (and only
+    /// its sidecar's uid) can read it.
+    fn write_token(&self, plan: &PodPlan, dir: &std::path::Path) -> Result<(), RuntimeError> {
+        let token = self
+            .tokens
+            .issue(
+                &plan.namespace,
+                &plan.service_account,
+                TOKEN_TTL,
+                std::time::SystemTime::now(),
+            )
+            .map_err(|e| RuntimeError::Command(format!("token for {}: {e}", plan.id())))?;
+        let path = dir.join(TOKEN_PATH);
+        let parent = path.parent().unwrap_or(dir);
+        std::fs::create_dir_all(parent).map_err(|e| RuntimeError::Io(parent.to_path_buf(), e))?;
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, token).map_err(|e| RuntimeError::Io(tmp.clone(), e))?;
+        crate::state::chmod(&tmp, 0o400)?;
+        crate::state::chown_proxy(&tmp)?;
+        std::fs::rename(&tmp, &path).map_err(|e| RuntimeError::Io(path.clone(), e))?;
+        // The directories down to it are traversable; the SDS socket's is the
+        // proxy uid's own (the agent creates the socket there).
+        let mut d = parent.to_path_buf();
+        while d.starts_with(dir) && d != dir {
+            crate::state::chmod_755(&d)?;
+            if !d.pop() {
+                break;
+            }
+        }
+        let sds = dir.join(SDS_SOCKET);
+        if let Some(sds_dir) = sds.parent() {
+            std::fs::create_dir_all(sds_dir)
+                .map_err(|e| RuntimeError::Io(sds_dir.to_path_buf(), e))?;
+            crate::state::chown_proxy(sds_dir)?;
+        }
         Ok(())
     }
 
@@ -244,6 +324,8 @@ impl Mesh {
             sidecar_ready: false,
             sidecar_env,
             apps,
+            agent: None,
+            token_at: None,
             restarts: 0,
             ready: false,
             plan: pod,
@@ -261,7 +343,10 @@ impl Mesh {
                 interception_mode: "REDIRECT".into(),
                 service_account: run.plan.service_account.clone(),
                 sotw: false,
-                sds_socket: None,
+                // Envoy reads its certificate from the agent over SDS; ours
+                // keeps its own and needs no socket.
+                sds_socket: matches!(self.opts.sidecar, SidecarKind::Envoy(_))
+                    .then(|| dir.join(SDS_SOCKET).display().to_string()),
             };
             let json = xds::bootstrap::generate(&spec)
                 .map_err(|e| RuntimeError::Command(e.to_string()))?;
@@ -270,6 +355,11 @@ impl Mesh {
                 serde_json::to_string_pretty(&json).unwrap_or_default(),
             )
             .map_err(|e| RuntimeError::Io(bootstrap.clone(), e))?;
+            self.write_token(&run.plan, &dir)?;
+            run.token_at = Some(Instant::now());
+            if matches!(self.opts.sidecar, SidecarKind::Envoy(_)) {
+                run.agent = Some(self.agent(&run, &dir)?);
+            }
             run.sidecar = Some(self.sidecar(&run, &bootstrap)?);
         } else {
             start_apps(&mut run, &dir, self.rt.handle())?;
@@ -278,19 +368,51 @@ impl Mesh {
         Ok(())
     }
 
+    /// How a sidecar (ours, or the agent beside Envoy) gets its certificate.
+    fn identity_args(&self, run: &PodRun, dir: &std::path::Path) -> Vec<String> {
+        vec![
+            "--ca-address".into(),
+            format!("{GATEWAY}:{SECURE_PORT}"),
+            "--ca-root".into(),
+            self.state.0.join("root-cert.pem").display().to_string(),
+            "--token".into(),
+            dir.join(TOKEN_PATH).display().to_string(),
+            "--namespace".into(),
+            run.plan.namespace.clone(),
+            "--service-account".into(),
+            run.plan.service_account.clone(),
+        ]
+    }
+
+    /// `halyard agent`: pilot-agent's SDS role beside a stock Envoy.
+    fn agent(&self, run: &PodRun, dir: &std::path::Path) -> Result<Proc, RuntimeError> {
+        let mut argv = vec![self.opts.exe.display().to_string(), "agent".into()];
+        argv.extend(self.identity_args(run, dir));
+        argv.extend([
+            "--socket".into(),
+            dir.join(SDS_SOCKET).display().to_string(),
+        ]);
+        Proc::start(&run.netns, &argv, &[], true, &dir.join("agent.log"))
+    }
+
     fn sidecar(&self, run: &PodRun, bootstrap: &std::path::Path) -> Result<Proc, RuntimeError> {
         let concurrency = self.opts.proxy_concurrency.max(1).to_string();
+        let dir = self.state.pod_dir(&run.plan.namespace, &run.plan.name);
         let argv = match &self.opts.sidecar {
-            SidecarKind::Halyard => vec![
-                self.opts.exe.display().to_string(),
-                "proxy".into(),
-                "--bootstrap".into(),
-                bootstrap.display().to_string(),
-                "--ready-port".into(),
-                READY_PORT.to_string(),
-                "--concurrency".into(),
-                concurrency,
-            ],
+            SidecarKind::Halyard => {
+                let mut argv = vec![
+                    self.opts.exe.display().to_string(),
+                    "proxy".into(),
+                    "--bootstrap".into(),
+                    bootstrap.display().to_string(),
+                    "--ready-port".into(),
+                    READY_PORT.to_string(),
+                    "--concurrency".into(),
+                    concurrency,
+                ];
+                argv.extend(self.identity_args(run, &dir));
+                argv
+            }
             SidecarKind::Envoy(envoy) => vec![
                 envoy.display().to_string(),
                 "-c".into(),
@@ -326,6 +448,25 @@ impl Mesh {
                 let run = self.pods.get_mut(&id).ok_or(RuntimeError::Gone)?;
                 run.sidecar.as_mut().is_some_and(Proc::exited)
             };
+            let token_due = self.pods[&id]
+                .token_at
+                .is_some_and(|t| now.duration_since(t) >= TOKEN_TTL / 2);
+            if token_due {
+                let plan = self.pods[&id].plan.clone();
+                self.write_token(&plan, &dir)?;
+                let run = self.pods.get_mut(&id).ok_or(RuntimeError::Gone)?;
+                run.token_at = Some(now);
+            }
+            let agent_died = {
+                let run = self.pods.get_mut(&id).ok_or(RuntimeError::Gone)?;
+                run.agent.as_mut().is_some_and(Proc::exited)
+            };
+            if agent_died {
+                let fresh = self.agent(&self.pods[&id], &dir)?;
+                tracing::warn!(pod = %id, "agent exited; restarting");
+                let run = self.pods.get_mut(&id).ok_or(RuntimeError::Gone)?;
+                run.agent = Some(fresh);
+            }
             if sidecar_died {
                 let bootstrap = dir.join("bootstrap.json");
                 let fresh = self.sidecar(&self.pods[&id], &bootstrap)?;
@@ -425,6 +566,7 @@ impl Mesh {
             .values()
             .map(|r| {
                 pids.extend(r.sidecar.iter().map(Proc::pid));
+                pids.extend(r.agent.iter().map(Proc::pid));
                 pids.extend(r.apps.iter().filter_map(|a| a.proc.as_ref()).map(Proc::pid));
                 let crashed = r.apps.iter().any(|a| a.restart_at.is_some());
                 let containers = r
@@ -600,6 +742,9 @@ fn stop_pod(run: &mut PodRun) {
         app.stop();
     }
     if let Some(mut p) = run.sidecar.take() {
+        p.stop();
+    }
+    if let Some(mut p) = run.agent.take() {
         p.stop();
     }
 }

@@ -133,8 +133,19 @@ impl StateDir {
 
 /// Make a directory (and its parents up to the state dir) traversable by uid 1337.
 pub fn chmod_755(path: &Path) -> Result<(), RuntimeError> {
+    chmod(path, 0o755)
+}
+
+pub fn chmod(path: &Path, mode: u32) -> Result<(), RuntimeError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| RuntimeError::Io(path.to_path_buf(), e))
+}
+
+/// Hand a file or directory to the sidecar's uid (its token, its SDS dir).
+pub fn chown_proxy(path: &Path) -> Result<(), RuntimeError> {
+    let id = crate::process::PROXY_UID;
+    std::os::unix::fs::chown(path, Some(id), Some(id))
         .map_err(|e| RuntimeError::Io(path.to_path_buf(), e))
 }
 

@@ -261,7 +261,19 @@ fn outbound_port_listeners<'a>(
             if !cidrs.is_empty() {
                 cidr_chains.push((cidrs, cluster.clone()));
             }
-            let serve = Serve::Tcp { cluster };
+            // A port of unknown protocol is sniffed on its VIP too: HTTP is
+            // routed (and leaves as HTTP over mTLS), the rest is TCP.
+            let sniffed = entries
+                .iter()
+                .any(|(s, p)| std::ptr::eq(*s, *svc) && *p == Protocol::Auto);
+            let serve = if sniffed {
+                Serve::Auto {
+                    route: route.clone(),
+                    cluster,
+                }
+            } else {
+                Serve::Tcp { cluster }
+            };
             for vip in svc.addresses.iter().filter(|a| !a.contains('/')) {
                 out.listeners.push(listener::with_prefix_ranges(
                     listener::outbound(vip, port, &serve, false),
