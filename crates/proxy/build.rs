@@ -25,6 +25,8 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
     "envoy.extensions.transport_sockets.tls.v3.Secret",
+    "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+    "envoy.extensions.filters.http.fault.v3.HTTPFault",
 ];
 
 fn collect(prefix: &str, msgs: &[DescriptorProto], file: &str, out: &mut HashMap<String, String>) {

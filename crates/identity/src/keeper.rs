@@ -2,13 +2,27 @@
 //! published on a watch channel, renewal at half of the validity left at
 //! issue (Istio's `SECRET_GRACE_PERIOD_RATIO`), and when the CA cannot be
 //! reached, retries with back-off (1 s doubling to 30 s) while the current
-//! certificate stays in use; one that expires meanwhile is logged.
+//! certificate stays in use. The moment that certificate expires with no
+//! renewal it is logged as an error (identity, serial, expiry) and
+//! [`Status::Expired`] is published, for readiness; a later renewal logs
+//! how long the certificate was missing and publishes [`Status::Valid`].
+//!
+//! ```text
+//!  fetch ──ok──▶ publish bundle, Status::Valid ──sleep until renew_at──▶ fetch
+//!    └─err──▶ warn (retry in 1,2,4..30 s) ──sleep, or wake at not_after:
+//!             error "expired", Status::Expired ──▶ keep retrying
+//! ```
+//!
+//! Deadlines are on tokio's clock (a certificate's remaining validity is
+//! taken from the wall clock once, when it arrives), so the timing is
+//! tested with the paused clock.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::{SpiffeId, WorkloadKey, renew_at};
 
@@ -20,8 +34,35 @@ pub struct Bundle {
     pub key_pem: String,
     /// The mesh root(s) (`ROOTCA`): the last certificate of the CA's answer.
     pub roots: Vec<String>,
+    /// The leaf's serial number, lowercase hex (as `proxy-config secret`).
+    pub serial: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+}
+
+/// Whether the workload has a certificate it can serve with (for readiness:
+/// ready only when [`Status::Valid`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// No certificate yet (the first request has not succeeded).
+    Pending,
+    /// The published certificate is valid until `not_after`.
+    Valid {
+        serial: String,
+        not_after: SystemTime,
+    },
+    /// The published certificate expired at `not_after` and the CA has not
+    /// renewed it yet (it is still published: peers will refuse it).
+    Expired {
+        serial: String,
+        not_after: SystemTime,
+    },
+}
+
+impl Status {
+    pub fn is_valid(&self) -> bool {
+        matches!(self, Status::Valid { .. })
+    }
 }
 
 /// How the keeper asks the CA (the real one: [`crate::client`] over TLS).
@@ -31,9 +72,21 @@ pub trait Fetch: Send + Sync {
 
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Never renew sooner than this after an issue: a certificate with (almost)
+/// no validity left — a TTL of a second, whole-second truncation, a CA
+/// whose own certificate is about to expire — would otherwise make the
+/// keeper ask the CA in a tight loop.
+const RENEW_MIN: Duration = Duration::from_secs(1);
 
-/// Validity of the leaf (PEM).
-fn validity(leaf: &str) -> Option<(SystemTime, SystemTime)> {
+/// A time for logs (RFC 3339, UTC).
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{t:?}"))
+}
+
+/// Validity and serial of the leaf (PEM).
+fn leaf_facts(leaf: &str) -> Option<(SystemTime, SystemTime, String)> {
     use x509_parser::prelude::FromDer;
     let der = pem::parse(leaf).ok()?.into_contents();
     let (_, c) = x509_parser::certificate::X509Certificate::from_der(&der).ok()?;
@@ -41,12 +94,26 @@ fn validity(leaf: &str) -> Option<(SystemTime, SystemTime)> {
     Some((
         at(c.validity().not_before.timestamp()),
         at(c.validity().not_after.timestamp()),
+        c.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
     ))
 }
 
 /// Fetch, publish, renew, for ever (until `tx` has no receivers).
 pub async fn keep<F: Fetch>(id: SpiffeId, fetch: F, tx: watch::Sender<Option<Arc<Bundle>>>) {
+    keep_reporting(id, fetch, tx, watch::Sender::new(Status::Pending)).await;
+}
+
+/// [`keep`], also publishing whether the certificate is valid on `status`.
+pub async fn keep_reporting<F: Fetch>(
+    id: SpiffeId,
+    fetch: F,
+    tx: watch::Sender<Option<Arc<Bundle>>>,
+    status: watch::Sender<Status>,
+) {
     let mut retry = RETRY_FIRST;
+    // When the published certificate expires, on tokio's clock.
+    let mut expires: Option<Instant> = None;
+    let mut failures = 0u32;
     loop {
         if tx.is_closed() {
             return;
@@ -56,14 +123,15 @@ pub async fn keep<F: Fetch>(id: SpiffeId, fetch: F, tx: watch::Sender<Option<Arc
             let csr = key.csr(&id).map_err(|e| e.to_string())?;
             let chain = fetch.fetch(csr).await?;
             let leaf = chain.first().ok_or("the CA answered no certificate")?;
-            let (not_before, not_after) =
-                validity(leaf).ok_or("the CA answered an unreadable certificate")?;
+            let (not_before, not_after, serial) =
+                leaf_facts(leaf).ok_or("the CA answered an unreadable certificate")?;
             let roots = chain.last().cloned().into_iter().collect();
             Ok::<_, String>(Bundle {
                 id: id.clone(),
                 chain,
                 key_pem: key.private_key_pem(),
                 roots,
+                serial,
                 not_before,
                 not_after,
             })
@@ -71,26 +139,91 @@ pub async fn keep<F: Fetch>(id: SpiffeId, fetch: F, tx: watch::Sender<Option<Arc
         let fetched_at = SystemTime::now();
         match attempt.await {
             Ok(bundle) => {
-                let renew = renew_at(bundle.not_before.max(fetched_at), bundle.not_after);
-                tracing::info!(%id, valid_until = ?bundle.not_after, "workload certificate");
+                let (now, now_wall) = (Instant::now(), SystemTime::now());
+                let left = |t: SystemTime| t.duration_since(now_wall).unwrap_or(Duration::ZERO);
+                let renew = now
+                    + left(renew_at(
+                        bundle.not_before.max(fetched_at),
+                        bundle.not_after,
+                    ))
+                    .max(RENEW_MIN);
+                expires = Some(now + left(bundle.not_after));
+                let was_expired = matches!(*status.borrow(), Status::Expired { .. });
+                tracing::info!(
+                    %id,
+                    serial = %bundle.serial,
+                    not_after = %rfc3339(bundle.not_after),
+                    renew_in_s = (renew - now).as_secs_f32(),
+                    "workload certificate"
+                );
+                if failures > 0 {
+                    tracing::info!(
+                        %id,
+                        failures,
+                        was_expired,
+                        "workload certificate renewed: the CA answers again"
+                    );
+                }
+                let (serial, not_after) = (bundle.serial.clone(), bundle.not_after);
+                status.send_replace(if not_after > now_wall {
+                    Status::Valid { serial, not_after }
+                } else {
+                    Status::Expired { serial, not_after }
+                });
                 tx.send_replace(Some(Arc::new(bundle)));
                 retry = RETRY_FIRST;
-                let wait = renew
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO);
-                tokio::time::sleep(wait).await;
+                failures = 0;
+                tokio::time::sleep_until(renew).await;
             }
             Err(error) => {
-                let expired = tx
-                    .borrow()
-                    .as_ref()
-                    .is_some_and(|b| b.not_after <= SystemTime::now());
-                if expired {
-                    tracing::error!(%id, %error, "workload certificate expired and cannot be renewed");
-                } else {
-                    tracing::warn!(%id, %error, retry_s = retry.as_secs(), "certificate request failed");
+                failures += 1;
+                let current = tx.borrow().clone();
+                match &current {
+                    Some(b) if matches!(*status.borrow(), Status::Expired { .. }) => {
+                        tracing::error!(
+                            %id,
+                            serial = %b.serial,
+                            expired_at = %rfc3339(b.not_after),
+                            %error,
+                            retry_s = retry.as_secs(),
+                            "workload certificate expired and still cannot be renewed"
+                        );
+                    }
+                    Some(b) => tracing::warn!(
+                        %id,
+                        %error,
+                        retry_s = retry.as_secs(),
+                        not_after = %rfc3339(b.not_after),
+                        "certificate renewal failed; the current certificate stays in use"
+                    ),
+                    None => tracing::warn!(
+                        %id,
+                        %error,
+                        retry_s = retry.as_secs(),
+                        "certificate request failed"
+                    ),
                 }
-                tokio::time::sleep(retry).await;
+                let wake = Instant::now() + retry;
+                // Wake at the expiry too, to say so when it happens.
+                if let (Some(at), Some(b)) = (expires, &current)
+                    && at < wake
+                    && !matches!(*status.borrow(), Status::Expired { .. })
+                {
+                    tokio::time::sleep_until(at).await;
+                    tracing::error!(
+                        %id,
+                        serial = %b.serial,
+                        expired_at = %rfc3339(b.not_after),
+                        failures,
+                        "workload certificate expired: the CA could not renew it; \
+                         peers will refuse this workload until it does"
+                    );
+                    status.send_replace(Status::Expired {
+                        serial: b.serial.clone(),
+                        not_after: b.not_after,
+                    });
+                }
+                tokio::time::sleep_until(wake).await;
                 retry = (retry * 2).min(RETRY_MAX);
             }
         }
@@ -102,25 +235,36 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// A CA in-process that records when it was asked, and can fail.
+    /// A CA in-process that records when it was asked, and can fail: its
+    /// first `failures` answers, and while it is down (seconds from the
+    /// first request, on tokio's clock).
     struct Fake {
         ca: crate::Ca,
         _dir: tempfile::TempDir,
         ttl: Duration,
         failures: Mutex<u32>,
-        asked: Mutex<Vec<tokio::time::Instant>>,
+        down: Option<(u64, u64)>,
+        asked: Mutex<Vec<Instant>>,
     }
 
     impl Fetch for &Fake {
         async fn fetch(&self, csr: String) -> Result<Vec<String>, String> {
-            self.asked
-                .lock()
-                .expect("lock")
-                .push(tokio::time::Instant::now());
+            let now = Instant::now();
+            let since = {
+                let mut asked = self.asked.lock().expect("lock");
+                asked.push(now);
+                (now - asked[0]).as_secs()
+            };
             let mut f = self.failures.lock().expect("lock");
             if *f > 0 {
                 *f -= 1;
                 return Err("CA unavailable".into());
+            }
+            if self
+                .down
+                .is_some_and(|(from, to)| (from..to).contains(&since))
+            {
+                return Err("connection refused".into());
             }
             let id = SpiffeId::new("cluster.local", "default", "sleep");
             self.ca
@@ -130,28 +274,51 @@ mod tests {
         }
     }
 
-    fn fake(ttl: Duration, failures: u32) -> Fake {
+    fn fake(ttl: Duration, failures: u32, down: Option<(u64, u64)>) -> Fake {
         let dir = tempfile::tempdir().expect("tempdir");
         Fake {
             ca: crate::Ca::from_dir(dir.path(), "cluster.local").expect("ca"),
             _dir: dir,
             ttl,
             failures: Mutex::new(failures),
+            down,
             asked: Mutex::new(Vec::new()),
         }
     }
 
-    /// Run a keeper against `ca` for `d` of paused time; the seconds (from
-    /// the start) at which it asked, and what it published last.
-    async fn run_for(ca: &Fake, d: Duration) -> (Vec<u64>, Option<Arc<Bundle>>) {
+    /// What a keeper did in a run: the seconds (from the start) at which it
+    /// asked, each status change (second, "pending"/"valid"/"expired"),
+    /// and what it published last.
+    struct Run {
+        asked: Vec<u64>,
+        statuses: Vec<(u64, &'static str)>,
+        last: Option<Arc<Bundle>>,
+    }
+
+    /// Run a keeper against `ca` for `d` of paused time.
+    async fn run_for(ca: &Fake, d: Duration) -> Run {
         let (tx, rx) = watch::channel(None);
+        let (status_tx, mut status) = watch::channel(Status::Pending);
         let id = SpiffeId::new("cluster.local", "default", "sleep");
-        let start = tokio::time::Instant::now();
-        let keeper = keep(id, ca, tx);
+        let start = Instant::now();
+        let keeper = keep_reporting(id, ca, tx, status_tx);
         tokio::pin!(keeper);
-        tokio::select! {
-            () = &mut keeper => unreachable!("keeps going"),
-            () = tokio::time::sleep(d) => {}
+        let mut statuses = vec![(0, "pending")];
+        let end = tokio::time::sleep(d);
+        tokio::pin!(end);
+        loop {
+            tokio::select! {
+                () = &mut keeper => unreachable!("keeps going"),
+                () = &mut end => break,
+                Ok(()) = status.changed() => {
+                    let kind = match *status.borrow_and_update() {
+                        Status::Pending => "pending",
+                        Status::Valid { .. } => "valid",
+                        Status::Expired { .. } => "expired",
+                    };
+                    statuses.push(((Instant::now() - start).as_secs(), kind));
+                }
+            }
         }
         let asked = ca
             .asked
@@ -161,29 +328,87 @@ mod tests {
             .map(|t| (*t - start).as_secs())
             .collect();
         let last = rx.borrow().clone();
-        (asked, last)
+        Run {
+            asked,
+            statuses,
+            last,
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn renews_at_half_of_the_validity() {
-        let ca = fake(Duration::from_secs(60), 0);
-        let (asked, last) = run_for(&ca, Duration::from_secs(95)).await;
+        let ca = fake(Duration::from_secs(60), 0, None);
+        let run = run_for(&ca, Duration::from_secs(95)).await;
+        let asked = run.asked;
         // 60 s certificates (whole seconds): renewed about every 30 s.
         assert_eq!(asked.len(), 4, "{asked:?}");
         for pair in asked.windows(2) {
             assert!((29..=31).contains(&(pair[1] - pair[0])), "{asked:?}");
         }
-        let bundle = last.expect("a certificate");
+        let bundle = run.last.expect("a certificate");
         assert_eq!(bundle.chain.len(), 2);
         assert_eq!(bundle.roots.len(), 1);
         assert!(bundle.key_pem.contains("PRIVATE KEY"));
+        assert!(bundle.serial.len() >= 16, "{}", bundle.serial);
+        assert!(run.statuses.iter().skip(1).all(|(_, s)| *s == "valid"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn retries_with_back_off_while_the_ca_is_down() {
-        let ca = fake(Duration::from_secs(3600), 3);
-        let (asked, last) = run_for(&ca, Duration::from_secs(10)).await;
-        assert_eq!(asked, [0, 1, 3, 7], "1 s, 2 s, 4 s between tries");
-        assert!(last.is_some(), "served once the CA is back");
+        let ca = fake(Duration::from_secs(3600), 3, None);
+        let run = run_for(&ca, Duration::from_secs(10)).await;
+        assert_eq!(run.asked, [0, 1, 3, 7], "1 s, 2 s, 4 s between tries");
+        assert!(run.last.is_some(), "served once the CA is back");
+        assert_eq!(
+            run.statuses,
+            [(0, "pending"), (7, "valid")],
+            "no certificate is not an expired one"
+        );
+    }
+
+    /// A 10 s certificate, the CA down from 3 s to 14 s: renewal fails from
+    /// about 5 s (back-off 1, 2, 4, 8 s), the certificate expires at about
+    /// 10 s and that is published then (not at the next try), the CA
+    /// answers the try at about 20 s and the certificate is valid again.
+    #[tokio::test(start_paused = true)]
+    async fn an_expiry_while_the_ca_is_down_is_published_and_cleared_when_it_returns() {
+        let ca = fake(Duration::from_secs(10), 0, Some((3, 14)));
+        let first_serial = {
+            let run = run_for(&ca, Duration::from_secs(1)).await;
+            run.last.expect("issued at once").serial.clone()
+        };
+        ca.asked.lock().expect("lock").clear();
+        // Again from the start, now watching the whole story.
+        let run = run_for(&ca, Duration::from_secs(24)).await;
+        let a = &run.asked;
+        assert_eq!(a.len(), 6, "{a:?}");
+        assert!((4..=5).contains(&a[1]), "renewal at half of ~10 s: {a:?}");
+        let gaps: Vec<u64> = a.windows(2).skip(1).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, [1, 2, 4, 8], "back-off: {a:?}");
+        let (expired_at, _) = run.statuses[2];
+        assert_eq!(
+            run.statuses.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+            ["pending", "valid", "expired", "valid"],
+            "{:?}",
+            run.statuses
+        );
+        assert!(
+            (9..=10).contains(&expired_at),
+            "expired when it expired: {:?}",
+            run.statuses
+        );
+        assert_eq!(run.statuses[3].0, a[5], "valid again at the first answer");
+        let last = run.last.expect("a certificate");
+        assert!(last.not_after > SystemTime::now(), "a fresh one");
+        assert_ne!(last.serial, first_serial);
+    }
+
+    /// A certificate with (almost) no validity left is not renewed in a
+    /// tight loop: at most once a second.
+    #[tokio::test(start_paused = true)]
+    async fn a_very_short_certificate_is_renewed_at_most_once_a_second() {
+        let ca = fake(Duration::from_secs(1), 0, None);
+        let run = run_for(&ca, Duration::from_millis(10_500)).await;
+        assert!((10..=11).contains(&run.asked.len()), "{:?}", run.asked);
     }
 }

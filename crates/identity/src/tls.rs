@@ -189,6 +189,8 @@ struct ServerVerifier {
     roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
     check: Option<PeerCheck>,
+    /// Also require the dialled DNS name among the server's SANs.
+    check_name: bool,
 }
 
 impl std::fmt::Debug for ServerVerifier {
@@ -209,6 +211,21 @@ pub fn server_verifier(
         roots,
         algorithms: provider().signature_verification_algorithms,
         check,
+        check_name: false,
+    })
+}
+
+/// [`server_verifier`] that also checks the name dialled (SNI) against the
+/// server's DNS SANs, as webpki does (Envoy's `auto_san_validation`).
+pub fn server_verifier_with_name(
+    roots: Option<Arc<RootCertStore>>,
+    check: Option<PeerCheck>,
+) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(ServerVerifier {
+        roots,
+        algorithms: provider().signature_verification_algorithms,
+        check,
+        check_name: true,
     })
 }
 
@@ -217,10 +234,14 @@ impl ServerCertVerifier for ServerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        if self.check_name {
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_name(&parsed, server_name)?;
+        }
         if let Some(roots) = &self.roots {
             let parsed = ParsedCertificate::try_from(end_entity)?;
             rustls::client::verify_server_cert_signed_by_trust_anchor(

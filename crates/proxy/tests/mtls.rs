@@ -487,3 +487,95 @@ async fn mtls_between_halyard_and_stock_envoy_both_ways() {
         }
     }
 }
+
+/// DestinationRule SIMPLE as the pilot emits it for an external host
+/// without `sni`: roots by pilot-agent's file SDS name, `auto_sni` and
+/// `auto_san_validation`. Our client sends the request's host as SNI and
+/// checks it against the server's DNS SANs, against Envoy and ours alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_tls_takes_sni_from_the_request_and_checks_it() {
+    let Some(bin) = envoy_binary() else {
+        eprintln!("no envoy binary; skipping");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = identity::Ca::from_dir(&dir.path().join("ca"), "cluster.local").unwrap();
+    let key = identity::WorkloadKey::generate().unwrap();
+    let issued = ca
+        .issue_serving(
+            &key,
+            &identity::SpiffeId::new("cluster.local", "ext", "api"),
+            &["api.payments.example".to_string()],
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    std::fs::write(p("api.pem"), issued.chain.join("")).unwrap();
+    std::fs::write(p("api-key.pem"), key.private_key_pem()).unwrap();
+    std::fs::write(p("root.pem"), issued.roots.join("")).unwrap();
+    let app = backend("api").await;
+    let server_yaml = format!(
+        r#"
+admin: {{address: {LOOPBACK}}}
+static_resources:
+  listeners:
+  - name: https
+    address: {LOOPBACK}
+    filter_chains:
+    - transport_socket: {{name: {TLS}, typed_config: {{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {{tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]}}}}}}
+      filters: [{http}]
+  clusters:
+{app_cluster}"#,
+        cert = p("api.pem"),
+        key = p("api-key.pem"),
+        http = hcm("api", "app", false),
+        app_cluster = static_cluster("app", app.addr, ""),
+    );
+    for server_envoy in [true, false] {
+        let server = Side::start(server_envoy.then_some(bin.as_path()), &server_yaml).await;
+        let to = server.listener("https").await;
+        let sds = format!(
+            "{{name: \"file-root:{}\", sds_config: {{api_config_source: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: sds-grpc}}}}]}}, resource_api_version: V3}}}}",
+            p("root.pem")
+        );
+        let client_yaml = format!(
+            r#"
+admin: {{address: {LOOPBACK}}}
+static_resources:
+  listeners:
+  - name: out
+    address: {LOOPBACK}
+    filter_chains: [{{filters: [{http}]}}]
+  clusters:
+{cluster}"#,
+            http = hcm("out", "api", false),
+            cluster = static_cluster(
+                "api",
+                to,
+                &format!(
+                    "    transport_socket: {{name: {TLS}, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, common_tls_context: {{validation_context_sds_secret_config: {sds}}}}}}}\n    typed_extension_protocol_options: {{envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {{\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {{http_protocol_options: {{}}}}, upstream_http_protocol_options: {{auto_sni: true, auto_san_validation: true}}}}}}\n"
+                )
+            ),
+        );
+        let client = start_static(&client_yaml).await;
+        let out = client.listener_addr("out").unwrap();
+        let ok = get(out, "api.payments.example", "/", &[]).await;
+        assert_eq!(
+            (ok.status, ok.body.as_str()),
+            (200, "api"),
+            "to {}",
+            server.name()
+        );
+        let wrong = get(out, "other.example", "/", &[]).await;
+        assert_eq!(
+            wrong.status,
+            503,
+            "a name the certificate lacks, to {}",
+            server.name()
+        );
+        // The pooled connection for one name is not reused for another.
+        let again = get(out, "api.payments.example", "/", &[]).await;
+        assert_eq!(again.status, 200, "to {}", server.name());
+    }
+}

@@ -37,6 +37,10 @@ pub struct ClusterConfig {
     /// picks another for an endpoint.
     pub transport: TransportSocket,
     pub transport_matches: Vec<TransportMatch>,
+    /// `upstream_http_protocol_options`: TLS SNI from each request's host,
+    /// and that name checked against the server's DNS SANs.
+    pub auto_sni: bool,
+    pub auto_san_validation: bool,
 }
 
 impl ClusterConfig {
@@ -217,10 +221,14 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
             .transpose()?
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let mut protocol = UpstreamProtocol::Http1;
+        let (mut auto_sni, mut auto_san_validation) = (false, false);
         for (key, any) in &c.typed_extension_protocol_options {
             let path = format!("typed_extension_protocol_options[\"{key}\"]");
             let opts: upstream_http::HttpProtocolOptions = decode_any(any, &path)?;
             protocol = upstream_protocol(&opts).map_err(|e| e.under(&path))?;
+            if let Some(u) = &opts.upstream_http_protocol_options {
+                (auto_sni, auto_san_validation) = (u.auto_sni, u.auto_san_validation);
+            }
         }
         let healthy_panic_threshold = c
             .common_lb_config
@@ -273,6 +281,8 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
                         .map_err(|e| e.under(&format!("transport_socket_matches[{i}]")))
                 })
                 .collect::<Result<_, _>>()?,
+            auto_sni,
+            auto_san_validation,
         })
     }
 }

@@ -97,3 +97,55 @@ pub(crate) fn envoy_any(any: &prost_types::Any) -> protobuf::Any {
         value: any.value.clone(),
     }
 }
+
+/// Check a JSON dump of xDS resources (`{"listeners": [...], "routes":
+/// [...], "clusters": [...], "endpoints": [...]}`, the pilot's goldens'
+/// shape) against what the proxy runs: (kind, name, refusal) for each.
+pub fn check_dump(dump: &serde_json::Value) -> Vec<(&'static str, String, Result<(), String>)> {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    fn one<M, C>(d: &crate::descriptors::Descriptors, v: &serde_json::Value) -> Result<(), String>
+    where
+        M: prost::Message + Default + prost::Name,
+        C: for<'a> TryFrom<&'a M, Error = ConfigError>,
+    {
+        let m = d.from_json::<M>(v)?;
+        C::try_from(&m).map(drop).map_err(|e| e.to_string())
+    }
+    crate::descriptors::Descriptors::with(|d| {
+        let items = |key: &str| dump[key].as_array().cloned().unwrap_or_default();
+        let name = |v: &serde_json::Value, key: &str| v[key].as_str().unwrap_or("?").to_string();
+        let mut out = Vec::new();
+        for v in items("listeners") {
+            out.push((
+                "listener",
+                name(&v, "name"),
+                one::<Listener, listener::ListenerConfig>(d, &v),
+            ));
+        }
+        for v in items("routes") {
+            out.push((
+                "route",
+                name(&v, "name"),
+                one::<RouteConfiguration, route::RouteConfig>(d, &v),
+            ));
+        }
+        for v in items("clusters") {
+            out.push((
+                "cluster",
+                name(&v, "name"),
+                one::<Cluster, cluster::ClusterConfig>(d, &v),
+            ));
+        }
+        for v in items("endpoints") {
+            out.push((
+                "endpoints",
+                name(&v, "cluster_name"),
+                one::<ClusterLoadAssignment, endpoint::LoadAssignment>(d, &v),
+            ));
+        }
+        out
+    })
+}

@@ -245,13 +245,33 @@ async fn forward(
 
     let active = ActiveRequest::new(host, cluster.stats.upstream_rq_active.clone());
     let start = Instant::now();
+    // auto_sni: the TLS SNI is the request's host (without a port).
+    let sni = cluster.config.auto_sni.then(|| {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.host().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|h| h.parse::<Authority>().ok())
+                    .map(|a| a.host().to_string())
+            });
+        authority.unwrap_or_default()
+    });
+    let dial = pool::Dial {
+        timeout: cluster.config.connect_timeout,
+        stats: &cluster.stats,
+        secrets: &ctx.store.secrets,
+        sni: sni.as_deref().filter(|s| !s.is_empty()),
+        verify_sni: cluster.config.auto_san_validation,
+    };
     let send = pool::send(
         active,
         protocol,
         req.map(RequestBody::Streaming),
-        cluster.config.connect_timeout,
-        &cluster.stats,
-        &ctx.store.secrets,
+        &dial,
         upgrade,
     );
     let result = match timeout {

@@ -75,8 +75,14 @@ impl Secrets {
         self.changed.send_replace(g);
     }
 
+    /// A secret by name; the names pilot-agent serves from files
+    /// (`file-cert:CERT~KEY`, `file-root:CA` or `file-root:system`) are
+    /// read when asked for.
     pub fn get(&self, name: &str) -> Option<Arc<Secret>> {
-        self.map.load().get(name).cloned()
+        if let Some(s) = self.map.load().get(name) {
+            return Some(s.clone());
+        }
+        file_secret(name).and_then(Result::ok).map(Arc::new)
     }
 
     pub fn generation(&self) -> u64 {
@@ -101,6 +107,34 @@ impl Secrets {
     }
 }
 
+/// The system trust store (Debian's bundle), for `file-root:system`.
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Istio's file-backed SDS names (pilot-agent reads the files).
+fn file_secret(name: &str) -> Option<Result<Secret, String>> {
+    let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{name}: {p}: {e}"));
+    if let Some(paths) = name.strip_prefix("file-cert:") {
+        let (cert, key) = paths.split_once('~')?;
+        return Some((|| {
+            Ok(Secret::Certificate(CertPem {
+                chain: read(cert)?,
+                key: read(key)?,
+            }))
+        })());
+    }
+    let path = name.strip_prefix("file-root:")?;
+    let path = if path == "system" { SYSTEM_ROOTS } else { path };
+    Some(read(path).map(Secret::Roots))
+}
+
+/// Why a secret is not there: its file failed, or SDS has not sent it.
+fn missing(name: &str) -> String {
+    match file_secret(name) {
+        Some(Err(e)) => e,
+        _ => format!("SDS secret {name} not delivered yet"),
+    }
+}
+
 /// A socket's rustls configs for one secret generation.
 #[derive(Debug)]
 struct Configs {
@@ -110,7 +144,8 @@ struct Configs {
 
 #[derive(Debug)]
 enum Prepared {
-    Client(Arc<ClientConfig>),
+    /// Without, and with, the SNI checked against the server's DNS SANs.
+    Client(Arc<ClientConfig>, Arc<ClientConfig>),
     Server {
         /// Index i negotiates `alpn[i]`; the last one negotiates none.
         by_alpn: Vec<Arc<ServerConfig>>,
@@ -147,9 +182,15 @@ impl TlsSocket {
 
     /// The client config (an upstream socket), or why there is none yet
     /// (an SDS secret not delivered, a bad certificate).
-    pub fn client_config(&self, secrets: &Secrets) -> Result<Arc<ClientConfig>, String> {
+    pub fn client_config(
+        &self,
+        secrets: &Secrets,
+        check_name: bool,
+    ) -> Result<Arc<ClientConfig>, String> {
         match &self.configs(secrets).result {
-            Ok(Prepared::Client(c)) => Ok(c.clone()),
+            Ok(Prepared::Client(plain, named)) => {
+                Ok(if check_name { named } else { plain }.clone())
+            }
             Ok(Prepared::Server { .. }) => Err("a downstream TLS context on a cluster".into()),
             Err(e) => Err(e.clone()),
         }
@@ -175,19 +216,22 @@ impl TlsSocket {
                     local_uri: local_uri.clone(),
                 })
             }
-            Ok(Prepared::Client(_)) => Err("an upstream TLS context on a listener".into()),
+            Ok(Prepared::Client(..)) => Err("an upstream TLS context on a listener".into()),
             Err(e) => Err(e.clone()),
         }
     }
 
-    /// The name to present: the SNI, or (none configured) the address, for
-    /// which rustls sends no SNI.
-    pub fn server_name(&self, ip: std::net::IpAddr) -> ServerName<'static> {
-        match &self.side {
-            Side::Upstream { sni } if !sni.is_empty() => ServerName::try_from(sni.clone())
-                .unwrap_or_else(|_| ServerName::IpAddress(ip.into())),
-            _ => ServerName::IpAddress(ip.into()),
-        }
+    /// The name to present: the request's (auto_sni), else the configured
+    /// SNI, else the address, for which rustls sends no SNI.
+    pub fn server_name(&self, request: Option<&str>, ip: std::net::IpAddr) -> ServerName<'static> {
+        let configured = match &self.side {
+            Side::Upstream { sni } if !sni.is_empty() => Some(sni.as_str()),
+            _ => None,
+        };
+        request
+            .or(configured)
+            .and_then(|n| ServerName::try_from(n.to_string()).ok())
+            .unwrap_or_else(|| ServerName::IpAddress(ip.into()))
     }
 }
 
@@ -386,7 +430,7 @@ fn resolve_cert(s: &Source<CertPem>, secrets: &Secrets) -> Result<CertPem, Strin
             Some(Secret::Roots(_)) => Err(format!(
                 "SDS secret {name} is a validation context, not a certificate"
             )),
-            None => Err(format!("SDS secret {name} not delivered yet")),
+            None => Err(missing(name)),
         },
     }
 }
@@ -399,7 +443,7 @@ fn resolve_roots(s: &Source<String>, secrets: &Secrets) -> Result<Arc<RootCertSt
             Some(Secret::Certificate(_)) => Err(format!(
                 "SDS secret {name} is a certificate, not a validation context"
             )),
-            None => Err(format!("SDS secret {name} not delivered yet")),
+            None => Err(missing(name)),
         },
     }
 }
@@ -418,35 +462,41 @@ fn build(s: &TlsSocket, secrets: &Secrets) -> Result<Prepared, String> {
             Ok((pem_certs(&c.chain)?, pem_key(&c.key)?))
         };
     match &s.side {
-        Side::Upstream { sni } => {
-            let verifier = match &s.validation {
-                None => identity::tls::server_verifier(None, None),
-                Some(v) => {
-                    let roots = v
-                        .roots
+        Side::Upstream { .. } => {
+            let (roots, check) = match &s.validation {
+                None => (None, None),
+                Some(v) => (
+                    v.roots
                         .as_ref()
                         .map(|r| resolve_roots(r, secrets))
-                        .transpose()?;
-                    identity::tls::server_verifier(roots, san_check(&v.san))
-                }
+                        .transpose()?,
+                    san_check(&v.san),
+                ),
             };
-            let builder = ClientConfig::builder_with_provider(provider)
-                .with_protocol_versions(&versions)
-                .map_err(|e| e.to_string())?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier);
-            let mut config = match &cert {
-                None => builder.with_no_client_auth(),
-                Some(c) => {
-                    let (chain, key) = keyed(c)?;
-                    builder
-                        .with_client_auth_cert(chain, key)
-                        .map_err(|e| format!("certificate: {e}"))?
-                }
+            let client = |verifier| -> Result<Arc<ClientConfig>, String> {
+                let builder = ClientConfig::builder_with_provider(provider.clone())
+                    .with_protocol_versions(&versions)
+                    .map_err(|e| e.to_string())?
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier);
+                let mut config = match &cert {
+                    None => builder.with_no_client_auth(),
+                    Some(c) => {
+                        let (chain, key) = keyed(c)?;
+                        builder
+                            .with_client_auth_cert(chain, key)
+                            .map_err(|e| format!("certificate: {e}"))?
+                    }
+                };
+                // SNI goes out whenever the name dialled is a DNS name
+                // (configured, or the request's); never for an address.
+                config.alpn_protocols = alpn.clone();
+                Ok(Arc::new(config))
             };
-            config.alpn_protocols = alpn;
-            config.enable_sni = !sni.is_empty();
-            Ok(Prepared::Client(Arc::new(config)))
+            Ok(Prepared::Client(
+                client(identity::tls::server_verifier(roots.clone(), check.clone()))?,
+                client(identity::tls::server_verifier_with_name(roots, check))?,
+            ))
         }
         Side::Downstream {
             require_client_certificate,

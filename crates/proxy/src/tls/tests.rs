@@ -71,7 +71,9 @@ fn secrets_bump_the_generation_and_configs_follow() {
         )
         .unwrap();
     let socket = TlsSocket::upstream(&ctx).unwrap();
-    let e = socket.client_config(&secrets).expect_err("nothing yet");
+    let e = socket
+        .client_config(&secrets, false)
+        .expect_err("nothing yet");
     assert_eq!(e, "SDS secret default not delivered yet");
 
     let dir = tempfile::tempdir().unwrap();
@@ -98,10 +100,10 @@ fn secrets_bump_the_generation_and_configs_follow() {
         ("ROOTCA".to_string(), Secret::Roots(issued.roots.join(""))),
     ]);
     assert!(secrets.generation() > before);
-    let a = socket.client_config(&secrets).expect("built");
-    let b = socket.client_config(&secrets).expect("cached");
+    let a = socket.client_config(&secrets, false).expect("built");
+    let b = socket.client_config(&secrets, false).expect("cached");
     assert!(Arc::ptr_eq(&a, &b), "one build per generation");
     secrets.set("ROOTCA", Secret::Roots(issued.roots.join("")));
-    let c = socket.client_config(&secrets).expect("rebuilt");
+    let c = socket.client_config(&secrets, false).expect("rebuilt");
     assert!(!Arc::ptr_eq(&a, &c), "a secret change rebuilds");
 }

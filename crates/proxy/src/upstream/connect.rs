@@ -4,22 +4,16 @@
 //! connection stats kept.
 
 use std::io;
-use std::time::Duration;
 
 use crate::config::transport::TransportSocket;
-use crate::stats::ClusterStats;
-use crate::tls::Secrets;
 use crate::upstream::address::{UpstreamAddr, UpstreamStream};
 use crate::upstream::host::Host;
+use crate::upstream::pool::Dial;
 
-/// Connect to `host` over its transport socket within `timeout`; counts
-/// `upstream_cx_total` and `upstream_cx_connect_fail`.
-pub async fn connect(
-    host: &Host,
-    timeout: Duration,
-    stats: &ClusterStats,
-    secrets: &Secrets,
-) -> io::Result<UpstreamStream> {
+/// Connect to `host` over its transport socket within the dial's timeout;
+/// counts `upstream_cx_total` and `upstream_cx_connect_fail`.
+pub async fn connect(host: &Host, dial: &Dial<'_>) -> io::Result<UpstreamStream> {
+    let (timeout, stats) = (dial.timeout, dial.stats);
     stats.upstream_cx_total.inc();
     let started = tokio::time::Instant::now();
     let open = async {
@@ -29,13 +23,15 @@ pub async fn connect(
                 let UpstreamAddr::Ip(ip) = &host.addr else {
                     return Err(io::Error::other("TLS to a pipe address is not supported"));
                 };
-                let config = tls.client_config(secrets).map_err(io::Error::other)?;
+                let config = tls
+                    .client_config(dial.secrets, dial.verify_sni && dial.sni.is_some())
+                    .map_err(io::Error::other)?;
                 let UpstreamStream::Tcp(tcp) = UpstreamStream::connect(&host.addr).await? else {
                     unreachable!("an IP address connects over TCP");
                 };
                 let connector = tokio_rustls::TlsConnector::from(config);
                 let stream = connector
-                    .connect(tls.server_name(ip.ip()), tcp)
+                    .connect(tls.server_name(dial.sni, ip.ip()), tcp)
                     .await
                     .map_err(|e| {
                         io::Error::new(

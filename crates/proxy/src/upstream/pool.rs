@@ -31,17 +31,19 @@ type Http1Sender = http1::SendRequest<RequestBody>;
 type Http2Sender = http2::SendRequest<RequestBody>;
 
 /// Lock-free, and allocation-free until a host first gets an idle
-/// connection (a mesh has many hosts, most of them idle).
+/// connection (a mesh has many hosts, most of them idle). Connections
+/// opened with a per-request SNI (`auto_sni`) carry it, and are reused only
+/// for requests with the same one.
 #[derive(Default)]
 pub struct HostPool {
-    http1: SegQueue<Http1Sender>,
-    http2: ArcSwapOption<Http2Sender>,
+    http1: SegQueue<(Option<Arc<str>>, Http1Sender)>,
+    http2: ArcSwapOption<(Option<Arc<str>>, Http2Sender)>,
 }
 
 impl HostPool {
-    fn release_http1(&self, sender: Http1Sender) {
+    fn release_http1(&self, sni: Option<Arc<str>>, sender: Http1Sender) {
         if self.http1.len() < MAX_IDLE_HTTP1 {
-            self.http1.push(sender);
+            self.http1.push((sni, sender));
         }
     }
 }
@@ -61,15 +63,25 @@ pub enum Protocol {
     Http2,
 }
 
+/// How to open a connection for one request: the cluster's connect
+/// timeout and stats, the secrets its TLS uses, and the SNI the request
+/// asks for (`auto_sni`), checked against the server's DNS SANs when
+/// `verify_sni` (`auto_san_validation`).
+pub struct Dial<'a> {
+    pub timeout: Duration,
+    pub stats: &'a ClusterStats,
+    pub secrets: &'a Secrets,
+    pub sni: Option<&'a str>,
+    pub verify_sni: bool,
+}
+
 /// Send `req` to `active.host()`, reusing a pooled connection when one is
 /// usable. An upgrade request gets a connection of its own that is not pooled.
 pub async fn send(
     active: ActiveRequest,
     protocol: Protocol,
     req: Request<RequestBody>,
-    connect_timeout: Duration,
-    stats: &ClusterStats,
-    secrets: &Secrets,
+    dial: &Dial<'_>,
     upgrade: bool,
 ) -> Result<Response<UpstreamBody>, RequestError> {
     let host = active.host().clone();
@@ -77,12 +89,17 @@ pub async fn send(
         Protocol::Http1 => {
             let mut req = req;
             if !upgrade {
-                while let Some(mut sender) = host.pool.http1.pop() {
-                    if sender.is_closed() || sender.ready().await.is_err() {
+                while let Some((sni, mut sender)) = host.pool.http1.pop() {
+                    if sni.as_deref() != dial.sni
+                        || sender.is_closed()
+                        || sender.ready().await.is_err()
+                    {
                         continue;
                     }
                     match sender.try_send_request(req).await {
-                        Ok(resp) => return Ok(UpstreamBody::wrap(resp, active, Some(sender))),
+                        Ok(resp) => {
+                            return Ok(UpstreamBody::wrap(resp, active, Some((sni, sender))));
+                        }
                         Err(mut e) => match e.take_message() {
                             // Not sent: the pooled connection had died; try another.
                             Some(r) => req = r,
@@ -91,21 +108,25 @@ pub async fn send(
                     }
                 }
             }
-            let mut sender = connect_http1(&host, connect_timeout, stats, secrets).await?;
+            let mut sender = connect_http1(&host, dial).await?;
             let resp = sender
                 .send_request(req)
                 .await
                 .map_err(RequestError::UpstreamReset)?;
-            let keep = (!upgrade).then_some(sender);
+            let keep = (!upgrade).then(|| (dial.sni.map(Arc::from), sender));
             Ok(UpstreamBody::wrap(resp, active, keep))
         }
         Protocol::Http2 => {
             let current = host.pool.http2.load_full();
             let mut sender = match current {
-                Some(s) if !s.is_closed() => Http2Sender::clone(&s),
+                Some(s) if !s.1.is_closed() && s.0.as_deref() == dial.sni => {
+                    Http2Sender::clone(&s.1)
+                }
                 _ => {
-                    let s = connect_http2(&host, connect_timeout, stats, secrets).await?;
-                    host.pool.http2.store(Some(Arc::new(s.clone())));
+                    let s = connect_http2(&host, dial).await?;
+                    host.pool
+                        .http2
+                        .store(Some(Arc::new((dial.sni.map(Arc::from), s.clone()))));
                     s
                 }
             };
@@ -119,18 +140,13 @@ pub async fn send(
     }
 }
 
-async fn connect_http1(
-    host: &Arc<Host>,
-    timeout: Duration,
-    stats: &ClusterStats,
-    secrets: &Secrets,
-) -> Result<Http1Sender, RequestError> {
-    let io = open(host, timeout, stats, secrets).await?;
+async fn connect_http1(host: &Arc<Host>, dial: &Dial<'_>) -> Result<Http1Sender, RequestError> {
+    let io = open(host, dial).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
         .map_err(RequestError::UpstreamReset)?;
-    let guard = ConnectionGuard::new(host, stats);
+    let guard = ConnectionGuard::new(host, dial.stats);
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
         drop(guard);
@@ -138,18 +154,13 @@ async fn connect_http1(
     Ok(sender)
 }
 
-async fn connect_http2(
-    host: &Arc<Host>,
-    timeout: Duration,
-    stats: &ClusterStats,
-    secrets: &Secrets,
-) -> Result<Http2Sender, RequestError> {
-    let io = open(host, timeout, stats, secrets).await?;
+async fn connect_http2(host: &Arc<Host>, dial: &Dial<'_>) -> Result<Http2Sender, RequestError> {
+    let io = open(host, dial).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .handshake(TokioIo::new(io))
         .await
         .map_err(RequestError::UpstreamReset)?;
-    let guard = ConnectionGuard::new(host, stats);
+    let guard = ConnectionGuard::new(host, dial.stats);
     tokio::spawn(async move {
         let _ = conn.await;
         drop(guard);
@@ -159,12 +170,10 @@ async fn connect_http2(
 
 async fn open(
     host: &Arc<Host>,
-    timeout: Duration,
-    stats: &ClusterStats,
-    secrets: &Secrets,
+    dial: &Dial<'_>,
 ) -> Result<crate::upstream::UpstreamStream, RequestError> {
     host.cx_total.inc();
-    connect(host, timeout, stats, secrets).await.map_err(|e| {
+    connect(host, dial).await.map_err(|e| {
         host.cx_connect_fail.inc();
         RequestError::ConnectFailure(e)
     })
@@ -199,14 +208,14 @@ impl Drop for ConnectionGuard {
 pub struct UpstreamBody {
     inner: Incoming,
     active: Option<ActiveRequest>,
-    sender: Option<Http1Sender>,
+    sender: Option<(Option<Arc<str>>, Http1Sender)>,
 }
 
 impl UpstreamBody {
     fn wrap(
         resp: Response<Incoming>,
         active: ActiveRequest,
-        sender: Option<Http1Sender>,
+        sender: Option<(Option<Arc<str>>, Http1Sender)>,
     ) -> Response<UpstreamBody> {
         let (parts, inner) = resp.into_parts();
         let done = inner.is_end_stream();
@@ -223,9 +232,9 @@ impl UpstreamBody {
 
     fn finish(&mut self) {
         if let Some(active) = self.active.take()
-            && let Some(sender) = self.sender.take()
+            && let Some((sni, sender)) = self.sender.take()
         {
-            active.host().pool.release_http1(sender);
+            active.host().pool.release_http1(sni, sender);
         }
     }
 }

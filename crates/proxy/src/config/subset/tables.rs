@@ -1352,6 +1352,19 @@ pub(super) static DOWNSTREAM_HTTP_CONFIG: Schema = Schema {
     ],
 };
 
+pub(super) static UPSTREAM_HTTP_OPTIONS: Schema = Schema {
+    message: "envoy.config.core.v3.UpstreamHttpProtocolOptions",
+    allowed: &[
+        ("auto_sni", 1, false, Field::Leaf),
+        ("auto_san_validation", 2, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "auto_sni"),
+        (2, "auto_san_validation"),
+        (3, "override_auto_sni_header"),
+    ],
+};
+
 pub(super) static HTTP_PROTOCOL_OPTIONS: Schema = Schema {
     message: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     allowed: &[
@@ -1366,6 +1379,12 @@ pub(super) static HTTP_PROTOCOL_OPTIONS: Schema = Schema {
             4,
             false,
             Field::Msg(&DOWNSTREAM_HTTP_CONFIG),
+        ),
+        (
+            "upstream_http_protocol_options",
+            2,
+            false,
+            Field::Msg(&UPSTREAM_HTTP_OPTIONS),
         ),
     ],
     names: &[
@@ -1735,6 +1754,7 @@ pub(super) static ALL: &[&Schema] = &[
     &CLUSTER_LOAD_ASSIGNMENT,
     &HTTP_VERSION_CONFIG,
     &DOWNSTREAM_HTTP_CONFIG,
+    &UPSTREAM_HTTP_OPTIONS,
     &HTTP_PROTOCOL_OPTIONS,
     &EDS_CLUSTER_CONFIG,
     &COMMON_LB_CONFIG,

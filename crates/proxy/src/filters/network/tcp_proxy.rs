@@ -35,14 +35,14 @@ pub async fn proxy(
         return;
     };
     host.cx_total.inc();
-    let mut upstream = match connect(
-        &host,
-        cluster.config.connect_timeout,
-        &cluster.stats,
-        &store.secrets,
-    )
-    .await
-    {
+    let dial = crate::upstream::pool::Dial {
+        timeout: cluster.config.connect_timeout,
+        stats: &cluster.stats,
+        secrets: &store.secrets,
+        sni: None,
+        verify_sni: false,
+    };
+    let mut upstream = match connect(&host, &dial).await {
         Ok(s) => s,
         Err(e) => {
             host.cx_connect_fail.inc();
