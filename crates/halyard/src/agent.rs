@@ -58,14 +58,20 @@ pub struct AgentArgs {
 /// A workload's certificates as they are issued and renewed.
 pub type Bundles = watch::Receiver<Option<Arc<identity::keeper::Bundle>>>;
 
+/// Whether that certificate is valid (pending, valid, expired), for readiness.
+pub type CertStatus = watch::Receiver<identity::keeper::Status>;
+
 impl IdentityArgs {
     /// Whether a token was given (a proxy without one keeps no certificate).
     pub fn enabled(&self) -> bool {
         self.token.is_some()
     }
 
-    /// The certificate keeper (run it) and the bundles it publishes.
-    pub fn keeper(&self) -> anyhow::Result<(impl Future<Output = ()> + use<>, Bundles)> {
+    /// The certificate keeper (run it), the bundles it publishes and their
+    /// status.
+    pub fn keeper(
+        &self,
+    ) -> anyhow::Result<(impl Future<Output = ()> + use<>, Bundles, CertStatus)> {
         let (Some(token), Some(ca_root)) = (&self.token, &self.ca_root) else {
             anyhow::bail!("--token and --ca-root are required to get a workload certificate");
         };
@@ -83,15 +89,17 @@ impl IdentityArgs {
         let id =
             identity::SpiffeId::new(&self.trust_domain, &self.namespace, &self.service_account);
         let (tx, rx) = watch::channel(None);
-        let keeper = identity::keeper::keep(
+        let (status_tx, status) = watch::channel(identity::keeper::Status::Pending);
+        let keeper = identity::keeper::keep_reporting(
             id,
             CaClient {
                 channel,
                 token: token.clone(),
             },
             tx,
+            status_tx,
         );
-        Ok((keeper, rx))
+        Ok((keeper, rx, status))
     }
 }
 
@@ -196,7 +204,7 @@ impl SnapshotSource for Secrets {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let (keeper, mut bundles) = args.identity.keeper()?;
+    let (keeper, mut bundles, _status) = args.identity.keeper()?;
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let publish = async move {
         while bundles.changed().await.is_ok() {

@@ -276,7 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(admin = %proxy.admin_addr(), "proxy started");
             let identity = async {
                 match keeper {
-                    Some((keep, bundles)) => {
+                    Some((keep, bundles, _status)) => {
                         tokio::join!(keep, agent::feed(bundles, proxy.store().secrets.clone()));
                     }
                     None => std::future::pending().await,

@@ -4,8 +4,9 @@
 //! reached, retries with back-off (1 s doubling to 30 s) while the current
 //! certificate stays in use. The moment that certificate expires with no
 //! renewal it is logged as an error (identity, serial, expiry) and
-//! [`Status::Expired`] is published, for readiness; a later renewal logs
-//! how long the certificate was missing and publishes [`Status::Valid`].
+//! [`Status::Expired`] is published, for readiness; a later renewal says
+//! the CA answers again (how many tries failed, whether the certificate
+//! had expired) and publishes [`Status::Valid`].
 //!
 //! ```text
 //!  fetch ──ok──▶ publish bundle, Status::Valid ──sleep until renew_at──▶ fetch
