@@ -14,13 +14,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/target}"
 
 if [ "$(id -u)" = 0 ]; then
   missing=""
-  for tool in ip iptables-restore setpriv python3; do
+  for tool in ip iptables-restore setpriv python3 tcpdump; do
     command -v "$tool" >/dev/null || missing="$missing $tool"
   done
   if [ -n "$missing" ]; then
     echo "installing:$missing"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables util-linux python3-venv >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables util-linux python3-venv tcpdump >/dev/null
   fi
 fi
 

@@ -869,3 +869,218 @@ fn without_root_up_says_what_to_do() {
         "{err}"
     );
 }
+
+/// The seed's PeerAuthentications, verbatim, over a small production
+/// namespace: STRICT for the namespace, PERMISSIVE for payments-legacy.
+const SEED_MTLS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: production, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: orders-api, namespace: production}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: payments-api, namespace: production}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: payments-api, namespace: production}
+spec:
+  selector: {app: payments-api}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: payments-legacy, namespace: production}
+spec:
+  selector: {app: payments-legacy}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: payments-api, namespace: production}
+spec:
+  selector: {matchLabels: {app: payments-api}}
+  template:
+    metadata: {labels: {app: payments-api}}
+    spec:
+      serviceAccountName: payments-api
+      containers: [{name: app, command: [halyard, echo, --port, "8080"]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: payments-legacy, namespace: production}
+spec:
+  selector: {matchLabels: {app: payments-legacy}}
+  template:
+    metadata: {labels: {app: payments-legacy}}
+    spec:
+      containers: [{name: app, command: [halyard, echo, --port, "8080"]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: orders-api, namespace: production}
+spec:
+  selector: {matchLabels: {app: orders-api}}
+  template:
+    metadata: {labels: {app: orders-api}}
+    spec:
+      serviceAccountName: orders-api
+      containers: [{name: app, command: [halyard, echo, --port, "8080"]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: outsider, namespace: production}
+spec:
+  selector: {matchLabels: {app: outsider}}
+  template:
+    metadata:
+      labels: {app: outsider}
+      annotations: {sidecar.istio.io/inject: "false"}
+    spec:
+      containers: [{name: app, command: [halyard, echo, --port, "8080"]}]
+"#;
+
+/// Packets of a capture to or from `ip` (tcpdump reads, filters, writes).
+fn packets_with(pcap: &Path, ip: &str) -> Vec<u8> {
+    let out = pcap.with_extension(format!("{ip}.pcap"));
+    let status = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(pcap)
+        .arg("-w")
+        .arg(&out)
+        .args(["host", ip])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("tcpdump -r");
+    assert!(
+        status.success(),
+        "tcpdump could not read {}",
+        pcap.display()
+    );
+    std::fs::read(&out).expect("filtered capture")
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn seed_peer_authentication_strict_namespace_permissive_legacy() {
+    if !is_root() {
+        return;
+    }
+    let tcpdump = std::env::var("NO_TCPDUMP").is_err()
+        && Command::new("tcpdump").arg("--version").output().is_ok();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = tempfile::tempdir().expect("tmp");
+    std::fs::write(config.path().join("platform.yaml"), SEED_MTLS).expect("write");
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed-mtls.yaml");
+    std::fs::copy(&seed, config.path().join("peer-authentication.yaml")).expect("seed policies");
+    let mesh = LocalMesh::up("sm", config.path());
+    let ip = |pod: &str| mesh.pod(pod)["ip"].as_str().expect("ip").to_string();
+    let (api_ip, legacy_ip) = (ip("payments-api-0"), ip("payments-legacy-0"));
+
+    // Everything between meshed pods on the bridge, captured while it flows.
+    let pcap = config.path().join("bridge.pcap");
+    let mut capture = tcpdump.then(|| {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-mesh", mesh.name)])
+            // Every packet written as it comes (a stop must not lose the
+            // kernel's unread buffer), into the test's private temp dir
+            // (-Z root: Debian's tcpdump drops to its own user otherwise).
+            .args([
+                "tcpdump",
+                "--immediate-mode",
+                "-U",
+                "-Z",
+                "root",
+                "-i",
+                "any",
+                "-nn",
+                "-w",
+            ])
+            .arg(&pcap)
+            .args(["tcp", "port", "8080"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tcpdump");
+        // Listening once it has written the capture file's header.
+        wait_for("tcpdump to listen", Duration::from_secs(10), || {
+            std::fs::metadata(&pcap).ok().filter(|m| m.len() >= 24)
+        });
+        child
+    });
+
+    // A meshed caller reaches the STRICT service over mTLS, as itself.
+    let mut c = mesh.connect("orders-api-0", "payments-api", 8080);
+    for _ in 0..5 {
+        let (s, body) = c
+            .get("/api/v1/payments/1", &[])
+            .expect("orders -> payments");
+        assert_eq!(
+            (s, body["service"].as_str()),
+            (200, Some("payments-api")),
+            "{body}"
+        );
+        let xfcc = body["headers"]["x-forwarded-client-cert"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            xfcc.ends_with(";URI=spiffe://cluster.local/ns/production/sa/orders-api"),
+            "{body}"
+        );
+    }
+    // A caller without a sidecar: plaintext is accepted by the legacy
+    // workload only.
+    let mut c = mesh.connect("outsider-0", "payments-legacy", 8080);
+    let (s, body) = c.get("/", &[]).expect("plaintext to legacy");
+    assert_eq!(
+        (s, body["service"].as_str()),
+        (200, Some("payments-legacy"))
+    );
+    drop(c);
+    if let Some(mut child) = capture.take() {
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling the tcpdump this test started.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let _ = child.wait();
+        let meshed = packets_with(&pcap, &api_ip);
+        assert!(
+            !contains(&meshed, b"GET /"),
+            "an HTTP request line crossed the bridge to the STRICT workload"
+        );
+        // TLS 1.3 application data records.
+        assert!(
+            contains(&meshed, b"\x17\x03\x03"),
+            "no TLS records to the STRICT workload {api_ip}: {}",
+            String::from_utf8_lossy(
+                &Command::new("tcpdump")
+                    .args(["-nn", "-r"])
+                    .arg(&pcap)
+                    .output()
+                    .map(|o| o.stdout)
+                    .unwrap_or_default()
+            )
+        );
+        let plain = packets_with(&pcap, &legacy_ip);
+        assert!(
+            contains(&plain, b"GET / HTTP/1.1"),
+            "the capture missed the plaintext request to the legacy workload"
+        );
+    } else {
+        eprintln!("no tcpdump: the packet capture part is skipped");
+    }
+
+    let mut c = mesh.connect("outsider-0", "payments-api", 8080);
+    let refused = c.get("/", &[]);
+    assert!(
+        refused.as_ref().map_or(true, |(s, _)| *s != 200),
+        "plaintext reached the STRICT workload: {refused:?}"
+    );
+}
