@@ -103,6 +103,32 @@ impl IdentityArgs {
     }
 }
 
+/// Our proxy's readiness follows its certificate: not ready until the
+/// first one arrives, nor while an expired one awaits renewal.
+pub async fn report(mut status: CertStatus, secrets: Arc<proxy::tls::Secrets>) {
+    use identity::keeper::Status;
+    loop {
+        let why = match &*status.borrow_and_update() {
+            Status::Pending => Some("workload certificate pending".to_string()),
+            Status::Valid { .. } => None,
+            Status::Expired { serial, not_after } => Some(format!(
+                "workload certificate {serial} expired at {}",
+                humantime_utc(*not_after)
+            )),
+        };
+        secrets.set_unready(why);
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn humantime_utc(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{t:?}"))
+}
+
 /// Our proxy's SDS secrets `default` and `ROOTCA`, from each bundle as it
 /// comes (both swapped at once, so no handshake sees a mismatched pair).
 pub async fn feed(mut bundles: Bundles, secrets: Arc<proxy::tls::Secrets>) {

@@ -276,8 +276,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(admin = %proxy.admin_addr(), "proxy started");
             let identity = async {
                 match keeper {
-                    Some((keep, bundles, _status)) => {
-                        tokio::join!(keep, agent::feed(bundles, proxy.store().secrets.clone()));
+                    Some((keep, bundles, status)) => {
+                        let secrets = proxy.store().secrets.clone();
+                        tokio::join!(
+                            keep,
+                            agent::feed(bundles, secrets.clone()),
+                            agent::report(status, secrets)
+                        );
                     }
                     None => std::future::pending().await,
                 }

@@ -162,6 +162,14 @@ pub fn cert_names(cert: &CertificateDer<'_>) -> Option<CertNames> {
     Some(names)
 }
 
+/// When a certificate stops being valid.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    use x509_parser::prelude::FromDer;
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+    let t = c.validity().not_after.timestamp();
+    Some(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64))
+}
+
 /// Accept a peer only with a SPIFFE id of one of `trust_domains` and, if
 /// `accept` names any, one of them.
 pub fn spiffe_check(trust_domains: &[String], accept: &[SpiffeId]) -> PeerCheck {

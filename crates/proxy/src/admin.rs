@@ -102,10 +102,12 @@ fn admin(
 }
 
 fn ready(store: &ConfigStore) -> Response<Full<Bytes>> {
-    if store.is_ready() {
-        text(StatusCode::OK, "LIVE\n")
-    } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n")
+    if !store.is_ready() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n");
+    }
+    match store.secrets.unready() {
+        Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        None => text(StatusCode::OK, "LIVE\n"),
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Secrets {
     map: ArcSwap<HashMap<String, Arc<Secret>>>,
     generation: AtomicU64,
     changed: watch::Sender<u64>,
+    /// Why the proxy's own workload certificate is not usable (pending or
+    /// expired); None when it is, or when the proxy keeps none.
+    unready: ArcSwapOption<String>,
 }
 
 impl Default for Secrets {
@@ -42,6 +45,7 @@ impl Default for Secrets {
             map: ArcSwap::default(),
             generation: AtomicU64::new(1),
             changed: watch::Sender::new(1),
+            unready: ArcSwapOption::empty(),
         }
     }
 }
@@ -101,6 +105,16 @@ impl Secrets {
         v
     }
 
+    /// Report the workload certificate unusable (None: usable again);
+    /// readiness says so until it is.
+    pub fn set_unready(&self, why: Option<String>) {
+        self.unready.store(why.map(Arc::new));
+    }
+
+    pub fn unready(&self) -> Option<Arc<String>> {
+        self.unready.load_full()
+    }
+
     /// Resolves on the next change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -140,6 +154,10 @@ fn missing(name: &str) -> String {
 struct Configs {
     generation: u64,
     result: Result<Prepared, String>,
+    /// When our certificate expires: the configs (and the TLS sessions
+    /// they would resume) are rebuilt then, so a peer sees the expired
+    /// certificate in a full handshake instead of resuming past it.
+    expires: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug)]
@@ -169,12 +187,20 @@ impl TlsSocket {
         let generation = secrets.generation();
         if let Some(c) = self.built.0.load_full()
             && c.generation == generation
+            && c.expires.is_none_or(|t| std::time::SystemTime::now() < t)
         {
             return c;
         }
+        let (result, expires) = match build(self, secrets) {
+            Ok((p, expires)) => (Ok(p), expires),
+            Err(e) => (Err(e), None),
+        };
+        // Already expired: built once more, not again until a secret changes.
+        let expires = expires.filter(|t| std::time::SystemTime::now() < *t);
         let configs = Arc::new(Configs {
             generation,
-            result: build(self, secrets),
+            result,
+            expires,
         });
         self.built.0.store(Some(configs.clone()));
         configs
@@ -448,7 +474,11 @@ fn resolve_roots(s: &Source<String>, secrets: &Secrets) -> Result<Arc<RootCertSt
     }
 }
 
-fn build(s: &TlsSocket, secrets: &Secrets) -> Result<Prepared, String> {
+/// The configs, and when the certificate they serve expires.
+fn build(
+    s: &TlsSocket,
+    secrets: &Secrets,
+) -> Result<(Prepared, Option<std::time::SystemTime>), String> {
     let provider = Arc::new(provider(&s.cipher_suites, &s.ecdh_curves));
     let versions = versions(s);
     let alpn: Vec<Vec<u8>> = s.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
@@ -457,6 +487,10 @@ fn build(s: &TlsSocket, secrets: &Secrets) -> Result<Prepared, String> {
         .as_ref()
         .map(|c| resolve_cert(c, secrets))
         .transpose()?;
+    let expires = cert
+        .as_ref()
+        .and_then(|c| pem_certs(&c.chain).ok())
+        .and_then(|chain| chain.first().and_then(identity::tls::not_after));
     let keyed =
         |c: &CertPem| -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
             Ok((pem_certs(&c.chain)?, pem_key(&c.key)?))
@@ -493,9 +527,12 @@ fn build(s: &TlsSocket, secrets: &Secrets) -> Result<Prepared, String> {
                 config.alpn_protocols = alpn.clone();
                 Ok(Arc::new(config))
             };
-            Ok(Prepared::Client(
-                client(identity::tls::server_verifier(roots.clone(), check.clone()))?,
-                client(identity::tls::server_verifier_with_name(roots, check))?,
+            Ok((
+                Prepared::Client(
+                    client(identity::tls::server_verifier(roots.clone(), check.clone()))?,
+                    client(identity::tls::server_verifier_with_name(roots, check))?,
+                ),
+                expires,
             ))
         }
         Side::Downstream {
@@ -540,7 +577,7 @@ fn build(s: &TlsSocket, secrets: &Secrets) -> Result<Prepared, String> {
                 by_alpn.push(Arc::new(c));
             }
             by_alpn.push(Arc::new(base));
-            Ok(Prepared::Server { by_alpn, local_uri })
+            Ok((Prepared::Server { by_alpn, local_uri }, expires))
         }
     }
 }
