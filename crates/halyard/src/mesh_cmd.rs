@@ -102,6 +102,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             "envoy" => local::SidecarKind::Envoy(envoy_binary(&args.envoy)?),
             _ => local::SidecarKind::Halyard,
         },
+        // Pods may choose Envoy (sidecar.halyard.io/proxy) when one is there.
+        envoy: envoy_binary(&args.envoy).ok(),
         proxy_concurrency: args.proxy_concurrency,
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -226,7 +228,7 @@ fn detach(args: &UpArgs, dir: &Path) -> anyhow::Result<()> {
 
 fn print_summary(status: &MeshStatus, dir: &Path, ready: bool) {
     println!("mesh {:?} from {}", status.prefix, dir.display());
-    print_status(status);
+    print_status(status, &mtls_modes(&status.prefix));
     if !ready {
         println!(
             "warning: not every pod is ready yet; `halyard status` and `halyard logs POD` tell why"
@@ -255,26 +257,69 @@ fn print_summary(status: &MeshStatus, dir: &Path, ready: bool) {
     }
 }
 
-fn print_status(status: &MeshStatus) {
+/// Each workload's mTLS mode as the pilot resolved it (istioctl x
+/// describe's "Pod is STRICT"), by `POD.NAMESPACE`, with port exceptions.
+fn mtls_modes(prefix: &str) -> std::collections::HashMap<String, String> {
+    let mesh_ns = format!("{prefix}-mesh");
+    let debug = std::net::SocketAddr::from((local::plan::GATEWAY, local::runtime::DEBUG_PORT));
+    let Ok(report) = local::nsconnect::http_json(&mesh_ns, debug, "/debug/authenticationz") else {
+        return Default::default();
+    };
+    report
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            // sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local
+            let pod = p["proxy"].as_str()?.split('~').nth(2)?.to_string();
+            let mut mode = p["mode"].as_str()?.to_string();
+            let ports: Vec<String> = p["ports"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(port, m)| format!("{port}:{}", m.as_str().unwrap_or("?")))
+                .collect();
+            if !ports.is_empty() {
+                mode = format!("{mode} ({})", ports.join(","));
+            }
+            Some((pod, mode))
+        })
+        .collect()
+}
+
+fn print_status(status: &MeshStatus, modes: &std::collections::HashMap<String, String>) {
     println!(
-        "{:<12} {:<28} {:<6} {:<17} {:<9} {:<12} SIDECAR",
-        "NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "IP"
+        "{:<12} {:<28} {:<6} {:<17} {:<9} {:<12} {:<17} MTLS",
+        "NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "IP", "SIDECAR"
     );
     for p in &status.pods {
         let sidecar = match (p.sidecar, p.sidecar_ready) {
-            (false, _) => "none",
-            (true, true) => "ready",
-            (true, false) => "starting",
+            (false, _) => "none".to_string(),
+            (true, ready) => format!(
+                "{} {}",
+                p.proxy.as_deref().unwrap_or("proxy"),
+                if ready { "ready" } else { "starting" }
+            ),
+        };
+        // A pod without a sidecar talks and is talked to in plaintext.
+        let mtls = if p.sidecar {
+            modes
+                .get(&p.id)
+                .cloned()
+                .unwrap_or_else(|| "unknown".to_string())
+        } else {
+            "plaintext".to_string()
         };
         println!(
-            "{:<12} {:<28} {:<6} {:<17} {:<9} {:<12} {}",
+            "{:<12} {:<28} {:<6} {:<17} {:<9} {:<12} {:<17} {}",
             p.namespace,
             p.name,
             p.ready_column(),
             p.status_column(),
             p.restarts,
             p.ip,
-            sidecar
+            sidecar,
+            mtls
         );
     }
     println!("\n{:<36} {:<16} PORTS", "SERVICE", "CLUSTER-IP");
@@ -292,7 +337,7 @@ pub fn status(mesh: MeshArgs) -> anyhow::Result<()> {
                 mesh.state_dir.display()
             )
         })?;
-    print_status(&status);
+    print_status(&status, &mtls_modes(&mesh.name));
     Ok(())
 }
 

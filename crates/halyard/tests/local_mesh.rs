@@ -94,7 +94,7 @@ impl LocalMesh {
             .and_then(|s| {
                 s.iter().find(|s| {
                     s[0].as_str()
-                        .is_some_and(|n| n.starts_with(&format!("{service}.")))
+                        .is_some_and(|n| n == service || n.starts_with(&format!("{service}.")))
                 })
             })
             .map(|s| s[1].as_str().expect("vip").to_string())
@@ -1082,5 +1082,259 @@ fn seed_peer_authentication_strict_namespace_permissive_legacy() {
     assert!(
         refused.as_ref().map_or(true, |(s, _)| *s != 200),
         "plaintext reached the STRICT workload: {refused:?}"
+    );
+}
+
+/// Envoy and Halyard sidecars in one mesh (the pod annotation
+/// `sidecar.halyard.io/proxy`), configured by the same pilot: servers of
+/// both kinds in a STRICT namespace and in a PERMISSIVE one (Istio's
+/// default), clients of both kinds, and a client without a sidecar.
+const MIXED: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: strict, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: open, labels: {istio-injection: enabled}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: strict}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: srv-envoy, namespace: strict}
+spec:
+  selector: {app: srv-envoy}
+  ports: [{name: http, port: 8080}, {name: grpc, port: 7070}, {name: tcp-echo, port: 9000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: srv-envoy, namespace: strict}
+spec:
+  selector: {matchLabels: {app: srv-envoy}}
+  template:
+    metadata:
+      labels: {app: srv-envoy, version: v1}
+      annotations: {sidecar.halyard.io/proxy: envoy}
+    spec:
+      containers: [{name: app, command: [halyard, echo, --port, "8080", --port, "7070", --tcp-port, "9000"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: srv-halyard, namespace: strict}
+spec:
+  selector: {app: srv-halyard}
+  ports: [{name: http, port: 8080}, {name: grpc, port: 7070}, {name: tcp-echo, port: 9000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: srv-halyard, namespace: strict}
+spec:
+  selector: {matchLabels: {app: srv-halyard}}
+  template:
+    metadata:
+      labels: {app: srv-halyard, version: v1}
+      annotations: {sidecar.halyard.io/proxy: halyard}
+    spec:
+      containers: [{name: app, command: [halyard, echo, --port, "8080", --port, "7070", --tcp-port, "9000"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: srv-envoy, namespace: open}
+spec:
+  selector: {app: srv-envoy}
+  ports: [{name: http, port: 8080}, {name: grpc, port: 7070}, {name: tcp-echo, port: 9000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: srv-envoy, namespace: open}
+spec:
+  selector: {matchLabels: {app: srv-envoy}}
+  template:
+    metadata:
+      labels: {app: srv-envoy, version: v1}
+      annotations: {sidecar.halyard.io/proxy: envoy}
+    spec:
+      containers: [{name: app, command: [halyard, echo, --port, "8080", --port, "7070", --tcp-port, "9000"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: srv-halyard, namespace: open}
+spec:
+  selector: {app: srv-halyard}
+  ports: [{name: http, port: 8080}, {name: grpc, port: 7070}, {name: tcp-echo, port: 9000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: srv-halyard, namespace: open}
+spec:
+  selector: {matchLabels: {app: srv-halyard}}
+  template:
+    metadata:
+      labels: {app: srv-halyard, version: v1}
+      annotations: {sidecar.halyard.io/proxy: halyard}
+    spec:
+      containers: [{name: app, command: [halyard, echo, --port, "8080", --port, "7070", --tcp-port, "9000"]}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: cli-envoy, namespace: strict}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: cli-envoy, namespace: strict}
+spec:
+  selector: {matchLabels: {app: cli-envoy}}
+  template:
+    metadata:
+      labels: {app: cli-envoy}
+      annotations: {sidecar.halyard.io/proxy: envoy}
+    spec:
+      serviceAccountName: cli-envoy
+      containers: [{name: app, command: [halyard, echo, --port, "8080"]}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: cli-halyard, namespace: strict}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: cli-halyard, namespace: strict}
+spec:
+  selector: {matchLabels: {app: cli-halyard}}
+  template:
+    metadata:
+      labels: {app: cli-halyard}
+      annotations: {sidecar.halyard.io/proxy: halyard}
+    spec:
+      serviceAccountName: cli-halyard
+      containers: [{name: app, command: [halyard, echo, --port, "8080"]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: outsider, namespace: strict}
+spec:
+  selector: {matchLabels: {app: outsider}}
+  template:
+    metadata:
+      labels: {app: outsider}
+      annotations: {sidecar.istio.io/inject: "false"}
+    spec:
+      containers: [{name: app, command: [halyard, echo, --port, "8080"]}]
+"#;
+
+#[test]
+fn envoy_and_halyard_sidecars_speak_mtls_both_ways() {
+    if !is_root() {
+        return;
+    }
+    let Some(envoy) = envoy() else { return };
+    let envoy = envoy.to_str().expect("utf8").to_string();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = tempfile::tempdir().expect("tmp");
+    std::fs::write(config.path().join("mixed.yaml"), MIXED).expect("write");
+    let mesh = LocalMesh::up_with("mx", config.path(), &["--envoy", &envoy]);
+    for (pod, proxy) in [("srv-envoy-0", "envoy"), ("cli-halyard-0", "halyard")] {
+        let p = mesh.status["pods"]
+            .as_array()
+            .and_then(|pods| pods.iter().find(|p| p["name"] == pod))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(p["proxy"], proxy, "{p}");
+    }
+    for client in ["cli-envoy-0", "cli-halyard-0"] {
+        let sa = client.trim_end_matches("-0");
+        for ns in ["strict", "open"] {
+            for server in ["srv-envoy", "srv-halyard"] {
+                let svc = format!("{server}.{ns}");
+                let case = format!("{client} -> {svc}");
+                // HTTP/1.1: the server's app learns who called, verified.
+                let mut c = mesh.connect(client, &svc, 8080);
+                let (s, body) = c.get("/", &[]).unwrap_or_else(|e| panic!("{case}: {e}"));
+                assert_eq!(
+                    (s, body["service"].as_str()),
+                    (200, Some(server)),
+                    "{case}: {body}"
+                );
+                let xfcc = body["headers"]["x-forwarded-client-cert"]
+                    .as_str()
+                    .unwrap_or_default();
+                assert!(
+                    xfcc.ends_with(&format!(";URI=spiffe://cluster.local/ns/strict/sa/{sa}")),
+                    "{case}: {body}"
+                );
+                // HTTP/2 (gRPC) and raw TCP cross the same mTLS hop.
+                let addr: SocketAddr = format!("{}:7070", mesh.vip(&svc)).parse().expect("addr");
+                let stream =
+                    local::nsconnect::connect(&mesh.netns(client), addr, Duration::from_secs(2))
+                        .unwrap_or_else(|e| panic!("{case}: grpc: {e}"));
+                let reply = grpc_echo(stream, &format!("{svc}:7070"), "hello grpc");
+                assert!(
+                    reply.contains("hello grpc") && reply.contains(server),
+                    "{case}: {reply}"
+                );
+                let addr: SocketAddr = format!("{}:9000", mesh.vip(&svc)).parse().expect("addr");
+                let mut t =
+                    local::nsconnect::connect(&mesh.netns(client), addr, Duration::from_secs(2))
+                        .unwrap_or_else(|e| panic!("{case}: tcp: {e}"));
+                t.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                t.write_all(b"ping over mtls\n").expect("write");
+                let mut got = Vec::new();
+                let mut buf = [0u8; 256];
+                while !String::from_utf8_lossy(&got).contains("ping over mtls") {
+                    let n = t
+                        .read(&mut buf)
+                        .unwrap_or_else(|e| panic!("{case}: tcp read: {e}"));
+                    assert!(
+                        n > 0,
+                        "{case}: tcp closed: {}",
+                        String::from_utf8_lossy(&got)
+                    );
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+    }
+    // Without a sidecar: STRICT servers refuse, PERMISSIVE ones answer.
+    for server in ["srv-envoy", "srv-halyard"] {
+        let mut c = mesh.connect("outsider-0", &format!("{server}.open"), 8080);
+        let (s, _) = c.get("/", &[]).expect("plaintext to PERMISSIVE");
+        assert_eq!(s, 200, "{server}.open");
+        let mut c = mesh.connect("outsider-0", &format!("{server}.strict"), 8080);
+        let r = c.get("/", &[]);
+        assert!(
+            r.as_ref().map_or(true, |(s, _)| *s != 200),
+            "{server}.strict took plaintext: {r:?}"
+        );
+    }
+    // `halyard status` says each workload's mode, as istioctl x describe does.
+    let out = mesh.halyard(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = |ns: &str, pod: &str| {
+        text.lines()
+            .find(|l| {
+                let mut w = l.split_whitespace();
+                w.next() == Some(ns) && w.next() == Some(pod)
+            })
+            .unwrap_or_default()
+            .trim_end()
+            .to_string()
+    };
+    for kind in ["envoy", "halyard"] {
+        let strict = line("strict", &format!("srv-{kind}-0"));
+        assert!(
+            strict.contains(&format!("{kind} ready")) && strict.ends_with("STRICT"),
+            "{text}"
+        );
+        let open = line("open", &format!("srv-{kind}-0"));
+        assert!(open.ends_with("PERMISSIVE"), "{text}");
+    }
+    assert!(
+        line("strict", "outsider-0").ends_with("plaintext"),
+        "{text}"
     );
 }

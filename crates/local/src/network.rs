@@ -68,7 +68,7 @@ impl MeshNet {
         )?;
         if pod.sidecar {
             let mut cfg = capture::CaptureConfig::from_annotations(&pod.annotations)?;
-            if self.dns_capture {
+            if pod.wants_envoy().map_or(self.dns_capture, |envoy| !envoy) {
                 // istio-iptables --redirect-dns, for the pod's one nameserver.
                 cfg.redirect_dns = true;
                 cfg.dns_servers_v4 = vec![GATEWAY.to_string()];

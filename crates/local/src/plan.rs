@@ -74,6 +74,22 @@ pub struct Plan {
     pub services: Vec<ServicePlan>,
 }
 
+/// A pod's choice of sidecar proxy over the mesh's default (`halyard` or
+/// `envoy`), so one mesh can mix them.
+pub const PROXY_ANNOTATION: &str = "sidecar.halyard.io/proxy";
+
+impl PodPlan {
+    /// Whether the pod asks for a stock Envoy (Some(true)) or ours
+    /// (Some(false)) instead of the mesh's default.
+    pub fn wants_envoy(&self) -> Option<bool> {
+        match self.annotations.get(PROXY_ANNOTATION).map(String::as_str) {
+            Some("envoy") => Some(true),
+            Some("halyard") => Some(false),
+            _ => None,
+        }
+    }
+}
+
 /// Istio's injection rule: the namespace has `istio-injection: enabled` (or
 /// `istio.io/rev`) and the pod does not say `sidecar.istio.io/inject: "false"`;
 /// a pod can also opt in with `"true"`.

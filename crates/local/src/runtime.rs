@@ -46,8 +46,11 @@ pub struct UpOptions {
     pub prefix: String,
     /// The halyard binary (pilot, proxy, and `halyard` in container commands).
     pub exe: PathBuf,
-    /// Which proxy runs as the sidecar.
+    /// Which proxy runs as the sidecar (a pod may choose the other with
+    /// the `sidecar.halyard.io/proxy` annotation).
     pub sidecar: SidecarKind,
+    /// The Envoy binary for pods that choose Envoy in a Halyard mesh.
+    pub envoy: Option<PathBuf>,
     /// Worker threads per sidecar (Envoy's --concurrency).
     pub proxy_concurrency: usize,
 }
@@ -63,6 +66,8 @@ pub enum SidecarKind {
 
 struct PodRun {
     plan: PodPlan,
+    /// Its sidecar proxy: the mesh's default or the pod's choice.
+    kind: SidecarKind,
     netns: String,
     sidecar: Option<Proc>,
     sidecar_ready: bool,
@@ -214,6 +219,23 @@ impl Mesh {
         Ok(())
     }
 
+    /// The pod's sidecar proxy: its annotation's choice, else the mesh's.
+    fn kind_of(&self, pod: &PodPlan) -> Result<SidecarKind, RuntimeError> {
+        match (pod.wants_envoy(), &self.opts.envoy) {
+            (None, _) => Ok(self.opts.sidecar.clone()),
+            (Some(false), _) => Ok(SidecarKind::Halyard),
+            (Some(true), Some(envoy)) => Ok(SidecarKind::Envoy(envoy.clone())),
+            (Some(true), None) => match &self.opts.sidecar {
+                SidecarKind::Envoy(e) => Ok(SidecarKind::Envoy(e.clone())),
+                SidecarKind::Halyard => Err(RuntimeError::Command(format!(
+                    "pod {} asks for an Envoy sidecar ({}: envoy) but no envoy binary was found; give --envoy PATH",
+                    pod.id(),
+                    crate::plan::PROXY_ANNOTATION
+                ))),
+            },
+        }
+    }
+
     /// The token verification key for the pilot, written once per run.
     fn token_key(&self) -> Result<PathBuf, RuntimeError> {
         let path = self.state.0.join("token-key.pub");
@@ -283,7 +305,8 @@ impl Mesh {
         }
         // Istio's injector rewrites probes to our sidecar's /app-health;
         // a stock Envoy has no such endpoint, so its pods are probed directly.
-        let rewrite = pod.sidecar && self.opts.sidecar == SidecarKind::Halyard;
+        let kind = self.kind_of(&pod)?;
+        let rewrite = pod.sidecar && kind == SidecarKind::Halyard;
         let mut probers = probe::AppProbers::new();
         let apps = pod
             .containers
@@ -319,6 +342,7 @@ impl Mesh {
             ));
         }
         let mut run = PodRun {
+            kind,
             netns,
             sidecar: None,
             sidecar_ready: false,
@@ -345,7 +369,7 @@ impl Mesh {
                 sotw: false,
                 // Envoy reads its certificate from the agent over SDS; ours
                 // keeps its own and needs no socket.
-                sds_socket: matches!(self.opts.sidecar, SidecarKind::Envoy(_))
+                sds_socket: matches!(run.kind, SidecarKind::Envoy(_))
                     .then(|| dir.join(SDS_SOCKET).display().to_string()),
             };
             let json = xds::bootstrap::generate(&spec)
@@ -357,7 +381,7 @@ impl Mesh {
             .map_err(|e| RuntimeError::Io(bootstrap.clone(), e))?;
             self.write_token(&run.plan, &dir)?;
             run.token_at = Some(Instant::now());
-            if matches!(self.opts.sidecar, SidecarKind::Envoy(_)) {
+            if matches!(run.kind, SidecarKind::Envoy(_)) {
                 run.agent = Some(self.agent(&run, &dir)?);
             }
             run.sidecar = Some(self.sidecar(&run, &bootstrap)?);
@@ -398,7 +422,7 @@ impl Mesh {
     fn sidecar(&self, run: &PodRun, bootstrap: &std::path::Path) -> Result<Proc, RuntimeError> {
         let concurrency = self.opts.proxy_concurrency.max(1).to_string();
         let dir = self.state.pod_dir(&run.plan.namespace, &run.plan.name);
-        let argv = match &self.opts.sidecar {
+        let argv = match &run.kind {
             SidecarKind::Halyard => {
                 let mut argv = vec![
                     self.opts.exe.display().to_string(),
@@ -600,6 +624,13 @@ impl Mesh {
                     },
                     sidecar: r.plan.sidecar,
                     sidecar_ready: r.sidecar_ready,
+                    proxy: r.plan.sidecar.then(|| {
+                        match r.kind {
+                            SidecarKind::Halyard => "halyard",
+                            SidecarKind::Envoy(_) => "envoy",
+                        }
+                        .to_string()
+                    }),
                     ready: r.ready,
                     containers,
                     restarts: r.restarts + r.apps.iter().map(|a| a.restarts).sum::<u32>(),

@@ -28,6 +28,9 @@ pub struct PodStatus {
     pub phase: Phase,
     pub sidecar: bool,
     pub sidecar_ready: bool,
+    /// Which proxy the sidecar is (`halyard` or `envoy`).
+    #[serde(default)]
+    pub proxy: Option<String>,
     /// In the registry (EDS): sidecar ready, containers running and ready.
     #[serde(default)]
     pub ready: bool,
