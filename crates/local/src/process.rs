@@ -27,7 +27,23 @@ impl Proc {
         as_proxy: bool,
         log: &Path,
     ) -> Result<Proc, RuntimeError> {
+        Self::start_in(netns, argv, env, as_proxy, log, None)
+    }
+
+    /// [`Proc::start`] in working directory `cwd` (a sidecar's is its pod's
+    /// directory, so Istio's relative SDS socket path works).
+    pub fn start_in(
+        netns: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        as_proxy: bool,
+        log: &Path,
+        cwd: Option<&Path>,
+    ) -> Result<Proc, RuntimeError> {
         let mut cmd = Command::new("ip");
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
         cmd.args(["netns", "exec", netns]);
         if as_proxy {
             let id = PROXY_UID.to_string();

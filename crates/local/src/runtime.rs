@@ -28,7 +28,10 @@ pub const SECURE_PORT: u16 = 15012;
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Istio's paths inside the pod (relative to its directory here).
 const TOKEN_PATH: &str = "var/run/secrets/tokens/istio-token";
-const SDS_SOCKET: &str = "var/run/secrets/workload-spiffe-uds/socket";
+/// Relative to the sidecar's working directory (the pod's), as Istio's: an
+/// absolute path under a deep state dir could pass the 108-byte limit of a
+/// Unix socket address.
+const SDS_SOCKET: &str = "./var/run/secrets/workload-spiffe-uds/socket";
 /// The cluster DNS every pod's resolv.conf names (the pilot answers it, on
 /// the bridge's gateway address).
 pub const DNS_PORT: u16 = 53;
@@ -370,7 +373,7 @@ impl Mesh {
                 // Envoy reads its certificate from the agent over SDS; ours
                 // keeps its own and needs no socket.
                 sds_socket: matches!(run.kind, SidecarKind::Envoy(_))
-                    .then(|| dir.join(SDS_SOCKET).display().to_string()),
+                    .then(|| SDS_SOCKET.to_string()),
             };
             let json = xds::bootstrap::generate(&spec)
                 .map_err(|e| RuntimeError::Command(e.to_string()))?;
@@ -412,11 +415,15 @@ impl Mesh {
     fn agent(&self, run: &PodRun, dir: &std::path::Path) -> Result<Proc, RuntimeError> {
         let mut argv = vec![self.opts.exe.display().to_string(), "agent".into()];
         argv.extend(self.identity_args(run, dir));
-        argv.extend([
-            "--socket".into(),
-            dir.join(SDS_SOCKET).display().to_string(),
-        ]);
-        Proc::start(&run.netns, &argv, &[], true, &dir.join("agent.log"))
+        argv.extend(["--socket".into(), SDS_SOCKET.to_string()]);
+        Proc::start_in(
+            &run.netns,
+            &argv,
+            &[],
+            true,
+            &dir.join("agent.log"),
+            Some(dir),
+        )
     }
 
     fn sidecar(&self, run: &PodRun, bootstrap: &std::path::Path) -> Result<Proc, RuntimeError> {
@@ -452,7 +459,7 @@ impl Mesh {
             .state
             .pod_dir(&run.plan.namespace, &run.plan.name)
             .join("proxy.log");
-        Proc::start(&run.netns, &argv, &run.sidecar_env, true, &log)
+        Proc::start_in(&run.netns, &argv, &run.sidecar_env, true, &log, Some(&dir))
     }
 
     /// One supervision step: readiness, crashes, restarts, registry, status.
