@@ -374,6 +374,25 @@ pub fn down(mesh: MeshArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A pod's sidecar admin (127.0.0.1:15000 inside its namespace), connected.
+pub fn pod_admin(mesh: &MeshArgs, pod: &str) -> anyhow::Result<std::net::TcpStream> {
+    let status = StateDir(mesh.state_dir.clone())
+        .read_status()
+        .with_context(|| {
+            format!(
+                "no mesh running (no status in {})",
+                mesh.state_dir.display()
+            )
+        })?;
+    let p = find_pod(&status, pod)?;
+    if !p.sidecar {
+        bail!("pod {} has no sidecar", p.id);
+    }
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], 15000));
+    local::nsconnect::connect(&p.netns, admin, Duration::from_secs(5))
+        .with_context(|| format!("the sidecar admin of {}", p.id))
+}
+
 fn find_pod<'a>(status: &'a MeshStatus, pod: &str) -> anyhow::Result<&'a local::state::PodStatus> {
     let matches: Vec<_> = status
         .pods

@@ -1,4 +1,4 @@
-//! `halyard proxy-config secret --admin ADDR`: the certificates a proxy holds,
+//! `halyard proxy-config secret [POD | --admin ADDR]`: the certificates a proxy holds,
 //! in istioctl's shape (RESOURCE NAME, TYPE, STATUS, VALID CERT, SERIAL
 //! NUMBER, NOT AFTER, NOT BEFORE), plus the SPIFFE identity. Read from the
 //! proxy's admin `/config_dump?resource=dynamic_active_secrets` (Envoy's;
@@ -16,9 +16,14 @@ use serde_json::Value;
 pub enum ProxyConfigCommand {
     /// The proxy's SDS secrets: workload certificate and roots.
     Secret {
+        /// A pod of the running mesh (`POD` or `POD.NAMESPACE`), as
+        /// `istioctl proxy-config secret POD`; else the proxy at --admin.
+        pod: Option<String>,
         /// The proxy's admin address (Envoy's `admin.address`).
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: String,
+        #[command(flatten)]
+        mesh: crate::mesh_cmd::MeshArgs,
         /// Output: a table, or the rows as JSON.
         #[arg(long, default_value = "short", value_parser = ["short", "json"])]
         output: String,
@@ -40,7 +45,11 @@ pub struct SecretRow {
 }
 
 fn http_get(admin: &str, path: &str) -> anyhow::Result<String> {
-    let mut conn = TcpStream::connect(admin).with_context(|| format!("connect to {admin}"))?;
+    let conn = TcpStream::connect(admin).with_context(|| format!("connect to {admin}"))?;
+    http_get_on(conn, admin, path)
+}
+
+fn http_get_on(mut conn: TcpStream, admin: &str, path: &str) -> anyhow::Result<String> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         conn,
@@ -134,8 +143,17 @@ pub fn rows(dump: &Value) -> Vec<SecretRow> {
 }
 
 pub fn run(cmd: &ProxyConfigCommand) -> anyhow::Result<()> {
-    let ProxyConfigCommand::Secret { admin, output } = cmd;
-    let body = http_get(admin, "/config_dump?resource=dynamic_active_secrets")?;
+    let ProxyConfigCommand::Secret {
+        pod,
+        admin,
+        mesh,
+        output,
+    } = cmd;
+    let path = "/config_dump?resource=dynamic_active_secrets";
+    let body = match pod {
+        Some(pod) => http_get_on(crate::mesh_cmd::pod_admin(mesh, pod)?, pod, path)?,
+        None => http_get(admin, path)?,
+    };
     let dump: Value = serde_json::from_str(&body).context("the proxy's config dump")?;
     let rows = rows(&dump);
     if output == "json" {

@@ -1337,4 +1337,22 @@ fn envoy_and_halyard_sidecars_speak_mtls_both_ways() {
         line("strict", "outsider-0").ends_with("plaintext"),
         "{text}"
     );
+    // `halyard proxy-config secret POD`, as istioctl's, for either proxy.
+    for pod in ["srv-envoy-0.strict", "cli-halyard-0.strict"] {
+        let out = mesh.halyard(&["proxy-config", "secret", pod, "--output", "json"]);
+        assert!(out.status.success(), "{pod}: {out:?}");
+        let rows: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let sa = if pod.starts_with("srv") {
+            "default"
+        } else {
+            "cli-halyard"
+        };
+        assert!(
+            rows.as_array()
+                .is_some_and(|r| r.iter().any(|r| r["resource_name"] == "default"
+                    && r["valid_cert"] == true
+                    && r["identity"] == format!("spiffe://cluster.local/ns/strict/sa/{sa}"))),
+            "{pod}: {rows}"
+        );
+    }
 }
