@@ -1089,142 +1089,51 @@ fn seed_peer_authentication_strict_namespace_permissive_legacy() {
 /// `sidecar.halyard.io/proxy`), configured by the same pilot: servers of
 /// both kinds in a STRICT namespace and in a PERMISSIVE one (Istio's
 /// default), clients of both kinds, and a client without a sidecar.
-const MIXED: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: strict, labels: {istio-injection: enabled}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: open, labels: {istio-injection: enabled}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: strict}
-spec: {mtls: {mode: STRICT}}
----
-apiVersion: v1
-kind: Service
-metadata: {name: srv-envoy, namespace: strict}
-spec:
-  selector: {app: srv-envoy}
-  ports: [{name: http, port: 8080}, {name: grpc, port: 7070}, {name: tcp-echo, port: 9000}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: srv-envoy, namespace: strict}
-spec:
-  selector: {matchLabels: {app: srv-envoy}}
-  template:
-    metadata:
-      labels: {app: srv-envoy, version: v1}
-      annotations: {sidecar.halyard.io/proxy: envoy}
-    spec:
-      containers: [{name: app, command: [halyard, echo, --port, "8080", --port, "7070", --tcp-port, "9000"]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: srv-halyard, namespace: strict}
-spec:
-  selector: {app: srv-halyard}
-  ports: [{name: http, port: 8080}, {name: grpc, port: 7070}, {name: tcp-echo, port: 9000}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: srv-halyard, namespace: strict}
-spec:
-  selector: {matchLabels: {app: srv-halyard}}
-  template:
-    metadata:
-      labels: {app: srv-halyard, version: v1}
-      annotations: {sidecar.halyard.io/proxy: halyard}
-    spec:
-      containers: [{name: app, command: [halyard, echo, --port, "8080", --port, "7070", --tcp-port, "9000"]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: srv-envoy, namespace: open}
-spec:
-  selector: {app: srv-envoy}
-  ports: [{name: http, port: 8080}, {name: grpc, port: 7070}, {name: tcp-echo, port: 9000}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: srv-envoy, namespace: open}
-spec:
-  selector: {matchLabels: {app: srv-envoy}}
-  template:
-    metadata:
-      labels: {app: srv-envoy, version: v1}
-      annotations: {sidecar.halyard.io/proxy: envoy}
-    spec:
-      containers: [{name: app, command: [halyard, echo, --port, "8080", --port, "7070", --tcp-port, "9000"]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: srv-halyard, namespace: open}
-spec:
-  selector: {app: srv-halyard}
-  ports: [{name: http, port: 8080}, {name: grpc, port: 7070}, {name: tcp-echo, port: 9000}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: srv-halyard, namespace: open}
-spec:
-  selector: {matchLabels: {app: srv-halyard}}
-  template:
-    metadata:
-      labels: {app: srv-halyard, version: v1}
-      annotations: {sidecar.halyard.io/proxy: halyard}
-    spec:
-      containers: [{name: app, command: [halyard, echo, --port, "8080", --port, "7070", --tcp-port, "9000"]}]
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: cli-envoy, namespace: strict}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: cli-envoy, namespace: strict}
-spec:
-  selector: {matchLabels: {app: cli-envoy}}
-  template:
-    metadata:
-      labels: {app: cli-envoy}
-      annotations: {sidecar.halyard.io/proxy: envoy}
-    spec:
-      serviceAccountName: cli-envoy
-      containers: [{name: app, command: [halyard, echo, --port, "8080"]}]
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: cli-halyard, namespace: strict}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: cli-halyard, namespace: strict}
-spec:
-  selector: {matchLabels: {app: cli-halyard}}
-  template:
-    metadata:
-      labels: {app: cli-halyard}
-      annotations: {sidecar.halyard.io/proxy: halyard}
-    spec:
-      serviceAccountName: cli-halyard
-      containers: [{name: app, command: [halyard, echo, --port, "8080"]}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: outsider, namespace: strict}
-spec:
-  selector: {matchLabels: {app: outsider}}
-  template:
-    metadata:
-      labels: {app: outsider}
-      annotations: {sidecar.istio.io/inject: "false"}
-    spec:
-      containers: [{name: app, command: [halyard, echo, --port, "8080"]}]
-"#;
+fn mixed_manifests() -> String {
+    let mut out = String::from(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: strict, labels: {istio-injection: enabled}}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {name: open, labels: {istio-injection: enabled}}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: strict}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    let deployment = |name: &str, ns: &str, annotations: &str, sa: &str, ports: &str| {
+        format!(
+            "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata:\n      labels: {{app: {name}, version: v1}}\n      annotations: {{{annotations}}}\n    spec:\n{sa}      containers: [{{name: app, command: [halyard, echo, {ports}]}}]\n"
+        )
+    };
+    for kind in ["envoy", "halyard"] {
+        let proxy = format!("sidecar.halyard.io/proxy: {kind}");
+        for ns in ["strict", "open"] {
+            out.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: srv-{kind}, namespace: {ns}}}\nspec:\n  selector: {{app: srv-{kind}}}\n  ports: [{{name: http, port: 8080}}, {{name: grpc, port: 7070}}, {{name: tcp-echo, port: 9000}}]\n"
+            ));
+            out.push_str(&deployment(
+                &format!("srv-{kind}"),
+                ns,
+                &proxy,
+                "",
+                "--port, \"8080\", --port, \"7070\", --tcp-port, \"9000\"",
+            ));
+        }
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: cli-{kind}, namespace: strict}}\n"
+        ));
+        out.push_str(&deployment(
+            &format!("cli-{kind}"),
+            "strict",
+            &proxy,
+            &format!("      serviceAccountName: cli-{kind}\n"),
+            "--port, \"8080\"",
+        ));
+    }
+    out.push_str(&deployment(
+        "outsider",
+        "strict",
+        "sidecar.istio.io/inject: \"false\"",
+        "",
+        "--port, \"8080\"",
+    ));
+    out
+}
 
 #[test]
 fn envoy_and_halyard_sidecars_speak_mtls_both_ways() {
@@ -1235,7 +1144,7 @@ fn envoy_and_halyard_sidecars_speak_mtls_both_ways() {
     let envoy = envoy.to_str().expect("utf8").to_string();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let config = tempfile::tempdir().expect("tmp");
-    std::fs::write(config.path().join("mixed.yaml"), MIXED).expect("write");
+    std::fs::write(config.path().join("mixed.yaml"), mixed_manifests()).expect("write");
     let mesh = LocalMesh::up_with("mx", config.path(), &["--envoy", &envoy]);
     for (pod, proxy) in [("srv-envoy-0", "envoy"), ("cli-halyard-0", "halyard")] {
         let p = mesh.status["pods"]

@@ -23,6 +23,7 @@ pub mod downstream;
 pub mod error;
 pub mod filters;
 pub mod http;
+mod io_enum;
 pub mod listener;
 pub mod request_body;
 pub mod stats;
