@@ -329,14 +329,7 @@ fn print_status(status: &MeshStatus, modes: &std::collections::HashMap<String, S
 }
 
 pub fn status(mesh: MeshArgs) -> anyhow::Result<()> {
-    let status = StateDir(mesh.state_dir.clone())
-        .read_status()
-        .with_context(|| {
-            format!(
-                "no mesh running (no status in {})",
-                mesh.state_dir.display()
-            )
-        })?;
+    let status = running(&mesh)?;
     print_status(&status, &mtls_modes(&mesh.name));
     Ok(())
 }
@@ -374,16 +367,21 @@ pub fn down(mesh: MeshArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A pod's sidecar admin (127.0.0.1:15000 inside its namespace), connected.
-pub fn pod_admin(mesh: &MeshArgs, pod: &str) -> anyhow::Result<std::net::TcpStream> {
-    let status = StateDir(mesh.state_dir.clone())
+/// The running mesh's status, or why there is none.
+fn running(mesh: &MeshArgs) -> anyhow::Result<MeshStatus> {
+    StateDir(mesh.state_dir.clone())
         .read_status()
         .with_context(|| {
             format!(
                 "no mesh running (no status in {})",
                 mesh.state_dir.display()
             )
-        })?;
+        })
+}
+
+/// A pod's sidecar admin (127.0.0.1:15000 inside its namespace), connected.
+pub fn pod_admin(mesh: &MeshArgs, pod: &str) -> anyhow::Result<std::net::TcpStream> {
+    let status = running(&mesh)?;
     let p = find_pod(&status, pod)?;
     if !p.sidecar {
         bail!("pod {} has no sidecar", p.id);
@@ -407,9 +405,7 @@ fn find_pod<'a>(status: &'a MeshStatus, pod: &str) -> anyhow::Result<&'a local::
 }
 
 pub fn exec(mesh: MeshArgs, pod: String, cmd: Vec<String>) -> anyhow::Result<()> {
-    let status = StateDir(mesh.state_dir)
-        .read_status()
-        .context("no mesh running")?;
+    let status = running(&mesh)?;
     let p = find_pod(&status, &pod)?;
     let Some((program, args)) = cmd.split_first() else {
         bail!("usage: halyard exec POD -- COMMAND [ARGS...]");
