@@ -2,8 +2,14 @@
 //! workload's certificate (key made in memory, CSR to the mesh CA over TLS
 //! with the workload's service-account token, renewed at half-life) and
 //! serves it to Envoy over SDS on Istio's UDS path as the secrets `default`
-//! (certificate and key) and `ROOTCA` (the mesh root). Our own proxy needs no
-//! agent.
+//! (certificate and key) and `ROOTCA` (every root the mesh trusts). Our own
+//! proxy needs no agent.
+//!
+//! The channel to the CA verifies the pilot against the roots of the
+//! `--ca-root` file, re-read before every request, together with the roots
+//! of the last `ROOTCA` the CA gave; when that set changes (a root
+//! rotation) the channel is rebuilt, so the pilot's certificate from a new
+//! root is trusted as soon as the mesh trusts that root.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,8 +34,8 @@ pub struct IdentityArgs {
     /// The mesh CA (the pilot's TLS port, Istio's 15012).
     #[arg(long, default_value = "127.0.0.1:15012")]
     ca_address: SocketAddr,
-    /// The mesh root that the CA's certificate chains to (Istio mounts
-    /// `./var/run/secrets/istio/root-cert.pem`).
+    /// The mesh root(s) that the CA's certificate chains to (Istio mounts
+    /// `./var/run/secrets/istio/root-cert.pem`); re-read before each request.
     #[arg(long)]
     ca_root: Option<PathBuf>,
     /// The name the CA's certificate is checked for.
@@ -77,28 +83,26 @@ impl IdentityArgs {
         };
         let root = std::fs::read_to_string(ca_root)
             .with_context(|| format!("read {}", ca_root.display()))?;
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("https://{}", self.ca_address))?
-                .tls_config(
-                    tonic::transport::ClientTlsConfig::new()
-                        .ca_certificate(tonic::transport::Certificate::from_pem(&root))
-                        .domain_name(self.ca_name.clone()),
-                )
-                .context("CA TLS settings")?
-                .connect_lazy();
+        let client = CaClient {
+            address: self.ca_address,
+            name: self.ca_name.clone(),
+            root_file: ca_root.clone(),
+            token: token.clone(),
+            bundles: None,
+            channel: std::sync::Mutex::new(None),
+        };
+        let mut roots = pems(&root);
+        roots.sort();
+        client.channel_for(&roots)?;
         let id =
             identity::SpiffeId::new(&self.trust_domain, &self.namespace, &self.service_account);
         let (tx, rx) = watch::channel(None);
         let (status_tx, status) = watch::channel(identity::keeper::Status::Pending);
-        let keeper = identity::keeper::keep_reporting(
-            id,
-            CaClient {
-                channel,
-                token: token.clone(),
-            },
-            tx,
-            status_tx,
-        );
+        let client = CaClient {
+            bundles: Some(rx.clone()),
+            ..client
+        };
+        let keeper = identity::keeper::keep_reporting(id, client, tx, status_tx);
         Ok((keeper, rx, status))
     }
 }
@@ -152,24 +156,96 @@ pub async fn feed(mut bundles: Bundles, secrets: Arc<proxy::tls::Secrets>) {
     }
 }
 
-/// Asks the CA over TLS with the token in the file.
+/// Every certificate in a PEM text, one PEM each.
+fn pems(text: &str) -> Vec<String> {
+    pem::parse_many(text)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| {
+            pem::encode_config(
+                p,
+                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+            )
+        })
+        .collect()
+}
+
+/// Asks the CA over TLS with the token in the file, trusting the roots of
+/// the root file and of the last ROOTCA received.
 struct CaClient {
-    channel: tonic::transport::Channel,
+    address: SocketAddr,
+    name: String,
+    root_file: PathBuf,
     token: PathBuf,
+    /// What the keeper published last (its ROOTCA).
+    bundles: Option<Bundles>,
+    /// The roots the channel trusts, and the channel.
+    channel: std::sync::Mutex<Option<(Vec<String>, tonic::transport::Channel)>>,
+}
+
+impl CaClient {
+    /// The channel trusting exactly `roots` (the current one if it does).
+    fn channel_for(&self, roots: &[String]) -> anyhow::Result<tonic::transport::Channel> {
+        let mut current = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((trusted, channel)) = current.as_ref()
+            && trusted == roots
+        {
+            return Ok(channel.clone());
+        }
+        if roots.is_empty() {
+            anyhow::bail!("{}: no root certificate", self.root_file.display());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", self.address))?
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificates(roots.iter().map(tonic::transport::Certificate::from_pem))
+                    .domain_name(self.name.clone()),
+            )
+            .context("CA TLS settings")?
+            .connect_lazy();
+        if current.is_some() {
+            tracing::info!(
+                roots = roots.len(),
+                "the mesh roots changed: the channel to the CA trusts them now"
+            );
+        }
+        *current = Some((roots.to_vec(), channel.clone()));
+        Ok(channel)
+    }
+
+    /// The roots to trust now: the root file's (the last good read if it
+    /// cannot be read) and the last ROOTCA's, without repeats.
+    fn roots(&self) -> Vec<String> {
+        let mut roots = match std::fs::read_to_string(&self.root_file) {
+            Ok(text) => pems(&text),
+            Err(e) => {
+                tracing::warn!(file = %self.root_file.display(), error = %e, "cannot re-read the CA root");
+                Vec::new()
+            }
+        };
+        if roots.is_empty()
+            && let Some((trusted, _)) = &*self.channel.lock().unwrap_or_else(|e| e.into_inner())
+        {
+            roots = trusted.clone();
+        }
+        if let Some(b) = self.bundles.as_ref().and_then(|b| b.borrow().clone()) {
+            roots.extend(b.roots.iter().cloned());
+        }
+        roots.sort();
+        roots.dedup();
+        roots
+    }
 }
 
 impl identity::keeper::Fetch for CaClient {
     async fn fetch(&self, csr: String) -> Result<Vec<String>, String> {
         let token = std::fs::read_to_string(&self.token)
             .map_err(|e| format!("{}: {e}", self.token.display()))?;
-        identity::client::create_certificate(
-            self.channel.clone(),
-            &csr,
-            token.trim(),
-            std::time::Duration::ZERO,
-        )
-        .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+        let channel = self.channel_for(&self.roots()).map_err(|e| e.to_string())?;
+        identity::client::create_certificate(channel, &csr, token.trim(), std::time::Duration::ZERO)
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
     }
 }
 

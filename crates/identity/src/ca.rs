@@ -3,6 +3,10 @@
 //! directory); when the directory has none of them it creates a self-signed
 //! root there in the same layout (key file 0600), so a restarted pilot keeps
 //! its root. A CSR is signed only for the identity the caller proved.
+//!
+//! `root-cert.pem` is the trust bundle: it may hold several roots (during a
+//! root rotation, the old and the new), of which one signed `ca-cert.pem`'s
+//! chain; every workload is given all of them.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +32,9 @@ pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_WORKLOAD_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// A self-signed root's lifetime (Istio's `CITADEL_SELF_SIGNED_CA_CERT_TTL`).
 pub const SELF_SIGNED_ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// An intermediate's lifetime from [`Ca::create_plug_in`] (Istio's
+/// `tools/certs` default: a year).
+pub const INTERMEDIATE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Issued certificates start this long before "now", for clock skew.
 const BACKDATE: Duration = Duration::from_secs(60);
 
@@ -72,6 +79,23 @@ pub struct Issued {
     pub not_after: SystemTime,
     /// Serial number, hex.
     pub serial: String,
+}
+
+impl Issued {
+    /// The answer's `cert_chain` in istiod's shape: the leaf, the
+    /// intermediates, and last one element holding every trusted root (the
+    /// whole `root-cert.pem` bundle), so a workload takes the last element as
+    /// its `ROOTCA`.
+    pub fn cert_chain(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .chain
+            .iter()
+            .filter(|c| !self.roots.contains(c))
+            .cloned()
+            .collect();
+        out.push(self.roots.concat());
+        out
+    }
 }
 
 /// The signing CA.
@@ -163,6 +187,16 @@ impl Ca {
         let chain_text = read(&chain_path)?;
         let ca = certs(&cert_path, &cert_text)?.remove(0);
         let roots = certs(&root_path, &root_text)?;
+        if let Some(i) = roots.iter().position(|(_, der)| !parse(der).is_ca()) {
+            return Err(CaError::Invalid(
+                root_path,
+                format!(
+                    "certificate {} of {} is not a CA certificate (basicConstraints CA:FALSE)",
+                    i + 1,
+                    roots.len()
+                ),
+            ));
+        }
         let chain = certs(&chain_path, &chain_text)?;
         let key = KeyPair::from_pem(&key_text)
             .map_err(|e| CaError::Invalid(key_path.clone(), format!("not a private key: {e}")))?;
@@ -204,7 +238,10 @@ impl Ca {
             .ok_or_else(|| {
                 CaError::Invalid(
                     root_path.clone(),
-                    format!("no root here signed the CA chain of {CA_CERT}"),
+                    format!(
+                        "none of its {} root(s) signed the CA chain of {CA_CERT}",
+                        roots.len()
+                    ),
                 )
             })?;
         let root = (root.1 != *last).then(|| root.0.clone());
@@ -227,21 +264,7 @@ impl Ca {
         now: SystemTime,
     ) -> Result<(), CaError> {
         std::fs::create_dir_all(dir).map_err(|e| CaError::Io(dir.to_path_buf(), e))?;
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::Create(e.to_string()))?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, trust_domain);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = (now - BACKDATE).into();
-        params.not_after = (now + SELF_SIGNED_ROOT_TTL).into();
-        params.serial_number = Some(serial(key.public_key_raw()));
+        let (key, params) = ca_params(trust_domain, None, now, SELF_SIGNED_ROOT_TTL)?;
         let cert = params
             .self_signed(&key)
             .map_err(|e| CaError::Create(e.to_string()))?;
@@ -253,8 +276,61 @@ impl Ca {
         Ok(())
     }
 
+    /// Write a new root (common name `name`) and an intermediate CA under it
+    /// into `dir` (which must not hold a key yet) in Istio's plug-in layout,
+    /// as Istio's `tools/certs` makefiles make a cluster's `cacerts`:
+    /// `ca-cert.pem` and `ca-key.pem` (0600) the intermediate,
+    /// `cert-chain.pem` the intermediate then the root, `root-cert.pem` the
+    /// root. The root's key is not kept. The new root for a root rotation:
+    /// see docs/identity.md.
+    pub fn create_plug_in(
+        dir: &Path,
+        trust_domain: &str,
+        name: &str,
+        now: SystemTime,
+    ) -> Result<(), CaError> {
+        std::fs::create_dir_all(dir).map_err(|e| CaError::Io(dir.to_path_buf(), e))?;
+        let (root_key, root_params) =
+            ca_params(trust_domain, Some(name), now, SELF_SIGNED_ROOT_TTL)?;
+        let root = root_params
+            .self_signed(&root_key)
+            .map_err(|e| CaError::Create(e.to_string()))?;
+        let (key, params) = ca_params(
+            trust_domain,
+            Some(&format!("{name} intermediate")),
+            now,
+            INTERMEDIATE_TTL,
+        )?;
+        let issuer = Issuer::from_params(&root_params, &root_key);
+        let inter = params
+            .signed_by(&key, &issuer)
+            .map_err(|e| CaError::Create(e.to_string()))?;
+        write_private(&dir.join(CA_KEY), &key.serialize_pem())?;
+        for (f, text) in [
+            (CA_CERT, inter.pem()),
+            (CERT_CHAIN, format!("{}{}", inter.pem(), root.pem())),
+            (ROOT_CERT, root.pem()),
+        ] {
+            let p = dir.join(f);
+            std::fs::write(&p, text).map_err(|e| CaError::Io(p, e))?;
+        }
+        Ok(())
+    }
+
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    /// The signing certificate's subject (`ca-cert.pem`), for logs.
+    pub fn signer(&self) -> String {
+        pem::parse(&self.path[0])
+            .ok()
+            .and_then(|p| {
+                X509Certificate::from_der(p.contents())
+                    .ok()
+                    .map(|(_, c)| c.subject().to_string())
+            })
+            .unwrap_or_default()
     }
 
     /// Every root the mesh trusts, PEM.
@@ -367,6 +443,37 @@ impl Ca {
             serial: serial.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
         })
     }
+}
+
+/// A fresh P-256 key and the parameters of a CA certificate for it:
+/// organization `trust_domain` (and common name `name`), valid from `now`
+/// (back-dated) for `ttl`.
+fn ca_params(
+    trust_domain: &str,
+    name: Option<&str>,
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<(KeyPair, CertificateParams), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| CaError::Create(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    if let Some(name) = name {
+        dn.push(DnType::CommonName, name);
+    }
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.use_authority_key_identifier_extension = name.is_some();
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = (now + ttl).into();
+    params.serial_number = Some(serial(key.public_key_raw()));
+    Ok((key, params))
 }
 
 /// A unique positive serial: time, a process counter and the key, hashed.

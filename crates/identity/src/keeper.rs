@@ -31,9 +31,13 @@ use crate::{SpiffeId, WorkloadKey, renew_at};
 #[derive(Clone, Debug)]
 pub struct Bundle {
     pub id: SpiffeId,
+    /// The leaf and the intermediates (every element of the CA's answer
+    /// but the last), one PEM each.
     pub chain: Vec<String>,
     pub key_pem: String,
-    /// The mesh root(s) (`ROOTCA`): the last certificate of the CA's answer.
+    /// Every root the mesh trusts (`ROOTCA`): the certificates in the last
+    /// element of the CA's answer (istiod's shape: the whole trust bundle
+    /// there), one PEM each.
     pub roots: Vec<String>,
     /// The leaf's serial number, lowercase hex (as `proxy-config secret`).
     pub serial: String,
@@ -99,6 +103,36 @@ fn leaf_facts(leaf: &str) -> Option<(SystemTime, SystemTime, String)> {
     ))
 }
 
+/// The CA's `cert_chain` (leaf first, the trusted roots last: one element
+/// holding them all, as istiod answers, or a single root) as the chain
+/// (leaf and intermediates) and the roots, one PEM each.
+pub fn split_answer(answer: &[String]) -> Result<(Vec<String>, Vec<String>), String> {
+    let pems = |text: &str| -> Result<Vec<String>, String> {
+        let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        Ok(pem::parse_many(text)
+            .map_err(|e| format!("the CA answered bad PEM: {e}"))?
+            .iter()
+            .filter(|p| p.tag() == "CERTIFICATE")
+            .map(|p| pem::encode_config(p, lf))
+            .collect())
+    };
+    let [chain @ .., bundle] = answer else {
+        return Err("the CA answered no certificate".into());
+    };
+    if chain.is_empty() {
+        return Err("the CA answered a certificate without its root".into());
+    }
+    let mut leaf_first = Vec::new();
+    for c in chain {
+        leaf_first.extend(pems(c)?);
+    }
+    let roots = pems(bundle)?;
+    if leaf_first.is_empty() || roots.is_empty() {
+        return Err("the CA answered no certificate".into());
+    }
+    Ok((leaf_first, roots))
+}
+
 /// Fetch, publish, renew, for ever (until `tx` has no receivers).
 pub async fn keep<F: Fetch>(id: SpiffeId, fetch: F, tx: watch::Sender<Option<Arc<Bundle>>>) {
     keep_reporting(id, fetch, tx, watch::Sender::new(Status::Pending)).await;
@@ -122,11 +156,9 @@ pub async fn keep_reporting<F: Fetch>(
         let attempt = async {
             let key = WorkloadKey::generate().map_err(|e| e.to_string())?;
             let csr = key.csr(&id).map_err(|e| e.to_string())?;
-            let chain = fetch.fetch(csr).await?;
-            let leaf = chain.first().ok_or("the CA answered no certificate")?;
+            let (chain, roots) = split_answer(&fetch.fetch(csr).await?)?;
             let (not_before, not_after, serial) =
-                leaf_facts(leaf).ok_or("the CA answered an unreadable certificate")?;
-            let roots = chain.last().cloned().into_iter().collect();
+                leaf_facts(&chain[0]).ok_or("the CA answered an unreadable certificate")?;
             Ok::<_, String>(Bundle {
                 id: id.clone(),
                 chain,
@@ -270,7 +302,7 @@ mod tests {
             let id = SpiffeId::new("cluster.local", "default", "sleep");
             self.ca
                 .sign(&csr, &id, self.ttl, SystemTime::now())
-                .map(|i| i.chain)
+                .map(|i| i.cert_chain())
                 .map_err(|e| e.to_string())
         }
     }
@@ -347,7 +379,7 @@ mod tests {
             assert!((29..=31).contains(&(pair[1] - pair[0])), "{asked:?}");
         }
         let bundle = run.last.expect("a certificate");
-        assert_eq!(bundle.chain.len(), 2);
+        assert_eq!(bundle.chain.len(), 1, "the leaf (the root is in roots)");
         assert_eq!(bundle.roots.len(), 1);
         assert!(bundle.key_pem.contains("PRIVATE KEY"));
         assert!(bundle.serial.len() >= 16, "{}", bundle.serial);
@@ -402,6 +434,48 @@ mod tests {
         let last = run.last.expect("a certificate");
         assert!(last.not_after > SystemTime::now(), "a fresh one");
         assert_ne!(last.serial, first_serial);
+    }
+
+    /// A CA whose `root-cert.pem` holds two roots: the bundle carries both,
+    /// and the chain only the leaf and the intermediate.
+    #[tokio::test(start_paused = true)]
+    async fn every_trusted_root_of_the_answer_is_in_the_bundle() {
+        let ca = fake(Duration::from_secs(60), 0, None);
+        let other = tempfile::tempdir().expect("tempdir");
+        crate::Ca::create_plug_in(other.path(), "cluster.local", "Root B", SystemTime::now())
+            .expect("root B");
+        let read = |d: &std::path::Path, f: &str| std::fs::read_to_string(d.join(f)).expect("read");
+        let dir = ca._dir.path();
+        let bundle = format!(
+            "{}{}",
+            read(dir, crate::ca::ROOT_CERT),
+            read(other.path(), crate::ca::ROOT_CERT)
+        );
+        for f in [crate::ca::CA_CERT, crate::ca::CA_KEY, crate::ca::CERT_CHAIN] {
+            std::fs::copy(other.path().join(f), dir.join(f)).expect("copy");
+        }
+        std::fs::write(dir.join(crate::ca::ROOT_CERT), &bundle).expect("write");
+        let signing_b = crate::Ca::from_dir(dir, "cluster.local").expect("B signing, [A, B]");
+        let ca = Fake {
+            ca: signing_b,
+            ..ca
+        };
+        let run = run_for(&ca, Duration::from_secs(1)).await;
+        let b = run.last.expect("a certificate");
+        assert_eq!(b.roots.concat(), bundle);
+        assert_eq!(b.chain.len(), 2, "leaf and intermediate");
+        let creds =
+            crate::tls::Credentials::from_pem(&b.chain, &b.key_pem, &b.roots).expect("credentials");
+        assert_eq!(creds.chain.len(), 2);
+        assert_eq!(crate::tls::root_store(&b.roots).expect("store").len(), 2);
+    }
+
+    #[test]
+    fn answers_are_split_into_chain_and_roots() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(split_answer(&[]).is_err());
+        assert!(split_answer(&s(&["x"])).is_err(), "no root");
+        assert!(split_answer(&s(&["", ""])).is_err(), "no certificate");
     }
 
     /// A certificate with (almost) no validity left is not renewed in a

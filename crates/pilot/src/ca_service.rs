@@ -4,7 +4,9 @@
 //! the CSR only for the SPIFFE id that token proves. Refusals are logged
 //! with their reason (never the token) and answered with gRPC's codes:
 //! UNAUTHENTICATED (no or bad token), PERMISSION_DENIED (a CSR for another
-//! identity), INVALID_ARGUMENT (not a CSR).
+//! identity), INVALID_ARGUMENT (not a CSR). The answer is istiod's shape:
+//! the leaf, the intermediates, and last the whole trust bundle (every root
+//! of `root-cert.pem`) in one element.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +21,8 @@ use tonic::server::NamedService;
 
 /// The CA behind the gRPC service.
 pub struct CaState {
-    pub ca: Ca,
+    /// Swapped whole when the CA directory is reloaded ([`crate::secure`]).
+    pub ca: arc_swap::ArcSwap<Ca>,
     pub tokens: Box<dyn TokenVerifier>,
     /// Used when the request asks for no particular lifetime.
     pub workload_ttl: Duration,
@@ -46,14 +49,14 @@ impl CaState {
             tracing::warn!(%peer, reason = %e, "CSR refused: caller not authenticated");
             Status::unauthenticated(e.to_string())
         })?;
-        let caller = SpiffeId::new(self.ca.trust_domain(), &account.namespace, &account.name);
+        let ca = self.ca.load();
+        let caller = SpiffeId::new(ca.trust_domain(), &account.namespace, &account.name);
         let req = request.into_inner();
         let ttl = match u64::try_from(req.validity_duration) {
             Ok(0) | Err(_) => self.workload_ttl,
             Ok(s) => Duration::from_secs(s),
         };
-        let issued = self
-            .ca
+        let issued = ca
             .sign(&req.csr, &caller, ttl, SystemTime::now())
             .map_err(|e| {
                 tracing::warn!(%peer, %caller, reason = %e, "CSR refused");
@@ -67,7 +70,7 @@ impl CaState {
             })?;
         tracing::info!(%peer, %caller, serial = %issued.serial, "certificate issued");
         Ok(IstioCertificateResponse {
-            cert_chain: issued.chain,
+            cert_chain: issued.cert_chain(),
         })
     }
 }

@@ -20,6 +20,7 @@ pub mod node;
 pub mod peer_authn;
 pub mod policy;
 pub mod routing;
+mod secure;
 pub mod translate;
 pub mod version;
 
@@ -73,6 +74,7 @@ pub struct PilotOptions {
 pub struct CaOptions {
     /// Istio's plug-in CA files (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`,
     /// `cert-chain.pem`), or where a self-signed root is created on first start.
+    /// Reloaded when the files change (a root rotation: docs/identity.md).
     pub dir: PathBuf,
     /// Public key (PEM) that verifies workloads' service-account tokens.
     pub token_key: PathBuf,
@@ -193,7 +195,7 @@ pub async fn run(
     .with_send_timeout(opts.send_timeout)
     .into_service();
     let secure = match &opts.ca {
-        Some(ca) => Some(secure_server(ca, ads.clone()).await?),
+        Some(ca) => Some(secure::serve(ca, ads.clone()).await?),
         None => None,
     };
     let secure_addr = secure.as_ref().map(|(addr, _)| *addr);
@@ -266,63 +268,6 @@ pub async fn run(
         () = watch => {}
     }
     Ok(())
-}
-
-/// Load the CA, give the pilot a serving certificate from it, and serve ADS
-/// and the certificate service over TLS.
-async fn secure_server(
-    opts: &CaOptions,
-    ads: xds::server::AdsService,
-) -> Result<
-    (
-        SocketAddr,
-        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    ),
-    PilotError,
-> {
-    let ca = identity::Ca::from_dir(&opts.dir, &opts.trust_domain)
-        .map_err(|e| PilotError::Ca(e.to_string()))?;
-    let key_text = std::fs::read_to_string(&opts.token_key)
-        .map_err(|e| PilotError::Ca(format!("{}: {e}", opts.token_key.display())))?;
-    let tokens = identity::LocalTokens::new(&key_text)
-        .map_err(|e| PilotError::Ca(format!("{}: {e}", opts.token_key.display())))?;
-    let own_key = identity::WorkloadKey::generate().map_err(|e| PilotError::Ca(e.to_string()))?;
-    let own_id = identity::SpiffeId::new(&opts.trust_domain, "istio-system", "istiod");
-    let dns: Vec<String> = PILOT_DNS_NAMES.iter().map(|s| s.to_string()).collect();
-    let serving = ca
-        .issue_serving(
-            &own_key,
-            &own_id,
-            &dns,
-            identity::ca::MAX_WORKLOAD_TTL,
-            std::time::SystemTime::now(),
-        )
-        .map_err(|e| PilotError::Ca(e.to_string()))?;
-    let tls = tonic::transport::ServerTlsConfig::new().identity(
-        tonic::transport::Identity::from_pem(serving.chain.concat(), own_key.private_key_pem()),
-    );
-    let listener = TcpListener::bind(opts.secure_addr)
-        .await
-        .map_err(|source| PilotError::Bind {
-            addr: opts.secure_addr,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(PilotError::Debug)?;
-    let state = Arc::new(ca_service::CaState {
-        ca,
-        tokens: Box::new(tokens),
-        workload_ttl: opts.workload_ttl,
-    });
-    let server = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map_err(|e| PilotError::Ca(e.to_string()))?
-        .add_service(ads)
-        .add_service(ca_service::CaService::new(state));
-    tracing::info!(%addr, trust_domain = %opts.trust_domain, "CA and xDS over TLS");
-    Ok((
-        addr,
-        tokio::spawn(server.serve_with_incoming(TcpListenerStream::new(listener))),
-    ))
 }
 
 /// Does any PeerAuthentication (or one of its ports) say STRICT?

@@ -242,3 +242,72 @@ fn broken_plug_in_files_are_named() {
     std::fs::write(p.dir.path().join(CA_KEY), leaf_key.serialize_pem()).expect("write");
     expect_err(p.dir.path(), CA_CERT);
 }
+
+/// Istio's root rotation, as the CA directory goes through it: a
+/// self-signed root A; the bundle [A, B] still signing with A; an
+/// intermediate under B with the bundle [A, B]; B alone.
+#[test]
+fn a_trust_bundle_of_two_roots_is_given_to_every_workload() {
+    let a = tempfile::tempdir().expect("tempdir");
+    Ca::create_self_signed(a.path(), "cluster.local", now()).expect("root A");
+    let b = tempfile::tempdir().expect("tempdir");
+    Ca::create_plug_in(b.path(), "cluster.local", "Root B", now()).expect("root B");
+    let file =
+        |d: &tempfile::TempDir, f: &str| std::fs::read_to_string(d.path().join(f)).expect("read");
+    let (root_a, root_b) = (file(&a, ROOT_CERT), file(&b, ROOT_CERT));
+    let key = WorkloadKey::generate().expect("key");
+    let who = id("default", "sleep");
+    let csr = key.csr(&who).expect("csr");
+    let issuer_of = |pem_text: &str| {
+        let der = der_of(pem_text);
+        let (_, c) = X509Certificate::from_der(&der).expect("x509");
+        c.issuer().to_string()
+    };
+
+    // 1. Both roots trusted, still signing with A.
+    std::fs::write(a.path().join(ROOT_CERT), format!("{root_a}{root_b}")).expect("write");
+    let ca = Ca::from_dir(a.path(), "cluster.local").expect("A with [A, B]");
+    assert_eq!(ca.roots().len(), 2);
+    let issued = ca.sign(&csr, &who, Duration::ZERO, now()).expect("signed");
+    assert_eq!(issued.roots.len(), 2);
+    let wire = issued.cert_chain();
+    assert_eq!(wire.len(), 2, "leaf, then the bundle: {wire:?}");
+    assert_eq!(wire[1], format!("{}{}", issued.roots[0], issued.roots[1]));
+    assert!(signed_by(&der_of(&wire[0]), &der_of(&root_a)));
+
+    // 2. Signing with an intermediate under B, both roots still trusted.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in [CA_CERT, CA_KEY, CERT_CHAIN] {
+        std::fs::copy(b.path().join(f), dir.path().join(f)).expect("copy");
+    }
+    std::fs::write(dir.path().join(ROOT_CERT), format!("{root_a}{root_b}")).expect("write");
+    let ca = Ca::from_dir(dir.path(), "cluster.local").expect("B's intermediate with [A, B]");
+    let issued = ca.sign(&csr, &who, Duration::ZERO, now()).expect("signed");
+    let wire = issued.cert_chain();
+    assert_eq!(wire.len(), 3, "leaf, intermediate, the bundle");
+    let inter = file(&b, CA_CERT);
+    assert_eq!(wire[1], inter);
+    assert!(signed_by(&der_of(&wire[0]), &der_of(&inter)));
+    assert!(issuer_of(&wire[0]).contains("Root B intermediate"));
+    assert_eq!(pem::parse_many(&wire[2]).expect("pem").len(), 2);
+
+    // 3. B alone.
+    std::fs::write(dir.path().join(ROOT_CERT), &root_b).expect("write");
+    let ca = Ca::from_dir(dir.path(), "cluster.local").expect("B");
+    let issued = ca.sign(&csr, &who, Duration::ZERO, now()).expect("signed");
+    assert_eq!(issued.roots.len(), 1);
+    assert_eq!(issued.cert_chain().last(), Some(&root_b));
+
+    // B's intermediate with only A trusted is refused, naming the bundle.
+    std::fs::write(dir.path().join(ROOT_CERT), &root_a).expect("write");
+    let err = Ca::from_dir(dir.path(), "cluster.local").expect_err("foreign root");
+    assert!(err.to_string().contains(ROOT_CERT), "{err}");
+    // So is a bundle with a certificate that is no CA.
+    let leaf = &issued.chain[0];
+    std::fs::write(dir.path().join(ROOT_CERT), format!("{root_b}{leaf}")).expect("write");
+    let err = Ca::from_dir(dir.path(), "cluster.local").expect_err("leaf in the bundle");
+    assert!(
+        err.to_string().contains(ROOT_CERT) && err.to_string().contains("certificate 2 of 2"),
+        "{err}"
+    );
+}
