@@ -2,6 +2,9 @@
 //! free ports, readiness polling with deadlines, the Envoy binary.
 #![allow(dead_code)]
 
+pub mod mesh_tls;
+pub mod sidecar_bootstrap;
+
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
