@@ -381,7 +381,7 @@ fn running(mesh: &MeshArgs) -> anyhow::Result<MeshStatus> {
 
 /// A pod's sidecar admin (127.0.0.1:15000 inside its namespace), connected.
 pub fn pod_admin(mesh: &MeshArgs, pod: &str) -> anyhow::Result<std::net::TcpStream> {
-    let status = running(&mesh)?;
+    let status = running(mesh)?;
     let p = find_pod(&status, pod)?;
     if !p.sidecar {
         bail!("pod {} has no sidecar", p.id);
