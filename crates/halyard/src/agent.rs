@@ -11,6 +11,7 @@
 //! rotation) the channel is rebuilt, so the pilot's certificate from a new
 //! root is trusted as soon as the mesh trusts that root.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -263,8 +264,66 @@ fn any_of<M: Message + Name>(m: &M) -> prost_types::Any {
     }
 }
 
-/// Istio's two secrets for a bundle.
-pub fn secrets(bundle: &identity::keeper::Bundle) -> Snapshot {
+/// The system trust store (Debian's bundle), for `file-root:system`.
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// pilot-agent's file-backed SDS names, read from disk:
+/// `file-cert:CERT~KEY` (a certificate and key), `file-root:CA` or
+/// `file-root:system` (roots). None for other names; Err names the file.
+fn file_secret(name: &str) -> Option<Result<Secret, String>> {
+    let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{name}: {p}: {e}"));
+    let r#type = if let Some(paths) = name.strip_prefix("file-cert:") {
+        let (cert, key) = paths.split_once('~')?;
+        (|| {
+            Ok(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: inline(&read(cert)?),
+                private_key: inline(&read(key)?),
+                ..Default::default()
+            }))
+        })()
+    } else {
+        let path = name.strip_prefix("file-root:")?;
+        let path = if path == "system" { SYSTEM_ROOTS } else { path };
+        read(path).map(|pem| {
+            secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: inline(&pem),
+                ..Default::default()
+            })
+        })
+    };
+    Some(r#type.map(|t| Secret {
+        name: name.to_string(),
+        r#type: Some(t),
+    }))
+}
+
+/// What the agent serves: the workload's two secrets, and the file-backed
+/// ones some proxy asked for.
+#[derive(Default)]
+struct Served {
+    bundle: Option<Arc<identity::keeper::Bundle>>,
+    files: BTreeMap<String, Resource>,
+}
+
+impl Served {
+    fn snapshot(&self) -> Snapshot {
+        let mut all: Vec<Resource> = self
+            .bundle
+            .as_deref()
+            .map(bundle_resources)
+            .unwrap_or_default();
+        all.extend(self.files.values().cloned());
+        let mut snap = Snapshot::default();
+        snap.types.insert(
+            xds::type_url::SECRET.to_string(),
+            TypeSnapshot::from_resources(all),
+        );
+        snap
+    }
+}
+
+/// `default` (chain and key) and `ROOTCA` (the trust bundle).
+fn bundle_resources(bundle: &identity::keeper::Bundle) -> Vec<Resource> {
     let default = Secret {
         name: "default".into(),
         r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
@@ -282,15 +341,10 @@ pub fn secrets(bundle: &identity::keeper::Bundle) -> Snapshot {
             },
         )),
     };
-    let mut snap = Snapshot::default();
-    snap.types.insert(
-        xds::type_url::SECRET.to_string(),
-        TypeSnapshot::from_resources([
-            Resource::new("default", any_of(&default)),
-            Resource::new("ROOTCA", any_of(&root)),
-        ]),
-    );
-    snap
+    vec![
+        Resource::new("default", any_of(&default)),
+        Resource::new("ROOTCA", any_of(&root)),
+    ]
 }
 
 /// Every proxy on the socket gets the same secrets.
@@ -308,11 +362,52 @@ impl SnapshotSource for Secrets {
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (keeper, mut bundles, _status) = args.identity.keeper()?;
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
-    let publish = async move {
-        while bundles.changed().await.is_ok() {
-            let current = bundles.borrow_and_update().clone();
-            if let Some(b) = current {
-                snap_tx.send_replace(Arc::new(secrets(&b)));
+    let served = Arc::new(std::sync::Mutex::new(Served::default()));
+    let sync = xds::status::SyncStatus::default();
+    let publish = {
+        let (served, snap_tx) = (served.clone(), snap_tx.clone());
+        async move {
+            while bundles.changed().await.is_ok() {
+                let current = bundles.borrow_and_update().clone();
+                if current.is_some() {
+                    let mut s = served.lock().unwrap_or_else(|e| e.into_inner());
+                    s.bundle = current;
+                    snap_tx.send_replace(Arc::new(s.snapshot()));
+                }
+            }
+        }
+    };
+    // A proxy asking for a file-backed name (DestinationRule SIMPLE/MUTUAL
+    // roots and certificates, as Istio's pilot emits them) gets it read.
+    let files = {
+        let sync = sync.clone();
+        async move {
+            let mut changes = sync.changes();
+            while changes.changed().await.is_ok() {
+                let wanted = sync.subscribed_names(xds::type_url::SECRET);
+                let mut s = served.lock().unwrap_or_else(|e| e.into_inner());
+                let mut added = false;
+                let new: Vec<String> = wanted
+                    .into_iter()
+                    .filter(|n| !s.files.contains_key(n))
+                    .collect();
+                for name in &new {
+                    match file_secret(name) {
+                        Some(Ok(secret)) => {
+                            tracing::info!(%name, "serving file-backed secret");
+                            s.files.insert(
+                                name.clone(),
+                                Resource::new(name.as_str(), any_of(&secret)),
+                            );
+                            added = true;
+                        }
+                        Some(Err(e)) => tracing::warn!(error = %e, "cannot serve secret"),
+                        None => {}
+                    }
+                }
+                if added {
+                    snap_tx.send_replace(Arc::new(s.snapshot()));
+                }
             }
         }
     };
@@ -322,11 +417,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&args.socket);
     let listener = tokio::net::UnixListener::bind(&args.socket)
         .with_context(|| format!("listen on {}", args.socket.display()))?;
-    let sds = xds::server::AdsServer::new(
-        Arc::new(Secrets(snap_rx)),
-        xds::status::SyncStatus::default(),
-    )
-    .into_sds_service();
+    let sds = xds::server::AdsServer::new(Arc::new(Secrets(snap_rx)), sync).into_sds_service();
     tracing::info!(socket = %args.socket.display(), ca = %args.identity.ca_address, "SDS agent serving");
     let serve = tonic::transport::Server::builder()
         .add_service(sds)
@@ -335,6 +426,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         r = serve => r.context("SDS server")?,
         () = keeper => {}
         () = publish => {}
+        () = files => {}
     }
     Ok(())
 }

@@ -174,6 +174,26 @@ fn check_sidecar(
     let mut generated: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let listener = mtls_listeners(port)["static_resources"]["listeners"].clone();
     generated["static_resources"]["listeners"] = listener;
+    // A DestinationRule SIMPLE cluster as the pilot emits it: roots by
+    // pilot-agent's file name, fetched over SDS like the workload's.
+    let file_root = format!("file-root:{}", s(&d("ca/root-cert.pem")));
+    if let Some(clusters) = generated["static_resources"]["clusters"].as_array_mut() {
+        clusters.push(serde_json::json!({
+            "name": "external",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "external", "endpoints": []},
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "common_tls_context": {
+                        "validation_context_sds_secret_config": {"name": file_root, "sds_config": sds()}
+                    }
+                }
+            }
+        }));
+    }
     std::fs::write(d("envoy.json"), generated.to_string()).expect("write");
     let _sidecar = if ours {
         Proc::spawn(
@@ -333,6 +353,36 @@ fn check_sidecar(
     let root = by_name("ROOTCA");
     assert_eq!(root["type"], "CA");
     assert_eq!(root["valid_cert"], true);
+    if !ours {
+        // The agent read the file-backed name Envoy asked for (ours reads
+        // it itself when a connection needs it).
+        let file = wait_for(
+            "the agent to serve the file root",
+            Duration::from_secs(10),
+            || {
+                let out = halyard()
+                    .args([
+                        "proxy-config",
+                        "secret",
+                        "--admin",
+                        &format!("127.0.0.1:{admin}"),
+                    ])
+                    .args(["--output", "json"])
+                    .output()
+                    .ok()?;
+                let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                rows.as_array()?
+                    .iter()
+                    .find(|r| r["resource_name"] == file_root.as_str())
+                    .cloned()
+            },
+        );
+        assert_eq!(
+            (file["type"].as_str(), file["valid_cert"].as_bool()),
+            (Some("CA"), Some(true)),
+            "{file}"
+        );
+    }
     let table = halyard()
         .args([
             "proxy-config",

@@ -135,6 +135,24 @@ impl SyncStatus {
         self.lock().proxies.get(&stream_id).cloned()
     }
 
+    /// Wakes on every change of any stream's state (subscriptions, sends,
+    /// ACKs): for watchers that act on what proxies subscribe to.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
+    }
+
+    /// Every name some connected stream subscribes to for `type_url`.
+    pub fn subscribed_names(&self, type_url: &str) -> std::collections::BTreeSet<String> {
+        let key = type_key(type_url);
+        self.lock()
+            .proxies
+            .values()
+            .filter_map(|p| p.types.get(&key))
+            .flat_map(|t| t.subscribed.to_list())
+            .filter(|n| n != "*")
+            .collect()
+    }
+
     /// True when every connected proxy that subscribes to names of `type_url`
     /// (or was sent some) has ACKed `version` for it. Vacuously true when none
     /// does: check the count too.
