@@ -115,3 +115,72 @@ fn sidecar_smoke_all_modes_report() {
         "namespaces left behind"
     );
 }
+
+/// `--mtls --smoke`: the static pair plaintext and mTLS, keep-alive and a new
+/// connection per request, for both proxies; the key exchange is recorded and
+/// the handshake run did one TLS handshake per request.
+#[test]
+fn sidecar_smoke_mtls_report() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the sidecar smoke benchmark needs root and CI is set"
+        );
+        eprintln!("skipped: the sidecar smoke benchmark needs root (network namespaces)");
+        return;
+    }
+    let halyard = halyard_bin();
+    assert!(halyard.is_file(), "{} missing", halyard.display());
+    let name = format!("hbm{}", std::process::id() % 100_000);
+    let _cleanup = Cleanup {
+        halyard: halyard.clone(),
+        name: name.clone(),
+    };
+    let out = tempfile::tempdir().expect("tempdir");
+    let status = Command::new(env!("CARGO_BIN_EXE_halyard-bench"))
+        .args(["sidecar", "--smoke", "--mtls", "--name", &name])
+        .arg("--halyard")
+        .arg(&halyard)
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .expect("run halyard-bench");
+    assert!(
+        status.success(),
+        "halyard-bench sidecar --smoke --mtls failed: {status}"
+    );
+    let json = std::fs::read_to_string(out.path().join("sidecar-smoke.json")).expect("json");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    // 4 cases × 2 proxies + one direct per case shape (keep-alive, per request).
+    assert_eq!(report["runs"].as_array().map(Vec::len), Some(10));
+    let summary = report["summary"].as_array().expect("summary");
+    for c in summary.iter().filter(|c| c["case"]["transport"] == "mtls") {
+        for proxy in ["halyard", "envoy"] {
+            let curves = c["modes"][proxy]["curves"].as_object().expect("curves");
+            assert!(
+                curves.keys().any(|k| k.starts_with("server listener ")),
+                "{proxy}: {curves:?}"
+            );
+            assert!(
+                c["mtls_over_plaintext"][proxy]["max_rps"].is_number(),
+                "{c}"
+            );
+        }
+        if c["case"]["per_request"] == true {
+            for proxy in ["halyard", "envoy"] {
+                assert_eq!(
+                    c["modes"][proxy]["server_handshakes_per_request_open"].as_f64(),
+                    Some(1.0),
+                    "{proxy}"
+                );
+            }
+        }
+    }
+    drop(_cleanup);
+    assert_eq!(
+        leftovers(&name),
+        Vec::<String>::new(),
+        "namespaces left behind"
+    );
+}

@@ -33,9 +33,25 @@ pub struct SidecarArgs {
     /// http1 (keep-alive) and/or http2 (h2c, prior knowledge).
     #[arg(long, value_delimiter = ',', default_value = "http1,http2")]
     protocol: Vec<String>,
-    /// Sidecar-to-sidecar transport (mTLS joins here).
-    #[arg(long, default_value = "plaintext", value_parser = ["plaintext"])]
-    transport: String,
+    /// Sidecar-to-sidecar transport(s), comma-separated: `plaintext` (halyard
+    /// up injects the sidecars, the pilot configures them), `static` (the
+    /// benchmark's fixed two-sidecar bootstraps, plaintext), `mtls` (the same
+    /// with Istio's ISTIO_MUTUAL between them, one mesh CA).
+    #[arg(long, value_delimiter = ',', default_value = "plaintext",
+          value_parser = ["plaintext", "static", "mtls"])]
+    transport: Vec<String>,
+    /// Connection reuse, comma-separated: `keepalive` (pooled, Istio's
+    /// default) and/or `per-request` (the load generator opens a new
+    /// connection per request; with `static`/`mtls` the client sidecar is a
+    /// tcp_proxy, so every request is a new sidecar-to-sidecar connection and,
+    /// under mTLS, one full TLS handshake).
+    #[arg(long, value_delimiter = ',', default_value = "keepalive",
+          value_parser = ["keepalive", "per-request"])]
+    reuse: Vec<String>,
+    /// The mTLS comparison: `--transport static,mtls --reuse keepalive,per-request`
+    /// (per-request cases over HTTP/1.1 only).
+    #[arg(long, conflicts_with_all = ["transport", "reuse"])]
+    mtls: bool,
     #[arg(long, value_delimiter = ',', default_value = "direct,halyard,envoy")]
     modes: Vec<String>,
     /// 2 s per case, 1 round, 16 connections, http1 (1 s closed loop, 1 s warm-up).
@@ -103,8 +119,15 @@ fn options(a: &SidecarArgs, work: PathBuf) -> anyhow::Result<Options> {
     for m in &a.modes {
         modes.push(Mode::parse(m).with_context(|| format!("unknown mode {m}"))?);
     }
-    let transport = Transport::parse(&a.transport)
-        .with_context(|| format!("unknown transport {}", a.transport))?;
+    let (transports, reuse) = if a.mtls {
+        (vec![Transport::Static, Transport::Mtls], vec![false, true])
+    } else {
+        let mut t = Vec::new();
+        for s in &a.transport {
+            t.push(Transport::parse(s).with_context(|| format!("unknown transport {s}"))?);
+        }
+        (t, a.reuse.iter().map(|r| r == "per-request").collect())
+    };
     let (protocols, conns) = if a.smoke {
         (vec![Protocol::Http1], vec![16])
     } else {
@@ -114,16 +137,32 @@ fn options(a: &SidecarArgs, work: PathBuf) -> anyhow::Result<Options> {
         }
         (p, a.connections.clone())
     };
-    let cases = protocols
-        .iter()
-        .flat_map(|&protocol| {
-            conns.iter().map(move |&connections| Case {
-                protocol,
-                connections,
-                transport,
-            })
-        })
-        .collect();
+    // Keep-alive cases first (protocol × connections × transport), then the
+    // new-connection-per-request ones; with --mtls those only over HTTP/1.1
+    // (a new h2c connection per request measures nothing HTTP/2 is for).
+    let mut cases = Vec::new();
+    for &per_request in &reuse {
+        for &protocol in &protocols {
+            if per_request && a.mtls && protocol != Protocol::Http1 {
+                continue;
+            }
+            for &connections in &conns {
+                for &transport in &transports {
+                    cases.push(Case {
+                        protocol,
+                        connections,
+                        transport,
+                        per_request,
+                    });
+                }
+            }
+        }
+    }
+    let pki = if cases.iter().any(|c| c.transport == Transport::Mtls) {
+        Some(super::pki::Pki::create(&work.join("pki"))?)
+    } else {
+        None
+    };
     let s = |d: u64| Duration::from_secs(d);
     Ok(Options {
         cases,
@@ -141,6 +180,7 @@ fn options(a: &SidecarArgs, work: PathBuf) -> anyhow::Result<Options> {
             name: a.name.clone(),
             work,
         },
+        pki,
     })
 }
 

@@ -3,6 +3,9 @@
 //! pod's capture rules apply to it exactly as to the app's own sockets.
 
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +14,9 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// The HTTP protocol the client speaks to the (captured) service address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http1,
@@ -34,11 +39,75 @@ impl Protocol {
     }
 }
 
+/// Sockets made inside a network namespace by one thread that joined it
+/// (a socket belongs to the namespace it was created in), so opening a
+/// connection costs a channel round trip, not a thread (the handshake-cost
+/// run opens one per request).
+#[derive(Debug)]
+pub struct NsSockets {
+    tx: mpsc::Sender<(bool, mpsc::SyncSender<std::io::Result<OwnedFd>>)>,
+}
+
+impl NsSockets {
+    pub fn new(netns: &str) -> std::io::Result<Arc<NsSockets>> {
+        let ns = std::fs::File::open(format!("/run/netns/{netns}"))?;
+        let (tx, rx) = mpsc::channel::<(bool, mpsc::SyncSender<std::io::Result<OwnedFd>>)>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd affects only this thread,
+            // which only makes sockets and ends when the sender is dropped.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            let _ = ready_tx.send(if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            });
+            if rc != 0 {
+                return;
+            }
+            while let Ok((v4, reply)) = rx.recv() {
+                let family = if v4 { libc::AF_INET } else { libc::AF_INET6 };
+                // SAFETY: socket(2) with constant arguments; the fd is owned below.
+                let fd = unsafe {
+                    libc::socket(
+                        family,
+                        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                        0,
+                    )
+                };
+                let _ = reply.send(if fd < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    // SAFETY: a fresh fd nobody else owns.
+                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                });
+            }
+        });
+        ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("netns socket thread died"))??;
+        Ok(Arc::new(NsSockets { tx }))
+    }
+
+    /// A new non-blocking TCP socket in the namespace.
+    fn socket(&self, v4: bool) -> std::io::Result<OwnedFd> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send((v4, reply))
+            .map_err(|_| std::io::Error::other("netns socket thread gone"))?;
+        rx.recv()
+            .map_err(|_| std::io::Error::other("netns socket thread gone"))?
+    }
+}
+
 /// Where requests go and what a good answer looks like.
 #[derive(Clone, Debug)]
 pub struct Target {
     /// The client pod's network namespace.
     pub netns: String,
+    /// Makes the sockets inside `netns`.
+    pub sockets: Arc<NsSockets>,
     /// The service's cluster IP and port (captured by the client sidecar).
     pub addr: SocketAddr,
     /// Host / :authority, e.g. `server.bench:8080`.
@@ -48,6 +117,8 @@ pub struct Target {
     pub protocol: Protocol,
     /// The body length a 200 must have.
     pub body_len: usize,
+    /// Close the connection after every request and open a new one.
+    pub per_request: bool,
 }
 
 type Send1 = http1::SendRequest<Empty<Bytes>>;
@@ -69,20 +140,20 @@ pub struct Answer {
     pub body_len: usize,
 }
 
-async fn tcp(netns: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
-    let ns = netns.to_string();
-    let std = tokio::task::spawn_blocking(move || {
-        local::nsconnect::connect(&ns, addr, Duration::from_secs(2))
-    })
-    .await??;
-    std.set_nodelay(true)?;
-    std.set_nonblocking(true)?;
-    Ok(tokio::net::TcpStream::from_std(std)?)
+async fn tcp(sockets: &NsSockets, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
+    let fd = sockets.socket(addr.is_ipv4())?;
+    // SAFETY: a fresh non-blocking TCP socket, owned from here on.
+    let socket = unsafe { tokio::net::TcpSocket::from_raw_fd(fd.into_raw_fd()) };
+    let stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("connect to {addr} timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 impl Connection {
     pub async fn open(target: &Target) -> anyhow::Result<Connection> {
-        let io = TokioIo::new(tcp(&target.netns, target.addr).await?);
+        let io = TokioIo::new(tcp(&target.sockets, target.addr).await?);
         Ok(match target.protocol {
             Protocol::Http1 => {
                 let (send, conn) = http1::handshake(io).await?;
@@ -166,11 +237,13 @@ fn kind(stage: &str, e: &hyper::Error) -> String {
 pub fn get_text(netns: &str, addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let target = Target {
         netns: netns.to_string(),
+        sockets: NsSockets::new(netns)?,
         addr,
         authority: addr.to_string(),
         path: path.to_string(),
         protocol: Protocol::Http1,
         body_len: 0,
+        per_request: false,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

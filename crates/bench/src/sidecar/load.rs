@@ -68,9 +68,14 @@ pub fn run(target: &Target, connections: usize, load: Load) -> anyhow::Result<Lo
 }
 
 async fn run_async(target: &Target, n: usize, load: Load) -> anyhow::Result<LoadResult> {
+    // A new connection per request opens each one in the measured request.
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        conns.push(Connection::open(target).await?);
+        conns.push(if target.per_request {
+            None
+        } else {
+            Some(Connection::open(target).await?)
+        });
     }
     let start = Instant::now() + Duration::from_millis(20);
     let mut tasks = Vec::with_capacity(n);
@@ -233,12 +238,11 @@ impl Worker {
 
 async fn open_worker(
     target: Target,
-    conn: Connection,
+    mut conn: Option<Connection>,
     mut due: mpsc::UnboundedReceiver<Instant>,
     stop: Instant,
 ) -> Worker {
     let mut w = Worker::new();
-    let mut conn = Some(conn);
     while let Some(intended) = due.recv().await {
         if Instant::now() > stop {
             // Drain a backlog left by a stuck chain without sending it.
@@ -253,12 +257,11 @@ async fn open_worker(
 
 async fn closed_worker(
     target: Target,
-    conn: Connection,
+    mut conn: Option<Connection>,
     start: Instant,
     duration: Duration,
 ) -> Worker {
     let mut w = Worker::new();
-    let mut conn = Some(conn);
     let stop = start + duration;
     tokio::time::sleep_until(start.into()).await;
     // The count bound: no chain here answers a million requests/s.
@@ -280,7 +283,8 @@ impl Worker {
     }
 }
 
-/// Send one request on `conn` (re-opening it after an error).
+/// Send one request on `conn` (opening it first if there is none: after an
+/// error, or always with a new connection per request).
 async fn one(target: &Target, conn: &mut Option<Connection>, w: &mut Worker) {
     w.last_ok = false;
     if conn.is_none() {
@@ -299,6 +303,10 @@ async fn one(target: &Target, conn: &mut Option<Connection>, w: &mut Worker) {
         Ok(Ok(())) => {
             w.ok += 1;
             w.last_ok = true;
+            if target.per_request {
+                // Dropping the sender closes the connection (client first).
+                *conn = None;
+            }
         }
         Ok(Err(e)) => {
             w.error(e);

@@ -46,10 +46,16 @@ pub struct Pods {
     pub service: SocketAddr,
 }
 
+/// Whether `halyard up` injects the sidecars: only for the pilot-configured
+/// transport; the static ones start their own pair in an uninjected mesh.
+fn injected(mode: Mode, transport: Transport) -> bool {
+    mode.has_sidecars() && !transport.is_static()
+}
+
 /// Write the manifests for `mode` into `dir`.
 fn write_manifests(dir: &Path, mode: Mode, transport: Transport) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let labels = if mode.has_sidecars() {
+    let labels = if injected(mode, transport) {
         "\n  labels: {istio-injection: enabled}"
     } else {
         ""
@@ -57,10 +63,6 @@ fn write_manifests(dir: &Path, mode: Mode, transport: Transport) -> anyhow::Resu
     let ns = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: bench{labels}\n");
     std::fs::write(dir.join("namespace.yaml"), ns)?;
     std::fs::write(dir.join("topology.yaml"), TOPOLOGY)?;
-    let extra = transport.manifests();
-    if !extra.is_empty() {
-        std::fs::write(dir.join("transport.yaml"), extra)?;
-    }
     Ok(())
 }
 
@@ -85,7 +87,7 @@ impl Mesh {
             .arg(&state)
             .args(["--timeout", "60"])
             .args(["--proxy-concurrency", &cfg.proxy_concurrency.to_string()]);
-        if mode == Mode::Envoy {
+        if mode == Mode::Envoy && injected(mode, transport) {
             cmd.args(["--sidecar", "envoy"]);
             if let Some(e) = &cfg.envoy {
                 cmd.arg("--envoy").arg(e);
@@ -142,6 +144,13 @@ impl Mesh {
             server: pod("server")?,
             service: SocketAddr::new(ip.parse().context("cluster IP")?, port),
         })
+    }
+
+    /// Where this run keeps its files (bootstraps, sidecar logs).
+    pub fn run_dir(&self) -> PathBuf {
+        self.state
+            .parent()
+            .map_or_else(|| self.state.clone(), Path::to_path_buf)
     }
 
     /// `halyard down`, reporting failure (drop does it silently otherwise).

@@ -5,15 +5,19 @@
 //! bootstrap and pilot), each on a fresh mesh. Per run: sanity request, idle
 //! RSS, warm-up, open loop at a fixed rate (latency from intended send time),
 //! closed loop (max rps); CPU and memory from /proc; request counters from
-//! each sidecar's admin as the no-bypass check.
+//! each sidecar's admin as the no-bypass check. With `--mtls` the pair is
+//! started by the benchmark from fixed bootstraps ([`static_pair`]), plaintext
+//! and mTLS between them, keep-alive and a new connection per request.
 
 pub mod cli;
 pub mod conn;
 pub mod load;
 pub mod mesh;
+pub mod pki;
 pub mod probe;
 pub mod report;
 pub mod run;
+pub mod static_pair;
 pub mod summary;
 pub mod svg;
 
@@ -55,32 +59,41 @@ impl Mode {
     }
 }
 
-/// What the sidecar-to-sidecar hop carries. mTLS joins as a variant whose
-/// `manifests` add PeerAuthentication STRICT + a DestinationRule with
-/// `ISTIO_MUTUAL`; every run then applies it without other changes.
+/// What the sidecar-to-sidecar hop carries, and how the pair is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
+    /// `halyard up` with injection: capture rules, the pilot's listeners and
+    /// clusters, plaintext between the sidecars (the default).
     Plaintext,
+    /// The static pair ([`static_pair`]) without TLS: the baseline that
+    /// isolates what mTLS costs on the same two-sidecar path.
+    Static,
+    /// The static pair with Istio's ISTIO_MUTUAL between the sidecars
+    /// (one mesh CA, SPIFFE SAN checks both ways, STRICT inbound).
+    Mtls,
 }
 
 impl Transport {
     pub fn parse(s: &str) -> Option<Transport> {
         match s {
             "plaintext" => Some(Transport::Plaintext),
+            "static" => Some(Transport::Static),
+            "mtls" => Some(Transport::Mtls),
             _ => None,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Transport::Plaintext => "plaintext",
+            Transport::Static => "static",
+            Transport::Mtls => "mtls",
         }
     }
-    /// Extra Istio config applied to the sidecar modes' meshes.
-    pub fn manifests(self) -> &'static str {
-        match self {
-            Transport::Plaintext => "",
-        }
+    /// Whether the benchmark starts the sidecars itself from fixed
+    /// bootstraps (in an uninjected mesh) rather than `halyard up` injecting them.
+    pub fn is_static(self) -> bool {
+        self != Transport::Plaintext
     }
 }
 
@@ -90,16 +103,31 @@ pub struct Case {
     pub protocol: Protocol,
     pub connections: usize,
     pub transport: Transport,
+    /// A new client connection per request (the handshake-cost run); with
+    /// a static transport the sidecar-to-sidecar connection is new too.
+    #[serde(default)]
+    pub per_request: bool,
 }
 
 impl Case {
     pub fn label(&self) -> String {
         format!(
-            "{} c={} {}",
+            "{} c={} {}{}",
             self.protocol.name(),
             self.connections,
-            self.transport.name()
+            self.transport.name(),
+            if self.per_request {
+                " new-conn-per-request"
+            } else {
+                ""
+            }
         )
+    }
+
+    /// The direct baseline does not depend on the transport: cases that
+    /// differ only in it share one direct run per round.
+    pub fn direct_key(&self) -> (Protocol, usize, bool) {
+        (self.protocol, self.connections, self.per_request)
     }
 }
 
@@ -116,6 +144,9 @@ pub struct Options {
     pub warmup: Duration,
     pub body_bytes: usize,
     pub mesh: mesh::MeshConfig,
+    /// The mesh CA and workload certificates of the mTLS cases (one set for
+    /// every run of either proxy).
+    pub pki: Option<pki::Pki>,
 }
 
 /// Set by SIGINT/SIGTERM/SIGHUP: loops stop, the current mesh is torn down

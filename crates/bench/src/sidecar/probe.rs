@@ -95,16 +95,55 @@ pub fn parse_stats(text: &str) -> BTreeMap<String, u64> {
 }
 
 /// Requests the sidecar's HTTP connection managers counted on the traffic
-/// listeners (`http.outbound_*` / `http.inbound_*`, not admin or readiness).
+/// listeners (`http.outbound_*` / `http.inbound_*`, not admin or readiness),
+/// plus connections its traffic tcp_proxies took (`tcp.outbound_*` /
+/// `tcp.inbound_*`): the handshake-cost run's client sidecar is one, and
+/// there every request is one connection.
 pub fn downstream_rq(stats: &BTreeMap<String, u64>) -> u64 {
+    let traffic = |k: &str, kind: &str| {
+        k.starts_with(&format!("{kind}.outbound_")) || k.starts_with(&format!("{kind}.inbound_"))
+    };
     stats
         .iter()
         .filter(|(k, _)| {
-            (k.starts_with("http.outbound_") || k.starts_with("http.inbound_"))
-                && k.ends_with(".downstream_rq_total")
+            (traffic(k, "http") && k.ends_with(".downstream_rq_total"))
+                || (traffic(k, "tcp") && k.ends_with(".downstream_cx_total"))
         })
         .map(|(_, v)| v)
         .sum()
+}
+
+/// TLS handshakes the sidecar's listeners completed (`listener.*.ssl.handshake`,
+/// the server end of the sidecar-to-sidecar hop).
+pub fn listener_handshakes(stats: &BTreeMap<String, u64>) -> u64 {
+    stats
+        .iter()
+        .filter(|(k, _)| k.starts_with("listener.") && k.ends_with(".ssl.handshake"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Key exchanges counted, by group and where (`listener` = the server end,
+/// `cluster` = the client end; Envoy counts both, halyard its listeners):
+/// `ssl.curves.<group>` counters that are not zero, as `where group`.
+pub fn curves(stats: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (k, v) in stats {
+        if *v == 0 {
+            continue;
+        }
+        if let Some((_, group)) = k.split_once(".ssl.curves.") {
+            let end = if k.starts_with("listener.") {
+                "listener"
+            } else if k.starts_with("cluster.") {
+                "cluster"
+            } else {
+                continue;
+            };
+            *out.entry(format!("{end} {group}")).or_default() += v;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -129,5 +168,26 @@ mod tests {
              cluster.x.upstream_rq_total: 5\nhistogram: P0(nan,1)\n",
         );
         assert_eq!(downstream_rq(&stats), 10);
+        let tcp = parse_stats(
+            "tcp.outbound_tcp_8080.downstream_cx_total: 4\ntcp.sds.downstream_cx_total: 2\n",
+        );
+        assert_eq!(downstream_rq(&tcp), 4);
+    }
+
+    #[test]
+    fn reads_key_exchanges_of_both_proxies() {
+        // Envoy counts both ends; halyard its listeners (same names there).
+        let stats = parse_stats(
+            "listener.0.0.0.0_15006.ssl.curves.X25519MLKEM768: 3\n\
+             listener.0.0.0.0_15006.ssl.curves.X25519: 0\n\
+             listener.0.0.0.0_15006.ssl.handshake: 3\n\
+             cluster.outbound|8080||server.bench.svc.cluster.local.ssl.curves.X25519: 2\n\
+             listener.admin.downstream_cx_total: 1\n",
+        );
+        let c = curves(&stats);
+        assert_eq!(c.get("listener X25519MLKEM768"), Some(&3));
+        assert_eq!(c.get("cluster X25519"), Some(&2));
+        assert_eq!(c.len(), 2);
+        assert_eq!(listener_handshakes(&stats), 3);
     }
 }

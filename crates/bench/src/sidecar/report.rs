@@ -105,6 +105,20 @@ impl SidecarReport {
             o.body_bytes,
             self.command
         );
+        if self.summary.iter().any(|c| c.case.transport.is_static()) {
+            let _ = writeln!(
+                s,
+                "Transports: `plaintext` = `halyard up` injects the sidecars (capture, pilot config); \
+                 `static` / `mtls` = the benchmark's fixed two-sidecar bootstraps in an uninjected mesh \
+                 (app → client sidecar 127.0.0.1:15001 → server pod :15006 → app), plaintext or Istio's \
+                 ISTIO_MUTUAL between the sidecars (one mesh CA, P-256 workload certificates, exact \
+                 SPIFFE id checked by the client, trust-domain prefix and a client certificate required \
+                 by the server). `new-conn-per-request`: the load generator opens a connection per request \
+                 and the client sidecar is a tcp_proxy, so every request is a new sidecar-to-sidecar \
+                 connection (under mTLS one full handshake, checked against the server's ssl.handshake). \
+                 Direct runs once per round and case shape, shared by the transports.\n"
+            );
+        }
         let _ = writeln!(s, "![chart]({svg})\n");
         for c in &self.summary {
             case_tables(&mut s, c);
@@ -218,10 +232,39 @@ fn case_tables(s: &mut String, c: &CaseSummary) {
             f(d.app_cpu_s_per_1k_open, 4)
         );
     }
+    if c.case.transport == super::Transport::Mtls {
+        let _ = writeln!(
+            s,
+            "\n| mode | key exchange counted (side, where, group: handshakes) | server TLS handshakes per request (open loop) |"
+        );
+        let _ = writeln!(s, "|---|---|---:|");
+        for (name, m) in c.modes.iter().filter(|(n, _)| *n != "direct") {
+            let curves: Vec<String> = m.curves.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} |",
+                if curves.is_empty() {
+                    "-".into()
+                } else {
+                    curves.join(", ")
+                },
+                f(m.server_handshakes_per_request_open, 3)
+            );
+        }
+    }
+    let mtls: Vec<(String, &std::collections::BTreeMap<String, f64>)> = c
+        .mtls_over_plaintext
+        .iter()
+        .map(|(p, m)| (format!("{p} mtls / {p} static plaintext"), m))
+        .collect();
     for (title, map) in [
-        ("halyard / envoy", &c.halyard_over_envoy),
-        ("halyard / direct", &c.halyard_over_direct),
-    ] {
+        ("halyard / envoy".to_string(), &c.halyard_over_envoy),
+        ("halyard / direct".to_string(), &c.halyard_over_direct),
+        ("envoy / direct".to_string(), &c.envoy_over_direct),
+    ]
+    .into_iter()
+    .chain(mtls)
+    {
         if map.is_empty() {
             continue;
         }

@@ -2,13 +2,16 @@
 //! interleaved loop over all of them: for each round, for each case, every
 //! mode in turn, so drift on the machine hits every mode alike.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use anyhow::{Context, bail};
 
-use super::conn::{self, Target};
+use super::conn::{self, NsSockets, Target};
 use super::load::{self, Load, LoadResult};
 use super::mesh::Mesh;
 use super::probe::{self, ProcSample};
-use super::{Case, Mode, Options};
+use super::static_pair::{self, StaticPair};
+use super::{Case, Mode, Options, Transport};
 
 /// One sidecar's cost in one run.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -28,6 +31,16 @@ pub struct SidecarRecord {
     /// downstream_rq_total deltas over each phase (must equal requests sent).
     pub rq_open: u64,
     pub rq_closed: u64,
+    /// TLS handshakes its listeners completed in each loop (the server end
+    /// of an mTLS hop; 0 elsewhere).
+    #[serde(default)]
+    pub tls_handshakes_open: u64,
+    #[serde(default)]
+    pub tls_handshakes_closed: u64,
+    /// Key exchanges it counted over the whole run (`listener X25519MLKEM768`:
+    /// as the server end; `cluster X25519`: as the client end, Envoy only).
+    #[serde(default)]
+    pub curves: BTreeMap<String, u64>,
 }
 
 /// Everything one run measured.
@@ -56,8 +69,13 @@ pub fn run_all(opts: &Options, mut each: impl FnMut(&RunRecord)) -> anyhow::Resu
     let mut out = Vec::new();
     let mut seq = 0;
     for round in 1..=opts.rounds {
+        // Cases differing only in transport share this round's direct run.
+        let mut direct_done = BTreeSet::new();
         for case in &opts.cases {
             for &mode in &opts.modes {
+                if mode == Mode::Direct && !direct_done.insert(case.direct_key()) {
+                    continue;
+                }
                 if super::stopping() {
                     bail!("interrupted after {} run(s)", out.len());
                 }
@@ -103,6 +121,8 @@ struct Snapshot {
     bench: Option<ProcSample>,
     host: (u64, u64),
     rq: Vec<u64>,
+    handshakes: Vec<u64>,
+    curves: Vec<BTreeMap<String, u64>>,
 }
 
 fn run_one(
@@ -114,10 +134,36 @@ fn run_one(
 ) -> anyhow::Result<RunRecord> {
     let mesh = Mesh::up(&opts.mesh, mode, case.transport, seq)?;
     let pods = mesh.pods()?;
+    // The static transports' pair, started here (dropped, so stopped,
+    // before the mesh goes down, also on error).
+    let pair = if mode.has_sidecars() && case.transport.is_static() {
+        let pki = match case.transport {
+            Transport::Mtls => Some(opts.pki.as_ref().context("mTLS case without a PKI")?),
+            _ => None,
+        };
+        Some(StaticPair::start(
+            &opts.mesh,
+            mode,
+            &case,
+            &pods,
+            pki,
+            &mesh.run_dir().join("pair"),
+        )?)
+    } else {
+        None
+    };
     let sides = [("client", &pods.client), ("server", &pods.server)];
     let mut sidecars = Vec::new();
-    for (side, pod) in sides {
-        match (mode.has_sidecars(), pod.sidecar_pid) {
+    for (i, (side, pod)) in sides.into_iter().enumerate() {
+        let pid = match &pair {
+            Some(p) => Some(if i == 0 {
+                p.client.pid()
+            } else {
+                p.server.pid()
+            }),
+            None => pod.sidecar_pid,
+        };
+        match (mode.has_sidecars(), pid) {
             (true, Some(pid)) => {
                 let exe = probe::exe(pid);
                 let want = if mode == Mode::Envoy {
@@ -135,20 +181,32 @@ fn run_one(
             (false, None) => {}
         }
     }
+    // Static pair: the app talks to its sidecar's listener (no capture);
+    // otherwise to the Service's cluster IP (captured, or direct).
+    let addr = if pair.is_some() {
+        static_pair::CLIENT_LISTENER
+    } else {
+        pods.service
+    };
     let target = Target {
         netns: pods.client.netns.clone(),
-        addr: pods.service,
+        sockets: NsSockets::new(&pods.client.netns).context("client pod namespace")?,
+        addr,
         authority: format!("server.bench:{}", pods.service.port()),
         path: format!("/?size={}", opts.body_bytes),
         protocol: case.protocol,
         body_len: opts.body_bytes,
+        per_request: case.per_request,
     };
     sanity(&target, mode)?;
     let app_pid = pods.server.app_pids.first().copied();
     let snap = || -> anyhow::Result<Snapshot> {
-        let mut rq = Vec::new();
+        let (mut rq, mut handshakes, mut curves) = (Vec::new(), Vec::new(), Vec::new());
         for (_, netns, _, _) in &sidecars {
-            rq.push(probe::downstream_rq(&probe::admin_stats(netns)?));
+            let stats = probe::admin_stats(netns)?;
+            rq.push(probe::downstream_rq(&stats));
+            handshakes.push(probe::listener_handshakes(&stats));
+            curves.push(probe::curves(&stats));
         }
         Ok(Snapshot {
             procs: sidecars
@@ -159,6 +217,8 @@ fn run_one(
             bench: probe::proc_sample(std::process::id()),
             host: probe::host_cpu(),
             rq,
+            handshakes,
+            curves,
         })
     };
     let idle = snap()?;
@@ -187,6 +247,7 @@ fn run_one(
         },
     )?;
     let after_closed = snap()?;
+    drop(pair);
     mesh.down()?;
 
     let tck = probe::clk_tck();
@@ -216,6 +277,24 @@ fn run_one(
                 open_r.sent, closed_r.sent
             ));
         }
+        let hs_open = after_open.handshakes[i] - before.handshakes[i];
+        let hs_closed = after_closed.handshakes[i] - after_open.handshakes[i];
+        if case.transport == Transport::Mtls && *side == "server" {
+            // Proof of what the run measured: one full handshake per request
+            // with a new connection per request; a pooled hop otherwise.
+            if case.per_request && open_r.errors == 0 && hs_open != open_r.sent {
+                checks.push(format!(
+                    "server sidecar completed {hs_open} TLS handshakes for {} requests with a new connection each",
+                    open_r.sent
+                ));
+            }
+            if after_closed.curves[i]
+                .keys()
+                .all(|k| !k.starts_with("listener "))
+            {
+                checks.push("server sidecar counted no key exchange (ssl.curves.*)".into());
+            }
+        }
         let hwm = |s: &Option<ProcSample>| s.map_or(0, |s| s.hwm_kib);
         records.push(SidecarRecord {
             side: side.to_string(),
@@ -235,6 +314,9 @@ fn run_one(
             hwm_after_closed_kib: hwm(&after_closed.procs[i]),
             rq_open,
             rq_closed,
+            tls_handshakes_open: hs_open,
+            tls_handshakes_closed: hs_closed,
+            curves: after_closed.curves[i].clone(),
         });
     }
     if open_r.errors + closed_r.errors + warm.errors > 0 {

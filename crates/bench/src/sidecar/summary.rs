@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::run::RunRecord;
-use super::{Case, Mode};
+use super::{Case, Mode, Transport};
 
 /// The latency percentiles the report shows, with their JSON names.
 pub const PCTS: [&str; 4] = ["p50", "p90", "p99", "p99.9"];
@@ -36,6 +36,12 @@ pub struct ModeSummary {
     pub other_busy_pct_open: Option<f64>,
     pub app_cpu_s_per_1k_open: Option<f64>,
     pub checks_failed: usize,
+    /// Key exchanges counted over its runs, `side where group` -> count
+    /// (e.g. `server listener X25519MLKEM768`): what the pair negotiated.
+    pub curves: BTreeMap<String, u64>,
+    /// TLS handshakes the server sidecar completed per request, open loop
+    /// (1.0 with a new connection per request; near 0 when pooled).
+    pub server_handshakes_per_request_open: Option<f64>,
 }
 
 /// A case's summary: per mode, and the ratios.
@@ -47,6 +53,13 @@ pub struct CaseSummary {
     pub halyard_over_envoy: BTreeMap<String, f64>,
     /// figure -> halyard / direct (latency and max rps).
     pub halyard_over_direct: BTreeMap<String, f64>,
+    /// figure -> envoy / direct.
+    #[serde(default)]
+    pub envoy_over_direct: BTreeMap<String, f64>,
+    /// mTLS cases: proxy -> figure -> this case / the same case over the
+    /// `static` (plaintext) pair in the same run: what mTLS costs each proxy.
+    #[serde(default)]
+    pub mtls_over_plaintext: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 pub fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -115,6 +128,26 @@ fn summarize_mode(rs: &[&RunRecord]) -> ModeSummary {
         other_busy_pct_open: m(&|r| r.other_busy_pct_open.unwrap_or(f64::NAN)),
         app_cpu_s_per_1k_open: m(&|r| r.app_cpu_s_per_1k_open.unwrap_or(f64::NAN)),
         checks_failed: rs.iter().map(|r| r.checks.len()).sum(),
+        curves: rs
+            .iter()
+            .flat_map(|r| &r.sidecars)
+            .flat_map(|s| {
+                s.curves
+                    .iter()
+                    .map(move |(k, v)| (format!("{} {k}", s.side), *v))
+            })
+            .fold(BTreeMap::new(), |mut m, (k, v)| {
+                *m.entry(k).or_default() += v;
+                m
+            }),
+        server_handshakes_per_request_open: m(&|r| {
+            let hs = side(r, "server", |s| s.tls_handshakes_open as f64);
+            if hs > 0.0 && r.open.sent > 0 {
+                hs / r.open.sent as f64
+            } else {
+                f64::NAN
+            }
+        }),
     }
 }
 
@@ -153,14 +186,22 @@ fn ratios(a: &ModeSummary, b: &ModeSummary) -> BTreeMap<String, f64> {
 
 /// Summaries of every case, in the order the cases ran.
 pub fn summarize(cases: &[Case], runs: &[RunRecord]) -> Vec<CaseSummary> {
-    cases
+    let mut out: Vec<CaseSummary> = cases
         .iter()
         .map(|case| {
             let mut modes = BTreeMap::new();
             for mode in [Mode::Direct, Mode::Halyard, Mode::Envoy] {
+                // Direct runs once per round for all transports of a case.
                 let rs: Vec<&RunRecord> = runs
                     .iter()
-                    .filter(|r| r.case == *case && r.mode == mode)
+                    .filter(|r| {
+                        r.mode == mode
+                            && if mode == Mode::Direct {
+                                r.case.direct_key() == case.direct_key()
+                            } else {
+                                r.case == *case
+                            }
+                    })
                     .collect();
                 if !rs.is_empty() {
                     modes.insert(mode.name().to_string(), summarize_mode(&rs));
@@ -186,14 +227,45 @@ pub fn summarize(cases: &[Case], runs: &[RunRecord]) -> Vec<CaseSummary> {
                 (Some(h), Some(d)) => ratios(h, d),
                 _ => BTreeMap::new(),
             };
+            let envoy_over_direct = match (get("envoy"), get("direct")) {
+                (Some(e), Some(d)) => ratios(e, d),
+                _ => BTreeMap::new(),
+            };
             CaseSummary {
                 case: *case,
                 modes,
                 halyard_over_envoy,
                 halyard_over_direct,
+                envoy_over_direct,
+                mtls_over_plaintext: BTreeMap::new(),
             }
         })
-        .collect()
+        .collect();
+    // mTLS against the plaintext static pair of the same shape, per proxy.
+    let plain: Vec<(Case, BTreeMap<String, ModeSummary>)> = out
+        .iter()
+        .filter(|c| c.case.transport == Transport::Static)
+        .map(|c| (c.case, c.modes.clone()))
+        .collect();
+    for c in out
+        .iter_mut()
+        .filter(|c| c.case.transport == Transport::Mtls)
+    {
+        let want = Case {
+            transport: Transport::Static,
+            ..c.case
+        };
+        let Some((_, base)) = plain.iter().find(|(k, _)| *k == want) else {
+            continue;
+        };
+        for proxy in ["halyard", "envoy"] {
+            if let (Some(m), Some(b)) = (c.modes.get(proxy), base.get(proxy)) {
+                c.mtls_over_plaintext
+                    .insert(proxy.to_string(), ratios(m, b));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
