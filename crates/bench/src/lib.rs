@@ -3,6 +3,7 @@
 //! JSON, markdown and SVG results; [`sidecar`] is the data-plane benchmark
 //! (halyard vs Envoy sidecars vs a direct connection).
 
+pub mod handshake;
 pub mod pilot_bench;
 pub mod report;
 pub mod sidecar;

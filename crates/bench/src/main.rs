@@ -30,6 +30,9 @@ enum Command {
     /// Data plane: client → sidecar → sidecar → server against direct, with
     /// halyard and stock Envoy sidecars; latency, CPU, RSS, max rps.
     Sidecar(bench::sidecar::cli::SidecarArgs),
+    /// Mutual-TLS handshake cost per key exchange group (the post-quantum
+    /// hybrid X25519MLKEM768 against X25519 and P-256), in memory.
+    Handshake(bench::handshake::HandshakeArgs),
 }
 
 #[derive(clap::Args)]
@@ -121,6 +124,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sidecar(args) => bench::sidecar::cli::main(args),
+        Command::Handshake(args) => bench::handshake::run(&args),
     }
 }
 
