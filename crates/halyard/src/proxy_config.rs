@@ -115,29 +115,29 @@ pub fn rows(dump: &Value) -> Vec<SecretRow> {
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
             .map(|b| String::from_utf8_lossy(&b).to_string())
             .unwrap_or_default();
-        let Some(first) = pem::parse_many(&pem_text)
-            .ok()
-            .and_then(|p| p.into_iter().next())
-        else {
-            continue;
-        };
-        let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(first.contents())
-        else {
-            continue;
-        };
-        let identity = identity::tls::spiffe_id(&first.contents().to_vec().into())
-            .map(|id| id.to_string())
-            .unwrap_or_default();
-        out.push(SecretRow {
-            resource_name: name,
-            kind: kind.to_string(),
-            status: "ACTIVE".to_string(),
-            valid_cert: cert.validity().is_valid(),
-            serial_number: cert.raw_serial_as_string().replace(':', ""),
-            not_after: rfc3339(cert.validity().not_after),
-            not_before: rfc3339(cert.validity().not_before),
-            identity,
-        });
+        let certs = pem::parse_many(&pem_text).unwrap_or_default();
+        // A certificate chain is shown by its leaf; roots one row each (a
+        // trust bundle mid-rotation holds several).
+        let shown = if kind == "CA" { certs.len() } else { 1 };
+        for p in certs.iter().take(shown) {
+            let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(p.contents())
+            else {
+                continue;
+            };
+            let identity = identity::tls::spiffe_id(&p.contents().to_vec().into())
+                .map(|id| id.to_string())
+                .unwrap_or_default();
+            out.push(SecretRow {
+                resource_name: name.clone(),
+                kind: kind.to_string(),
+                status: "ACTIVE".to_string(),
+                valid_cert: cert.validity().is_valid(),
+                serial_number: cert.raw_serial_as_string().replace(':', ""),
+                not_after: rfc3339(cert.validity().not_after),
+                not_before: rfc3339(cert.validity().not_before),
+                identity,
+            });
+        }
     }
     out
 }
@@ -182,6 +182,32 @@ pub fn run(cmd: &ProxyConfigCommand) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+
+    #[test]
+    fn a_trust_bundle_shows_one_row_per_root() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let roots: String = [a.path(), b.path()]
+            .iter()
+            .map(|d| {
+                identity::Ca::from_dir(d, "cluster.local")
+                    .unwrap()
+                    .roots()
+                    .concat()
+            })
+            .collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(roots);
+        let dump = serde_json::json!({"configs": [{"secret": {"name": "ROOTCA",
+            "validation_context": {"trusted_ca": {"inline_bytes": b64}}}}]});
+        let rows = super::rows(&dump);
+        assert_eq!(rows.len(), 2);
+        assert!(
+            rows.iter()
+                .all(|r| r.resource_name == "ROOTCA" && r.kind == "CA" && r.valid_cert)
+        );
+        assert_ne!(rows[0].serial_number, rows[1].serial_number);
+    }
+
     #[test]
     fn dechunks() {
         assert_eq!(
