@@ -319,18 +319,7 @@ fn check_sidecar(
     );
 
     // What Envoy holds, as `istioctl proxy-config secret` shows it.
-    let out = halyard()
-        .args([
-            "proxy-config",
-            "secret",
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .args(["--output", "json"])
-        .output()
-        .expect("proxy-config");
-    assert!(out.status.success(), "{out:?}");
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rows = secret_rows(admin).expect("proxy-config secret --output json");
     let by_name = |n: &str| {
         rows.as_array()
             .and_then(|r| r.iter().find(|r| r["resource_name"] == n))
@@ -360,17 +349,7 @@ fn check_sidecar(
             "the agent to serve the file root",
             Duration::from_secs(10),
             || {
-                let out = halyard()
-                    .args([
-                        "proxy-config",
-                        "secret",
-                        "--admin",
-                        &format!("127.0.0.1:{admin}"),
-                    ])
-                    .args(["--output", "json"])
-                    .output()
-                    .ok()?;
-                let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                let rows = secret_rows(admin)?;
                 rows.as_array()?
                     .iter()
                     .find(|r| r["resource_name"] == file_root.as_str())
@@ -413,6 +392,20 @@ fn check_sidecar(
 }
 
 use tokio_rustls::rustls as rustls_config;
+
+/// `halyard proxy-config secret --admin 127.0.0.1:PORT --output json`.
+fn secret_rows(admin: u16) -> Option<serde_json::Value> {
+    let out = halyard()
+        .args(["proxy-config", "secret", "--admin"])
+        .arg(format!("127.0.0.1:{admin}"))
+        .args(["--output", "json"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
 
 /// Accepts any server (only to show that the server is the one refusing).
 #[derive(Debug)]

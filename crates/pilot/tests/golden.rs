@@ -6,33 +6,16 @@
 //! `UPDATE_GOLDEN=1 cargo test -p pilot --test golden` rewrites the
 //! expectations; review the diff.
 
+mod common;
+
 use std::path::Path;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use pilot::node::ProxyNode;
 use pilot::translate::translate;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn run_case(dir: &Path) {
-    let (resources, errors) = api::load::load_path(&dir.join("config.yaml"));
-    assert!(errors.is_empty(), "{}: {errors:?}", dir.display());
-    let mut mesh = pilot::compile::build(&resources);
-    let mesh_yaml = dir.join("mesh.yaml");
-    if mesh_yaml.exists() {
-        let mc = api::mesh_config::load_mesh_config(&mesh_yaml).expect("mesh.yaml");
-        mesh.tls = Some(pilot::mesh::MeshTls {
-            trust_domain: mc.trust_domain().to_string(),
-            trust_domain_aliases: mc.trust_domain_aliases.clone(),
-            auto_mtls: mc.enable_auto_mtls.unwrap_or(true),
-        });
-    }
-    let node: Node = xds::json::from_json(
-        &serde_json::from_str::<Value>(
-            &std::fs::read_to_string(dir.join("node.json")).expect("node.json"),
-        )
-        .expect("node.json is JSON"),
-    )
-    .expect("node.json is an Envoy node");
+    let (mesh, node) = common::golden_case(dir);
     let proxy = ProxyNode::from_node(&node).expect("valid node");
     let out = translate(&mesh, &proxy);
     let actual = json!({

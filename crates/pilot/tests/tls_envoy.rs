@@ -6,6 +6,8 @@
 //! push must be ACKed with zero `update_rejected`, and every listener and
 //! cluster must leave warming (its secrets arrived and were usable).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +17,6 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, TlsCertificate, secret,
 };
 use pilot::discovery::Discovery;
-use serde_json::Value;
 use tokio_stream::wrappers::TcpListenerStream;
 use xds::server::{Resource, Snapshot, SnapshotSource, TypeSnapshot};
 use xds::status::SyncStatus;
@@ -141,22 +142,7 @@ fn cases() -> Vec<(String, pilot::mesh::Mesh, Node)> {
     dirs.sort();
     dirs.into_iter()
         .map(|dir| {
-            let (resources, errors) = api::load::load_path(&dir.join("config.yaml"));
-            assert!(errors.is_empty(), "{}: {errors:?}", dir.display());
-            let mc = api::mesh_config::load_mesh_config(&dir.join("mesh.yaml")).expect("mesh");
-            let mut mesh = pilot::compile::build(&resources);
-            mesh.tls = Some(pilot::mesh::MeshTls {
-                trust_domain: mc.trust_domain().to_string(),
-                trust_domain_aliases: mc.trust_domain_aliases.clone(),
-                auto_mtls: mc.enable_auto_mtls.unwrap_or(true),
-            });
-            let node: Node = xds::json::from_json(
-                &serde_json::from_str::<Value>(
-                    &std::fs::read_to_string(dir.join("node.json")).expect("node.json"),
-                )
-                .expect("json"),
-            )
-            .expect("node");
+            let (mesh, node) = common::golden_case(&dir);
             let name = dir.file_name().expect("name").to_string_lossy().to_string();
             (name, mesh, node)
         })
