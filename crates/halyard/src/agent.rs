@@ -264,33 +264,23 @@ fn any_of<M: Message + Name>(m: &M) -> prost_types::Any {
     }
 }
 
-/// The system trust store (Debian's bundle), for `file-root:system`.
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-/// pilot-agent's file-backed SDS names, read from disk:
-/// `file-cert:CERT~KEY` (a certificate and key), `file-root:CA` or
-/// `file-root:system` (roots). None for other names; Err names the file.
+/// pilot-agent's file-backed SDS names (`file-cert:CERT~KEY`,
+/// `file-root:CA`, `file-root:system`), read as our proxy reads them, as
+/// Envoy secrets. None for other names; Err names the file.
 fn file_secret(name: &str) -> Option<Result<Secret, String>> {
-    let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{name}: {p}: {e}"));
-    let r#type = if let Some(paths) = name.strip_prefix("file-cert:") {
-        let (cert, key) = paths.split_once('~')?;
-        (|| {
-            Ok(secret::Type::TlsCertificate(TlsCertificate {
-                certificate_chain: inline(&read(cert)?),
-                private_key: inline(&read(key)?),
-                ..Default::default()
-            }))
-        })()
-    } else {
-        let path = name.strip_prefix("file-root:")?;
-        let path = if path == "system" { SYSTEM_ROOTS } else { path };
-        read(path).map(|pem| {
+    let r#type = proxy::tls::file_secret(name)?.map(|s| match s {
+        proxy::tls::Secret::Certificate(c) => secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline(&c.chain),
+            private_key: inline(&c.key),
+            ..Default::default()
+        }),
+        proxy::tls::Secret::Roots(pem) => {
             secret::Type::ValidationContext(CertificateValidationContext {
                 trusted_ca: inline(&pem),
                 ..Default::default()
             })
-        })
-    };
+        }
+    });
     Some(r#type.map(|t| Secret {
         name: name.to_string(),
         r#type: Some(t),

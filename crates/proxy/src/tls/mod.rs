@@ -125,7 +125,7 @@ impl Secrets {
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Istio's file-backed SDS names (pilot-agent reads the files).
-fn file_secret(name: &str) -> Option<Result<Secret, String>> {
+pub fn file_secret(name: &str) -> Option<Result<Secret, String>> {
     let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("{name}: {p}: {e}"));
     if let Some(paths) = name.strip_prefix("file-cert:") {
         let (cert, key) = paths.split_once('~')?;
