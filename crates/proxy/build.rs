@@ -27,6 +27,7 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.transport_sockets.tls.v3.Secret",
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
     "envoy.extensions.filters.http.fault.v3.HTTPFault",
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
 ];
 
 fn collect(prefix: &str, msgs: &[DescriptorProto], file: &str, out: &mut HashMap<String, String>) {

@@ -56,6 +56,8 @@ pub enum ResponseFlag {
     FaultInjected,
     /// The client went away before the response was complete.
     DownstreamConnectionTermination,
+    /// Retries ran out while the last answer was still retriable.
+    UpstreamRetryLimitExceeded,
 }
 
 impl ResponseFlag {
@@ -71,6 +73,7 @@ impl ResponseFlag {
             ResponseFlag::DelayInjected => "DI",
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::DownstreamConnectionTermination => "DC",
+            ResponseFlag::UpstreamRetryLimitExceeded => "URX",
         }
     }
 }
@@ -144,13 +147,17 @@ impl RequestError {
         }
     }
 
-    /// Whether a retry policy may try again (no retry policy is supported yet;
-    /// kept so retries slot in without reshaping errors).
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            RequestError::ConnectFailure(_) | RequestError::UpstreamReset(_)
-        )
+    /// How an attempt failed, for a retry policy (None: not an upstream
+    /// failure a retry could help with).
+    pub fn failure(&self) -> Option<crate::config::retry::Failure> {
+        use crate::config::retry::Failure;
+        match self {
+            RequestError::ConnectFailure(_) => Some(Failure::ConnectFailure),
+            RequestError::UpstreamReset(e) if refused_stream(e) => Some(Failure::RefusedStream),
+            RequestError::UpstreamReset(_) => Some(Failure::Reset),
+            RequestError::Timeout => Some(Failure::PerTryTimeout),
+            _ => None,
+        }
     }
 
     /// Body of the local reply; Envoy sends an empty body for NR.
@@ -160,6 +167,19 @@ impl RequestError {
             other => other.to_string(),
         }
     }
+}
+
+/// Whether an h2 stream was reset with REFUSED_STREAM (the server did not
+/// process it, so it is safe to send again).
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Failures that stop the proxy from starting.

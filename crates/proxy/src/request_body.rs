@@ -79,8 +79,14 @@ pub struct Recording<B> {
 pub struct ReplayHandle(Arc<Mutex<Kept>>);
 
 impl<B> Recording<B> {
-    pub fn new(inner: B, limit: usize) -> (Recording<B>, ReplayHandle) {
-        let kept = Arc::new(Mutex::new(Kept::default()));
+    pub fn new(inner: B, limit: usize) -> (Recording<B>, ReplayHandle)
+    where
+        B: Body,
+    {
+        let kept = Arc::new(Mutex::new(Kept {
+            complete: inner.is_end_stream(),
+            ..Kept::default()
+        }));
         (
             Recording {
                 inner,
@@ -164,6 +170,17 @@ pub struct Replay {
     data: Vec<Bytes>,
     trailers: Option<HeaderMap>,
     len: u64,
+}
+
+impl Replay {
+    /// An empty body, as often as needed (a request without one).
+    pub fn empty() -> Replay {
+        Replay {
+            data: Vec::new(),
+            trailers: None,
+            len: 0,
+        }
+    }
 }
 
 impl Body for Replay {

@@ -592,6 +592,11 @@ pub struct ClusterStats {
     /// 1xx..5xx, by class.
     pub upstream_rq_xx: [Counter; 5],
     pub upstream_rq_timeout: Counter,
+    pub upstream_rq_per_try_timeout: Counter,
+    pub upstream_rq_retry: Counter,
+    pub upstream_rq_retry_success: Counter,
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    pub upstream_rq_retry_backoff_exponential: Counter,
     /// `upstream_rq_time`: upstream request start to the response's last byte.
     pub upstream_rq_time: Histogram,
     pub upstream_cx_total: Counter,
@@ -617,6 +622,12 @@ impl ClusterStats {
             upstream_rq_active: s.gauge(stats, "upstream_rq_active"),
             upstream_rq_xx: [1, 2, 3, 4, 5].map(|c| s.code_class(stats, "upstream_rq", c)),
             upstream_rq_timeout: s.counter(stats, "upstream_rq_timeout"),
+            upstream_rq_per_try_timeout: s.counter(stats, "upstream_rq_per_try_timeout"),
+            upstream_rq_retry: s.counter(stats, "upstream_rq_retry"),
+            upstream_rq_retry_success: s.counter(stats, "upstream_rq_retry_success"),
+            upstream_rq_retry_limit_exceeded: s.counter(stats, "upstream_rq_retry_limit_exceeded"),
+            upstream_rq_retry_backoff_exponential: s
+                .counter(stats, "upstream_rq_retry_backoff_exponential"),
             upstream_rq_time: s.histogram(stats, "upstream_rq_time"),
             upstream_cx_total: s.counter(stats, "upstream_cx_total"),
             upstream_cx_active: s.gauge(stats, "upstream_cx_active"),

@@ -17,7 +17,7 @@ use crate::error::ResponseFlag;
 pub struct ResponseFlags(u32);
 
 impl ResponseFlags {
-    const ALL: [ResponseFlag; 10] = [
+    const ALL: [ResponseFlag; 11] = [
         ResponseFlag::DownstreamConnectionTermination,
         ResponseFlag::DelayInjected,
         ResponseFlag::FaultInjected,
@@ -27,6 +27,7 @@ impl ResponseFlags {
         ResponseFlag::UpstreamConnectionTermination,
         ResponseFlag::UpstreamConnectionFailure,
         ResponseFlag::UpstreamRequestTimeout,
+        ResponseFlag::UpstreamRetryLimitExceeded,
         ResponseFlag::DownstreamProtocolError,
     ];
 

@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod fault;
 pub mod header_ops;
 pub mod listener;
+pub mod retry;
 pub mod route;
 pub mod store;
 pub mod subset;

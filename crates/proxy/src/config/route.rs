@@ -13,6 +13,7 @@ use regex::Regex;
 
 use super::fault::FaultConfig;
 use super::header_ops::LevelHeaders;
+use super::retry::RetryPolicy;
 use super::{check_subset, duration, subset};
 use crate::error::ConfigError;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault as FaultProto;
@@ -46,6 +47,10 @@ pub(crate) struct DomainIndex {
 pub struct VirtualHost {
     pub name: String,
     pub routes: Vec<Route>,
+    /// `include_request_attempt_count`: `x-envoy-attempt-count` upstream.
+    pub attempt_count_upstream: bool,
+    /// `include_attempt_count_in_response`: the same header downstream.
+    pub attempt_count_downstream: bool,
 }
 
 #[derive(Debug)]
@@ -171,6 +176,8 @@ pub struct RouteAction {
     pub timeout: Option<Duration>,
     /// Per weighted cluster (same order), when any has header mutations.
     pub cluster_headers: Vec<Option<Arc<LevelHeaders>>>,
+    /// The route's retry policy, else its virtual host's.
+    pub retry: Option<Arc<RetryPolicy>>,
 }
 
 impl RouteAction {
@@ -270,7 +277,7 @@ impl TryFrom<&XdsRouteConfiguration> for RouteConfig {
                     domains.exact.insert(d, vi);
                 }
             }
-            let routes = vh
+            let mut routes = vh
                 .routes
                 .iter()
                 .enumerate()
@@ -278,9 +285,25 @@ impl TryFrom<&XdsRouteConfiguration> for RouteConfig {
                     Route::try_from(r).map_err(|e| e.under(&format!("{vpath}.routes[{ri}]")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            // A route without a retry policy of its own takes its host's.
+            if let Some(p) = &vh.retry_policy {
+                let policy = Arc::new(
+                    RetryPolicy::try_from(p)
+                        .map_err(|e| e.under(&format!("{vpath}.retry_policy")))?,
+                );
+                for r in &mut routes {
+                    if let Action::Forward(a) = &mut r.action
+                        && a.retry.is_none()
+                    {
+                        a.retry = Some(policy.clone());
+                    }
+                }
+            }
             virtual_hosts.push(VirtualHost {
                 name: vh.name.clone(),
                 routes,
+                attempt_count_upstream: vh.include_request_attempt_count,
+                attempt_count_downstream: vh.include_attempt_count_in_response,
             });
         }
         domains
@@ -555,10 +578,17 @@ impl TryFrom<&xds_route::RouteAction> for RouteAction {
             None => Some(DEFAULT_ROUTE_TIMEOUT),
             Some(d) => Some(duration(d, "timeout")?).filter(|d| !d.is_zero()),
         };
+        let retry = match &a.retry_policy {
+            Some(p) => Some(Arc::new(
+                RetryPolicy::try_from(p).map_err(|e| e.under("retry_policy"))?,
+            )),
+            None => None,
+        };
         Ok(RouteAction {
             clusters,
             timeout,
             cluster_headers,
+            retry,
         })
     }
 }

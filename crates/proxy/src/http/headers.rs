@@ -10,6 +10,7 @@ use crate::upstream::lb::random;
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =

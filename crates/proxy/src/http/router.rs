@@ -11,15 +11,15 @@ use tokio::time::Instant;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 
 use super::body::{EndTimer, ResponseBody};
 use super::connection_manager::HttpContext;
 use super::fault::{self, FaultConfig};
 use super::headers::{
-    self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_FOR,
-    X_FORWARDED_PROTO, X_REQUEST_ID,
+    self, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME,
+    X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use super::path_normalization;
 use super::route_match::RequestView;
@@ -27,11 +27,14 @@ use crate::config::cluster::UpstreamProtocol;
 use crate::config::header_ops::LevelHeaders;
 use crate::config::listener::HttpFilter;
 use crate::config::listener::RouteSource;
+use crate::config::retry::RetryPolicy;
 use crate::config::route::{Action, DirectResponse, PathMatch, PathRedirect, Redirect};
 use crate::error::{RequestError, ResponseFlag};
-use crate::request_body::RequestBody;
+use crate::request_body::{Recording, Replay, ReplayHandle, RequestBody};
 use crate::stream_info::StreamInfo;
+use crate::upstream::cluster::UpstreamCluster;
 use crate::upstream::host::ActiveRequest;
+use crate::upstream::host::Host;
 use crate::upstream::lb::random;
 use crate::upstream::pool::{self, Protocol};
 
@@ -65,6 +68,10 @@ pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
     // The route's response mutations apply to what it answered, upstream or
     // local (as Envoy's finalizeResponseHeaders), before the server header.
     mutations.response(resp.headers_mut());
+    if let Some(n) = mutations.attempts {
+        resp.headers_mut()
+            .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(n));
+    }
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("envoy"));
     stats.record_status(resp.status().as_u16());
@@ -107,6 +114,9 @@ struct Mutations {
     cluster: Option<Arc<LevelHeaders>>,
     route: Option<Arc<LevelHeaders>>,
     info: Option<StreamInfo>,
+    /// Upstream attempts made, when the virtual host reports them
+    /// (`include_attempt_count_in_response`), on answers and local replies.
+    attempts: Option<u32>,
 }
 
 impl Mutations {
@@ -146,7 +156,7 @@ async fn forward(
 
     // Route, cluster and host, from one consistent snapshot.
     let mut fault: Option<Arc<FaultConfig>> = None;
-    let (cluster, timeout) = {
+    let (cluster, timeout, route) = {
         let snapshot = ctx.store.load();
         let rds;
         let routes = match &ctx.hcm.routes {
@@ -162,10 +172,10 @@ async fn forward(
             authority,
             headers: req.headers(),
         };
-        let route = routes
+        let vh = routes
             .virtual_host(authority)
-            .and_then(|vh| vh.route(&view))
             .ok_or(RequestError::NoRoute)?;
+        let route = vh.route(&view).ok_or(RequestError::NoRoute)?;
         mutations.route = route.headers.clone();
         if let Some(info) = &mut mutations.info {
             info.route_name = Some(route.name.as_str().into());
@@ -206,7 +216,12 @@ async fn forward(
             .get(name)
             .cloned()
             .ok_or_else(|| RequestError::NoCluster(name.to_string()));
-        (cluster, action.timeout)
+        let retry = RetrySetup {
+            retry: action.retry.clone(),
+            attempt_count_upstream: vh.attempt_count_upstream,
+            attempt_count_downstream: vh.attempt_count_downstream,
+        };
+        (cluster, action.timeout, retry)
     };
     // The fault filter runs before the router: a delay, then maybe an abort.
     if let Some(fault) = fault
@@ -219,14 +234,11 @@ async fn forward(
         return Ok(reply);
     }
     let cluster = cluster?;
-    cluster.stats.upstream_rq_total.inc();
-    let Some(host) = cluster.pick(ctx.downstream.original_dst) else {
+    let od = ctx.downstream.original_dst;
+    let Some(mut host) = cluster.pick(od) else {
         cluster.stats.upstream_cx_none_healthy.inc();
         return Err(RequestError::NoHealthyUpstream);
     };
-    if let Some(info) = &mut mutations.info {
-        info.upstream_host = Some(host.addr.to_string().into());
-    }
 
     let upgrade = !downstream_h2 && headers::wants_upgrade(req.headers());
     if upgrade && !(ctx.hcm.websocket && headers::is_upgrade(req.headers(), "websocket")) {
@@ -240,10 +252,16 @@ async fn forward(
         UpstreamProtocol::UseDownstream if downstream_h2 => Protocol::Http2,
         UpstreamProtocol::UseDownstream => Protocol::Http1,
     };
-    prepare_request(&mut req, protocol, ctx, upgrade, timeout);
+    // An upgraded stream cannot be sent twice.
+    let retry = route.retry.filter(|_| !upgrade);
+    let per_try = retry.as_ref().and_then(|p| p.per_try_timeout);
+    let expected = match (timeout, per_try) {
+        (Some(t), Some(p)) => Some(t.min(p)),
+        (t, p) => t.or(p),
+    };
+    prepare_request(&mut req, protocol, ctx, upgrade, expected);
     mutations.request(req.headers_mut());
 
-    let active = ActiveRequest::new(host, cluster.stats.upstream_rq_active.clone());
     let start = Instant::now();
     // auto_sni: the TLS SNI is the request's host (without a port).
     let sni = cluster.config.auto_sni.then(|| {
@@ -267,32 +285,112 @@ async fn forward(
         sni: sni.as_deref().filter(|s| !s.is_empty()),
         verify_sni: cluster.config.auto_san_validation,
     };
-    let send = pool::send(
-        active,
-        protocol,
-        req.map(RequestBody::Streaming),
-        &dial,
-        upgrade,
-    );
-    let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                cluster.stats.upstream_rq_timeout.inc();
-                Err(RequestError::Timeout)
-            }
-        },
-        None => send.await,
-    };
-    let mut resp = match result {
-        Ok(r) => r,
-        Err(e) => {
-            cluster.stats.record_status(e.status().as_u16());
-            return Err(e);
+    let deadline = timeout.map(|t| start + t);
+    let mut attempts = Attempts::new(req, retry.is_some());
+    let mut attempt: u32 = 1;
+    let mut tried: Vec<Arc<Host>> = Vec::new();
+    let mut resp = loop {
+        if let Some(info) = &mut mutations.info {
+            info.upstream_host = Some(host.addr.to_string().into());
         }
+        let last = retry.as_ref().is_none_or(|p| attempt > p.num_retries);
+        let mut request = attempts.next(last);
+        if route.attempt_count_downstream {
+            mutations.attempts = Some(attempt);
+        }
+        if route.attempt_count_upstream {
+            request
+                .headers_mut()
+                .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
+        }
+        cluster.stats.upstream_rq_total.inc();
+        let active = ActiveRequest::new(host.clone(), cluster.stats.upstream_rq_active.clone());
+        let send = pool::send(active, protocol, request, &dial, upgrade);
+        // This attempt's time: the per-try timeout within what is left of
+        // the route's.
+        let now = Instant::now();
+        let (limit, per_try_bound) = match (deadline, per_try) {
+            (Some(d), Some(p)) if now + p < d => (Some(p), true),
+            (Some(d), _) => (Some(d.saturating_duration_since(now)), false),
+            (None, Some(p)) => (Some(p), true),
+            (None, None) => (None, false),
+        };
+        let result = match limit {
+            Some(t) => match tokio::time::timeout(t, send).await {
+                Ok(r) => r,
+                Err(_) if per_try_bound => {
+                    cluster.stats.upstream_rq_per_try_timeout.inc();
+                    Err(pool::SendError {
+                        error: RequestError::Timeout,
+                        unsent: None,
+                    })
+                }
+                Err(_) => {
+                    cluster.stats.upstream_rq_timeout.inc();
+                    cluster.stats.record_status(504);
+                    return Err(RequestError::Timeout);
+                }
+            },
+            None => send.await,
+        };
+        let retriable = match (&result, &retry) {
+            (_, None) => false,
+            (Ok(r), Some(p)) => p.retries_response(r.status().as_u16(), r.headers()),
+            (Err(e), Some(p)) => e
+                .error
+                .failure()
+                .is_some_and(|f| p.retries_failure(f, e.unsent.is_none())),
+        };
+        match &result {
+            Ok(r) => cluster.stats.record_status(r.status().as_u16()),
+            Err(e) => cluster.stats.record_status(e.error.status().as_u16()),
+        }
+        let policy = match (retriable, &retry) {
+            (true, Some(p)) => p,
+            _ => {
+                if attempt > 1 && result.is_ok() {
+                    cluster.stats.upstream_rq_retry_success.inc();
+                }
+                break result.map_err(|e| e.error)?;
+            }
+        };
+        if attempt > policy.num_retries {
+            cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+            if let Some(info) = &mut mutations.info {
+                info.flags.set(ResponseFlag::UpstreamRetryLimitExceeded);
+            }
+            break result.map_err(|e| e.error)?;
+        }
+        // A retry needs the request again: back from a send that never
+        // left, or replayed from what was recorded. A body too big to
+        // record is not retried (nor is it in Envoy).
+        let unsent = matches!(&result, Err(e) if e.unsent.is_some());
+        if !unsent && !attempts.replayable() {
+            break result.map_err(|e| e.error)?;
+        }
+        attempts.rewind(result.err().and_then(|e| e.unsent));
+        cluster.stats.upstream_rq_retry.inc();
+        cluster.stats.upstream_rq_retry_backoff_exponential.inc();
+        let wait = policy.back_off(attempt, random());
+        match deadline {
+            Some(d) if Instant::now() + wait >= d => {
+                tokio::time::sleep_until(d).await;
+                cluster.stats.upstream_rq_timeout.inc();
+                cluster.stats.record_status(504);
+                return Err(RequestError::Timeout);
+            }
+            _ => tokio::time::sleep(wait).await,
+        }
+        attempt += 1;
+        tried.push(host);
+        host = match pick_untried(&cluster, od, &tried, policy) {
+            Some(h) => h,
+            None => {
+                cluster.stats.upstream_cx_none_healthy.inc();
+                return Err(RequestError::NoHealthyUpstream);
+            }
+        };
     };
-    cluster.stats.record_status(resp.status().as_u16());
-
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(down)) = (switching, downstream_upgrade) {
         let up = hyper::upgrade::on(&mut resp);
@@ -319,6 +417,133 @@ async fn forward(
         completed: None,
     };
     Ok(resp.map(|body| ResponseBody::upstream(body, timer)))
+}
+
+/// What the router needs from the route and virtual host to retry.
+struct RetrySetup {
+    retry: Option<Arc<RetryPolicy>>,
+    attempt_count_upstream: bool,
+    attempt_count_downstream: bool,
+}
+
+/// Envoy's buffer limit for a request that may be sent again
+/// (`per_connection_buffer_limit_bytes`' default).
+const RETRY_BUFFER_LIMIT: usize = 1024 * 1024;
+
+/// The request for each attempt: the head kept to be copied while another
+/// attempt may follow, the body streamed the first time (and recorded when
+/// a retry may need it) and replayed after.
+struct Attempts {
+    head: Option<http::request::Parts>,
+    body: AttemptBody,
+    /// A request handed back by a send that never left.
+    unsent: Option<Request<RequestBody>>,
+}
+
+enum AttemptBody {
+    /// Not sent yet.
+    Fresh(Incoming),
+    /// No body: every attempt sends none.
+    Empty,
+    /// Sent once while recording; replays from here.
+    Recorded(ReplayHandle),
+    Gone,
+}
+
+impl Attempts {
+    fn new(req: Request<Incoming>, may_retry: bool) -> Attempts {
+        let (head, body) = req.into_parts();
+        let body = if may_retry && body.is_end_stream() {
+            AttemptBody::Empty
+        } else {
+            AttemptBody::Fresh(body)
+        };
+        Attempts {
+            head: Some(head),
+            body,
+            unsent: None,
+        }
+    }
+
+    /// The next attempt's request; `last` when no retry can follow it (the
+    /// head is then moved rather than copied).
+    fn next(&mut self, last: bool) -> Request<RequestBody> {
+        if let Some(r) = self.unsent.take() {
+            return r;
+        }
+        let head = match (last, &self.head) {
+            (false, Some(h)) => copy_head(h),
+            _ => self
+                .head
+                .take()
+                .unwrap_or_else(|| copy_head(&Request::new(()).into_parts().0)),
+        };
+        let body = match std::mem::replace(&mut self.body, AttemptBody::Gone) {
+            AttemptBody::Fresh(b) if last => RequestBody::Streaming(b),
+            AttemptBody::Fresh(b) => {
+                let (rec, handle) = Recording::new(b, RETRY_BUFFER_LIMIT);
+                self.body = AttemptBody::Recorded(handle);
+                RequestBody::Recording(Box::new(rec))
+            }
+            AttemptBody::Empty => {
+                self.body = AttemptBody::Empty;
+                RequestBody::Replay(Replay::empty())
+            }
+            AttemptBody::Recorded(h) => {
+                let replay = h.replay().unwrap_or_else(Replay::empty);
+                self.body = AttemptBody::Recorded(h);
+                RequestBody::Replay(replay)
+            }
+            AttemptBody::Gone => RequestBody::Replay(Replay::empty()),
+        };
+        Request::from_parts(head, body)
+    }
+
+    /// Whether the body can be sent again.
+    fn replayable(&self) -> bool {
+        match &self.body {
+            AttemptBody::Empty => true,
+            AttemptBody::Recorded(h) => h.replay().is_some(),
+            AttemptBody::Fresh(_) | AttemptBody::Gone => false,
+        }
+    }
+
+    /// Take back a request that never left, for the next attempt.
+    fn rewind(&mut self, unsent: Option<Request<RequestBody>>) {
+        self.unsent = unsent;
+    }
+}
+
+/// A copy of a request head (method, URI, version, headers): refcounted
+/// bytes, two allocations for the header map.
+fn copy_head(h: &http::request::Parts) -> http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = h.method.clone();
+    *r.uri_mut() = h.uri.clone();
+    *r.version_mut() = h.version;
+    *r.headers_mut() = h.headers.clone();
+    r.into_parts().0
+}
+
+/// A host for a retry: with `previous_hosts`, one not tried yet if the
+/// load balancer offers one within the re-pick budget.
+fn pick_untried(
+    cluster: &UpstreamCluster,
+    od: Option<std::net::SocketAddr>,
+    tried: &[Arc<Host>],
+    policy: &RetryPolicy,
+) -> Option<Arc<Host>> {
+    let mut host = cluster.pick(od)?;
+    if !policy.avoid_previous_hosts {
+        return Some(host);
+    }
+    for _ in 0..policy.host_selection_max_attempts {
+        if !tried.iter().any(|t| Arc::ptr_eq(t, &host)) {
+            break;
+        }
+        host = cluster.pick(od)?;
+    }
+    Some(host)
 }
 
 /// Run a fault config on a request: the delay (DI) on tokio's clock, then

@@ -75,6 +75,22 @@ pub struct Dial<'a> {
     pub verify_sni: bool,
 }
 
+/// A failed send, with the request back when it never left (so a retry can
+/// send it, body and all, without having recorded it).
+pub struct SendError {
+    pub error: RequestError,
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl SendError {
+    fn sent(error: RequestError) -> Self {
+        SendError {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// Send `req` to `active.host()`, reusing a pooled connection when one is
 /// usable. An upgrade request gets a connection of its own that is not pooled.
 pub async fn send(
@@ -83,7 +99,11 @@ pub async fn send(
     req: Request<RequestBody>,
     dial: &Dial<'_>,
     upgrade: bool,
-) -> Result<Response<UpstreamBody>, RequestError> {
+) -> Result<Response<UpstreamBody>, SendError> {
+    let unsent = |error, req| SendError {
+        error,
+        unsent: Some(req),
+    };
     let host = active.host().clone();
     match protocol {
         Protocol::Http1 => {
@@ -103,16 +123,27 @@ pub async fn send(
                         Err(mut e) => match e.take_message() {
                             // Not sent: the pooled connection had died; try another.
                             Some(r) => req = r,
-                            None => return Err(RequestError::UpstreamReset(e.into_error())),
+                            None => {
+                                return Err(SendError::sent(RequestError::UpstreamReset(
+                                    e.into_error(),
+                                )));
+                            }
                         },
                     }
                 }
             }
-            let mut sender = connect_http1(&host, dial).await?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(RequestError::UpstreamReset)?;
+            let mut sender = match connect_http1(&host, dial).await {
+                Ok(s) => s,
+                Err(e) => return Err(unsent(e, req)),
+            };
+            let resp = match sender.try_send_request(req).await {
+                Ok(r) => r,
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    let error = RequestError::UpstreamReset(e.into_error());
+                    return Err(SendError { error, unsent });
+                }
+            };
             let keep = (!upgrade).then(|| (dial.sni.map(Arc::from), sender));
             Ok(UpstreamBody::wrap(resp, active, keep))
         }
@@ -123,18 +154,27 @@ pub async fn send(
                     Http2Sender::clone(&s.1)
                 }
                 _ => {
-                    let s = connect_http2(&host, dial).await?;
+                    let s = match connect_http2(&host, dial).await {
+                        Ok(s) => s,
+                        Err(e) => return Err(unsent(e, req)),
+                    };
                     host.pool
                         .http2
                         .store(Some(Arc::new((dial.sni.map(Arc::from), s.clone()))));
                     s
                 }
             };
-            sender.ready().await.map_err(RequestError::UpstreamReset)?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(RequestError::UpstreamReset)?;
+            if let Err(e) = sender.ready().await {
+                return Err(unsent(RequestError::UpstreamReset(e), req));
+            }
+            let resp = match sender.try_send_request(req).await {
+                Ok(r) => r,
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    let error = RequestError::UpstreamReset(e.into_error());
+                    return Err(SendError { error, unsent });
+                }
+            };
             Ok(UpstreamBody::wrap(resp, active, None))
         }
     }

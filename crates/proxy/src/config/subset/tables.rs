@@ -333,6 +333,72 @@ pub(super) static WEIGHTED_CLUSTERS: Schema = Schema {
     ],
 };
 
+pub(super) static PREVIOUS_HOSTS: Schema = Schema {
+    message: "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    allowed: &[],
+    names: &[],
+};
+
+pub(super) static RETRY_HOST_PREDICATE: Schema = Schema {
+    message: "envoy.config.route.v3.RetryPolicy.RetryHostPredicate",
+    allowed: &[
+        ("name", 1, false, Field::Leaf),
+        (
+            "typed_config",
+            3,
+            false,
+            Field::Any(&[(
+                "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+                &PREVIOUS_HOSTS,
+            )]),
+        ),
+    ],
+    names: &[(1, "name"), (3, "typed_config")],
+};
+
+pub(super) static RETRY_BACK_OFF: Schema = Schema {
+    message: "envoy.config.route.v3.RetryPolicy.RetryBackOff",
+    allowed: &[
+        ("base_interval", 1, false, Field::Leaf),
+        ("max_interval", 2, false, Field::Leaf),
+    ],
+    names: &[(1, "base_interval"), (2, "max_interval")],
+};
+
+pub(super) static RETRY_POLICY: Schema = Schema {
+    message: "envoy.config.route.v3.RetryPolicy",
+    allowed: &[
+        ("retry_on", 1, false, Field::Leaf),
+        ("num_retries", 2, false, Field::Leaf),
+        ("per_try_timeout", 3, false, Field::Leaf),
+        (
+            "retry_host_predicate",
+            5,
+            true,
+            Field::Msg(&RETRY_HOST_PREDICATE),
+        ),
+        ("host_selection_retry_max_attempts", 6, false, Field::Leaf),
+        ("retriable_status_codes", 7, true, Field::Leaf),
+        ("retry_back_off", 8, false, Field::Msg(&RETRY_BACK_OFF)),
+    ],
+    names: &[
+        (1, "retry_on"),
+        (2, "num_retries"),
+        (3, "per_try_timeout"),
+        (4, "retry_priority"),
+        (5, "retry_host_predicate"),
+        (6, "host_selection_retry_max_attempts"),
+        (7, "retriable_status_codes"),
+        (8, "retry_back_off"),
+        (9, "retriable_headers"),
+        (10, "retriable_request_headers"),
+        (11, "rate_limited_retry_back_off"),
+        (12, "retry_options_predicates"),
+        (13, "per_try_idle_timeout"),
+        (14, "refresh_cluster_on_retry"),
+    ],
+};
+
 pub(super) static ROUTE_ACTION: Schema = Schema {
     message: "envoy.config.route.v3.RouteAction",
     allowed: &[
@@ -344,6 +410,7 @@ pub(super) static ROUTE_ACTION: Schema = Schema {
             Field::Msg(&WEIGHTED_CLUSTERS),
         ),
         ("timeout", 8, false, Field::Leaf),
+        ("retry_policy", 9, false, Field::Msg(&RETRY_POLICY)),
     ],
     names: &[
         (1, "cluster"),
@@ -500,6 +567,9 @@ pub(super) static VIRTUAL_HOST: Schema = Schema {
         ("name", 1, false, Field::Leaf),
         ("domains", 2, true, Field::Leaf),
         ("routes", 3, true, Field::Msg(&ROUTE)),
+        ("retry_policy", 16, false, Field::Msg(&RETRY_POLICY)),
+        ("include_request_attempt_count", 14, false, Field::Leaf),
+        ("include_attempt_count_in_response", 19, false, Field::Leaf),
     ],
     names: &[
         (1, "name"),
@@ -1709,6 +1779,10 @@ pub(super) static ALL: &[&Schema] = &[
     &FAULT,
     &CLUSTER_WEIGHT,
     &WEIGHTED_CLUSTERS,
+    &PREVIOUS_HOSTS,
+    &RETRY_HOST_PREDICATE,
+    &RETRY_BACK_OFF,
+    &RETRY_POLICY,
     &ROUTE_ACTION,
     &REDIRECT_ACTION,
     &DATA_SOURCE,
