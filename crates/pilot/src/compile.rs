@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use api::networking::{self as net, CaptureMode, OutboundTrafficMode, SimpleLb, StringMatch};
+use api::networking::{self as net, CaptureMode, OutboundTrafficMode, StringMatch};
 use api::{Resource, Spec, kube};
 
 use crate::cluster_ip::ClusterIps;
@@ -12,10 +12,10 @@ use crate::mesh::{EgressListener, HostImport, ListenerPort, Mesh, SidecarScope};
 use crate::model::{
     DOMAIN_SUFFIX, Endpoint, Protocol, Resolution, Service, ServicePort, labels_match, resolve_host,
 };
-use crate::policy::{DestinationPolicy, LbAlgorithm, Subset, TrafficPolicy};
+use crate::policy::{DestinationPolicy, PolicyParts, Subset, TrafficPolicy};
 use crate::routing::{
-    AbortCode, Destination, DirectResponse, Fault, HeaderEdits, HeaderRules, HttpRoute, Redirect,
-    RequestMatch, Share, StrMatch, TcpRoute, VirtualServiceRule,
+    AbortCode, Destination, DirectResponse, Fault, HeaderEdits, HeaderRules, HttpRoute, Mirror,
+    Redirect, RequestMatch, Rewrite, Share, StrMatch, TcpRoute, VirtualServiceRule,
 };
 
 /// Build the mesh from every loaded resource.
@@ -221,7 +221,7 @@ fn workload_endpoint(we: &net::WorkloadEntry, ports: &[ServicePort]) -> Option<E
     })
 }
 
-fn str_match(m: &StringMatch) -> StrMatch {
+pub(crate) fn str_match(m: &StringMatch) -> StrMatch {
     match m {
         StringMatch::Exact(s) => StrMatch::Exact(s.clone()),
         StringMatch::Prefix(s) => StrMatch::Prefix(s.clone()),
@@ -300,6 +300,46 @@ fn grpc_code(name: &str) -> Option<u32> {
         .map(|i| i as u32)
 }
 
+/// Istio's mirror shares: `mirrorPercentage` (a double) as a share of a
+/// million, truncated; the deprecated integer `mirrorPercent` of a
+/// hundred; 100% when neither is set; an explicit 0 mirrors nothing.
+fn mirrors(h: &net::HttpRoute, ns: &str) -> Vec<Mirror> {
+    let of_percent = |p: &net::Percent| {
+        (p.value > 0.0).then(|| Share {
+            numerator: (p.value.min(100.0) * 10_000.0) as u32,
+            denominator: 1_000_000,
+        })
+    };
+    let all = Share {
+        numerator: 100,
+        denominator: 100,
+    };
+    let mirror = |d: &net::Destination, share: Share| Mirror {
+        destination: destination(d, 0, ns),
+        share,
+    };
+    let mut out = Vec::new();
+    if let Some(d) = &h.mirror {
+        let share = match (&h.mirror_percentage, h.mirror_percent) {
+            (Some(p), _) => of_percent(p),
+            (None, Some(n)) => (n > 0).then_some(Share {
+                numerator: n.min(100),
+                denominator: 100,
+            }),
+            (None, None) => Some(all),
+        };
+        out.extend(share.map(|s| mirror(d, s)));
+    }
+    for m in &h.mirrors {
+        let share = match &m.percentage {
+            Some(p) => of_percent(p),
+            None => Some(all),
+        };
+        out.extend(share.map(|s| mirror(&m.destination, s)));
+    }
+    out
+}
+
 fn header_rules(h: Option<&net::Headers>) -> HeaderRules {
     let edits = |o: Option<&net::HeaderOperations>| {
         o.map(|o| HeaderEdits {
@@ -373,8 +413,21 @@ fn virtual_service(r: &Resource, vs: &net::VirtualService) -> VirtualServiceRule
                     authority: r.authority.clone(),
                     port: r.port,
                     scheme: r.scheme.clone(),
+                    port_from_request: r.derive_port
+                        == Some(net::RedirectPortSelection::FromRequestPort),
                     code: r.redirect_code.unwrap_or(301),
                 }),
+                retries: h.retries.clone(),
+                rewrite: h.rewrite.as_ref().map(|r| Rewrite {
+                    uri: r.uri.clone().filter(|u| !u.is_empty()),
+                    authority: r.authority.clone().filter(|a| !a.is_empty()),
+                    uri_regex: r
+                        .uri_regex_rewrite
+                        .as_ref()
+                        .map(|x| (x.pattern.clone(), x.rewrite.clone())),
+                }),
+                mirrors: mirrors(h, ns),
+                cors: h.cors_policy.clone(),
                 direct_response: h.direct_response.as_ref().map(|d| DirectResponse {
                     status: d.status,
                     body: d.body.as_ref().and_then(|b| match (&b.string, &b.bytes) {
@@ -402,27 +455,32 @@ fn virtual_service(r: &Resource, vs: &net::VirtualService) -> VirtualServiceRule
 }
 
 fn traffic_policy(p: Option<&net::TrafficPolicy>) -> TrafficPolicy {
-    let lb = p
-        .and_then(|p| p.load_balancer.as_ref())
-        .and_then(|lb| lb.simple)
-        .and_then(|s| match s {
-            SimpleLb::RoundRobin => Some(LbAlgorithm::RoundRobin),
-            SimpleLb::LeastRequest | SimpleLb::LeastConn => Some(LbAlgorithm::LeastRequest),
-            SimpleLb::Random => Some(LbAlgorithm::Random),
-            SimpleLb::Passthrough => Some(LbAlgorithm::Passthrough),
-            SimpleLb::Unspecified => None,
-        });
+    let Some(p) = p else {
+        return TrafficPolicy::default();
+    };
     TrafficPolicy {
-        lb,
-        tls: p.and_then(|p| p.tls.clone()),
-        port_tls: p
-            .map(|p| {
-                p.port_level_settings
-                    .iter()
-                    .filter_map(|s| Some((s.port.as_ref()?.number, s.tls.clone())))
-                    .collect()
+        parts: PolicyParts {
+            load_balancer: p.load_balancer.clone(),
+            connection_pool: p.connection_pool.clone(),
+            outlier_detection: p.outlier_detection.clone(),
+            tls: p.tls.clone(),
+        },
+        retry_budget: p.retry_budget.clone(),
+        // The first entry for a port wins, as Istio's lookup finds it.
+        ports: p
+            .port_level_settings
+            .iter()
+            .rev()
+            .filter_map(|s| {
+                let parts = PolicyParts {
+                    load_balancer: s.load_balancer.clone(),
+                    connection_pool: s.connection_pool.clone(),
+                    outlier_detection: s.outlier_detection.clone(),
+                    tls: s.tls.clone(),
+                };
+                Some((s.port.as_ref()?.number, parts))
             })
-            .unwrap_or_default(),
+            .collect(),
     }
 }
 

@@ -82,6 +82,31 @@ pub struct HttpRoute {
     pub headers: HeaderRules,
     /// Delays and aborts to inject.
     pub fault: Option<Fault>,
+    /// `retries` as written (None: Istio's default policy).
+    pub retries: Option<api::networking::HttpRetry>,
+    /// `rewrite`: path and authority before forwarding.
+    pub rewrite: Option<Rewrite>,
+    /// `mirror`/`mirrors`: where copies go, each with its share.
+    pub mirrors: Vec<Mirror>,
+    /// `corsPolicy` as written.
+    pub cors: Option<api::networking::CorsPolicy>,
+}
+
+/// Istio's `rewrite`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Replaces the matched prefix.
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    /// `uriRegexRewrite`: (RE2 pattern, substitution); wins over `uri`.
+    pub uri_regex: Option<(String, String)>,
+}
+
+/// One mirror target and the share of requests copied to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mirror {
+    pub destination: Destination,
+    pub share: Share,
 }
 
 /// Istio's `fault`, in the form Envoy's fault filter takes.
@@ -111,6 +136,9 @@ pub struct Redirect {
     pub authority: Option<String>,
     pub port: Option<u32>,
     pub scheme: Option<String>,
+    /// `derivePort: FROM_REQUEST_PORT`: the listener port (Istio builds
+    /// routes per port, so that is the request's).
+    pub port_from_request: bool,
     /// 301 unless set.
     pub code: u32,
 }

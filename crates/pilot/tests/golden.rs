@@ -15,6 +15,10 @@ use pilot::translate::translate;
 use serde_json::json;
 
 fn run_case(dir: &Path) {
+    // Every case is config Istio's validation accepts.
+    let (resources, _) = api::load::load_path(&dir.join("config.yaml"));
+    let errors = api::validation::validate_all(&resources).errors;
+    assert!(errors.is_empty(), "{}: {errors:#?}", dir.display());
     let (mesh, node) = common::golden_case(dir);
     let proxy = ProxyNode::from_node(&node).expect("valid node");
     let out = translate(&mesh, &proxy);

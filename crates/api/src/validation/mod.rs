@@ -12,6 +12,7 @@ mod security;
 use crate::{ConfigError, Resource, Spec};
 
 pub use common::{is_dns1123_label, is_valid_host, is_wildcard_domain};
+pub use networking::is_http_status;
 
 /// The findings for a set of resources.
 #[derive(Debug, Clone, Default, PartialEq)]

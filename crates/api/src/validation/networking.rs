@@ -306,8 +306,11 @@ fn http_route(cx: &mut Ctx, path: &str, r: &HttpRoute, delegate_vs: bool) {
         }
         check_duration_min_1ms(cx, &format!("{rp}.perTryTimeout"), rt.per_try_timeout);
         check_duration_min_1ms(cx, &format!("{rp}.backoff"), rt.backoff);
-        if let Some(on) = &rt.retry_on {
-            for policy in on.split(',').map(str::trim) {
+        // As Istio's validation: each comma-separated entry as written (no
+        // trimming, so `5xx, reset` is refused) must be an Envoy retry
+        // condition or an HTTP status code Go knows.
+        if let Some(on) = rt.retry_on.as_deref().filter(|s| !s.is_empty()) {
+            for policy in on.split(',') {
                 if !is_retry_policy(policy) {
                     cx.err(
                         format!("{rp}.retryOn"),
@@ -443,27 +446,49 @@ fn header_operations(cx: &mut Ctx, path: &str, h: &HeaderOperations) {
     }
 }
 
+/// Istio's `supportedRetryOnPolicies` (Envoy's `x-envoy-retry-on` and
+/// `x-envoy-retry-grpc-on` conditions), or an HTTP status code.
 fn is_retry_policy(p: &str) -> bool {
-    const POLICIES: [&str; 17] = [
+    const POLICIES: [&str; 16] = [
         "5xx",
         "gateway-error",
         "reset",
         "reset-before-request",
         "connect-failure",
-        "envoy-ratelimited",
         "retriable-4xx",
         "refused-stream",
         "retriable-status-codes",
         "retriable-headers",
+        "envoy-ratelimited",
         "http3-post-connect-failure",
         "cancelled",
         "deadline-exceeded",
         "internal",
         "resource-exhausted",
         "unavailable",
-        "previous-hosts",
     ];
-    POLICIES.contains(&p) || p.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c))
+    POLICIES.contains(&p) || p.parse::<u32>().is_ok_and(is_http_status)
+}
+
+/// A status code Go's `http.StatusText` names: what Istio takes as a
+/// status code in `retryOn` (anything else there is a retry condition).
+pub fn is_http_status(code: u32) -> bool {
+    matches!(code,
+        100..=103
+        | 200..=208
+        | 226
+        | 300..=305
+        | 307
+        | 308
+        | 400..=418
+        | 421..=426
+        | 428
+        | 429
+        | 431
+        | 451
+        | 500..=508
+        | 510
+        | 511)
 }
 
 fn destination(cx: &mut Ctx, path: &str, d: &Destination) {

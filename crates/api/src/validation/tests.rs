@@ -80,6 +80,28 @@ fn fault_and_durations() {
 }
 
 #[test]
+fn retry_on_policies_as_istio_checks_them() {
+    let (e, _) = problems(&vs(
+        "  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n    retries: {attempts: 3, retryOn: '5xx,gateway-error,503,retriable-status-codes,reset-before-request'}\n",
+    ));
+    assert!(e.is_empty(), "{e:?}");
+    let (e, _) = problems(&vs(
+        "  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n    retries: {attempts: 3, retryOn: '5xx, gateway-error,previous-hosts,599,bogus'}\n",
+    ));
+    let all = e.join("\n");
+    for bad in ["` gateway-error`", "`previous-hosts`", "`599`", "`bogus`"] {
+        assert!(
+            e.iter().any(|m| m.starts_with("t.yaml:")
+                && m.ends_with(&format!(
+                    "VirtualService ns/r: spec.http[0].retries.retryOn: {bad} is not a valid retryOn policy"
+                ))),
+            "{bad}: {all}"
+        );
+    }
+    assert_eq!(e.len(), 4, "{all}");
+}
+
+#[test]
 fn authorization_policy_rules() {
     let (e, w) = problems(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source: {serviceAccounts: [ns/sa], principals: [x]}\n    to:\n    - operation: {ports: ['http']}\n    when:\n    - key: request.foo\n",

@@ -7,30 +7,23 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
 };
-use envoy_types::pb::envoy::config::core::v3::{
-    Http2ProtocolOptions, Metadata, UpstreamHttpProtocolOptions,
-};
+use envoy_types::pb::envoy::config::core::v3::{Metadata, UpstreamHttpProtocolOptions};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    HttpProtocolOptions,
-    http_protocol_options::{
-        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
-    },
-};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 
-use super::common::{ads, any, millis};
+use super::common::{ads, millis};
 use super::endpoint;
 use super::tls;
+use super::traffic_policy;
 use crate::mesh::MeshTls;
 use crate::model::{Resolution, Service, ServicePort};
 use crate::peer_authn::Mode;
-use crate::policy::{DestinationPolicy, LbAlgorithm, Subset, TrafficPolicy};
+use crate::policy::{DestinationPolicy, Effective, LbAlgorithm, Subset, TrafficPolicy};
 
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
-const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 /// Istio's default connect timeout.
 const CONNECT_TIMEOUT_MS: u64 = 10_000;
 
@@ -60,19 +53,15 @@ pub fn for_service_port(
     mtls: Option<MeshUpstream<'_>>,
 ) -> Vec<Cluster> {
     let base = rule.map(|r| r.policy.clone()).unwrap_or_default();
-    let tls = |subset: Option<&Subset>| {
-        mtls.map(|m| {
-            (
-                m,
-                TrafficPolicy::tls_for(&base, subset.map(|s| &s.policy), port.number),
-                rule.is_some_and(|r| r.workload_selector),
-            )
-        })
+    let selector = rule.is_some_and(|r| r.workload_selector);
+    let build = |subset: Option<&Subset>| {
+        let policy = TrafficPolicy::effective(&base, subset.map(|s| &s.policy), port.number);
+        let tls = mtls.map(|m| (m, policy.parts.tls.clone(), selector));
+        cluster(svc, port, subset, &policy, tls)
     };
-    let mut out = vec![cluster(svc, port, None, &base, tls(None))];
+    let mut out = vec![build(None)];
     for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
-        let policy = subset.policy.merged_over(&base);
-        out.push(cluster(svc, port, Some(subset), &policy, tls(Some(subset))));
+        out.push(build(Some(subset)));
     }
     out
 }
@@ -170,25 +159,20 @@ fn apply_tls(
 /// `upstream_http_protocol_options: {auto_sni, auto_san_validation}`, as
 /// Istio sets for SIMPLE/MUTUAL without an `sni`.
 fn auto_sni(c: &mut Cluster, auto_san_validation: bool) {
-    let mut opts: HttpProtocolOptions = c
-        .typed_extension_protocol_options
-        .get(HTTP_PROTOCOL_OPTIONS)
-        .and_then(|a| prost::Message::decode(a.value.as_slice()).ok())
-        .unwrap_or_default();
+    let mut opts = traffic_policy::http_options(c);
     opts.upstream_http_protocol_options = Some(UpstreamHttpProtocolOptions {
         auto_sni: true,
         auto_san_validation,
         ..Default::default()
     });
-    c.typed_extension_protocol_options
-        .insert(HTTP_PROTOCOL_OPTIONS.to_string(), any(&opts));
+    traffic_policy::set_http_options(c, &opts);
 }
 
 fn cluster(
     svc: &Service,
     port: &ServicePort,
     subset: Option<&Subset>,
-    policy: &TrafficPolicy,
+    policy: &Effective,
     tls: Option<(MeshUpstream<'_>, Option<ClientTlsSettings>, bool)>,
 ) -> Cluster {
     let subset_name = subset.map(|s| s.name.as_str()).unwrap_or_default();
@@ -199,17 +183,16 @@ fn cluster(
         metadata: Some(istio_metadata(svc, subset_name)),
         ..Default::default()
     };
-    let lb = policy.lb;
+    let passthrough = policy.parts.lb() == Some(LbAlgorithm::Passthrough);
     match svc.resolution {
-        Resolution::Static if lb != Some(LbAlgorithm::Passthrough) => {
+        Resolution::Static if !passthrough => {
             c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
             c.eds_cluster_config = Some(EdsClusterConfig {
                 eds_config: Some(ads()),
                 service_name: name.clone(),
             });
-            c.lb_policy = lb_policy(lb) as i32;
         }
-        Resolution::Dns => {
+        Resolution::Dns if !passthrough => {
             c.cluster_discovery_type =
                 Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
             c.load_assignment = Some(ClusterLoadAssignment {
@@ -217,7 +200,6 @@ fn cluster(
                 endpoints: endpoint::locality_endpoints(svc, port, subset),
                 ..Default::default()
             });
-            c.lb_policy = lb_policy(lb) as i32;
         }
         _ => {
             c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
@@ -227,32 +209,19 @@ fn cluster(
         }
     }
     if port.protocol.is_http2() {
-        c.typed_extension_protocol_options.insert(
-            HTTP_PROTOCOL_OPTIONS.to_string(),
-            any(&HttpProtocolOptions {
-                upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                    ExplicitHttpConfig {
-                        protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                            Http2ProtocolOptions::default(),
-                        )),
-                    },
-                )),
+        traffic_policy::set_http_options(
+            &mut c,
+            &HttpProtocolOptions {
+                upstream_protocol_options: Some(traffic_policy::explicit_h2()),
                 ..Default::default()
-            }),
+            },
         );
     }
+    traffic_policy::apply_outbound(&mut c, policy);
     if let Some(tls) = tls {
         apply_tls(&mut c, svc, port, subset_name, tls);
     }
     c
-}
-
-fn lb_policy(lb: Option<LbAlgorithm>) -> LbPolicy {
-    match lb {
-        Some(LbAlgorithm::LeastRequest) => LbPolicy::LeastRequest,
-        Some(LbAlgorithm::Random) => LbPolicy::Random,
-        _ => LbPolicy::RoundRobin,
-    }
 }
 
 /// `filter_metadata.istio`: which service and subset the cluster is for.
@@ -295,6 +264,7 @@ pub fn passthrough(name: &str) -> Cluster {
             DiscoveryType::OriginalDst as i32,
         )),
         lb_policy: LbPolicy::ClusterProvided as i32,
+        circuit_breakers: Some(traffic_policy::default_circuit_breakers()),
         ..Default::default()
     }
 }
@@ -317,6 +287,7 @@ pub fn inbound(port: u32, target_port: u32) -> Cluster {
         connect_timeout: Some(millis(CONNECT_TIMEOUT_MS)),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
         load_assignment: Some(endpoint::static_assignment(&name, "127.0.0.1", target_port)),
+        circuit_breakers: Some(traffic_policy::default_circuit_breakers()),
         ..Default::default()
     }
 }

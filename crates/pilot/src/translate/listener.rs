@@ -420,13 +420,20 @@ fn hcm(stat_prefix: &str, route_specifier: RouteSpecifier, xfcc: bool) -> Filter
         stat_prefix: stat_prefix.into(),
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(route_specifier),
-        // Istio's chain: the fault filter (routes carry its config) before
-        // the router.
+        // Istio's chain: the fault and CORS filters (routes carry their
+        // config) before the router.
         http_filters: vec![
             HttpFilter {
                 name: super::route::FAULT_FILTER.into(),
                 config_type: Some(http_filter::ConfigType::TypedConfig(any(
                     &envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default(),
+                ))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: super::cors::CORS_FILTER.into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                    &envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors::default(),
                 ))),
                 ..Default::default()
             },

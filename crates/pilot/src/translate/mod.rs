@@ -3,10 +3,13 @@
 
 pub mod cluster;
 pub mod common;
+pub mod cors;
 pub mod endpoint;
 pub mod listener;
+pub mod retry;
 pub mod route;
 pub mod tls;
+pub mod traffic_policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,7 +18,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
-    route_action::ClusterSpecifier, route_match::PathSpecifier,
+    route_action::ClusterSpecifier, route_action::MaxStreamDuration, route_match::PathSpecifier,
 };
 
 use crate::mesh::{EgressListener, Mesh};
@@ -366,9 +369,18 @@ fn inbound_serve(port: u32, protocol: Protocol) -> Serve {
                     path_specifier: Some(PathSpecifier::Prefix("/".into())),
                     ..Default::default()
                 }),
+                // Istio's default inbound route: no timeout, gRPC's
+                // `grpc-timeout` ignored, and a retry only when the app's
+                // connection was reset before the request went out.
                 action: Some(Action::Route(RouteAction {
                     cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.clone())),
                     timeout: Some(common::millis(0)),
+                    max_stream_duration: Some(MaxStreamDuration {
+                        max_stream_duration: Some(common::millis(0)),
+                        grpc_timeout_header_max: Some(common::millis(0)),
+                        ..Default::default()
+                    }),
+                    retry_policy: Some(retry::inbound()),
                     ..Default::default()
                 })),
                 ..Default::default()

@@ -2,6 +2,7 @@
 //! does), a virtual host per service on that port, routes from the
 //! VirtualService for the host or a default route to its cluster.
 
+use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, HeaderValue, HeaderValueOption, data_source, header_value_option,
 };
@@ -9,11 +10,12 @@ use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, Route, RouteAction,
     RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
     header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
-    redirect_action, route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
-    weighted_cluster::ClusterWeight,
+    redirect_action, route::Action, route_action::ClusterSpecifier, route_action::HashPolicy,
+    route_action::HostRewriteSpecifier, route_action::RequestMirrorPolicy,
+    route_action::hash_policy, route_match::PathSpecifier, weighted_cluster::ClusterWeight,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+    RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
@@ -22,10 +24,12 @@ use super::common::{duration, millis};
 use crate::mesh::Mesh;
 use crate::model::{DOMAIN_SUFFIX, Service, labels_match};
 use crate::node::ProxyNode;
+use crate::policy::TrafficPolicy;
 use crate::routing::{
     AbortCode, Destination, DirectResponse, Fault, HeaderEdits, HeaderRules, HttpRoute, Redirect,
     RequestMatch, Share, StrMatch,
 };
+use api::networking::ConsistentHashLb;
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
     FaultAbort, HttpFault, fault_abort,
@@ -104,13 +108,20 @@ fn routes_for(mesh: &Mesh, proxy: &ProxyNode, svc: &Service, port: u32) -> Vec<R
             .collect();
         return routes;
     }
+    // Istio's default outbound route: its default retry policy, and the
+    // DestinationRule's consistent hash (rule-wide, or the port's entry).
+    let mut action = to_cluster(outbound_name(port, "", &svc.hostname), None);
+    action.retry_policy = super::retry::policy(None, false);
+    action.hash_policy = mesh
+        .destination_rule(&svc.hostname, &proxy.namespace, &svc.namespace)
+        .and_then(|r| TrafficPolicy::hash_for(&r.policy, None, Some(port)))
+        .and_then(hash_policy)
+        .into_iter()
+        .collect();
     vec![Route {
         name: "default".into(),
         r#match: Some(prefix_match("/")),
-        action: Some(Action::Route(to_cluster(
-            outbound_name(port, "", &svc.hostname),
-            None,
-        ))),
+        action: Some(Action::Route(action)),
         ..Default::default()
     }]
 }
@@ -118,9 +129,9 @@ fn routes_for(mesh: &Mesh, proxy: &ProxyNode, svc: &Service, port: u32) -> Vec<R
 /// One VirtualService `http` entry: a route per `match` block (they are ORed).
 fn http_route(mesh: &Mesh, proxy: &ProxyNode, rule: &HttpRoute, port: u32) -> Vec<Route> {
     let action = match (&rule.redirect, &rule.direct_response) {
-        (Some(r), _) => Action::Redirect(redirect_action(r)),
+        (Some(r), _) => Action::Redirect(redirect_action(r, port)),
         (None, Some(d)) => Action::DirectResponse(direct_response_action(d)),
-        (None, None) => Action::Route(route_action(mesh, rule, port)),
+        (None, None) => Action::Route(route_action(mesh, proxy, rule, port)),
     };
     let name = rule.name.clone().unwrap_or_default();
     let applies = |m: &&RequestMatch| {
@@ -150,13 +161,19 @@ fn http_route(mesh: &Mesh, proxy: &ProxyNode, rule: &HttpRoute, port: u32) -> Ve
         edits.push(&only.headers);
     }
     let ops = HeaderOps::from_rules(&edits);
-    let typed_per_filter_config: std::collections::HashMap<_, _> = rule
+    let mut typed_per_filter_config: std::collections::HashMap<_, _> = rule
         .fault
         .as_ref()
         .filter(|_| rule.redirect.is_none() && rule.direct_response.is_none())
         .map(|f| (FAULT_FILTER.to_string(), super::common::any(&http_fault(f))))
         .into_iter()
         .collect();
+    if let Some(c) = &rule.cors {
+        typed_per_filter_config.insert(
+            super::cors::CORS_FILTER.to_string(),
+            super::common::any(&super::cors::policy(c)),
+        );
+    }
     matches
         .into_iter()
         .map(|m| Route {
@@ -178,14 +195,6 @@ pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 
 /// Istio's `fault` as Envoy's HTTPFault.
 fn http_fault(f: &Fault) -> HttpFault {
-    let percent = |s: &Share| FractionalPercent {
-        numerator: s.numerator,
-        denominator: if s.denominator == 100 {
-            fractional_percent::DenominatorType::Hundred
-        } else {
-            fractional_percent::DenominatorType::Million
-        } as i32,
-    };
     HttpFault {
         delay: f.delay.as_ref().map(|(d, share)| FaultDelay {
             fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration(*d))),
@@ -200,6 +209,18 @@ fn http_fault(f: &Fault) -> HttpFault {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// A share of 100 or of a million as Envoy's FractionalPercent.
+fn percent(s: &Share) -> FractionalPercent {
+    FractionalPercent {
+        numerator: s.numerator,
+        denominator: if s.denominator == 100 {
+            fractional_percent::DenominatorType::Hundred
+        } else {
+            fractional_percent::DenominatorType::Million
+        } as i32,
     }
 }
 
@@ -261,8 +282,10 @@ fn push_edits(e: &HeaderEdits, add: &mut Vec<HeaderValueOption>, remove: &mut Ve
 }
 
 /// Istio's `redirect`: path, authority, port and scheme of the Location, and
-/// the status (301 unless `redirectCode` says otherwise).
-fn redirect_action(r: &Redirect) -> RedirectAction {
+/// the status (301 unless `redirectCode` says otherwise). A port (given, or
+/// `derivePort: FROM_REQUEST_PORT`, which is the listener's) is left out
+/// when it is the scheme's default.
+fn redirect_action(r: &Redirect, listener_port: u32) -> RedirectAction {
     use redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
     let response_code = match r.code {
         302 => RedirectResponseCode::Found,
@@ -271,9 +294,21 @@ fn redirect_action(r: &Redirect) -> RedirectAction {
         308 => RedirectResponseCode::PermanentRedirect,
         _ => RedirectResponseCode::MovedPermanently,
     };
+    let port = if r.port_from_request {
+        Some(listener_port)
+    } else {
+        r.port
+    };
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let port_redirect = match port {
+        Some(80) if scheme == "http" => 0,
+        Some(443) if scheme == "https" => 0,
+        Some(p) => p,
+        None => 0,
+    };
     RedirectAction {
         host_redirect: r.authority.clone().unwrap_or_default(),
-        port_redirect: r.port.unwrap_or_default(),
+        port_redirect,
         response_code: response_code as i32,
         scheme_rewrite_specifier: r.scheme.clone().map(SchemeRewriteSpecifier::SchemeRedirect),
         path_rewrite_specifier: r.uri.clone().map(PathRewriteSpecifier::PathRedirect),
@@ -296,8 +331,10 @@ fn direct_response_action(d: &DirectResponse) -> DirectResponseAction {
     }
 }
 
-fn route_action(mesh: &Mesh, rule: &HttpRoute, port: u32) -> RouteAction {
+fn route_action(mesh: &Mesh, proxy: &ProxyNode, rule: &HttpRoute, port: u32) -> RouteAction {
     let dests = forwarded(rule);
+    // Istio's GetDestinationCluster: the destination's port, else the
+    // service's only port, else the listener's.
     let cluster_of = |d: &Destination| {
         let dest_port =
             d.port
@@ -308,7 +345,7 @@ fn route_action(mesh: &Mesh, rule: &HttpRoute, port: u32) -> RouteAction {
         outbound_name(dest_port, d.subset.as_deref().unwrap_or_default(), &d.host)
     };
     let timeout = rule.timeout.map(duration);
-    match dests.as_slice() {
+    let mut action = match dests.as_slice() {
         [one] => to_cluster(cluster_of(one), timeout),
         many => RouteAction {
             cluster_specifier: Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
@@ -329,20 +366,111 @@ fn route_action(mesh: &Mesh, rule: &HttpRoute, port: u32) -> RouteAction {
                     .collect(),
                 ..Default::default()
             })),
-            timeout: Some(timeout.unwrap_or_else(|| millis(0))),
-            ..Default::default()
+            ..to_cluster(String::new(), timeout)
         },
+    };
+    if let Some(rw) = &rule.rewrite {
+        if let Some((pattern, substitution)) = &rw.uri_regex {
+            action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                pattern: Some(regex(pattern)),
+                substitution: substitution.clone(),
+            });
+        } else if let Some(uri) = &rw.uri {
+            action.prefix_rewrite = uri.clone();
+        }
+        if let Some(a) = &rw.authority {
+            action.host_rewrite_specifier =
+                Some(HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
+        }
     }
+    action.request_mirror_policies = rule
+        .mirrors
+        .iter()
+        .map(|m| RequestMirrorPolicy {
+            cluster: cluster_of(&m.destination),
+            runtime_fraction: Some(RuntimeFractionalPercent {
+                default_value: Some(percent(&m.share)),
+                ..Default::default()
+            }),
+            trace_sampled: Some(BoolValue { value: false }),
+            ..Default::default()
+        })
+        .collect();
+    // Each forwarded destination's DestinationRule hash, in order.
+    let hashes: Vec<Option<&ConsistentHashLb>> = dests
+        .iter()
+        .map(|d| destination_hash(mesh, proxy, d))
+        .collect();
+    action.hash_policy = hashes
+        .iter()
+        .flatten()
+        .filter_map(|h| hash_policy(h))
+        .collect();
+    let consistent_hash =
+        rule.destinations.len() == 1 && hashes.first().is_some_and(Option::is_some);
+    action.retry_policy = super::retry::policy(rule.retries.as_ref(), consistent_hash);
+    action
 }
 
-/// A route to one cluster; Istio disables Envoy's 15 s default timeout.
+/// The consistent hash the destination's DestinationRule (as this proxy
+/// sees it) sets for its subset and explicit port.
+fn destination_hash<'m>(
+    mesh: &'m Mesh,
+    proxy: &ProxyNode,
+    d: &Destination,
+) -> Option<&'m ConsistentHashLb> {
+    let svc = mesh.service(&d.host)?;
+    let rule = mesh.destination_rule(&d.host, &proxy.namespace, &svc.namespace)?;
+    let subset = d
+        .subset
+        .as_deref()
+        .and_then(|n| rule.subset(n))
+        .map(|s| &s.policy);
+    TrafficPolicy::hash_for(&rule.policy, subset, d.port)
+}
+
+/// Istio's `consistentHashToHashPolicy`: the hash key as a route hash
+/// policy (none when only ring or table sizes are set).
+fn hash_policy(h: &ConsistentHashLb) -> Option<HashPolicy> {
+    use hash_policy::{ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter};
+    let specifier = if let Some(name) = &h.http_header_name {
+        PolicySpecifier::Header(Header {
+            header_name: name.clone(),
+            ..Default::default()
+        })
+    } else if let Some(c) = &h.http_cookie {
+        PolicySpecifier::Cookie(Cookie {
+            name: c.name.clone(),
+            ttl: c.ttl.map(|t| duration(t.get())),
+            path: c.path.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    } else if let Some(source_ip) = h.use_source_ip {
+        PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip })
+    } else if let Some(name) = &h.http_query_parameter_name {
+        PolicySpecifier::QueryParameter(QueryParameter { name: name.clone() })
+    } else {
+        return None;
+    };
+    Some(HashPolicy {
+        policy_specifier: Some(specifier),
+        ..Default::default()
+    })
+}
+
+/// A route to one cluster with Istio's timeouts (`setTimeout`): the
+/// VirtualService's `timeout` or none (Envoy's 15 s default disabled), and
+/// `max_grpc_timeout` the same, so a `grpc-timeout` header cannot extend it.
 fn to_cluster(
     cluster: String,
     timeout: Option<envoy_types::pb::google::protobuf::Duration>,
 ) -> RouteAction {
+    let timeout = timeout.unwrap_or_else(|| millis(0));
+    #[allow(deprecated)]
     RouteAction {
         cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
-        timeout: Some(timeout.unwrap_or_else(|| millis(0))),
+        timeout: Some(timeout),
+        max_grpc_timeout: Some(timeout),
         ..Default::default()
     }
 }
@@ -404,7 +532,7 @@ fn header(name: &str, sm: &StrMatch, invert: bool) -> HeaderMatcher {
     }
 }
 
-fn string_matcher(sm: &StrMatch) -> Option<StringMatcher> {
+pub(super) fn string_matcher(sm: &StrMatch) -> Option<StringMatcher> {
     let pattern = match sm {
         StrMatch::Exact(s) => MatchPattern::Exact(s.clone()),
         StrMatch::Prefix(s) => MatchPattern::Prefix(s.clone()),
