@@ -16,6 +16,7 @@ use tonic::server::{Grpc, UnaryService};
 use tonic_prost::ProstCodec;
 
 use crate::http_server::EchoState;
+use crate::identity::Workload;
 use crate::report::header_map;
 
 /// The full path of the one method.
@@ -62,16 +63,21 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// Answers one gRPC request; unknown methods get `UNIMPLEMENTED`.
+/// Answers one gRPC request; unknown methods get `UNIMPLEMENTED`. `marks`
+/// (hit counts and the like) go into the initial metadata.
 pub async fn handle(
     state: Arc<EchoState>,
     peer: SocketAddr,
     local: SocketAddr,
     request: Request<Incoming>,
+    marks: HeaderMap,
 ) -> Response<tonic::body::Body> {
     if request.uri().path() != ECHO_PATH {
         let method = request.uri().path().to_owned();
-        return tonic::Status::unimplemented(format!("unknown method {method}")).into_http();
+        let mut answer =
+            tonic::Status::unimplemented(format!("unknown method {method}")).into_http();
+        answer.headers_mut().extend(marks);
+        return answer;
     }
     let host = request
         .uri()
@@ -83,6 +89,7 @@ pub async fn handle(
         host,
         peer,
         local,
+        marks,
     };
     Grpc::new(ProstCodec::<EchoResponse, EchoRequest>::default())
         .unary(echo, request)
@@ -95,6 +102,21 @@ struct EchoMethod {
     host: String,
     peer: SocketAddr,
     local: SocketAddr,
+    marks: HeaderMap,
+}
+
+/// A failure on purpose: a trailers-only answer (HTTP 200, no message) with
+/// `grpc-status` `code`, the echo's identity headers and `marks`.
+pub fn failure(
+    code: tonic::Code,
+    workload: &Workload,
+    marks: HeaderMap,
+) -> Response<tonic::body::Body> {
+    let status = tonic::Status::new(code, "halyard echo: failing on purpose");
+    let mut answer = status.into_http();
+    workload.insert_headers(answer.headers_mut());
+    answer.headers_mut().extend(marks);
+    answer
 }
 
 impl UnaryService<EchoRequest> for EchoMethod {
@@ -119,10 +141,8 @@ impl UnaryService<EchoRequest> for EchoMethod {
             peer: self.peer.to_string(),
             local: self.local.to_string(),
         };
-        let mut headers = HeaderMap::with_capacity(3);
-        headers.insert("x-echo-service", workload.service_header.clone());
-        headers.insert("x-echo-version", workload.version_header.clone());
-        headers.insert("x-echo-pod", workload.pod_header.clone());
+        let mut headers = std::mem::take(&mut self.marks);
+        workload.insert_headers(&mut headers);
         ready(Ok(tonic::Response::from_parts(
             MetadataMap::from_headers(headers),
             response,

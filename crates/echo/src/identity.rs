@@ -3,7 +3,11 @@
 //! headers and TCP greeting derived from them once at start-up.
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+static X_ECHO_SERVICE: HeaderName = HeaderName::from_static("x-echo-service");
+static X_ECHO_VERSION: HeaderName = HeaderName::from_static("x-echo-version");
+static X_ECHO_POD: HeaderName = HeaderName::from_static("x-echo-pod");
 
 /// The workload identity every answer carries.
 #[derive(Debug, Clone)]
@@ -56,5 +60,12 @@ impl Workload {
             pod_header,
             tcp_greeting,
         })
+    }
+
+    /// Sets `x-echo-service`, `x-echo-version` and `x-echo-pod`.
+    pub fn insert_headers(&self, headers: &mut HeaderMap) {
+        headers.insert(X_ECHO_SERVICE.clone(), self.service_header.clone());
+        headers.insert(X_ECHO_VERSION.clone(), self.version_header.clone());
+        headers.insert(X_ECHO_POD.clone(), self.pod_header.clone());
     }
 }

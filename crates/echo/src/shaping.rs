@@ -1,10 +1,16 @@
 //! Response shaping: the query parameters (`status`, `delay`, `size`,
-//! `header`, `url`) a test uses to tell the echo how to answer, and the
-//! padding that makes a body exactly `size` bytes long.
+//! `header`, `url`, and the failure parameters `fail`, `fail_first`,
+//! `fail_first_per_conn`, `fail_fraction`, `key`) a test uses to tell the
+//! echo how to answer, the gRPC metadata that carries the same for gRPC, and
+//! the padding that makes a body exactly `size` bytes long.
 
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use crate::faults::{
+    COUNT_WANT, FAIL_WANT, FRACTION_WANT, FailWith, FaultPlan, Fraction, parse_count,
+};
 
 /// Longest `?delay=` honoured; longer delays are clamped to this.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
@@ -13,8 +19,59 @@ pub const MAX_DELAY: Duration = Duration::from_secs(60);
 /// without bound.
 pub const MAX_SIZE: usize = 16 * 1024 * 1024;
 
-/// A query parameter the echo understands but could not parse. Answered with
-/// a 400 so that a typo in a test shows up as a failure, not as a silently
+/// Longest `key=` accepted.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// The parameters a gRPC call can use too. gRPC has no query string, so
+/// there they come as request metadata named `x-echo-` and the query name
+/// with `-` for `_` (`x-echo-fail-first`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultParam {
+    Fail,
+    FailFirst,
+    FailFirstPerConn,
+    FailFraction,
+    Key,
+    Delay,
+}
+
+impl FaultParam {
+    const ALL: [FaultParam; 6] = [
+        Self::Fail,
+        Self::FailFirst,
+        Self::FailFirstPerConn,
+        Self::FailFraction,
+        Self::Key,
+        Self::Delay,
+    ];
+
+    fn name(self, spelling: Spelling) -> &'static str {
+        match (spelling, self) {
+            (Spelling::Query, Self::Fail) => "fail",
+            (Spelling::Query, Self::FailFirst) => "fail_first",
+            (Spelling::Query, Self::FailFirstPerConn) => "fail_first_per_conn",
+            (Spelling::Query, Self::FailFraction) => "fail_fraction",
+            (Spelling::Query, Self::Key) => "key",
+            (Spelling::Query, Self::Delay) => "delay",
+            (Spelling::Metadata, Self::Fail) => "x-echo-fail",
+            (Spelling::Metadata, Self::FailFirst) => "x-echo-fail-first",
+            (Spelling::Metadata, Self::FailFirstPerConn) => "x-echo-fail-first-per-conn",
+            (Spelling::Metadata, Self::FailFraction) => "x-echo-fail-fraction",
+            (Spelling::Metadata, Self::Key) => "x-echo-key",
+            (Spelling::Metadata, Self::Delay) => "x-echo-delay",
+        }
+    }
+}
+
+/// How a request spells its parameters.
+#[derive(Debug, Clone, Copy)]
+enum Spelling {
+    Query,
+    Metadata,
+}
+
+/// A query parameter (or gRPC metadata) the echo understands but could not
+/// parse. Answered with a 400 (gRPC: INVALID_ARGUMENT) so that a typo in a test shows up as a failure, not as a silently
 /// ignored parameter.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ShapingError {
@@ -26,6 +83,19 @@ pub enum ShapingError {
     Size(String),
     #[error("invalid header {0:?}: want name:value with a valid header name and value")]
     Header(String),
+    /// A failure parameter; `param` as the request spelt it (query
+    /// parameter or gRPC metadata name).
+    #[error("invalid {param} {value:?}: want {want}")]
+    Fault {
+        param: &'static str,
+        value: String,
+        want: &'static str,
+    },
+    #[error("{param} needs {key} too: the counter it counts on (one key per test)")]
+    NeedsKey {
+        param: &'static str,
+        key: &'static str,
+    },
 }
 
 /// How the request asked to be answered.
@@ -41,6 +111,12 @@ pub struct Shaping {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// `?url=...` (repeatable): outbound calls, used by `/call` only.
     pub urls: Vec<String>,
+    /// `?fail=`, `?fail_first=`, `?fail_first_per_conn=`, `?fail_fraction=`:
+    /// the request's own failure plan.
+    pub fault: FaultPlan,
+    /// `?key=abc`: the counter `fail_first` and `fail_fraction` count on,
+    /// also reported per key by `/hits`.
+    pub key: Option<String>,
 }
 
 impl Shaping {
@@ -54,14 +130,93 @@ impl Shaping {
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*key {
                 "status" => shaping.status = Some(parse_status(&value)?),
-                "delay" => shaping.delay = Some(parse_delay(&value)?),
                 "size" => shaping.size = Some(parse_size(&value)?),
                 "header" => shaping.headers.push(parse_header(&value)?),
                 "url" => shaping.urls.push(value.into_owned()),
-                _ => {}
+                name => {
+                    let param = FaultParam::ALL
+                        .into_iter()
+                        .find(|p| p.name(Spelling::Query) == name);
+                    if let Some(param) = param {
+                        shaping.set_fault_param(param, Spelling::Query, &value)?;
+                    }
+                }
             }
         }
+        shaping.check_key(Spelling::Query)?;
         Ok(shaping)
+    }
+
+    /// Reads the parameters of a gRPC call from its metadata
+    /// (`x-echo-fail`, ...); errors name the metadata.
+    pub fn from_grpc_metadata(headers: &HeaderMap) -> Result<Self, ShapingError> {
+        let mut shaping = Shaping::default();
+        for param in FaultParam::ALL {
+            let name = param.name(Spelling::Metadata);
+            let Some(value) = headers.get(name) else {
+                continue;
+            };
+            let value = value.to_str().map_err(|_| ShapingError::Fault {
+                param: name,
+                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                want: "visible ASCII",
+            })?;
+            shaping.set_fault_param(param, Spelling::Metadata, value)?;
+        }
+        shaping.check_key(Spelling::Metadata)?;
+        Ok(shaping)
+    }
+
+    fn set_fault_param(
+        &mut self,
+        param: FaultParam,
+        spelling: Spelling,
+        value: &str,
+    ) -> Result<(), ShapingError> {
+        let invalid = |want| ShapingError::Fault {
+            param: param.name(spelling),
+            value: value.to_owned(),
+            want,
+        };
+        let count = || parse_count(value).ok_or_else(|| invalid(COUNT_WANT));
+        match param {
+            FaultParam::Delay => self.delay = Some(parse_delay(value)?),
+            FaultParam::Fail => {
+                self.fault.fail = Some(FailWith::parse(value).ok_or_else(|| invalid(FAIL_WANT))?);
+            }
+            FaultParam::FailFirst => self.fault.first = Some(count()?),
+            FaultParam::FailFirstPerConn => self.fault.first_per_conn = Some(count()?),
+            FaultParam::FailFraction => {
+                let fraction = Fraction::parse(value).ok_or_else(|| invalid(FRACTION_WANT))?;
+                self.fault.fraction = Some(fraction);
+            }
+            FaultParam::Key => {
+                if value.is_empty() || value.len() > MAX_KEY_LEN {
+                    return Err(invalid("a non-empty key of at most 256 bytes"));
+                }
+                self.key = Some(value.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// `fail_first` and `fail_fraction` count on their key: without one,
+    /// every test sharing the echo would count on the same counter.
+    fn check_key(&self, spelling: Spelling) -> Result<(), ShapingError> {
+        if self.key.is_some() {
+            return Ok(());
+        }
+        let param = if self.fault.first.is_some() {
+            FaultParam::FailFirst
+        } else if self.fault.fraction.is_some() {
+            FaultParam::FailFraction
+        } else {
+            return Ok(());
+        };
+        Err(ShapingError::NeedsKey {
+            param: param.name(spelling),
+            key: FaultParam::Key.name(spelling),
+        })
     }
 }
 
@@ -205,6 +360,77 @@ mod tests {
                 "{q:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn fault_query() {
+        let s = Shaping::from_query(Some(
+            "fail=close&fail_first=2&fail_first_per_conn=1&fail_fraction=1%2F3&key=t-1&delay=5ms",
+        ))
+        .expect("valid query");
+        assert_eq!(s.fault.fail, Some(FailWith::Close));
+        assert_eq!(s.fault.first, Some(2));
+        assert_eq!(s.fault.first_per_conn, Some(1));
+        assert_eq!(s.fault.fraction, Fraction::parse("1/3"));
+        assert_eq!(s.key.as_deref(), Some("t-1"));
+        assert_eq!(s.delay, Some(Duration::from_millis(5)));
+
+        // Per-connection counting and plain `fail` need no key.
+        assert!(Shaping::from_query(Some("fail_first_per_conn=1")).is_ok());
+        assert!(Shaping::from_query(Some("fail=503")).is_ok());
+        assert_eq!(
+            Shaping::from_query(Some("fail_first=2")),
+            Err(ShapingError::NeedsKey {
+                param: "fail_first",
+                key: "key"
+            })
+        );
+        let err = Shaping::from_query(Some("fail=reset")).expect_err("bad fail");
+        assert!(
+            err.to_string().starts_with("invalid fail \"reset\": want"),
+            "{err}"
+        );
+        for q in [
+            "fail_first=-1&key=a",
+            "fail_first=x&key=a",
+            "fail_first_per_conn=1.5",
+            "fail_fraction=1.5&key=a",
+            "fail_fraction=0.5",
+            "fail=grpc-99",
+            "key=",
+        ] {
+            assert!(
+                Shaping::from_query(Some(q)).is_err(),
+                "{q:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn fault_metadata() {
+        let mut h = HeaderMap::new();
+        h.insert("x-echo-fail", "grpc-unavailable".parse().expect("value"));
+        h.insert("x-echo-fail-first", "2".parse().expect("value"));
+        h.insert("x-echo-key", "g".parse().expect("value"));
+        h.insert("x-echo-delay", "1s".parse().expect("value"));
+        let s = Shaping::from_grpc_metadata(&h).expect("valid metadata");
+        assert_eq!(s.fault.fail, Some(FailWith::Grpc(tonic::Code::Unavailable)));
+        assert_eq!(s.fault.first, Some(2));
+        assert_eq!(s.key.as_deref(), Some("g"));
+        assert_eq!(s.delay, Some(Duration::from_secs(1)));
+
+        h.remove("x-echo-key");
+        let err = Shaping::from_grpc_metadata(&h).expect_err("no key");
+        assert_eq!(
+            err.to_string(),
+            "x-echo-fail-first needs x-echo-key too: the counter it counts on (one key per test)"
+        );
+        h.insert("x-echo-fail-fraction", "lots".parse().expect("value"));
+        let err = Shaping::from_grpc_metadata(&h).expect_err("bad fraction");
+        assert!(
+            err.to_string().starts_with("invalid x-echo-fail-fraction"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,8 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::identity::Workload;
 
-/// Accepts connections on `listener` forever, each echoed on its own task.
-pub async fn accept_loop(listener: TcpListener, workload: Arc<Workload>) {
+/// Accepts connections on `listener` forever, each echoed on its own task
+/// (or, with `refuse`, reset at once).
+pub async fn accept_loop(listener: TcpListener, workload: Arc<Workload>, refuse: bool) {
     let listen = listener.local_addr().ok();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -24,6 +25,10 @@ pub async fn accept_loop(listener: TcpListener, workload: Arc<Workload>) {
                 continue;
             }
         };
+        if refuse {
+            crate::conn::refuse(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let workload = workload.clone();
         tokio::spawn(async move {

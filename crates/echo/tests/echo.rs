@@ -1,37 +1,28 @@
 //! In-process tests of `halyard echo` on ephemeral ports.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use common::{WAIT, args, get, get_untimed, h1_client, h2_client};
 use echo::EchoArgs;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::StatusCode;
+use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-type TestClient = Client<HttpConnector, Empty<Bytes>>;
+use tokio::time::{Instant, timeout};
 
 /// An echo with one HTTP and one TCP port on 127.0.0.1.
 async fn start(service: &str, version: &str, pod: &str) -> (SocketAddr, SocketAddr) {
-    let args = EchoArgs {
-        ports: vec![0],
-        tcp_ports: vec![0],
-        bind: "127.0.0.1".parse().expect("ip"),
-        service: service.into(),
-        version: version.into(),
-        pod: pod.into(),
-        namespace: "test-ns".into(),
-        upstreams: vec![],
-    };
-    let addrs = echo::serve(args).await.expect("serve");
+    let addrs = echo::serve(args(service, version, pod))
+        .await
+        .expect("serve");
     assert_eq!(addrs.len(), 2);
     (addrs[0], addrs[1])
 }
@@ -40,14 +31,9 @@ async fn start(service: &str, version: &str, pod: &str) -> (SocketAddr, SocketAd
 async fn upstreams_are_called_on_every_request() {
     let (details, _) = start("details", "v1", "details-0").await;
     let args = EchoArgs {
-        ports: vec![0],
         tcp_ports: vec![],
-        bind: "127.0.0.1".parse().expect("ip"),
-        service: "productpage".into(),
-        version: "v1".into(),
-        pod: "productpage-0".into(),
-        namespace: "test-ns".into(),
         upstreams: vec![format!("http://{details}/details")],
+        ..args("productpage", "v1", "productpage-0")
     };
     let addrs = echo::serve(args).await.expect("serve");
     let body: serde_json::Value = {
@@ -75,51 +61,6 @@ async fn upstreams_are_called_on_every_request() {
     assert_eq!(call["status"], 200, "{body}");
     assert_eq!(call["body"]["service"], "details");
     assert_eq!(call["body"]["headers"]["x-request-id"], "req-7");
-}
-
-fn h1_client() -> TestClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-fn h2_client() -> TestClient {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-}
-
-async fn get(client: &TestClient, url: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut req = Request::get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Empty::new()).expect("request");
-    let resp = timeout(WAIT, client.request(req))
-        .await
-        .expect("in time")
-        .expect("response");
-    let (parts, body) = resp.into_parts();
-    let body = timeout(WAIT, body.collect())
-        .await
-        .expect("in time")
-        .expect("body")
-        .to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
 }
 
 /// Reads one HTTP/1.1 response with a content-length body from `stream`.
@@ -225,7 +166,8 @@ async fn healthz() {
     assert_eq!(a.body, "ok");
 }
 
-#[tokio::test]
+// Paused clock: the delays pass without waiting.
+#[tokio::test(start_paused = true)]
 async fn status_delay_and_header_shaping() {
     let (http, _) = start("echo", "v1", "p").await;
     let client = h1_client();
@@ -235,12 +177,12 @@ async fn status_delay_and_header_shaping() {
     assert_eq!(a.json()["service"], "echo");
 
     let started = Instant::now();
-    let a = get(&client, &format!("http://{http}/?delay=200ms"), &[]).await;
+    let a = get_untimed(&client, &format!("http://{http}/?delay=200ms"), &[]).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(started.elapsed() >= Duration::from_millis(200));
 
     let started = Instant::now();
-    let a = get(
+    let a = get_untimed(
         &client,
         &format!("http://{http}/?delay=0.25s&status=201"),
         &[],
