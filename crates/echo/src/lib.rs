@@ -86,9 +86,10 @@
 //!
 //! A request's own triggers count on its key (`fail_first_per_conn` on its
 //! connection); the flags' on the echo's total. Every trigger counts every
-//! request, and a request fails when any trigger picks it; when both its own
-//! and the flags' pick it, its own `fail=` says how. Without `fail=`/`--fail`
-//! a picked request gets `503`, or for gRPC `grpc-unavailable`. Counted are
+//! request, and a request fails when any trigger picks it. `fail=` says how
+//! the requests its own triggers pick fail, `--fail` how the flags' do
+//! (default `503`, for gRPC `grpc-unavailable`); when both pick a request,
+//! its own side wins. Counted are
 //! all requests but `/healthz`, `/hits` and those rejected with 400 (gRPC:
 //! `INVALID_ARGUMENT`) for a bad parameter.
 //!
