@@ -178,6 +178,93 @@ pub struct RouteAction {
     pub cluster_headers: Vec<Option<Arc<LevelHeaders>>>,
     /// The route's retry policy, else its virtual host's.
     pub retry: Option<Arc<RetryPolicy>>,
+    /// Path and host rewrites before forwarding.
+    pub rewrite: Option<Arc<Rewrite>>,
+    /// `max_grpc_timeout` / `max_stream_duration.grpc_timeout_header_max`:
+    /// a gRPC request's `grpc-timeout` replaces `timeout` (none: no
+    /// timeout), capped at this (None: no cap).
+    pub grpc_timeout: Option<Option<Duration>>,
+}
+
+/// `prefix_rewrite` / `regex_rewrite` and `host_rewrite_literal`.
+#[derive(Debug)]
+pub struct Rewrite {
+    pub path: Option<PathRewrite>,
+    pub host: Option<http::HeaderValue>,
+}
+
+#[derive(Debug)]
+pub enum PathRewrite {
+    /// Replaces the matched prefix (the whole path for exact and regex
+    /// matches).
+    Prefix(String),
+    /// Every match of the pattern in the path, replaced (RE2's `\1` groups
+    /// become the regex crate's `${1}`).
+    Regex(Regex, String),
+}
+
+impl PathRewrite {
+    /// The new path-and-query for `path_and_query`, which `matched` routed.
+    pub fn apply(&self, matched: &PathMatch, path_and_query: &str) -> String {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let mut out = match self {
+            PathRewrite::Prefix(new) => {
+                let cut = match matched {
+                    PathMatch::Prefix(p) => p.len().min(path.len()),
+                    PathMatch::Path(_) | PathMatch::Regex(_) => path.len(),
+                };
+                format!("{new}{}", &path[cut..])
+            }
+            PathRewrite::Regex(re, with) => re.replace_all(path, with.as_str()).into_owned(),
+        };
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
+/// RE2 substitution (`\1`, a literal `$`) in the regex crate's syntax.
+fn re2_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(|d| d.is_ascii_digit()) => {
+                let d = chars.next().unwrap_or('0');
+                out.push_str(&format!("${{{d}}}"));
+            }
+            '\\' if chars.peek() == Some(&'\\') => {
+                chars.next();
+                out.push('\\');
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The timeout a `grpc-timeout` header asks for (`1S`, `250m`, ...).
+pub fn grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 impl RouteAction {
@@ -584,11 +671,67 @@ impl TryFrom<&xds_route::RouteAction> for RouteAction {
             )),
             None => None,
         };
+        use xds_route::route_action::HostRewriteSpecifier;
+        let path = match (&a.prefix_rewrite, &a.regex_rewrite) {
+            (p, Some(_)) if !p.is_empty() => {
+                return Err(ConfigError::new(
+                    "regex_rewrite",
+                    "only one of prefix_rewrite and regex_rewrite may be set",
+                ));
+            }
+            (p, None) if !p.is_empty() => Some(PathRewrite::Prefix(p.clone())),
+            (_, Some(r)) => {
+                let pattern = r
+                    .pattern
+                    .as_ref()
+                    .ok_or_else(|| ConfigError::new("regex_rewrite.pattern", "required"))?;
+                let re = Regex::new(&pattern.regex).map_err(|e| {
+                    ConfigError::new("regex_rewrite.pattern.regex", format!("invalid regex: {e}"))
+                })?;
+                Some(PathRewrite::Regex(re, re2_substitution(&r.substitution)))
+            }
+            _ => None,
+        };
+        let host = match &a.host_rewrite_specifier {
+            Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(
+                http::HeaderValue::from_str(h)
+                    .map_err(|_| ConfigError::new("host_rewrite_literal", "not a valid host"))?,
+            ),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "host_rewrite_specifier",
+                    "only host_rewrite_literal is supported",
+                ));
+            }
+            None => None,
+        };
+        let rewrite = (path.is_some() || host.is_some()).then(|| Arc::new(Rewrite { path, host }));
+        #[allow(deprecated)]
+        let mut grpc_timeout = match &a.max_grpc_timeout {
+            Some(d) => Some(Some(duration(d, "max_grpc_timeout")?).filter(|d| !d.is_zero())),
+            None => None,
+        };
+        if let Some(m) = &a.max_stream_duration {
+            if let Some(d) = &m.max_stream_duration
+                && !duration(d, "max_stream_duration.max_stream_duration")?.is_zero()
+            {
+                return Err(ConfigError::new(
+                    "max_stream_duration.max_stream_duration",
+                    "only 0s (no limit) is supported",
+                ));
+            }
+            if let Some(d) = &m.grpc_timeout_header_max {
+                let d = duration(d, "max_stream_duration.grpc_timeout_header_max")?;
+                grpc_timeout = Some(Some(d).filter(|d| !d.is_zero()));
+            }
+        }
         Ok(RouteAction {
             clusters,
             timeout,
             cluster_headers,
             retry,
+            rewrite,
+            grpc_timeout,
         })
     }
 }

@@ -16,11 +16,7 @@ pub const ABORT_BODY: &str = "fault filter abort";
 /// clients a trailers-only response (HTTP 200, `grpc-status`), the status
 /// mapped from the HTTP code when the abort gave one.
 pub fn abort_response(status: AbortStatus, request: &HeaderMap) -> Response<ResponseBody> {
-    let grpc_request = request
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"));
-    if grpc_request {
+    if super::headers::is_grpc(request) {
         let code = match status {
             AbortStatus::Grpc(c) => c,
             AbortStatus::Http(s) => http_to_grpc(s),

@@ -18,8 +18,8 @@ use super::body::{EndTimer, ResponseBody};
 use super::connection_manager::HttpContext;
 use super::fault::{self, FaultConfig};
 use super::headers::{
-    self, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME,
-    X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
+    self, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_PATH,
+    X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use super::path_normalization;
 use super::route_match::RequestView;
@@ -156,6 +156,7 @@ async fn forward(
 
     // Route, cluster and host, from one consistent snapshot.
     let mut fault: Option<Arc<FaultConfig>> = None;
+    let mut rewritten = None;
     let (cluster, timeout, route) = {
         let snapshot = ctx.store.load();
         let rds;
@@ -221,8 +222,33 @@ async fn forward(
             attempt_count_upstream: vh.attempt_count_upstream,
             attempt_count_downstream: vh.attempt_count_downstream,
         };
-        (cluster, action.timeout, retry)
+        let timeout = match action.grpc_timeout {
+            Some(cap) if headers::is_grpc(req.headers()) => {
+                let asked = req
+                    .headers()
+                    .get("grpc-timeout")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(crate::config::route::grpc_timeout);
+                match (asked, cap) {
+                    (Some(a), Some(c)) => Some(a.min(c)),
+                    (a, c) => a.or(c),
+                }
+            }
+            _ => action.timeout,
+        };
+        if let Some(rw) = &action.rewrite {
+            rewritten = Some((
+                rw.path
+                    .as_ref()
+                    .map(|p| p.apply(&route.matcher.path, view.path)),
+                rw.host.clone(),
+            ));
+        }
+        (cluster, timeout, retry)
     };
+    if let Some((path, host)) = rewritten {
+        rewrite(&mut req, path, host);
+    }
     // The fault filter runs before the router: a delay, then maybe an abort.
     if let Some(fault) = fault
         && let Some(reply) = inject_fault(&fault, &req, ctx, &mut mutations.info).await
@@ -764,6 +790,35 @@ fn prepare_request(
             }
             *req.version_mut() = Version::HTTP_2;
         }
+    }
+}
+
+/// A route's rewrites: the new path (the original kept in
+/// `x-envoy-original-path`, as Envoy does) and host.
+fn rewrite(req: &mut Request<Incoming>, path: Option<String>, host: Option<HeaderValue>) {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    if let Some(p) = path
+        && let Ok(pq) = PathAndQuery::try_from(p)
+    {
+        if let Some(old) = parts.path_and_query.as_ref()
+            && let Ok(v) = HeaderValue::from_str(old.as_str())
+        {
+            req.headers_mut().insert(&X_ENVOY_ORIGINAL_PATH, v);
+        }
+        parts.path_and_query = Some(pq);
+    }
+    if let Some(h) = host {
+        if parts.authority.is_some()
+            && let Ok(a) = Authority::try_from(h.as_bytes())
+        {
+            parts.authority = Some(a);
+        }
+        if req.headers().contains_key(header::HOST) || parts.authority.is_none() {
+            req.headers_mut().insert(header::HOST, h);
+        }
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }
 

@@ -87,6 +87,9 @@ fn answer(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(v) = req.headers().get("x-forwarded-client-cert") {
         h.insert("x-seen-xfcc", v.clone());
     }
+    if let Some(v) = req.headers().get("x-envoy-original-path") {
+        h.insert("x-seen-original-path", v.clone());
+    }
     resp
 }
 

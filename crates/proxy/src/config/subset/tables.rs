@@ -399,6 +399,28 @@ pub(super) static RETRY_POLICY: Schema = Schema {
     ],
 };
 
+pub(super) static REGEX_REWRITE: Schema = Schema {
+    message: "envoy.type.matcher.v3.RegexMatchAndSubstitute",
+    allowed: &[
+        ("pattern", 1, false, Field::Msg(&REGEX)),
+        ("substitution", 2, false, Field::Leaf),
+    ],
+    names: &[(1, "pattern"), (2, "substitution")],
+};
+
+pub(super) static MAX_STREAM_DURATION: Schema = Schema {
+    message: "envoy.config.route.v3.RouteAction.MaxStreamDuration",
+    allowed: &[
+        ("max_stream_duration", 1, false, Field::Leaf),
+        ("grpc_timeout_header_max", 2, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "max_stream_duration"),
+        (2, "grpc_timeout_header_max"),
+        (3, "grpc_timeout_header_offset"),
+    ],
+};
+
 pub(super) static ROUTE_ACTION: Schema = Schema {
     message: "envoy.config.route.v3.RouteAction",
     allowed: &[
@@ -411,6 +433,16 @@ pub(super) static ROUTE_ACTION: Schema = Schema {
         ),
         ("timeout", 8, false, Field::Leaf),
         ("retry_policy", 9, false, Field::Msg(&RETRY_POLICY)),
+        ("prefix_rewrite", 5, false, Field::Leaf),
+        ("regex_rewrite", 32, false, Field::Msg(&REGEX_REWRITE)),
+        ("host_rewrite_literal", 6, false, Field::Leaf),
+        ("max_grpc_timeout", 23, false, Field::Leaf),
+        (
+            "max_stream_duration",
+            36,
+            false,
+            Field::Msg(&MAX_STREAM_DURATION),
+        ),
     ],
     names: &[
         (1, "cluster"),
@@ -1783,6 +1815,8 @@ pub(super) static ALL: &[&Schema] = &[
     &RETRY_HOST_PREDICATE,
     &RETRY_BACK_OFF,
     &RETRY_POLICY,
+    &REGEX_REWRITE,
+    &MAX_STREAM_DURATION,
     &ROUTE_ACTION,
     &REDIRECT_ACTION,
     &DATA_SOURCE,
