@@ -180,6 +180,13 @@ pub fn forward_client_cert(h: &mut HeaderMap, hcm: &HttpConnectionManager, tls: 
     }
 }
 
+/// A gRPC request (`content-type: application/grpc[+proto|...]`).
+pub fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,11 +224,4 @@ mod tests {
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
         assert_ne!(request_id(), request_id());
     }
-}
-
-/// A gRPC request (`content-type: application/grpc[+proto|...]`).
-pub fn is_grpc(h: &http::HeaderMap) -> bool {
-    h.get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
