@@ -1,5 +1,6 @@
-//! The mesh-TLS golden cases (`golden/*/mesh.yaml`) against a stock Envoy
-//! (when `$HALYARD_ENVOY` names one; skipped otherwise): each case's
+//! Every golden case (`golden/*/`: the mesh-TLS ones with `mesh.yaml` and
+//! the plaintext ones) against a stock Envoy (when `$HALYARD_ENVOY` names
+//! one; skipped otherwise): each case's
 //! translation is served over ADS to an Envoy with the case's node, whose
 //! `sds-grpc` cluster reaches an in-process SDS server with `default` and
 //! `ROOTCA` (from a real CA) and the DestinationRule file secrets. Every
@@ -130,14 +131,14 @@ fn stat(stats: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The cases with mesh TLS, with their mesh (TLS on) and node.
+/// Every golden case, with its mesh (TLS on when it has `mesh.yaml`) and node.
 fn cases() -> Vec<(String, pilot::mesh::Mesh, Node)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .expect("golden dir")
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.join("mesh.yaml").exists())
+        .filter(|p| p.join("config.yaml").exists())
         .collect();
     dirs.sort();
     dirs.into_iter()
@@ -150,7 +151,7 @@ fn cases() -> Vec<(String, pilot::mesh::Mesh, Node)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stock_envoy_accepts_the_mesh_tls_goldens() {
+async fn stock_envoy_accepts_every_golden() {
     let Some(bin) = envoy() else {
         eprintln!("HALYARD_ENVOY not set; skipping the stock Envoy run");
         return;
@@ -173,8 +174,8 @@ async fn stock_envoy_accepts_the_mesh_tls_goldens() {
         .filter(|(n, _, _)| only.as_deref().is_none_or(|o| o == n))
         .collect();
     assert!(
-        only.is_some() || cases.len() >= 7,
-        "{} mesh TLS cases",
+        only.is_some() || cases.len() >= 11,
+        "{} golden cases",
         cases.len()
     );
     let mut failures = Vec::new();
