@@ -543,6 +543,8 @@ pub struct HttpStats {
     pub fault_delays_injected: Counter,
     pub fault_aborts_injected: Counter,
     pub fault_active_faults: Counter,
+    pub cors_origin_valid: Counter,
+    pub cors_origin_invalid: Counter,
 }
 
 impl HttpStats {
@@ -560,6 +562,8 @@ impl HttpStats {
             fault_delays_injected: s.counter(stats, "fault.delays_injected"),
             fault_aborts_injected: s.counter(stats, "fault.aborts_injected"),
             fault_active_faults: s.gauge(stats, "fault.active_faults"),
+            cors_origin_valid: s.counter(stats, "cors.origin_valid"),
+            cors_origin_invalid: s.counter(stats, "cors.origin_invalid"),
         }
     }
 

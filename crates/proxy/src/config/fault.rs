@@ -27,7 +27,7 @@ impl Fraction {
         (random % u64::from(self.denominator)) < u64::from(self.numerator.min(self.denominator))
     }
 
-    fn parse(p: Option<&FractionalPercent>, at: &str) -> Result<Fraction, ConfigError> {
+    pub(crate) fn parse(p: Option<&FractionalPercent>, at: &str) -> Result<Fraction, ConfigError> {
         use fractional_percent::DenominatorType as D;
         // Unset is the message's default, 0 of HUNDRED: never (as in Envoy).
         let Some(p) = p else {

@@ -222,6 +222,9 @@ pub enum HttpFilter {
         name: String,
         config: Arc<FaultConfig>,
     },
+    /// `envoy.filters.http.cors` under its configured name: it acts on
+    /// routes whose per-filter config for that name is a CorsPolicy.
+    Cors { name: String },
 }
 
 #[derive(Debug)]
@@ -654,6 +657,15 @@ fn http_filters(list: &[hcm::HttpFilter]) -> Result<Vec<HttpFilter>, ConfigError
                 at,
                 "terminal filter named envoy.filters.http.router is not the last filter",
             ));
+        }
+        let cors_type = matches!(&f.config_type,
+            Some(hcm::http_filter::ConfigType::TypedConfig(any))
+                if any.type_url.ends_with(super::cors::FILTER_TYPE));
+        if cors_type {
+            out.push(HttpFilter::Cors {
+                name: f.name.clone(),
+            });
+            continue;
         }
         let config = match &f.config_type {
             Some(hcm::http_filter::ConfigType::TypedConfig(any)) => {

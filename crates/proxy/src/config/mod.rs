@@ -3,6 +3,7 @@
 //! the store that holds the last good version of each resource.
 
 pub mod cluster;
+pub mod cors;
 pub mod endpoint;
 pub mod fault;
 pub mod header_ops;

@@ -11,11 +11,13 @@ use envoy_types::pb::envoy::config::route::v3 as xds_route;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use regex::Regex;
 
+use super::cors::CorsConfig;
 use super::fault::FaultConfig;
 use super::header_ops::LevelHeaders;
 use super::retry::RetryPolicy;
 use super::{check_subset, duration, subset};
 use crate::error::ConfigError;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy as CorsProto;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault as FaultProto;
 
 pub type XdsRouteConfiguration = xds_route::RouteConfiguration;
@@ -62,12 +64,19 @@ pub struct Route {
     pub headers: Option<Arc<LevelHeaders>>,
     /// `typed_per_filter_config` of fault filters, by filter name.
     pub faults: Vec<(String, Arc<FaultConfig>)>,
+    /// `typed_per_filter_config` of CORS filters, by filter name.
+    pub cors: Vec<(String, Arc<CorsConfig>)>,
 }
 
 impl Route {
     /// This route's config for the fault filter named `name`, if it has one.
     pub fn fault(&self, name: &str) -> Option<&Arc<FaultConfig>> {
         self.faults.iter().find(|(n, _)| n == name).map(|(_, f)| f)
+    }
+
+    /// This route's policy for the CORS filter named `name`, if it has one.
+    pub fn cors(&self, name: &str) -> Option<&Arc<CorsConfig>> {
+        self.cors.iter().find(|(n, _)| n == name).map(|(_, c)| c)
     }
 }
 
@@ -470,11 +479,18 @@ impl TryFrom<&xds_route::Route> for Route {
             &r.response_headers_to_remove,
         )?;
         let mut faults = Vec::new();
+        let mut cors = Vec::new();
         let mut names: Vec<&String> = r.typed_per_filter_config.keys().collect();
         names.sort();
         for name in names {
             let at = format!("typed_per_filter_config[{name}]");
             let any = &r.typed_per_filter_config[name];
+            if any.type_url.ends_with(super::cors::POLICY_TYPE) {
+                let proto: CorsProto = super::decode_any(any, &at)?;
+                let config = CorsConfig::try_from(&proto).map_err(|e| e.under(&at))?;
+                cors.push((name.clone(), Arc::new(config)));
+                continue;
+            }
             let proto: FaultProto = super::decode_any(any, &at)?;
             let config = FaultConfig::try_from(&proto).map_err(|e| e.under(&at))?;
             faults.push((name.clone(), Arc::new(config)));
@@ -485,6 +501,7 @@ impl TryFrom<&xds_route::Route> for Route {
             action,
             headers,
             faults,
+            cors,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod connection_manager;
+pub mod cors;
 pub mod fault;
 pub mod headers;
 pub mod path_normalization;

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{EndTimer, ResponseBody};
 use super::connection_manager::HttpContext;
+use super::cors;
 use super::fault::{self, FaultConfig};
 use super::headers::{
     self, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_PATH,
@@ -24,6 +25,7 @@ use super::headers::{
 use super::path_normalization;
 use super::route_match::RequestView;
 use crate::config::cluster::UpstreamProtocol;
+use crate::config::cors::CorsConfig;
 use crate::config::header_ops::LevelHeaders;
 use crate::config::listener::HttpFilter;
 use crate::config::listener::RouteSource;
@@ -68,6 +70,9 @@ pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
     // The route's response mutations apply to what it answered, upstream or
     // local (as Envoy's finalizeResponseHeaders), before the server header.
     mutations.response(resp.headers_mut());
+    if let Some((origin, policy)) = &mutations.cors {
+        cors::encode(policy, origin, resp.headers_mut());
+    }
     if let Some(n) = mutations.attempts {
         resp.headers_mut()
             .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(n));
@@ -110,13 +115,15 @@ pub fn local_reply(err: &RequestError) -> Response<ResponseBody> {
 /// What the request picked up on its way: the header mutations of the chosen
 /// route and weighted cluster, and its record when streams are observed.
 #[derive(Default)]
-struct Mutations {
+pub(super) struct Mutations {
     cluster: Option<Arc<LevelHeaders>>,
     route: Option<Arc<LevelHeaders>>,
     info: Option<StreamInfo>,
     /// Upstream attempts made, when the virtual host reports them
     /// (`include_attempt_count_in_response`), on answers and local replies.
     attempts: Option<u32>,
+    /// An allowed CORS request's origin and policy, for the response.
+    pub(super) cors: Option<(HeaderValue, Arc<CorsConfig>)>,
 }
 
 impl Mutations {
@@ -183,10 +190,23 @@ async fn forward(
         }
         // The fault filters of the chain, with the route's config for each.
         for filter in &ctx.hcm.http_filters {
-            let HttpFilter::Fault { name, config } = filter;
-            let config = route.fault(name).unwrap_or(config);
-            if !config.is_empty() {
-                fault = Some(config.clone());
+            match filter {
+                HttpFilter::Fault { name, config } => {
+                    let config = route.fault(name).unwrap_or(config);
+                    if !config.is_empty() {
+                        fault = Some(config.clone());
+                    }
+                }
+                HttpFilter::Cors { name } => {
+                    if let Some(policy) = route.cors(name)
+                        && let Some(reply) = cors::decode(policy, &req, mutations, &ctx.stats)
+                    {
+                        // A filter's own reply: the router's response
+                        // mutations do not apply.
+                        mutations.route = None;
+                        return Ok(reply);
+                    }
+                }
             }
         }
         let action = match &route.action {

@@ -284,6 +284,49 @@ pub(super) static FAULT: Schema = Schema {
     ],
 };
 
+pub(super) static RUNTIME_FRACTION: Schema = Schema {
+    message: "envoy.config.core.v3.RuntimeFractionalPercent",
+    allowed: &[("default_value", 1, false, Field::Msg(&FRACTIONAL_PERCENT))],
+    names: &[(1, "default_value"), (2, "runtime_key")],
+};
+
+pub(super) static CORS: Schema = Schema {
+    message: "envoy.extensions.filters.http.cors.v3.Cors",
+    allowed: &[],
+    names: &[],
+};
+
+pub(super) static CORS_POLICY: Schema = Schema {
+    message: "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+    allowed: &[
+        (
+            "allow_origin_string_match",
+            1,
+            true,
+            Field::Msg(&STRING_MATCHER),
+        ),
+        ("allow_methods", 2, false, Field::Leaf),
+        ("allow_headers", 3, false, Field::Leaf),
+        ("expose_headers", 4, false, Field::Leaf),
+        ("max_age", 5, false, Field::Leaf),
+        ("allow_credentials", 6, false, Field::Leaf),
+        ("filter_enabled", 7, false, Field::Msg(&RUNTIME_FRACTION)),
+        ("forward_not_matching_preflights", 10, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "allow_origin_string_match"),
+        (2, "allow_methods"),
+        (3, "allow_headers"),
+        (4, "expose_headers"),
+        (5, "max_age"),
+        (6, "allow_credentials"),
+        (7, "filter_enabled"),
+        (8, "shadow_enabled"),
+        (9, "allow_private_network_access"),
+        (10, "forward_not_matching_preflights"),
+    ],
+};
+
 pub(super) static CLUSTER_WEIGHT: Schema = Schema {
     message: "envoy.config.route.v3.WeightedCluster.ClusterWeight",
     allowed: &[
@@ -553,7 +596,13 @@ pub(super) static ROUTE: Schema = Schema {
             "typed_per_filter_config",
             13,
             false,
-            Field::AnyMap(&[("envoy.extensions.filters.http.fault.v3.HTTPFault", &FAULT)]),
+            Field::AnyMap(&[
+                ("envoy.extensions.filters.http.fault.v3.HTTPFault", &FAULT),
+                (
+                    "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+                    &CORS_POLICY,
+                ),
+            ]),
         ),
         (
             "request_headers_to_add",
@@ -698,6 +747,7 @@ pub(super) static HTTP_FILTER: Schema = Schema {
             Field::Any(&[
                 ("envoy.extensions.filters.http.router.v3.Router", &ROUTER),
                 ("envoy.extensions.filters.http.fault.v3.HTTPFault", &FAULT),
+                ("envoy.extensions.filters.http.cors.v3.Cors", &CORS),
             ]),
         ),
     ],
@@ -1809,6 +1859,9 @@ pub(super) static ALL: &[&Schema] = &[
     &FAULT_DELAY,
     &FAULT_ABORT,
     &FAULT,
+    &RUNTIME_FRACTION,
+    &CORS,
+    &CORS_POLICY,
     &CLUSTER_WEIGHT,
     &WEIGHTED_CLUSTERS,
     &PREVIOUS_HOSTS,
