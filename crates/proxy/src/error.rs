@@ -56,6 +56,8 @@ pub enum ResponseFlag {
     FaultInjected,
     /// The client went away before the response was complete.
     DownstreamConnectionTermination,
+    /// A circuit breaker refused the request or connection.
+    UpstreamOverflow,
 }
 
 impl ResponseFlag {
@@ -71,6 +73,7 @@ impl ResponseFlag {
             ResponseFlag::DelayInjected => "DI",
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::DownstreamConnectionTermination => "DC",
+            ResponseFlag::UpstreamOverflow => "UO",
         }
     }
 }
@@ -102,6 +105,9 @@ pub enum RequestError {
         "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
     )]
     UpstreamReset(#[source] hyper::Error),
+    /// A circuit breaker (max_requests, max_pending_requests) is open.
+    #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
+    Overflow,
     #[error("upgrade not allowed")]
     UpgradeRefused,
     /// HTTP/1.0 without `accept_http_10` (not in the subset, so always).
@@ -127,6 +133,7 @@ impl RequestError {
             RequestError::ConnectFailure(_) => ResponseFlag::UpstreamConnectionFailure,
             RequestError::Timeout => ResponseFlag::UpstreamRequestTimeout,
             RequestError::UpstreamReset(_) => ResponseFlag::UpstreamConnectionTermination,
+            RequestError::Overflow => ResponseFlag::UpstreamOverflow,
             RequestError::UpgradeRefused | RequestError::Http10 => {
                 ResponseFlag::DownstreamProtocolError
             }

@@ -2,11 +2,13 @@
 //! into the domain types the data path runs, one module per resource kind, and
 //! the store that holds the last good version of each resource.
 
+pub mod circuit_breakers;
 pub mod cluster;
 pub mod endpoint;
 pub mod fault;
 pub mod header_ops;
 pub mod listener;
+pub mod outlier;
 pub mod route;
 pub mod store;
 pub mod subset;

@@ -31,7 +31,6 @@ use crate::config::route::{Action, DirectResponse, PathMatch, PathRedirect, Redi
 use crate::error::{RequestError, ResponseFlag};
 use crate::request_body::RequestBody;
 use crate::stream_info::StreamInfo;
-use crate::upstream::host::ActiveRequest;
 use crate::upstream::lb::random;
 use crate::upstream::pool::{self, Protocol};
 
@@ -243,7 +242,7 @@ async fn forward(
     prepare_request(&mut req, protocol, ctx, upgrade, timeout);
     mutations.request(req.headers_mut());
 
-    let active = ActiveRequest::new(host, cluster.stats.upstream_rq_active.clone());
+    let active = cluster.start_request(host.clone())?;
     let start = Instant::now();
     // auto_sni: the TLS SNI is the request's host (without a port).
     let sni = cluster.config.auto_sni.then(|| {
@@ -266,6 +265,8 @@ async fn forward(
         secrets: &ctx.store.secrets,
         sni: sni.as_deref().filter(|s| !s.is_empty()),
         verify_sni: cluster.config.auto_san_validation,
+        breakers: &cluster.breakers,
+        pool: &cluster.config.pool,
     };
     let send = pool::send(
         active,
@@ -284,6 +285,7 @@ async fn forward(
         },
         None => send.await,
     };
+    cluster.report_result(&host, &result);
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
