@@ -599,8 +599,10 @@ pub struct ClusterStats {
     pub upstream_cx_connect_fail: Counter,
     pub upstream_cx_connect_ms: Histogram,
     pub upstream_cx_none_healthy: Counter,
-    /// Circuit breakers: max_requests or max_pending_requests refused a request.
+    /// Circuit breakers: max_pending_requests refused a request.
     pub upstream_rq_pending_overflow: Counter,
+    /// max_requests refused a request (Envoy 1.40's name for it).
+    pub upstream_rq_active_overflow: Counter,
     /// max_connections kept a new connection from being opened.
     pub upstream_cx_overflow: Counter,
     /// max_retries refused a retry.
@@ -635,6 +637,7 @@ impl ClusterStats {
             upstream_cx_connect_ms: s.histogram(stats, "upstream_cx_connect_ms"),
             upstream_cx_none_healthy: s.counter(stats, "upstream_cx_none_healthy"),
             upstream_rq_pending_overflow: s.counter(stats, "upstream_rq_pending_overflow"),
+            upstream_rq_active_overflow: s.counter(stats, "upstream_rq_active_overflow"),
             upstream_cx_overflow: s.counter(stats, "upstream_cx_overflow"),
             upstream_rq_retry_overflow: s.counter(stats, "upstream_rq_retry_overflow"),
             upstream_cx_idle_timeout: s.counter(stats, "upstream_cx_idle_timeout"),

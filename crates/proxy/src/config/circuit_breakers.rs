@@ -204,3 +204,53 @@ impl TcpKeepalive {
         socket.set_keepalive(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::cluster::{ClusterConfig, XdsCluster};
+
+    #[test]
+    fn connection_pool_options_parse_and_keepalive_reaches_the_socket() {
+        let c: XdsCluster = xds::json::from_yaml(
+            r#"
+name: c
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {http2_protocol_options: {max_concurrent_streams: 7}}
+    common_http_protocol_options: {max_requests_per_connection: 3, idle_timeout: 0s, max_connection_duration: 60s}
+upstream_connection_options: {tcp_keepalive: {keepalive_time: 40, keepalive_interval: 7, keepalive_probes: 4}}
+"#,
+        )
+        .unwrap();
+        let pool = ClusterConfig::try_from(&c).unwrap().pool;
+        assert_eq!(pool.max_concurrent_streams, 7);
+        assert_eq!(pool.max_requests_per_connection, Some(3));
+        assert_eq!(pool.idle_timeout, None, "0 disables the idle timeout");
+        assert_eq!(pool.max_connection_duration, Some(Duration::from_secs(60)));
+        let ka = pool.tcp_keepalive.unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        ka.apply(socket2::SockRef::from(&s)).unwrap();
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(40));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(
+            ConnectionPoolConfig::default().idle_timeout,
+            Some(DEFAULT_IDLE_TIMEOUT)
+        );
+    }
+
+    #[test]
+    fn overflow_is_a_uo_503() {
+        let e = crate::error::RequestError::Overflow;
+        assert_eq!((e.flag().code(), e.status().as_u16()), ("UO", 503));
+        assert!(!e.retryable());
+    }
+}

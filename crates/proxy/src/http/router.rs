@@ -94,6 +94,10 @@ pub fn local_reply(err: &RequestError) -> Response<ResponseBody> {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if let RequestError::Overflow = err {
+        // Envoy marks requests dropped by a circuit breaker.
+        h.insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    }
     resp
 }
 

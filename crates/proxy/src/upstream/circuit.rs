@@ -66,6 +66,9 @@ pub struct CircuitBreakers {
     /// A connection of the cluster closed: a request waiting for one may
     /// open its own now.
     pub(crate) connection_closed: Notify,
+    /// max_connection_pools is outside the subset (unlimited): Envoy's
+    /// `cx_pool_open` (0) and `remaining_cx_pools` gauges, for its names.
+    _pools_open: Counter,
 }
 
 impl CircuitBreakers {
@@ -84,6 +87,7 @@ impl CircuitBreakers {
             remaining: OnceLock::new(),
             retry_budget: ArcSwapOption::empty(),
             connection_closed: Notify::new(),
+            _pools_open: scope.gauge(stats, "circuit_breakers.default.cx_pool_open"),
         });
         cb.configure(config);
         cb
@@ -103,6 +107,9 @@ impl CircuitBreakers {
         self.retry_budget
             .store(config.retry_budget.clone().map(Arc::new));
         if config.track_remaining {
+            self.scope
+                .gauge(&self.stats, "circuit_breakers.default.remaining_cx_pools")
+                .set(i64::MAX);
             self.remaining.get_or_init(|| {
                 ALL.map(|r| {
                     self.scope.gauge(

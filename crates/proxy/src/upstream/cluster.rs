@@ -246,11 +246,12 @@ impl UpstreamCluster {
     }
 
     /// Start a request to `host` within `max_requests`: counts it active
-    /// until the response body ends. Over the limit: `upstream_rq_pending_overflow`
-    /// (Envoy's counter for this breaker too) and a UO 503.
+    /// until the response body ends. Over the limit: `upstream_rq_active_overflow`
+    /// (as Envoy 1.40 counts it) and a UO 503. Envoy checks this limit once a
+    /// connection is ready (so may open one first); we check before connecting.
     pub fn start_request(&self, host: Arc<Host>) -> Result<ActiveRequest, RequestError> {
         let Some(permit) = self.breakers.try_acquire(Resource::Request) else {
-            self.stats.upstream_rq_pending_overflow.inc();
+            self.stats.upstream_rq_active_overflow.inc();
             return Err(RequestError::Overflow);
         };
         Ok(ActiveRequest::new(host, self.stats.upstream_rq_active.clone()).with_permit(permit))

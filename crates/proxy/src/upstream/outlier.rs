@@ -155,6 +155,8 @@ struct OutlierStats {
     ejections_enforced_total: Counter,
     ejections_consecutive_5xx: Counter,
     ejections_success_rate: Counter,
+    /// detect_degraded_hosts is outside the subset: always 0, kept for Envoy's names.
+    _ejections_detected_degradation: Counter,
     detected: [Counter; 7],
     enforced: [Counter; 7],
 }
@@ -170,6 +172,7 @@ impl OutlierStats {
             ejections_enforced_total: c("ejections_enforced_total"),
             ejections_consecutive_5xx: c("ejections_consecutive_5xx"),
             ejections_success_rate: c("ejections_success_rate"),
+            _ejections_detected_degradation: c("ejections_detected_degradation"),
             detected: EjectionType::ALL.map(|t| c(&format!("ejections_detected_{}", t.stat()))),
             enforced: EjectionType::ALL.map(|t| c(&format!("ejections_enforced_{}", t.stat()))),
         }
