@@ -17,8 +17,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::config::endpoint::Health;
 use crate::config::store::ConfigStore;
 use crate::descriptors::Descriptors;
+use crate::upstream::Host;
+use crate::upstream::circuit::Resource;
 
 const ADMIN_TYPE: &str = "type.googleapis.com/envoy.admin.v3.";
 
@@ -129,6 +132,25 @@ pub fn clusters(store: &ConfigStore) -> String {
     let mut out = String::new();
     for name in names {
         let c = &snapshot.clusters[name];
+        // Envoy's per-cluster lines: the default-priority thresholds.
+        let b = &c.breakers;
+        for (field, r) in [
+            ("max_connections", Resource::Connection),
+            ("max_pending_requests", Resource::Pending),
+            ("max_requests", Resource::Request),
+            ("max_retries", Resource::Retry),
+        ] {
+            out.push_str(&format!(
+                "{name}::default_priority::{field}::{}\n",
+                b.max(r)
+            ));
+        }
+        if c.outlier().is_some() {
+            out.push_str(&format!("{name}::outlier::success_rate_average::-1\n"));
+            out.push_str(&format!(
+                "{name}::outlier::success_rate_ejection_threshold::-1\n"
+            ));
+        }
         for (host, weight, health) in c.hosts_for_admin() {
             let p = format!("{name}::{}", host.addr);
             out.push_str(&format!("{p}::cx_active::{}\n", host.cx_active.get()));
@@ -141,10 +163,23 @@ pub fn clusters(store: &ConfigStore) -> String {
             out.push_str(&format!("{p}::rq_error::{}\n", host.rq_error.get()));
             out.push_str(&format!("{p}::rq_total::{}\n", host.rq_total.get()));
             out.push_str(&format!("{p}::weight::{weight}\n"));
-            out.push_str(&format!("{p}::health_flags::{}\n", health.flags()));
+            out.push_str(&format!(
+                "{p}::health_flags::{}\n",
+                health_flags(&host, health)
+            ));
         }
     }
     out
+}
+
+/// Envoy's `health_flags`: `healthy`, or the failed checks in Envoy's order
+/// (outlier ejection before EDS health).
+fn health_flags(host: &Host, health: Health) -> String {
+    match (host.outlier.is_ejected(), health) {
+        (false, h) => h.flags().to_string(),
+        (true, Health::Healthy) => "/failed_outlier_check".to_string(),
+        (true, h) => format!("/failed_outlier_check{}", h.flags()),
+    }
 }
 
 fn with_type(mut v: Value, type_url: &str) -> Value {

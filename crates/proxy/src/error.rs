@@ -58,6 +58,8 @@ pub enum ResponseFlag {
     DownstreamConnectionTermination,
     /// Retries ran out while the last answer was still retriable.
     UpstreamRetryLimitExceeded,
+    /// A circuit breaker refused the request or connection.
+    UpstreamOverflow,
 }
 
 impl ResponseFlag {
@@ -74,6 +76,7 @@ impl ResponseFlag {
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::DownstreamConnectionTermination => "DC",
             ResponseFlag::UpstreamRetryLimitExceeded => "URX",
+            ResponseFlag::UpstreamOverflow => "UO",
         }
     }
 }
@@ -105,6 +108,9 @@ pub enum RequestError {
         "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
     )]
     UpstreamReset(#[source] hyper::Error),
+    /// A circuit breaker (max_requests, max_pending_requests) is open.
+    #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
+    Overflow,
     #[error("upgrade not allowed")]
     UpgradeRefused,
     /// HTTP/1.0 without `accept_http_10` (not in the subset, so always).
@@ -130,6 +136,7 @@ impl RequestError {
             RequestError::ConnectFailure(_) => ResponseFlag::UpstreamConnectionFailure,
             RequestError::Timeout => ResponseFlag::UpstreamRequestTimeout,
             RequestError::UpstreamReset(_) => ResponseFlag::UpstreamConnectionTermination,
+            RequestError::Overflow => ResponseFlag::UpstreamOverflow,
             RequestError::UpgradeRefused | RequestError::Http10 => {
                 ResponseFlag::DownstreamProtocolError
             }

@@ -608,6 +608,19 @@ pub struct ClusterStats {
     pub upstream_cx_connect_fail: Counter,
     pub upstream_cx_connect_ms: Histogram,
     pub upstream_cx_none_healthy: Counter,
+    /// Circuit breakers: max_pending_requests refused a request.
+    pub upstream_rq_pending_overflow: Counter,
+    /// max_requests refused a request (Envoy 1.40's name for it).
+    pub upstream_rq_active_overflow: Counter,
+    /// max_connections kept a new connection from being opened.
+    pub upstream_cx_overflow: Counter,
+    /// max_retries refused a retry.
+    pub upstream_rq_retry_overflow: Counter,
+    /// Pooled connections closed by idle_timeout, max_requests_per_connection
+    /// and max_connection_duration.
+    pub upstream_cx_idle_timeout: Counter,
+    pub upstream_cx_max_requests: Counter,
+    pub upstream_cx_max_duration_reached: Counter,
     pub membership_total: Counter,
     pub membership_healthy: Counter,
 }
@@ -638,6 +651,13 @@ impl ClusterStats {
             upstream_cx_connect_fail: s.counter(stats, "upstream_cx_connect_fail"),
             upstream_cx_connect_ms: s.histogram(stats, "upstream_cx_connect_ms"),
             upstream_cx_none_healthy: s.counter(stats, "upstream_cx_none_healthy"),
+            upstream_rq_pending_overflow: s.counter(stats, "upstream_rq_pending_overflow"),
+            upstream_rq_active_overflow: s.counter(stats, "upstream_rq_active_overflow"),
+            upstream_cx_overflow: s.counter(stats, "upstream_cx_overflow"),
+            upstream_rq_retry_overflow: s.counter(stats, "upstream_rq_retry_overflow"),
+            upstream_cx_idle_timeout: s.counter(stats, "upstream_cx_idle_timeout"),
+            upstream_cx_max_requests: s.counter(stats, "upstream_cx_max_requests"),
+            upstream_cx_max_duration_reached: s.counter(stats, "upstream_cx_max_duration_reached"),
             membership_total: s.gauge(stats, "membership_total"),
             membership_healthy: s.gauge(stats, "membership_healthy"),
         }

@@ -17,7 +17,7 @@ use crate::error::ResponseFlag;
 pub struct ResponseFlags(u32);
 
 impl ResponseFlags {
-    const ALL: [ResponseFlag; 11] = [
+    const ALL: [ResponseFlag; 12] = [
         ResponseFlag::DownstreamConnectionTermination,
         ResponseFlag::DelayInjected,
         ResponseFlag::FaultInjected,
@@ -26,6 +26,7 @@ impl ResponseFlags {
         ResponseFlag::NoRouteFound,
         ResponseFlag::UpstreamConnectionTermination,
         ResponseFlag::UpstreamConnectionFailure,
+        ResponseFlag::UpstreamOverflow,
         ResponseFlag::UpstreamRequestTimeout,
         ResponseFlag::UpstreamRetryLimitExceeded,
         ResponseFlag::DownstreamProtocolError,

@@ -8,7 +8,9 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3 as xds_cluster;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 
+use super::circuit_breakers::{CircuitBreakerConfig, ConnectionPoolConfig};
 use super::endpoint::LoadAssignment;
+use super::outlier::OutlierConfig;
 use super::transport::{End, TransportMatch, TransportSocket};
 use super::{check_subset, decode_any, duration, subset};
 use crate::error::ConfigError;
@@ -41,6 +43,10 @@ pub struct ClusterConfig {
     /// and that name checked against the server's DNS SANs.
     pub auto_sni: bool,
     pub auto_san_validation: bool,
+    /// `outlier_detection`, when set (absent: no detector, as in Envoy).
+    pub outlier: Option<OutlierConfig>,
+    pub circuit_breakers: CircuitBreakerConfig,
+    pub pool: ConnectionPoolConfig,
 }
 
 impl ClusterConfig {
@@ -222,6 +228,7 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let mut protocol = UpstreamProtocol::Http1;
         let (mut auto_sni, mut auto_san_validation) = (false, false);
+        let mut pool = ConnectionPoolConfig::default();
         for (key, any) in &c.typed_extension_protocol_options {
             let path = format!("typed_extension_protocol_options[\"{key}\"]");
             let opts: upstream_http::HttpProtocolOptions = decode_any(any, &path)?;
@@ -229,7 +236,22 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
             if let Some(u) = &opts.upstream_http_protocol_options {
                 (auto_sni, auto_san_validation) = (u.auto_sni, u.auto_san_validation);
             }
+            pool_options(&opts, &mut pool).map_err(|e| e.under(&path))?;
         }
+        if let Some(o) = &c.upstream_connection_options {
+            pool.apply_connection_options(o);
+        }
+        let outlier = c
+            .outlier_detection
+            .as_ref()
+            .map(|o| OutlierConfig::try_from(o).map_err(|e| e.under("outlier_detection")))
+            .transpose()?;
+        let circuit_breakers = c
+            .circuit_breakers
+            .as_ref()
+            .map(|cb| CircuitBreakerConfig::try_from(cb).map_err(|e| e.under("circuit_breakers")))
+            .transpose()?
+            .unwrap_or_default();
         let healthy_panic_threshold = c
             .common_lb_config
             .as_ref()
@@ -283,8 +305,37 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
                 .collect::<Result<_, _>>()?,
             auto_sni,
             auto_san_validation,
+            outlier,
+            circuit_breakers,
+            pool,
         })
     }
+}
+
+/// The connection-pool parts of an HttpProtocolOptions.
+fn pool_options(
+    opts: &upstream_http::HttpProtocolOptions,
+    pool: &mut ConnectionPoolConfig,
+) -> Result<(), ConfigError> {
+    use upstream_http::http_protocol_options::UpstreamProtocolOptions as P;
+    if let Some(common) = &opts.common_http_protocol_options {
+        pool.apply_common(common)?;
+    }
+    let h2 = match &opts.upstream_protocol_options {
+        Some(P::ExplicitHttpConfig(e)) => match &e.protocol_config {
+            Some(upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(o)) => Some((o, "explicit_http_config")),
+            _ => None,
+        },
+        Some(P::UseDownstreamProtocolConfig(d)) => d
+            .http2_protocol_options
+            .as_ref()
+            .map(|o| (o, "use_downstream_protocol_config")),
+        _ => None,
+    };
+    if let Some((o, at)) = h2 {
+        pool.apply_http2(o).map_err(|e| e.under(at))?;
+    }
+    Ok(())
 }
 
 fn upstream_protocol(
@@ -351,7 +402,15 @@ typed_extension_protocol_options:
         assert_eq!(err.path, "type");
         let err = cluster("name: c\nlb_policy: MAGLEV").unwrap_err();
         assert_eq!(err.to_string(), "lb_policy: unsupported lb_policy MAGLEV");
-        let err = cluster("name: c\noutlier_detection: {}").unwrap_err();
-        assert_eq!(err.to_string(), "outlier_detection: unsupported field");
+        let err = cluster("name: c\noutlier_detection: {monitors: [{name: x}]}").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "outlier_detection.monitors: unsupported field"
+        );
+        let err = cluster("name: c\ncircuit_breakers: {per_host_thresholds: [{}]}").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "circuit_breakers.per_host_thresholds: unsupported field"
+        );
     }
 }

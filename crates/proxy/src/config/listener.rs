@@ -770,12 +770,12 @@ default_filter_chain:
     fn refuses_unsupported_http_filter_with_path() {
         let bad = GOOD.replace(
             "http_filters: [",
-            "http_filters: [{name: envoy.filters.http.cors, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}}, ",
+            "http_filters: [{name: envoy.filters.http.buffer, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer}}, ",
         );
         let err = listener(&bad).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "default_filter_chain.filters[0].typed_config.http_filters[0].typed_config: unsupported type envoy.extensions.filters.http.cors.v3.Cors"
+            "default_filter_chain.filters[0].typed_config.http_filters[0].typed_config: unsupported type envoy.extensions.filters.http.buffer.v3.Buffer"
         );
         // The fault filter is supported, before the router only.
         let fault = "{name: envoy.filters.http.fault, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}}";

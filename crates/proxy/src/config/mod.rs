@@ -2,12 +2,14 @@
 //! into the domain types the data path runs, one module per resource kind, and
 //! the store that holds the last good version of each resource.
 
+pub mod circuit_breakers;
 pub mod cluster;
 pub mod cors;
 pub mod endpoint;
 pub mod fault;
 pub mod header_ops;
 pub mod listener;
+pub mod outlier;
 pub mod retry;
 pub mod route;
 pub mod store;

@@ -35,7 +35,6 @@ use crate::error::{RequestError, ResponseFlag};
 use crate::request_body::{Recording, Replay, ReplayHandle, RequestBody};
 use crate::stream_info::StreamInfo;
 use crate::upstream::cluster::UpstreamCluster;
-use crate::upstream::host::ActiveRequest;
 use crate::upstream::host::Host;
 use crate::upstream::lb::random;
 use crate::upstream::pool::{self, Protocol};
@@ -107,6 +106,10 @@ pub fn local_reply(err: &RequestError) -> Response<ResponseBody> {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if let RequestError::Overflow = err {
+        // Envoy marks requests dropped by a circuit breaker.
+        h.insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    }
     resp
 }
 
@@ -330,11 +333,15 @@ async fn forward(
         secrets: &ctx.store.secrets,
         sni: sni.as_deref().filter(|s| !s.is_empty()),
         verify_sni: cluster.config.auto_san_validation,
+        breakers: &cluster.breakers,
+        pool: &cluster.config.pool,
     };
     let deadline = timeout.map(|t| start + t);
     let mut attempts = Attempts::new(req, retry.is_some());
     let mut attempt: u32 = 1;
     let mut tried: Vec<Arc<Host>> = Vec::new();
+    // Held while a retry is in flight.
+    let mut retry_permit = None;
     let mut resp = loop {
         if let Some(info) = &mut mutations.info {
             info.upstream_host = Some(host.addr.to_string().into());
@@ -349,8 +356,8 @@ async fn forward(
                 .headers_mut()
                 .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
         }
+        let active = cluster.start_request(host.clone())?;
         cluster.stats.upstream_rq_total.inc();
-        let active = ActiveRequest::new(host.clone(), cluster.stats.upstream_rq_active.clone());
         let send = pool::send(active, protocol, request, &dial, upgrade);
         // This attempt's time: the per-try timeout within what is left of
         // the route's.
@@ -374,11 +381,13 @@ async fn forward(
                 Err(_) => {
                     cluster.stats.upstream_rq_timeout.inc();
                     cluster.stats.record_status(504);
+                    cluster.report_result::<()>(&host, Err(&RequestError::Timeout));
                     return Err(RequestError::Timeout);
                 }
             },
             None => send.await,
         };
+        cluster.report_result(&host, result.as_ref().map_err(|e| &e.error));
         let retriable = match (&result, &retry) {
             (_, None) => false,
             (Ok(r), Some(p)) => p.retries_response(r.status().as_u16(), r.headers()),
@@ -414,6 +423,11 @@ async fn forward(
         if !unsent && !attempts.replayable() {
             break result.map_err(|e| e.error)?;
         }
+        // max_retries (or the retry budget) bounds retries in flight.
+        let Some(permit) = cluster.try_retry() else {
+            break result.map_err(|e| e.error)?;
+        };
+        retry_permit = Some(permit);
         attempts.rewind(result.err().and_then(|e| e.unsent));
         cluster.stats.upstream_rq_retry.inc();
         cluster.stats.upstream_rq_retry_backoff_exponential.inc();
@@ -437,6 +451,7 @@ async fn forward(
             }
         };
     };
+    drop(retry_permit);
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(down)) = (switching, downstream_upgrade) {
         let up = hyper::upgrade::on(&mut resp);

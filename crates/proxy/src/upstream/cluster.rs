@@ -1,42 +1,118 @@
 //! A cluster as the data path sees it: its config, the hosts it may pick from
 //! now, and the state that survives config updates (stats, round-robin
-//! counter, hosts by address with their pools, ORIGINAL_DST hosts).
+//! counter, hosts by address with their pools, ORIGINAL_DST hosts, outlier
+//! detector, circuit breakers).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::config::cluster::{ClusterConfig, Discovery};
 use crate::config::endpoint::Health;
 use crate::config::transport::TransportSocket;
+use crate::error::RequestError;
 use crate::stats::{ClusterStats, Stats};
 use crate::upstream::address::UpstreamAddr;
-use crate::upstream::host::Host;
+use crate::upstream::circuit::{CircuitBreakers, Permit, Resource};
+use crate::upstream::host::{ActiveRequest, Host};
 use crate::upstream::lb::HostSet;
+use crate::upstream::outlier::{Detector, Outcome};
 
 /// ORIGINAL_DST hosts kept before idle ones are forgotten.
 const MAX_ORIGINAL_DST_HOSTS: usize = 1024;
+
+/// The hosts of a cluster as the load balancer sees them: every member with
+/// its weight and EDS health, and the routable set built from them (healthy,
+/// not ejected by outlier detection, or all of them in panic mode), swapped
+/// whole when membership or an ejection changes it.
+#[derive(Debug)]
+pub struct Routing {
+    members: ArcSwap<Vec<(Arc<Host>, u32, Health)>>,
+    routable: ArcSwap<HostSet>,
+    panic_threshold: AtomicU32,
+    /// Serialises rebuilds (membership updates and ejections; never requests).
+    rebuild: Mutex<()>,
+    stats: ClusterStats,
+}
+
+impl Routing {
+    fn new(stats: ClusterStats) -> Self {
+        Routing {
+            members: ArcSwap::default(),
+            routable: ArcSwap::default(),
+            panic_threshold: AtomicU32::new(50),
+            rebuild: Mutex::new(()),
+            stats,
+        }
+    }
+
+    pub fn members(&self) -> Arc<Vec<(Arc<Host>, u32, Health)>> {
+        self.members.load_full()
+    }
+
+    fn set_members(&self, all: Vec<(Arc<Host>, u32, Health)>, panic_threshold: u32) {
+        self.panic_threshold
+            .store(panic_threshold, Ordering::Relaxed);
+        self.members.store(Arc::new(all));
+        self.rebuild();
+    }
+
+    /// Recompute the routable set from the members and their ejections.
+    pub fn rebuild(&self) {
+        let _one = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let all = self.members.load();
+        let mut routable: Vec<(Arc<Host>, u32)> = all
+            .iter()
+            .filter(|(h, _, health)| health.routable() && !h.outlier.is_ejected())
+            .map(|(h, w, _)| (h.clone(), *w))
+            .collect();
+        self.stats.membership_total.set(all.len() as i64);
+        self.stats.membership_healthy.set(routable.len() as i64);
+        // Envoy's panic mode: too few healthy hosts, so balance over all.
+        let threshold = self.panic_threshold.load(Ordering::Relaxed) as usize;
+        if !all.is_empty() && routable.len() * 100 < threshold * all.len() {
+            routable = all.iter().map(|(h, w, _)| (h.clone(), *w)).collect();
+        }
+        self.routable.store(Arc::new(HostSet::new(routable)));
+    }
+
+    /// The set the load balancer picks from now.
+    pub fn routable(&self) -> arc_swap::Guard<Arc<HostSet>> {
+        self.routable.load()
+    }
+}
 
 /// State of a cluster name that outlives updates of its config or endpoints.
 #[derive(Debug)]
 pub struct ClusterRuntime {
     pub stats: ClusterStats,
+    registry: Arc<Stats>,
+    name: String,
     rr: Arc<AtomicU64>,
     /// By (address, transport socket key).
     hosts: HashMap<(UpstreamAddr, u64), Arc<Host>>,
     original_dst: Arc<ArcSwap<HashMap<SocketAddr, Arc<Host>>>>,
+    routing: Arc<Routing>,
+    outlier: Option<Arc<Detector>>,
+    breakers: Option<Arc<CircuitBreakers>>,
 }
 
 impl ClusterRuntime {
     pub fn new(stats: &Arc<Stats>, name: &str) -> Self {
+        let cluster_stats = ClusterStats::new(stats, name);
         ClusterRuntime {
-            stats: ClusterStats::new(stats, name),
+            routing: Arc::new(Routing::new(cluster_stats.clone())),
+            stats: cluster_stats,
+            registry: stats.clone(),
+            name: name.to_string(),
             rr: Arc::default(),
             hosts: HashMap::new(),
             original_dst: Arc::default(),
+            outlier: None,
+            breakers: None,
         }
     }
 
@@ -48,7 +124,6 @@ impl ClusterRuntime {
         endpoints: &[(UpstreamAddr, u32, Health, TransportSocket)],
     ) -> UpstreamCluster {
         let mut all = Vec::with_capacity(endpoints.len());
-        let mut routable = Vec::with_capacity(endpoints.len());
         let mut next = HashMap::with_capacity(endpoints.len());
         for (addr, weight, health, transport) in endpoints {
             let key = (addr.clone(), transport.key());
@@ -58,23 +133,38 @@ impl ClusterRuntime {
                 .cloned()
                 .unwrap_or_else(|| Host::with_transport(addr.clone(), transport.clone()));
             next.insert(key, host.clone());
-            if health.routable() {
-                routable.push((host.clone(), *weight));
-            }
             all.push((host, *weight, *health));
         }
         self.hosts = next;
-        self.stats.membership_total.set(all.len() as i64);
-        self.stats.membership_healthy.set(routable.len() as i64);
-        // Envoy's panic mode: too few healthy hosts, so balance over all.
-        let threshold = config.healthy_panic_threshold as usize;
-        if !all.is_empty() && routable.len() * 100 < threshold * all.len() {
-            routable = all.iter().map(|(h, w, _)| (h.clone(), *w)).collect();
+        // A changed outlier_detection starts afresh, as Envoy's new cluster does.
+        if self.outlier.as_ref().map(|d| &d.config) != config.outlier.as_ref() {
+            if let Some(old) = self.outlier.take() {
+                old.release_all();
+            }
+            self.outlier = config
+                .outlier
+                .clone()
+                .map(|c| Detector::new(c, &self.registry, &self.name, self.routing.clone()));
         }
+        self.routing
+            .set_members(all.clone(), config.healthy_panic_threshold);
+        let breakers = match &self.breakers {
+            Some(b) => {
+                b.configure(&config.circuit_breakers);
+                b.clone()
+            }
+            None => {
+                let b = CircuitBreakers::new(&self.registry, &self.name, &config.circuit_breakers);
+                self.breakers = Some(b.clone());
+                b
+            }
+        };
         UpstreamCluster {
             config,
             all,
-            routable: HostSet::new(routable),
+            routing: self.routing.clone(),
+            outlier: self.outlier.clone(),
+            breakers,
             stats: self.stats.clone(),
             rr: self.rr.clone(),
             original_dst: self.original_dst.clone(),
@@ -83,12 +173,16 @@ impl ClusterRuntime {
 }
 
 /// One cluster, immutable once built; a new one replaces it on updates.
+/// Its routable hosts change with outlier ejections (see [`Routing`]).
 #[derive(Debug)]
 pub struct UpstreamCluster {
     pub config: Arc<ClusterConfig>,
     /// Every host with its weight and health, for `/clusters`.
     pub all: Vec<(Arc<Host>, u32, Health)>,
-    pub routable: HostSet,
+    routing: Arc<Routing>,
+    outlier: Option<Arc<Detector>>,
+    /// The cluster's circuit breakers (shared by its versions).
+    pub breakers: Arc<CircuitBreakers>,
     pub stats: ClusterStats,
     rr: Arc<AtomicU64>,
     original_dst: Arc<ArcSwap<HashMap<SocketAddr, Arc<Host>>>>,
@@ -101,7 +195,77 @@ impl UpstreamCluster {
         if let Discovery::OriginalDst = self.config.discovery {
             return original_dst.map(|dst| self.original_dst_host(dst));
         }
-        self.routable.pick(self.config.lb_policy, &self.rr).cloned()
+        self.routing
+            .routable()
+            .pick(self.config.lb_policy, &self.rr)
+            .cloned()
+    }
+
+    /// The hosts the load balancer picks from now.
+    pub fn routable(&self) -> Arc<HostSet> {
+        self.routing.routable().clone()
+    }
+
+    /// Report one upstream result of `host` to outlier detection (a no-op
+    /// without `outlier_detection`). The router calls it once per attempt
+    /// when the result is known; the TCP proxy after each connect.
+    pub fn report(&self, host: &Arc<Host>, outcome: Outcome) {
+        if let Some(d) = &self.outlier {
+            d.report(host, outcome);
+        }
+    }
+
+    /// Report an attempt's result as the router knows it: the response's
+    /// status (after a connect success), or the local-origin failure behind
+    /// the error (connect failure or reset, connect or request timeout).
+    /// Circuit-breaker overflows are not the host's fault and are not reported.
+    pub fn report_result<B>(
+        &self,
+        host: &Arc<Host>,
+        result: Result<&http::Response<B>, &RequestError>,
+    ) {
+        if self.outlier.is_none() {
+            return;
+        }
+        match result {
+            Ok(resp) => {
+                self.report(host, Outcome::LocalOriginConnectSuccess);
+                self.report(host, Outcome::Status(resp.status().as_u16()));
+            }
+            Err(e) => {
+                if let Some(outcome) = Outcome::of_error(e) {
+                    self.report(host, outcome);
+                }
+            }
+        }
+    }
+
+    /// The outlier detector, when the cluster has one.
+    pub fn outlier(&self) -> Option<&Arc<Detector>> {
+        self.outlier.as_ref()
+    }
+
+    /// Start a request to `host` within `max_requests`: counts it active
+    /// until the response body ends. Over the limit: `upstream_rq_active_overflow`
+    /// (as Envoy 1.40 counts it) and a UO 503. Envoy checks this limit once a
+    /// connection is ready (so may open one first); we check before connecting.
+    pub fn start_request(&self, host: Arc<Host>) -> Result<ActiveRequest, RequestError> {
+        let Some(permit) = self.breakers.try_acquire(Resource::Request) else {
+            self.stats.upstream_rq_active_overflow.inc();
+            return Err(RequestError::Overflow);
+        };
+        Ok(ActiveRequest::new(host, self.stats.upstream_rq_active.clone()).with_permit(permit))
+    }
+
+    /// A slot for one retry within `max_retries` (or the retry budget); hold
+    /// it while the retry runs. `None`: do not retry (`upstream_rq_retry_overflow`
+    /// counted).
+    pub fn try_retry(&self) -> Option<Permit> {
+        let permit = self.breakers.try_acquire(Resource::Retry);
+        if permit.is_none() {
+            self.stats.upstream_rq_retry_overflow.inc();
+        }
+        permit
     }
 
     /// The host for an original destination, created on first use so its

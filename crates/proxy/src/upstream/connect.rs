@@ -1,7 +1,7 @@
 //! Opening a connection to an upstream host (TCP, or a Unix domain socket
 //! for a pipe address) and running its transport socket (a TLS handshake),
 //! all bounded by the cluster's connect_timeout, with the cluster's
-//! connection stats kept.
+//! connection stats kept and its TCP keepalive set.
 
 use std::io;
 
@@ -18,7 +18,13 @@ pub async fn connect(host: &Host, dial: &Dial<'_>) -> io::Result<UpstreamStream>
     let started = tokio::time::Instant::now();
     let open = async {
         match &host.transport {
-            TransportSocket::RawBuffer => UpstreamStream::connect(&host.addr).await,
+            TransportSocket::RawBuffer => {
+                let stream = UpstreamStream::connect(&host.addr).await?;
+                if let UpstreamStream::Tcp(tcp) = &stream {
+                    keepalive(tcp, dial)?;
+                }
+                Ok(stream)
+            }
             TransportSocket::Tls(tls) => {
                 let UpstreamAddr::Ip(ip) = &host.addr else {
                     return Err(io::Error::other("TLS to a pipe address is not supported"));
@@ -29,6 +35,7 @@ pub async fn connect(host: &Host, dial: &Dial<'_>) -> io::Result<UpstreamStream>
                 let UpstreamStream::Tcp(tcp) = UpstreamStream::connect(&host.addr).await? else {
                     unreachable!("an IP address connects over TCP");
                 };
+                keepalive(&tcp, dial)?;
                 let connector = tokio_rustls::TlsConnector::from(config);
                 let stream = connector
                     .connect(tls.server_name(dial.sni, ip.ip()), tcp)
@@ -52,4 +59,12 @@ pub async fn connect(host: &Host, dial: &Dial<'_>) -> io::Result<UpstreamStream>
         Err(_) => stats.upstream_cx_connect_fail.inc(),
     }
     result
+}
+
+/// The cluster's `upstream_connection_options.tcp_keepalive`, if any.
+fn keepalive(tcp: &tokio::net::TcpStream, dial: &Dial<'_>) -> io::Result<()> {
+    match &dial.pool.tcp_keepalive {
+        Some(k) => k.apply(socket2::SockRef::from(tcp)),
+        None => Ok(()),
+    }
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use crate::config::transport::TransportSocket;
 use crate::stats::Counter;
 use crate::upstream::address::UpstreamAddr;
+use crate::upstream::circuit::Permit;
+use crate::upstream::outlier::HostOutlier;
 use crate::upstream::pool::HostPool;
 
 #[derive(Debug)]
@@ -22,6 +24,8 @@ pub struct Host {
     pub cx_active: Counter,
     pub cx_total: Counter,
     pub cx_connect_fail: Counter,
+    /// Outlier-detection counters and the ejected flag.
+    pub outlier: HostOutlier,
     pub(crate) pool: HostPool,
 }
 
@@ -40,6 +44,7 @@ impl Host {
             cx_active: Counter::default(),
             cx_total: Counter::default(),
             cx_connect_fail: Counter::default(),
+            outlier: HostOutlier::default(),
             pool: HostPool::default(),
         })
     }
@@ -47,10 +52,12 @@ impl Host {
 
 /// Counts a request as active on a host (and its cluster) until dropped:
 /// LEAST_REQUEST reads these counts.
+/// With circuit breakers, it also holds the request's `max_requests` slot.
 #[derive(Debug)]
 pub struct ActiveRequest {
     host: Arc<Host>,
     cluster_active: Counter,
+    permit: Option<Permit>,
 }
 
 impl ActiveRequest {
@@ -61,7 +68,14 @@ impl ActiveRequest {
         ActiveRequest {
             host,
             cluster_active,
+            permit: None,
         }
+    }
+
+    /// Hold a circuit-breaker slot for as long as the request is active.
+    pub fn with_permit(mut self, permit: Permit) -> Self {
+        self.permit = Some(permit);
+        self
     }
 
     pub fn host(&self) -> &Arc<Host> {

@@ -2,10 +2,12 @@
 //! connection pools, and connecting with a timeout.
 
 pub mod address;
+pub mod circuit;
 pub mod cluster;
 pub mod connect;
 pub mod host;
 pub mod lb;
+pub mod outlier;
 pub mod pool;
 
 pub use address::{UpstreamAddr, UpstreamStream};

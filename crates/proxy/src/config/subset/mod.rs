@@ -232,13 +232,13 @@ name: c
 typed_extension_protocol_options:
   envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
     "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    common_http_protocol_options: {idle_timeout: 1s}
+    common_http_protocol_options: {idle_timeout: 1s, max_headers_count: 10}
 "#,
         )
         .unwrap();
         assert_eq!(
             check(&c, &CLUSTER).unwrap_err().to_string(),
-            "typed_extension_protocol_options[\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\"].common_http_protocol_options: unsupported field"
+            "typed_extension_protocol_options[\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\"].common_http_protocol_options.max_headers_count: unsupported field"
         );
     }
 

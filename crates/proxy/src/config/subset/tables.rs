@@ -1478,11 +1478,45 @@ pub static CLUSTER_LOAD_ASSIGNMENT: Schema = Schema {
     ],
 };
 
+pub(super) static HTTP2_OPTIONS: Schema = Schema {
+    message: "envoy.config.core.v3.Http2ProtocolOptions",
+    allowed: &[("max_concurrent_streams", 2, false, Field::Leaf)],
+    names: &[
+        (1, "hpack_table_size"),
+        (2, "max_concurrent_streams"),
+        (3, "initial_stream_window_size"),
+        (4, "initial_connection_window_size"),
+        (5, "allow_connect"),
+        (6, "allow_metadata"),
+        (7, "max_outbound_frames"),
+        (8, "max_outbound_control_frames"),
+        (9, "max_consecutive_inbound_frames_with_empty_payload"),
+        (10, "max_inbound_priority_frames_per_stream"),
+        (11, "max_inbound_window_update_frames_per_data_frame_sent"),
+        (12, "stream_error_on_invalid_http_messaging"),
+        (13, "custom_settings_parameters"),
+        (14, "override_stream_error_on_invalid_http_message"),
+        (15, "connection_keepalive"),
+        (16, "use_oghttp2_codec"),
+        (17, "max_metadata_size"),
+        (18, "enable_huffman_encoding"),
+        (19, "max_header_field_size_kb"),
+        (20, "disallow_obs_text"),
+        (21, "stream_reset_burst"),
+        (22, "stream_reset_rate"),
+    ],
+};
+
 pub(super) static HTTP_VERSION_CONFIG: Schema = Schema {
     message: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
     allowed: &[
         ("http_protocol_options", 1, false, Field::Leaf),
-        ("http2_protocol_options", 2, false, Field::Leaf),
+        (
+            "http2_protocol_options",
+            2,
+            false,
+            Field::Msg(&HTTP2_OPTIONS),
+        ),
     ],
     names: &[
         (1, "http_protocol_options"),
@@ -1495,12 +1529,36 @@ pub(super) static DOWNSTREAM_HTTP_CONFIG: Schema = Schema {
     message: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
     allowed: &[
         ("http_protocol_options", 1, false, Field::Leaf),
-        ("http2_protocol_options", 2, false, Field::Leaf),
+        (
+            "http2_protocol_options",
+            2,
+            false,
+            Field::Msg(&HTTP2_OPTIONS),
+        ),
     ],
     names: &[
         (1, "http_protocol_options"),
         (2, "http2_protocol_options"),
         (3, "http3_protocol_options"),
+    ],
+};
+
+pub(super) static COMMON_HTTP_OPTIONS: Schema = Schema {
+    message: "envoy.config.core.v3.HttpProtocolOptions",
+    allowed: &[
+        ("idle_timeout", 1, false, Field::Leaf),
+        ("max_connection_duration", 3, false, Field::Leaf),
+        ("max_requests_per_connection", 6, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "idle_timeout"),
+        (2, "max_headers_count"),
+        (3, "max_connection_duration"),
+        (4, "max_stream_duration"),
+        (5, "headers_with_underscores_action"),
+        (6, "max_requests_per_connection"),
+        (7, "max_response_headers_kb"),
+        (8, "max_connection_duration_jitter"),
     ],
 };
 
@@ -1537,6 +1595,12 @@ pub(super) static HTTP_PROTOCOL_OPTIONS: Schema = Schema {
             2,
             false,
             Field::Msg(&UPSTREAM_HTTP_OPTIONS),
+        ),
+        (
+            "common_http_protocol_options",
+            1,
+            false,
+            Field::Msg(&COMMON_HTTP_OPTIONS),
         ),
     ],
     names: &[
@@ -1575,6 +1639,155 @@ pub(super) static COMMON_LB_CONFIG: Schema = Schema {
         (6, "close_connections_on_host_set_change"),
         (7, "consistent_hashing_lb_config"),
         (8, "override_host_status"),
+    ],
+};
+
+pub(super) static OUTLIER_DETECTION: Schema = Schema {
+    message: "envoy.config.cluster.v3.OutlierDetection",
+    allowed: &[
+        ("consecutive_5xx", 1, false, Field::Leaf),
+        ("interval", 2, false, Field::Leaf),
+        ("base_ejection_time", 3, false, Field::Leaf),
+        ("max_ejection_percent", 4, false, Field::Leaf),
+        ("enforcing_consecutive_5xx", 5, false, Field::Leaf),
+        ("enforcing_success_rate", 6, false, Field::Leaf),
+        ("success_rate_minimum_hosts", 7, false, Field::Leaf),
+        ("success_rate_request_volume", 8, false, Field::Leaf),
+        ("success_rate_stdev_factor", 9, false, Field::Leaf),
+        ("consecutive_gateway_failure", 10, false, Field::Leaf),
+        (
+            "enforcing_consecutive_gateway_failure",
+            11,
+            false,
+            Field::Leaf,
+        ),
+        ("split_external_local_origin_errors", 12, false, Field::Leaf),
+        ("consecutive_local_origin_failure", 13, false, Field::Leaf),
+        (
+            "enforcing_consecutive_local_origin_failure",
+            14,
+            false,
+            Field::Leaf,
+        ),
+        (
+            "enforcing_local_origin_success_rate",
+            15,
+            false,
+            Field::Leaf,
+        ),
+        ("failure_percentage_threshold", 16, false, Field::Leaf),
+        ("enforcing_failure_percentage", 17, false, Field::Leaf),
+        (
+            "enforcing_failure_percentage_local_origin",
+            18,
+            false,
+            Field::Leaf,
+        ),
+        ("failure_percentage_minimum_hosts", 19, false, Field::Leaf),
+        ("failure_percentage_request_volume", 20, false, Field::Leaf),
+        ("max_ejection_time", 21, false, Field::Leaf),
+        ("max_ejection_time_jitter", 22, false, Field::Leaf),
+        (
+            "successful_active_health_check_uneject_host",
+            23,
+            false,
+            Field::Leaf,
+        ),
+        ("always_eject_one_host", 25, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "consecutive_5xx"),
+        (2, "interval"),
+        (3, "base_ejection_time"),
+        (4, "max_ejection_percent"),
+        (5, "enforcing_consecutive_5xx"),
+        (6, "enforcing_success_rate"),
+        (7, "success_rate_minimum_hosts"),
+        (8, "success_rate_request_volume"),
+        (9, "success_rate_stdev_factor"),
+        (10, "consecutive_gateway_failure"),
+        (11, "enforcing_consecutive_gateway_failure"),
+        (12, "split_external_local_origin_errors"),
+        (13, "consecutive_local_origin_failure"),
+        (14, "enforcing_consecutive_local_origin_failure"),
+        (15, "enforcing_local_origin_success_rate"),
+        (16, "failure_percentage_threshold"),
+        (17, "enforcing_failure_percentage"),
+        (18, "enforcing_failure_percentage_local_origin"),
+        (19, "failure_percentage_minimum_hosts"),
+        (20, "failure_percentage_request_volume"),
+        (21, "max_ejection_time"),
+        (22, "max_ejection_time_jitter"),
+        (23, "successful_active_health_check_uneject_host"),
+        (24, "monitors"),
+        (25, "always_eject_one_host"),
+        (26, "detect_degraded_hosts"),
+    ],
+};
+
+pub(super) static RETRY_BUDGET: Schema = Schema {
+    message: "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
+    allowed: &[
+        ("budget_percent", 1, false, Field::Leaf),
+        ("min_retry_concurrency", 2, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "budget_percent"),
+        (2, "min_retry_concurrency"),
+        (3, "budget_interval"),
+    ],
+};
+
+pub(super) static CB_THRESHOLDS: Schema = Schema {
+    message: "envoy.config.cluster.v3.CircuitBreakers.Thresholds",
+    allowed: &[
+        ("priority", 1, false, Field::Leaf),
+        ("max_connections", 2, false, Field::Leaf),
+        ("max_pending_requests", 3, false, Field::Leaf),
+        ("max_requests", 4, false, Field::Leaf),
+        ("max_retries", 5, false, Field::Leaf),
+        ("track_remaining", 6, false, Field::Leaf),
+        ("retry_budget", 8, false, Field::Msg(&RETRY_BUDGET)),
+    ],
+    names: &[
+        (1, "priority"),
+        (2, "max_connections"),
+        (3, "max_pending_requests"),
+        (4, "max_requests"),
+        (5, "max_retries"),
+        (6, "track_remaining"),
+        (7, "max_connection_pools"),
+        (8, "retry_budget"),
+    ],
+};
+
+pub(super) static CIRCUIT_BREAKERS: Schema = Schema {
+    message: "envoy.config.cluster.v3.CircuitBreakers",
+    allowed: &[("thresholds", 1, true, Field::Msg(&CB_THRESHOLDS))],
+    names: &[(1, "thresholds"), (2, "per_host_thresholds")],
+};
+
+pub(super) static TCP_KEEPALIVE: Schema = Schema {
+    message: "envoy.config.core.v3.TcpKeepalive",
+    allowed: &[
+        ("keepalive_probes", 1, false, Field::Leaf),
+        ("keepalive_time", 2, false, Field::Leaf),
+        ("keepalive_interval", 3, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "keepalive_probes"),
+        (2, "keepalive_time"),
+        (3, "keepalive_interval"),
+    ],
+};
+
+pub(super) static UPSTREAM_CONNECTION_OPTIONS: Schema = Schema {
+    message: "envoy.config.cluster.v3.UpstreamConnectionOptions",
+    allowed: &[("tcp_keepalive", 1, false, Field::Msg(&TCP_KEEPALIVE))],
+    names: &[
+        (1, "tcp_keepalive"),
+        (2, "set_local_interface_name_on_upstream_connections"),
+        (3, "happy_eyeballs_config"),
     ],
 };
 
@@ -1628,6 +1841,19 @@ pub static CLUSTER: Schema = Schema {
         ("common_lb_config", 27, false, Field::Msg(&COMMON_LB_CONFIG)),
         ("dns_lookup_family", 17, false, Field::Leaf),
         ("dns_refresh_rate", 16, false, Field::Leaf),
+        (
+            "outlier_detection",
+            19,
+            false,
+            Field::Msg(&OUTLIER_DETECTION),
+        ),
+        ("circuit_breakers", 10, false, Field::Msg(&CIRCUIT_BREAKERS)),
+        (
+            "upstream_connection_options",
+            30,
+            false,
+            Field::Msg(&UPSTREAM_CONNECTION_OPTIONS),
+        ),
     ],
     names: &[
         (1, "name"),
@@ -1913,12 +2139,20 @@ pub(super) static ALL: &[&Schema] = &[
     &LB_ENDPOINT,
     &LOCALITY_LB_ENDPOINTS,
     &CLUSTER_LOAD_ASSIGNMENT,
+    &HTTP2_OPTIONS,
     &HTTP_VERSION_CONFIG,
     &DOWNSTREAM_HTTP_CONFIG,
+    &COMMON_HTTP_OPTIONS,
     &UPSTREAM_HTTP_OPTIONS,
     &HTTP_PROTOCOL_OPTIONS,
     &EDS_CLUSTER_CONFIG,
     &COMMON_LB_CONFIG,
+    &OUTLIER_DETECTION,
+    &RETRY_BUDGET,
+    &CB_THRESHOLDS,
+    &CIRCUIT_BREAKERS,
+    &TCP_KEEPALIVE,
+    &UPSTREAM_CONNECTION_OPTIONS,
     &TRANSPORT_SOCKET_MATCH,
     &CLUSTER,
     &ENVOY_GRPC,

@@ -1,15 +1,18 @@
 //! `envoy.filters.network.tcp_proxy`: pick a cluster (weighted), pick a host,
-//! connect within connect_timeout, then copy bytes both ways until either side
-//! closes.
+//! connect within connect_timeout (within the cluster's max_connections; the
+//! connect result goes to outlier detection), then copy bytes both ways until
+//! either side closes.
 
 use std::sync::Arc;
 
 use crate::config::listener::TcpProxy;
 use crate::config::store::ConfigStore;
 use crate::downstream::{Downstream, DownstreamStream};
+use crate::upstream::circuit::Resource;
 use crate::upstream::connect::connect;
 use crate::upstream::host::ActiveRequest;
 use crate::upstream::lb::random;
+use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::ConnectionGuard;
 
 pub async fn proxy(
@@ -34,6 +37,15 @@ pub async fn proxy(
         );
         return;
     };
+    // max_connections: over it, the downstream is closed (UO).
+    let Some(permit) = cluster.breakers.try_acquire(Resource::Connection) else {
+        cluster.stats.upstream_cx_overflow.inc();
+        tracing::debug!(
+            cluster = cluster_name,
+            "tcp_proxy: max_connections reached (UO)"
+        );
+        return;
+    };
     host.cx_total.inc();
     let dial = crate::upstream::pool::Dial {
         timeout: cluster.config.connect_timeout,
@@ -41,16 +53,25 @@ pub async fn proxy(
         secrets: &store.secrets,
         sni: None,
         verify_sni: false,
+        breakers: &cluster.breakers,
+        pool: &cluster.config.pool,
     };
     let mut upstream = match connect(&host, &dial).await {
         Ok(s) => s,
         Err(e) => {
             host.cx_connect_fail.inc();
+            let outcome = if e.kind() == std::io::ErrorKind::TimedOut {
+                Outcome::LocalOriginTimeout
+            } else {
+                Outcome::LocalOriginConnectFailed
+            };
+            cluster.report(&host, outcome);
             tracing::debug!(cluster = cluster_name, host = %host.addr, error = %e, "tcp_proxy: connect failed (UF)");
             return;
         }
     };
-    let _cx = ConnectionGuard::new(&host, &cluster.stats);
+    cluster.report(&host, Outcome::LocalOriginConnectSuccessFinal);
+    let _cx = ConnectionGuard::new(&host, &cluster.stats, Some(permit));
     let _active = ActiveRequest::new(host.clone(), cluster.stats.upstream_rq_active.clone());
     let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
 }
