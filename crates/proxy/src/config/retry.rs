@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3 as xds_route;
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 
 use super::{decode_any, duration};
 use crate::error::ConfigError;
@@ -223,6 +224,30 @@ impl TryFrom<&xds_route::RetryPolicy> for RetryPolicy {
                     return Err(ConfigError::new(
                         format!("{at}.typed_config"),
                         "required (only envoy.retry_host_predicates.previous_hosts is supported)",
+                    ));
+                }
+            }
+        }
+        // Endpoints have one priority (0; others are refused), so
+        // previous_priorities never has another level to move to: accepted
+        // as the no-op it is here.
+        if let Some(pr) = &p.retry_priority {
+            use xds_route::retry_policy::retry_priority::ConfigType;
+            match &pr.config_type {
+                Some(ConfigType::TypedConfig(any)) => {
+                    let c: PreviousPrioritiesConfig =
+                        decode_any(any, "retry_priority.typed_config")?;
+                    if c.update_frequency <= 0 {
+                        return Err(ConfigError::new(
+                            "retry_priority.typed_config.update_frequency",
+                            "must be above 0",
+                        ));
+                    }
+                }
+                None => {
+                    return Err(ConfigError::new(
+                        "retry_priority.typed_config",
+                        "required (only envoy.retry_priorities.previous_priorities is supported)",
                     ));
                 }
             }

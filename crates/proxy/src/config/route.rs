@@ -193,6 +193,16 @@ pub struct RouteAction {
     /// a gRPC request's `grpc-timeout` replaces `timeout` (none: no
     /// timeout), capped at this (None: no cap).
     pub grpc_timeout: Option<Option<Duration>>,
+    /// `request_mirror_policies`: shadow copies, fire and forget.
+    pub mirrors: Vec<Mirror>,
+}
+
+/// One `request_mirror_policies` entry.
+#[derive(Debug)]
+pub struct Mirror {
+    pub cluster: String,
+    /// `runtime_fraction.default_value` (default: every request).
+    pub share: super::fault::Fraction,
 }
 
 /// `prefix_rewrite` / `regex_rewrite` and `host_rewrite_literal`.
@@ -742,6 +752,31 @@ impl TryFrom<&xds_route::RouteAction> for RouteAction {
                 grpc_timeout = Some(Some(d).filter(|d| !d.is_zero()));
             }
         }
+        let mirrors = a
+            .request_mirror_policies
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let at = format!("request_mirror_policies[{i}]");
+                if m.cluster.is_empty() {
+                    return Err(ConfigError::new(format!("{at}.cluster"), "required"));
+                }
+                let share = match &m.runtime_fraction {
+                    Some(f) => super::fault::Fraction::parse(
+                        f.default_value.as_ref(),
+                        &format!("{at}.runtime_fraction.default_value"),
+                    )?,
+                    None => super::fault::Fraction {
+                        numerator: 1,
+                        denominator: 1,
+                    },
+                };
+                Ok(Mirror {
+                    cluster: m.cluster.clone(),
+                    share,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(RouteAction {
             clusters,
             timeout,
@@ -749,6 +784,7 @@ impl TryFrom<&xds_route::RouteAction> for RouteAction {
             retry,
             rewrite,
             grpc_timeout,
+            mirrors,
         })
     }
 }

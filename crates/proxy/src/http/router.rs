@@ -240,7 +240,15 @@ async fn forward(
             .get(name)
             .cloned()
             .ok_or_else(|| RequestError::NoCluster(name.to_string()));
+        // The mirrors this request goes to (their share rolled now).
+        let mirrors: Vec<Arc<UpstreamCluster>> = action
+            .mirrors
+            .iter()
+            .filter(|m| m.share.hit(random()))
+            .filter_map(|m| snapshot.clusters.get(&m.cluster).cloned())
+            .collect();
         let retry = RetrySetup {
+            mirrors,
             retry: action.retry.clone(),
             attempt_count_upstream: vh.attempt_count_upstream,
             attempt_count_downstream: vh.attempt_count_downstream,
@@ -337,7 +345,8 @@ async fn forward(
         pool: &cluster.config.pool,
     };
     let deadline = timeout.map(|t| start + t);
-    let mut attempts = Attempts::new(req, retry.is_some());
+    let mut mirrors = route.mirrors;
+    let mut attempts = Attempts::new(req, retry.is_some() || !mirrors.is_empty());
     let mut attempt: u32 = 1;
     let mut tried: Vec<Arc<Host>> = Vec::new();
     // Held while a retry is in flight.
@@ -346,7 +355,7 @@ async fn forward(
         if let Some(info) = &mut mutations.info {
             info.upstream_host = Some(host.addr.to_string().into());
         }
-        let last = retry.as_ref().is_none_or(|p| attempt > p.num_retries);
+        let last = retry.as_ref().is_none_or(|p| attempt > p.num_retries) && mirrors.is_empty();
         let mut request = attempts.next(last);
         if route.attempt_count_downstream {
             mutations.attempts = Some(attempt);
@@ -388,6 +397,13 @@ async fn forward(
             None => send.await,
         };
         cluster.report_result(&host, result.as_ref().map_err(|e| &e.error));
+        // Shadows go out once the request has been sent (its body recorded).
+        for m in std::mem::take(&mut mirrors) {
+            match attempts.copy() {
+                Some(copy) => shadow(m, copy, ctx, downstream_h2, timeout),
+                None => tracing::debug!("mirror skipped: the body could not be kept"),
+            }
+        }
         let retriable = match (&result, &retry) {
             (_, None) => false,
             (Ok(r), Some(p)) => p.retries_response(r.status().as_u16(), r.headers()),
@@ -482,6 +498,8 @@ async fn forward(
 
 /// What the router needs from the route and virtual host to retry.
 struct RetrySetup {
+    /// Shadow clusters still to be sent a copy.
+    mirrors: Vec<Arc<UpstreamCluster>>,
     retry: Option<Arc<RetryPolicy>>,
     attempt_count_upstream: bool,
     attempt_count_downstream: bool,
@@ -560,6 +578,17 @@ impl Attempts {
         Request::from_parts(head, body)
     }
 
+    /// A copy of the request for a shadow (None: its body was not kept).
+    fn copy(&self) -> Option<Request<RequestBody>> {
+        let head = copy_head(self.head.as_ref()?);
+        let body = match &self.body {
+            AttemptBody::Empty => Replay::empty(),
+            AttemptBody::Recorded(h) => h.replay()?,
+            AttemptBody::Fresh(_) | AttemptBody::Gone => return None,
+        };
+        Some(Request::from_parts(head, RequestBody::Replay(body)))
+    }
+
     /// Whether the body can be sent again.
     fn replayable(&self) -> bool {
         match &self.body {
@@ -584,6 +613,108 @@ fn copy_head(h: &http::request::Parts) -> http::request::Parts {
     *r.version_mut() = h.version;
     *r.headers_mut() = h.headers.clone();
     r.into_parts().0
+}
+
+/// Send a shadow copy to a mirror cluster, fire and forget: its host gets
+/// Envoy's `-shadow` suffix, its answer is read and dropped, and it counts
+/// in the mirror cluster's stats (and outlier detection) like any request.
+fn shadow(
+    cluster: Arc<UpstreamCluster>,
+    mut req: Request<RequestBody>,
+    ctx: &HttpContext,
+    downstream_h2: bool,
+    timeout: Option<Duration>,
+) {
+    let protocol = match cluster.config.protocol {
+        UpstreamProtocol::Http1 => Protocol::Http1,
+        UpstreamProtocol::Http2 => Protocol::Http2,
+        UpstreamProtocol::UseDownstream if downstream_h2 => Protocol::Http2,
+        UpstreamProtocol::UseDownstream => Protocol::Http1,
+    };
+    shadow_authority(&mut req, protocol);
+    let secrets = ctx.store.secrets.clone();
+    let od = ctx.downstream.original_dst;
+    tokio::spawn(async move {
+        let Some(host) = cluster.pick(od) else {
+            cluster.stats.upstream_cx_none_healthy.inc();
+            return;
+        };
+        let Ok(active) = cluster.start_request(host.clone()) else {
+            return;
+        };
+        cluster.stats.upstream_rq_total.inc();
+        let dial = pool::Dial {
+            timeout: cluster.config.connect_timeout,
+            stats: &cluster.stats,
+            secrets: &secrets,
+            sni: None,
+            verify_sni: false,
+            breakers: &cluster.breakers,
+            pool: &cluster.config.pool,
+        };
+        let send = pool::send(active, protocol, req, &dial, false);
+        let result = match timeout {
+            Some(t) => match tokio::time::timeout(t, send).await {
+                Ok(r) => r.map_err(|e| e.error),
+                Err(_) => {
+                    cluster.stats.upstream_rq_timeout.inc();
+                    Err(RequestError::Timeout)
+                }
+            },
+            None => send.await.map_err(|e| e.error),
+        };
+        cluster.report_result(&host, result.as_ref());
+        match result {
+            Ok(resp) => {
+                cluster.stats.record_status(resp.status().as_u16());
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            }
+            Err(e) => cluster.stats.record_status(e.status().as_u16()),
+        }
+    });
+}
+
+/// The shadow's authority: `host-shadow[:port]`, carried as the protocol
+/// wants it (Host and origin-form for HTTP/1.1, `:authority` for h2).
+fn shadow_authority(req: &mut Request<RequestBody>, protocol: Protocol) {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        })
+        .unwrap_or_default();
+    let shadowed = match split_port(&authority) {
+        (h, Some(p)) => format!("{h}-shadow:{p}"),
+        (h, None) => format!("{h}-shadow"),
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    match protocol {
+        Protocol::Http1 => {
+            parts.scheme = None;
+            parts.authority = None;
+            if let Ok(v) = HeaderValue::from_str(&shadowed) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+            *req.version_mut() = Version::HTTP_11;
+        }
+        Protocol::Http2 => {
+            req.headers_mut().remove(header::HOST);
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Authority::try_from(shadowed.as_str()).ok();
+            *req.version_mut() = Version::HTTP_2;
+        }
+    }
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
 }
 
 /// A host for a retry: with `previous_hosts`, one not tried yet if the

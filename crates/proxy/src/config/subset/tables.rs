@@ -399,6 +399,47 @@ pub(super) static RETRY_HOST_PREDICATE: Schema = Schema {
     names: &[(1, "name"), (3, "typed_config")],
 };
 
+pub(super) static PREVIOUS_PRIORITIES: Schema = Schema {
+    message: "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+    allowed: &[("update_frequency", 1, false, Field::Leaf)],
+    names: &[(1, "update_frequency")],
+};
+
+pub(super) static RETRY_PRIORITY: Schema = Schema {
+    message: "envoy.config.route.v3.RetryPolicy.RetryPriority",
+    allowed: &[
+        ("name", 1, false, Field::Leaf),
+        (
+            "typed_config",
+            3,
+            false,
+            Field::Any(&[(
+                "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                &PREVIOUS_PRIORITIES,
+            )]),
+        ),
+    ],
+    names: &[(1, "name"), (3, "typed_config")],
+};
+
+pub(super) static MIRROR_POLICY: Schema = Schema {
+    message: "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
+    allowed: &[
+        ("cluster", 1, false, Field::Leaf),
+        ("runtime_fraction", 3, false, Field::Msg(&RUNTIME_FRACTION)),
+        ("trace_sampled", 4, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "cluster"),
+        (3, "runtime_fraction"),
+        (4, "trace_sampled"),
+        (5, "cluster_header"),
+        (6, "disable_shadow_host_suffix_append"),
+        (7, "request_headers_mutations"),
+        (8, "host_rewrite_literal"),
+    ],
+};
+
 pub(super) static RETRY_BACK_OFF: Schema = Schema {
     message: "envoy.config.route.v3.RetryPolicy.RetryBackOff",
     allowed: &[
@@ -420,6 +461,7 @@ pub(super) static RETRY_POLICY: Schema = Schema {
             true,
             Field::Msg(&RETRY_HOST_PREDICATE),
         ),
+        ("retry_priority", 4, false, Field::Msg(&RETRY_PRIORITY)),
         ("host_selection_retry_max_attempts", 6, false, Field::Leaf),
         ("retriable_status_codes", 7, true, Field::Leaf),
         ("retry_back_off", 8, false, Field::Msg(&RETRY_BACK_OFF)),
@@ -485,6 +527,12 @@ pub(super) static ROUTE_ACTION: Schema = Schema {
             36,
             false,
             Field::Msg(&MAX_STREAM_DURATION),
+        ),
+        (
+            "request_mirror_policies",
+            30,
+            true,
+            Field::Msg(&MIRROR_POLICY),
         ),
     ],
     names: &[
@@ -2092,6 +2140,9 @@ pub(super) static ALL: &[&Schema] = &[
     &WEIGHTED_CLUSTERS,
     &PREVIOUS_HOSTS,
     &RETRY_HOST_PREDICATE,
+    &PREVIOUS_PRIORITIES,
+    &RETRY_PRIORITY,
+    &MIRROR_POLICY,
     &RETRY_BACK_OFF,
     &RETRY_POLICY,
     &REGEX_REWRITE,
