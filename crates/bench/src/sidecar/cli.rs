@@ -48,6 +48,12 @@ pub struct SidecarArgs {
     #[arg(long, value_delimiter = ',', default_value = "keepalive",
           value_parser = ["keepalive", "per-request"])]
     reuse: Vec<String>,
+    /// The client sidecar's route, comma-separated (static/mtls transports
+    /// only): `none` (no retry policy) and/or `istio` (Istio's default retry
+    /// policy and attempt-count header, what every route gets from the pilot).
+    #[arg(long, value_delimiter = ',', default_value = "none",
+          value_parser = ["none", "istio"])]
+    retries: Vec<String>,
     /// The mTLS comparison: `--transport static,mtls --reuse keepalive,per-request`
     /// (per-request cases over HTTP/1.1 only).
     #[arg(long, conflicts_with_all = ["transport", "reuse"])]
@@ -148,12 +154,21 @@ fn options(a: &SidecarArgs, work: PathBuf) -> anyhow::Result<Options> {
             }
             for &connections in &conns {
                 for &transport in &transports {
-                    cases.push(Case {
-                        protocol,
-                        connections,
-                        transport,
-                        per_request,
-                    });
+                    for retries in &a.retries {
+                        let istio_retries = retries == "istio";
+                        // Only the static pair has a route of the
+                        // benchmark's own to put a policy on.
+                        if istio_retries && (per_request || transport == Transport::Plaintext) {
+                            continue;
+                        }
+                        cases.push(Case {
+                            protocol,
+                            connections,
+                            transport,
+                            per_request,
+                            istio_retries,
+                        });
+                    }
                 }
             }
         }

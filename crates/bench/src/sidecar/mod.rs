@@ -107,12 +107,15 @@ pub struct Case {
     /// a static transport the sidecar-to-sidecar connection is new too.
     #[serde(default)]
     pub per_request: bool,
+    /// The client sidecar's route carries Istio's default retry policy.
+    #[serde(default)]
+    pub istio_retries: bool,
 }
 
 impl Case {
     pub fn label(&self) -> String {
         format!(
-            "{} c={} {}{}",
+            "{} c={} {}{}{}",
             self.protocol.name(),
             self.connections,
             self.transport.name(),
@@ -120,7 +123,8 @@ impl Case {
                 " new-conn-per-request"
             } else {
                 ""
-            }
+            },
+            if self.istio_retries { " +retries" } else { "" }
         )
     }
 

@@ -60,14 +60,28 @@ fn cluster(name: &str, to: &str, extra: &str) -> String {
     )
 }
 
+/// Istio's default retry policy (no `retries` in a VirtualService) and the
+/// attempt count its virtual hosts send upstream.
+const ISTIO_RETRIES: &str = "include_request_attempt_count: true, ";
+const ISTIO_RETRY_POLICY: &str = ", retry_policy: {retry_on: \"connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes\", num_retries: 2, retriable_status_codes: [503], host_selection_retry_max_attempts: 5, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}]}";
+
 fn hcm(prefix: &str, cluster: &str, xfcc: bool) -> String {
+    hcm_with(prefix, cluster, xfcc, false)
+}
+
+fn hcm_with(prefix: &str, cluster: &str, xfcc: bool, retries: bool) -> String {
+    let (vh, policy) = if retries {
+        (ISTIO_RETRIES, ISTIO_RETRY_POLICY)
+    } else {
+        ("", "")
+    };
     let xfcc = if xfcc {
         "forward_client_cert_details: APPEND_FORWARD, set_current_client_cert_details: {subject: true, dns: true, uri: true}, "
     } else {
         ""
     };
     format!(
-        "{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": {HCM}, stat_prefix: {prefix}, {xfcc}http_filters: [{ROUTER}], route_config: {{name: \"8080\", virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{match: {{prefix: /}}, route: {{cluster: \"{cluster}\"}}}}]}}]}}}}}}"
+        "{{name: envoy.filters.network.http_connection_manager, typed_config: {{\"@type\": {HCM}, stat_prefix: {prefix}, {xfcc}http_filters: [{ROUTER}], route_config: {{name: \"8080\", virtual_hosts: [{{name: all, domains: [\"*\"], {vh}routes: [{{match: {{prefix: /}}, route: {{cluster: \"{cluster}\"{policy}}}}}]}}]}}}}}}"
     )
 }
 
@@ -107,7 +121,12 @@ pub fn client_bootstrap(case: &Case, server_ip: &str, pki: Option<&Pki>) -> Stri
         )
     } else {
         (
-            hcm("outbound_0.0.0.0_8080", OUTBOUND_CLUSTER, false),
+            hcm_with(
+                "outbound_0.0.0.0_8080",
+                OUTBOUND_CLUSTER,
+                false,
+                case.istio_retries,
+            ),
             match case.protocol {
                 Protocol::Http1 => "istio-http/1.1",
                 Protocol::Http2 => "istio-h2",
@@ -304,6 +323,7 @@ mod tests {
             connections: 16,
             transport: Transport::Mtls,
             per_request,
+            istio_retries: false,
         }
     }
 
@@ -320,6 +340,13 @@ mod tests {
         assert!(c.contains("istio-http/1.1") && c.contains("http_connection_manager"));
         let h2 = client_bootstrap(&case(Protocol::Http2, false), "10.0.0.2", Some(&pki));
         assert!(h2.contains("istio-h2") && h2.contains("http2_protocol_options"));
+        let retrying = Case {
+            istio_retries: true,
+            ..case(Protocol::Http1, false)
+        };
+        let r = client_bootstrap(&retrying, "10.0.0.2", Some(&pki));
+        assert!(r.contains("num_retries: 2") && r.contains("include_request_attempt_count: true"));
+        assert!(!c.contains("retry_policy"));
         let per = client_bootstrap(&case(Protocol::Http1, true), "10.0.0.2", Some(&pki));
         assert!(per.contains("tcp_proxy") && !per.contains("http_connection_manager"));
         let s = server_bootstrap(Some(&pki));
@@ -357,6 +384,11 @@ mod tests {
                 yamls.push(client_bootstrap(&case(p, per), "10.0.0.2", Some(&pki)));
                 yamls.push(client_bootstrap(&case(p, per), "10.0.0.2", None));
             }
+            let retrying = Case {
+                istio_retries: true,
+                ..case(p, false)
+            };
+            yamls.push(client_bootstrap(&retrying, "10.0.0.2", Some(&pki)));
         }
         for (i, y) in yamls.iter().enumerate() {
             let f = dir.path().join(format!("b{i}.yaml"));
