@@ -109,6 +109,8 @@ pub struct FilterChainMatch {
     pub prefix_ranges: Vec<Cidr>,
     pub transport_protocol: Option<String>,
     pub application_protocols: Vec<String>,
+    /// SNI names (lower case), exact or `*.suffix`.
+    pub server_names: Vec<String>,
 }
 
 /// An IP prefix (`CidrRange`).
@@ -528,11 +530,25 @@ impl TryFrom<&xds_listener::FilterChainMatch> for FilterChainMatch {
                 ));
             }
         };
+        for (i, n) in m.server_names.iter().enumerate() {
+            let bad = n.is_empty() || n.trim_start_matches("*.").contains('*');
+            if bad {
+                return Err(ConfigError::new(
+                    format!("server_names[{i}]"),
+                    format!("{n:?}: want a name or a *.suffix wildcard"),
+                ));
+            }
+        }
         Ok(FilterChainMatch {
             destination_port,
             prefix_ranges,
             transport_protocol,
             application_protocols: m.application_protocols.clone(),
+            server_names: m
+                .server_names
+                .iter()
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
         })
     }
 }

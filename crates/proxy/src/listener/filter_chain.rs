@@ -1,5 +1,6 @@
 //! Filter chain selection, Envoy's order: destination port, then destination
-//! IP (longest prefix), then transport protocol, then application protocols.
+//! IP (longest prefix), then server name (SNI: exact, else the longest
+//! `*.suffix`), then transport protocol, then application protocols.
 //! At each level the chains that name the value win over the ones that leave
 //! it unset; there is no backtracking. No match = the default_filter_chain.
 
@@ -13,6 +14,8 @@ pub struct ConnectionInfo<'a> {
     /// Local address, or the original destination when restored.
     pub destination: SocketAddr,
     pub transport_protocol: &'a str,
+    /// The SNI a TLS client sent (tls_inspector).
+    pub server_name: Option<&'a str>,
     /// The ALPN list a TLS client offered, or what http_inspector saw.
     pub application_protocols: &'a [&'a str],
 }
@@ -43,6 +46,26 @@ pub fn select<'l>(
             .iter()
             .filter(|c| c.contains(ip))
             .map(|c| c.len as u32 + 1)
+            .max()
+    });
+
+    // Server name: exact beats any wildcard, a longer `*.suffix` a shorter.
+    let sni = conn.server_name.map(str::to_ascii_lowercase);
+    candidates = narrow(candidates, |fc| {
+        if fc.matcher.server_names.is_empty() {
+            return Some(0);
+        }
+        let sni = sni.as_deref()?;
+        fc.matcher
+            .server_names
+            .iter()
+            .filter_map(|n| match n.strip_prefix('*') {
+                None if n == sni => Some(u32::MAX),
+                Some(suffix) if sni.len() > suffix.len() && sni.ends_with(suffix) => {
+                    Some(suffix.len() as u32 + 1)
+                }
+                _ => None,
+            })
             .max()
     });
 
@@ -131,6 +154,7 @@ mod tests {
         let conn = ConnectionInfo {
             destination: dst.parse().unwrap(),
             transport_protocol: "raw_buffer",
+            server_name: None,
             application_protocols: &app,
         };
         select(l, &conn)
@@ -147,5 +171,34 @@ mod tests {
         assert_eq!(pick(&l, "10.2.2.3:80", None), "ip8");
         assert_eq!(pick(&l, "10.2.2.3:7000", None), "raw");
         assert_eq!(pick(&l, "192.168.0.1:80", None), "default");
+    }
+
+    #[test]
+    fn server_names_exact_then_longest_wildcard() {
+        let yaml = format!(
+            "name: l\naddress: {{socket_address: {{address: 0.0.0.0, port_value: 443}}}}\nfilter_chains:\n{}{}{}{}",
+            chain("{server_names: [api.example.com]}", "exact"),
+            chain("{server_names: [\"*.example.com\"]}", "wild"),
+            chain("{server_names: [\"*.eu.example.com\"]}", "eu"),
+            chain("{transport_protocol: tls}", "any-tls"),
+        );
+        let l: XdsListener = xds::json::from_yaml(&yaml).unwrap();
+        let l = ListenerConfig::try_from(&l).unwrap();
+        let pick = |sni: Option<&str>| {
+            let conn = ConnectionInfo {
+                destination: "10.0.0.1:443".parse().unwrap(),
+                transport_protocol: "tls",
+                server_name: sni,
+                application_protocols: &[],
+            };
+            select(&l, &conn)
+                .map(|fc| fc.name.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(pick(Some("API.example.com")), "exact");
+        assert_eq!(pick(Some("www.example.com")), "wild");
+        assert_eq!(pick(Some("a.eu.example.com")), "eu");
+        assert_eq!(pick(Some("example.com")), "any-tls");
+        assert_eq!(pick(None), "any-tls");
     }
 }

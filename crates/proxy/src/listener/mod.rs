@@ -233,6 +233,7 @@ async fn handle_connection(
     let info = ConnectionInfo {
         destination: downstream.destination,
         transport_protocol: if hello.is_some() { "tls" } else { "raw_buffer" },
+        server_name: hello.as_ref().and_then(|h| h.sni.as_deref()),
         application_protocols: &offered,
     };
     let Some(chain) = filter_chain::select(&listener, &info) else {

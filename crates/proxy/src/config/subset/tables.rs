@@ -58,6 +58,7 @@ pub(super) static FILTER_CHAIN_MATCH: Schema = Schema {
     allowed: &[
         ("destination_port", 8, false, Field::Leaf),
         ("prefix_ranges", 3, true, Field::Msg(&CIDR)),
+        ("server_names", 11, true, Field::Leaf),
         ("application_protocols", 10, true, Field::Leaf),
         ("transport_protocol", 9, false, Field::Leaf),
     ],
