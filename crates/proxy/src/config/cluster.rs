@@ -14,6 +14,7 @@ use super::outlier::OutlierConfig;
 use super::transport::{End, TransportMatch, TransportSocket};
 use super::{check_subset, decode_any, duration, subset};
 use crate::error::ConfigError;
+use crate::upstream::slow_start::SlowStart;
 
 pub type XdsCluster = xds_cluster::Cluster;
 
@@ -47,6 +48,8 @@ pub struct ClusterConfig {
     pub outlier: Option<OutlierConfig>,
     pub circuit_breakers: CircuitBreakerConfig,
     pub pool: ConnectionPoolConfig,
+    /// `{round_robin,least_request}_lb_config.slow_start_config`.
+    pub slow_start: Option<crate::upstream::slow_start::SlowStart>,
 }
 
 impl ClusterConfig {
@@ -278,6 +281,18 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
             Ok(F::All) => DnsLookupFamily::All,
             Err(_) => return Err(ConfigError::new("dns_lookup_family", "unknown family")),
         };
+        use xds_cluster::cluster::LbConfig;
+        let slow_start = match &c.lb_config {
+            Some(LbConfig::RoundRobinLbConfig(rr)) => rr.slow_start_config.as_ref().map(|s| {
+                SlowStart::parse(s).map_err(|e| e.under("round_robin_lb_config.slow_start_config"))
+            }),
+            Some(LbConfig::LeastRequestLbConfig(lr)) => lr.slow_start_config.as_ref().map(|s| {
+                SlowStart::parse(s)
+                    .map_err(|e| e.under("least_request_lb_config.slow_start_config"))
+            }),
+            _ => None,
+        }
+        .transpose()?;
         Ok(ClusterConfig {
             name: c.name.clone(),
             stat_name: if c.alt_stat_name.is_empty() {
@@ -308,6 +323,7 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
             outlier,
             circuit_breakers,
             pool,
+            slow_start,
         })
     }
 }

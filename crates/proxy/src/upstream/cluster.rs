@@ -98,6 +98,8 @@ pub struct ClusterRuntime {
     routing: Arc<Routing>,
     outlier: Option<Arc<Detector>>,
     breakers: Option<Arc<CircuitBreakers>>,
+    /// Built once already: later hosts are added to a running cluster.
+    built: bool,
 }
 
 impl ClusterRuntime {
@@ -113,6 +115,7 @@ impl ClusterRuntime {
             original_dst: Arc::default(),
             outlier: None,
             breakers: None,
+            built: false,
         }
     }
 
@@ -127,15 +130,18 @@ impl ClusterRuntime {
         let mut next = HashMap::with_capacity(endpoints.len());
         for (addr, weight, health, transport) in endpoints {
             let key = (addr.clone(), transport.key());
-            let host = self
-                .hosts
-                .get(&key)
-                .cloned()
-                .unwrap_or_else(|| Host::with_transport(addr.clone(), transport.clone()));
+            let host = self.hosts.get(&key).cloned().unwrap_or_else(|| {
+                if self.built {
+                    Host::added_now(addr.clone(), transport.clone())
+                } else {
+                    Host::with_transport(addr.clone(), transport.clone())
+                }
+            });
             next.insert(key, host.clone());
             all.push((host, *weight, *health));
         }
         self.hosts = next;
+        self.built = true;
         // A changed outlier_detection starts afresh, as Envoy's new cluster does.
         if self.outlier.as_ref().map(|d| &d.config) != config.outlier.as_ref() {
             if let Some(old) = self.outlier.take() {
@@ -195,10 +201,17 @@ impl UpstreamCluster {
         if let Discovery::OriginalDst = self.config.discovery {
             return original_dst.map(|dst| self.original_dst_host(dst));
         }
-        self.routing
-            .routable()
-            .pick(self.config.lb_policy, &self.rr)
-            .cloned()
+        let set = self.routing.routable();
+        let mut host = set.pick(self.config.lb_policy, &self.rr)?;
+        if let Some(ss) = &self.config.slow_start {
+            for _ in 0..crate::upstream::slow_start::MAX_REPICKS {
+                if ss.admits(host.added, crate::upstream::lb::random()) {
+                    break;
+                }
+                host = set.pick(self.config.lb_policy, &self.rr)?;
+            }
+        }
+        Some(host.clone())
     }
 
     /// The hosts the load balancer picks from now.

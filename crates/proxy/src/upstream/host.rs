@@ -26,6 +26,9 @@ pub struct Host {
     pub cx_connect_fail: Counter,
     /// Outlier-detection counters and the ejected flag.
     pub outlier: HostOutlier,
+    /// When it joined a running cluster (slow start); None for the
+    /// cluster's first endpoints and hosts made outside a cluster update.
+    pub added: Option<tokio::time::Instant>,
     pub(crate) pool: HostPool,
 }
 
@@ -45,8 +48,16 @@ impl Host {
             cx_total: Counter::default(),
             cx_connect_fail: Counter::default(),
             outlier: HostOutlier::default(),
+            added: None,
             pool: HostPool::default(),
         })
+    }
+
+    /// A host joining a running cluster now (slow start counts from here).
+    pub fn added_now(addr: impl Into<UpstreamAddr>, transport: TransportSocket) -> Arc<Self> {
+        let mut h = Arc::into_inner(Host::with_transport(addr, transport)).expect("fresh");
+        h.added = Some(tokio::time::Instant::now());
+        Arc::new(h)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod host;
 pub mod lb;
 pub mod outlier;
 pub mod pool;
+pub mod slow_start;
 
 pub use address::{UpstreamAddr, UpstreamStream};
 pub use cluster::UpstreamCluster;

@@ -1850,6 +1850,51 @@ pub(super) static TRANSPORT_SOCKET_MATCH: Schema = Schema {
     names: &[(1, "name"), (2, "match"), (3, "transport_socket")],
 };
 
+pub(super) static RUNTIME_DOUBLE: Schema = Schema {
+    message: "envoy.config.core.v3.RuntimeDouble",
+    allowed: &[
+        ("default_value", 1, false, Field::Leaf),
+        ("runtime_key", 2, false, Field::Leaf),
+    ],
+    names: &[(1, "default_value"), (2, "runtime_key")],
+};
+
+pub(super) static PERCENT: Schema = Schema {
+    message: "envoy.type.v3.Percent",
+    allowed: &[("value", 1, false, Field::Leaf)],
+    names: &[(1, "value")],
+};
+
+pub(super) static SLOW_START: Schema = Schema {
+    message: "envoy.config.cluster.v3.Cluster.SlowStartConfig",
+    allowed: &[
+        ("slow_start_window", 1, false, Field::Leaf),
+        ("aggression", 2, false, Field::Msg(&RUNTIME_DOUBLE)),
+        ("min_weight_percent", 3, false, Field::Msg(&PERCENT)),
+    ],
+    names: &[
+        (1, "slow_start_window"),
+        (2, "aggression"),
+        (3, "min_weight_percent"),
+    ],
+};
+
+pub(super) static RR_LB_CONFIG: Schema = Schema {
+    message: "envoy.config.cluster.v3.Cluster.RoundRobinLbConfig",
+    allowed: &[("slow_start_config", 1, false, Field::Msg(&SLOW_START))],
+    names: &[(1, "slow_start_config")],
+};
+
+pub(super) static LR_LB_CONFIG: Schema = Schema {
+    message: "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
+    allowed: &[("slow_start_config", 3, false, Field::Msg(&SLOW_START))],
+    names: &[
+        (1, "choice_count"),
+        (2, "active_request_bias"),
+        (3, "slow_start_config"),
+    ],
+};
+
 pub static CLUSTER: Schema = Schema {
     message: "envoy.config.cluster.v3.Cluster",
     allowed: &[
@@ -1902,6 +1947,18 @@ pub static CLUSTER: Schema = Schema {
             30,
             false,
             Field::Msg(&UPSTREAM_CONNECTION_OPTIONS),
+        ),
+        (
+            "round_robin_lb_config",
+            56,
+            false,
+            Field::Msg(&RR_LB_CONFIG),
+        ),
+        (
+            "least_request_lb_config",
+            37,
+            false,
+            Field::Msg(&LR_LB_CONFIG),
         ),
     ],
     names: &[
@@ -2206,6 +2263,11 @@ pub(super) static ALL: &[&Schema] = &[
     &TCP_KEEPALIVE,
     &UPSTREAM_CONNECTION_OPTIONS,
     &TRANSPORT_SOCKET_MATCH,
+    &RUNTIME_DOUBLE,
+    &PERCENT,
+    &SLOW_START,
+    &RR_LB_CONFIG,
+    &LR_LB_CONFIG,
     &CLUSTER,
     &ENVOY_GRPC,
     &GRPC_SERVICE,
