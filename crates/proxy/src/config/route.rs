@@ -193,6 +193,8 @@ pub struct RouteAction {
     /// a gRPC request's `grpc-timeout` replaces `timeout` (none: no
     /// timeout), capped at this (None: no cap).
     pub grpc_timeout: Option<Option<Duration>>,
+    /// `hash_policy`, for RING_HASH and MAGLEV clusters (None: none).
+    pub hash_policy: Option<Arc<[super::hash_policy::HashPolicy]>>,
 }
 
 /// `prefix_rewrite` / `regex_rewrite` and `host_rewrite_literal`.
@@ -749,6 +751,7 @@ impl TryFrom<&xds_route::RouteAction> for RouteAction {
             retry,
             rewrite,
             grpc_timeout,
+            hash_policy: super::hash_policy::parse(&a.hash_policy)?,
         })
     }
 }
