@@ -86,6 +86,10 @@ impl Ring {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 /// Envoy's Maglev table: each host fills the slots of its permutation
