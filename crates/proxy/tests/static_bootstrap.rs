@@ -347,8 +347,7 @@ static_resources:
         err.to_string(),
         "static_resources.listeners[0].filter_chains[0].filters[0].typed_config: unsupported type envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
     );
-    let yaml =
-        "static_resources:\n  clusters:\n  - {name: c, type: STATIC, lb_policy: RING_HASH}\n";
+    let yaml = "static_resources:\n  clusters:\n  - {name: c, type: STATIC, lb_policy: MAGLEV, maglev_lb_config: {table_size: 100}}\n";
     let bootstrap = proxy::bootstrap::parse(yaml, false).unwrap();
     let err = Proxy::start(
         bootstrap,
@@ -361,7 +360,7 @@ static_resources:
     .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "static_resources.clusters[0].lb_policy: unsupported lb_policy RING_HASH"
+        "static_resources.clusters[0].maglev_lb_config.table_size: must be a prime of at most 5000011, not 100"
     );
 }
 

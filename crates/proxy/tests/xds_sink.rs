@@ -153,11 +153,17 @@ async fn cds_eds_lds_rds_make_traffic_flow_and_bad_resources_keep_the_old() {
 
     // A bad cluster update is NACKed with resource and field; the old one serves.
     let err = sink
-        .apply(type_url::CLUSTER, "2", &cds("MAGLEV"))
+        .apply(
+            type_url::CLUSTER,
+            "2",
+            &cds("MAGLEV\nmaglev_lb_config: {table_size: 100}"),
+        )
         .unwrap_err();
     assert_eq!(
         err,
-        format!("cluster {CLUSTER}: lb_policy: unsupported lb_policy MAGLEV")
+        format!(
+            "cluster {CLUSTER}: maglev_lb_config.table_size: must be a prime of at most 5000011, not 100"
+        )
     );
     assert_eq!(get(lis, "svc", "/x", &[]).await.body, "a");
 

@@ -112,6 +112,65 @@ pub enum LbPolicy {
     LeastRequest,
     Random,
     ClusterProvided,
+    /// `RING_HASH` with `ring_hash_lb_config`'s ring size bounds.
+    RingHash {
+        min_size: u64,
+        max_size: u64,
+    },
+    /// `MAGLEV` with `maglev_lb_config.table_size` (a prime).
+    Maglev {
+        table_size: u64,
+    },
+}
+
+/// Envoy's `ring_hash_lb_config` defaults and bound.
+pub const RING_HASH_DEFAULT_MIN: u64 = 1024;
+pub const RING_HASH_MAX: u64 = 8 * 1024 * 1024;
+
+/// `RING_HASH` with its `ring_hash_lb_config` (XX_HASH only), `MAGLEV` with
+/// its `maglev_lb_config`.
+fn hash_lb_policy(c: &XdsCluster, maglev: bool) -> Result<LbPolicy, ConfigError> {
+    use crate::upstream::hash_lb::{MAGLEV_DEFAULT_TABLE_SIZE, MAGLEV_MAX_TABLE_SIZE, is_prime};
+    use xds_cluster::cluster::LbConfig;
+    use xds_cluster::cluster::ring_hash_lb_config::HashFunction;
+    if maglev {
+        let table_size = match &c.lb_config {
+            Some(LbConfig::MaglevLbConfig(m)) => m.table_size.as_ref().map(|t| t.value),
+            _ => None,
+        }
+        .unwrap_or(MAGLEV_DEFAULT_TABLE_SIZE);
+        if table_size > MAGLEV_MAX_TABLE_SIZE || !is_prime(table_size) {
+            return Err(ConfigError::new(
+                "maglev_lb_config.table_size",
+                format!("must be a prime of at most {MAGLEV_MAX_TABLE_SIZE}, not {table_size}"),
+            ));
+        }
+        return Ok(LbPolicy::Maglev { table_size });
+    }
+    let (mut min_size, mut max_size) = (RING_HASH_DEFAULT_MIN, RING_HASH_MAX);
+    if let Some(LbConfig::RingHashLbConfig(r)) = &c.lb_config {
+        if r.hash_function != HashFunction::XxHash as i32 {
+            return Err(ConfigError::new(
+                "ring_hash_lb_config.hash_function",
+                "only XX_HASH is supported",
+            ));
+        }
+        min_size = r.minimum_ring_size.as_ref().map_or(min_size, |v| v.value);
+        max_size = r.maximum_ring_size.as_ref().map_or(max_size, |v| v.value);
+    }
+    if max_size > RING_HASH_MAX {
+        return Err(ConfigError::new(
+            "ring_hash_lb_config.maximum_ring_size",
+            format!("must be at most {RING_HASH_MAX}"),
+        ));
+    }
+    if min_size > max_size {
+        return Err(ConfigError::new(
+            "ring_hash_lb_config.minimum_ring_size",
+            format!("{min_size} is above maximum_ring_size {max_size}"),
+        ));
+    }
+    Ok(LbPolicy::RingHash { min_size, max_size })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +264,8 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
             Ok(XLb::LeastRequest) => LbPolicy::LeastRequest,
             Ok(XLb::Random) => LbPolicy::Random,
             Ok(XLb::ClusterProvided) => LbPolicy::ClusterProvided,
+            Ok(XLb::RingHash) => hash_lb_policy(c, false)?,
+            Ok(XLb::Maglev) => hash_lb_policy(c, true)?,
             Ok(other) => {
                 return Err(ConfigError::new(
                     "lb_policy",
@@ -416,8 +477,11 @@ typed_extension_protocol_options:
     fn refuses_unsupported_type_and_policy() {
         let err = cluster("name: c\ntype: LOGICAL_DNS").unwrap_err();
         assert_eq!(err.path, "type");
-        let err = cluster("name: c\nlb_policy: MAGLEV").unwrap_err();
-        assert_eq!(err.to_string(), "lb_policy: unsupported lb_policy MAGLEV");
+        let err = cluster("name: c\nlb_policy: LOAD_BALANCING_POLICY_CONFIG").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "lb_policy: unsupported lb_policy LOAD_BALANCING_POLICY_CONFIG"
+        );
         let err = cluster("name: c\noutlier_detection: {monitors: [{name: x}]}").unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -428,5 +492,52 @@ typed_extension_protocol_options:
             err.to_string(),
             "circuit_breakers.per_host_thresholds: unsupported field"
         );
+    }
+
+    #[test]
+    fn converts_and_checks_hash_policies() {
+        let c =
+            cluster("name: c\nlb_policy: RING_HASH\nring_hash_lb_config: {minimum_ring_size: 512}")
+                .unwrap();
+        assert_eq!(
+            c.lb_policy,
+            LbPolicy::RingHash {
+                min_size: 512,
+                max_size: RING_HASH_MAX
+            }
+        );
+        let c = cluster("name: c\nlb_policy: RING_HASH").unwrap();
+        assert_eq!(
+            c.lb_policy,
+            LbPolicy::RingHash {
+                min_size: 1024,
+                max_size: RING_HASH_MAX
+            }
+        );
+        let c = cluster("name: c\nlb_policy: MAGLEV").unwrap();
+        assert_eq!(c.lb_policy, LbPolicy::Maglev { table_size: 65537 });
+        let c = cluster("name: c\nlb_policy: MAGLEV\nmaglev_lb_config: {table_size: 251}").unwrap();
+        assert_eq!(c.lb_policy, LbPolicy::Maglev { table_size: 251 });
+        for (yaml, msg) in [
+            (
+                "lb_policy: MAGLEV\nmaglev_lb_config: {table_size: 65536}",
+                "maglev_lb_config.table_size: must be a prime of at most 5000011, not 65536",
+            ),
+            (
+                "lb_policy: RING_HASH\nring_hash_lb_config: {hash_function: MURMUR_HASH_2}",
+                "ring_hash_lb_config.hash_function: only XX_HASH is supported",
+            ),
+            (
+                "lb_policy: RING_HASH\nring_hash_lb_config: {minimum_ring_size: 4096, maximum_ring_size: 2048}",
+                "ring_hash_lb_config.minimum_ring_size: 4096 is above maximum_ring_size 2048",
+            ),
+            (
+                "lb_policy: RING_HASH\ncommon_lb_config: {consistent_hashing_lb_config: {use_hostname_for_hashing: true}}",
+                "common_lb_config.consistent_hashing_lb_config: unsupported field",
+            ),
+        ] {
+            let err = cluster(&format!("name: c\n{yaml}")).unwrap_err();
+            assert_eq!(err.to_string(), msg, "{yaml}");
+        }
     }
 }

@@ -127,6 +127,17 @@ fn lb_endpoint(e: &xds_endpoint::LbEndpoint) -> Result<LbEndpoint, ConfigError> 
         Ok(HealthStatus::Degraded) => Health::Degraded,
         _ => Health::Healthy,
     };
+    // Envoy's consistent-hash key override; we hash hosts by address only.
+    if e.metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("envoy.lb"))
+        .is_some_and(|s| s.fields.contains_key("hash_key"))
+    {
+        return Err(ConfigError::new(
+            "metadata.filter_metadata[envoy.lb].hash_key",
+            "unsupported: hosts are hashed by address",
+        ));
+    }
     let transport_match = e
         .metadata
         .as_ref()
@@ -184,5 +195,15 @@ endpoints:
         );
         let err = cla("cluster_name: c\nendpoints: [{priority: 1}]").unwrap_err();
         assert_eq!(err.path, "endpoints[0].priority");
+    }
+
+    #[test]
+    fn refuses_a_hash_key() {
+        let err = cla("cluster_name: c\nendpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 10.0.0.1, port_value: 80}}}, metadata: {filter_metadata: {envoy.lb: {hash_key: k}}}}]}]")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "endpoints[0].lb_endpoints[0].metadata.filter_metadata[envoy.lb].hash_key: unsupported: hosts are hashed by address"
+        );
     }
 }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod cors;
 pub mod endpoint;
 pub mod fault;
+pub mod hash_policy;
 pub mod header_ops;
 pub mod listener;
 pub mod outlier;

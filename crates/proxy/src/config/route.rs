@@ -195,6 +195,8 @@ pub struct RouteAction {
     pub grpc_timeout: Option<Option<Duration>>,
     /// `request_mirror_policies`: shadow copies, fire and forget.
     pub mirrors: Vec<Mirror>,
+    /// `hash_policy`, for RING_HASH and MAGLEV clusters (None: none).
+    pub hash_policy: Option<Arc<[super::hash_policy::HashPolicy]>>,
 }
 
 /// One `request_mirror_policies` entry.
@@ -785,6 +787,7 @@ impl TryFrom<&xds_route::RouteAction> for RouteAction {
             rewrite,
             grpc_timeout,
             mirrors,
+            hash_policy: super::hash_policy::parse(&a.hash_policy)?,
         })
     }
 }

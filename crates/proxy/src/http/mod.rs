@@ -6,6 +6,7 @@ pub mod body;
 pub mod connection_manager;
 pub mod cors;
 pub mod fault;
+pub mod hash_policy;
 pub mod headers;
 pub mod path_normalization;
 pub mod route_match;

@@ -18,6 +18,7 @@ use super::body::{EndTimer, ResponseBody};
 use super::connection_manager::HttpContext;
 use super::cors;
 use super::fault::{self, FaultConfig};
+use super::hash_policy;
 use super::headers::{
     self, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_PATH,
     X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
@@ -167,6 +168,7 @@ async fn forward(
     // Route, cluster and host, from one consistent snapshot.
     let mut fault: Option<Arc<FaultConfig>> = None;
     let mut rewritten = None;
+    let hash_policies;
     let (cluster, timeout, route) = {
         let snapshot = ctx.store.load();
         let rds;
@@ -230,6 +232,7 @@ async fn forward(
             }
             Action::DirectResponse(d) => return Ok(direct_response(d)),
         };
+        hash_policies = action.hash_policy.clone();
         let (name, cluster_headers) = action.pick(random());
         mutations.cluster = cluster_headers.cloned();
         if let Some(info) = &mut mutations.info {
@@ -292,7 +295,17 @@ async fn forward(
     }
     let cluster = cluster?;
     let od = ctx.downstream.original_dst;
-    let Some(mut host) = cluster.pick(od) else {
+    let hashed = hash_policy::RequestHash::compute(
+        hash_policies.as_deref(),
+        cluster.config.lb_policy,
+        &hash_policy::HashInput {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            downstream: &ctx.downstream,
+        },
+    );
+    let Some(mut host) = cluster.pick_hashed(od, hashed.hash) else {
         cluster.stats.upstream_cx_none_healthy.inc();
         return Err(RequestError::NoHealthyUpstream);
     };
@@ -459,7 +472,7 @@ async fn forward(
         }
         attempt += 1;
         tried.push(host);
-        host = match pick_untried(&cluster, od, &tried, policy) {
+        host = match pick_untried(&cluster, od, hashed.hash, &tried, policy) {
             Some(h) => h,
             None => {
                 cluster.stats.upstream_cx_none_healthy.inc();
@@ -487,6 +500,9 @@ async fn forward(
     }
     let elapsed = start.elapsed().as_millis() as u64;
     h.insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(elapsed));
+    if let Some(cookie) = hashed.set_cookie {
+        h.append(header::SET_COOKIE, cookie);
+    }
     *resp.version_mut() = Version::default();
     let timer = EndTimer {
         start,
@@ -718,22 +734,24 @@ fn shadow_authority(req: &mut Request<RequestBody>, protocol: Protocol) {
 }
 
 /// A host for a retry: with `previous_hosts`, one not tried yet if the
-/// load balancer offers one within the re-pick budget.
+/// load balancer offers one within the re-pick budget (a re-pick of a
+/// hashed request uses another hash).
 fn pick_untried(
     cluster: &UpstreamCluster,
     od: Option<std::net::SocketAddr>,
+    hash: Option<u64>,
     tried: &[Arc<Host>],
     policy: &RetryPolicy,
 ) -> Option<Arc<Host>> {
-    let mut host = cluster.pick(od)?;
+    let mut host = cluster.pick_hashed(od, hash)?;
     if !policy.avoid_previous_hosts {
         return Some(host);
     }
-    for _ in 0..policy.host_selection_max_attempts {
+    for n in 0..policy.host_selection_max_attempts {
         if !tried.iter().any(|t| Arc::ptr_eq(t, &host)) {
             break;
         }
-        host = cluster.pick(od)?;
+        host = cluster.pick_hashed(od, hash.map(|h| hash_policy::rehash(h, n.into())))?;
     }
     Some(host)
 }

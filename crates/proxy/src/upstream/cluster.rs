@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::cluster::{ClusterConfig, Discovery};
+use crate::config::cluster::{ClusterConfig, Discovery, LbPolicy};
 use crate::config::endpoint::Health;
 use crate::config::transport::TransportSocket;
 use crate::error::RequestError;
@@ -27,14 +27,16 @@ const MAX_ORIGINAL_DST_HOSTS: usize = 1024;
 /// The hosts of a cluster as the load balancer sees them: every member with
 /// its weight and EDS health, and the routable set built from them (healthy,
 /// not ejected by outlier detection, or all of them in panic mode), swapped
-/// whole when membership or an ejection changes it.
+/// whole when membership or an ejection changes it (with its consistent-hash
+/// table, so the table always matches the hosts).
 #[derive(Debug)]
 pub struct Routing {
     members: ArcSwap<Vec<(Arc<Host>, u32, Health)>>,
     routable: ArcSwap<HostSet>,
     panic_threshold: AtomicU32,
-    /// Serialises rebuilds (membership updates and ejections; never requests).
-    rebuild: Mutex<()>,
+    /// Serialises rebuilds (membership updates and ejections; never requests),
+    /// and holds the policy whose table the routable set carries.
+    rebuild: Mutex<LbPolicy>,
     stats: ClusterStats,
 }
 
@@ -44,7 +46,7 @@ impl Routing {
             members: ArcSwap::default(),
             routable: ArcSwap::default(),
             panic_threshold: AtomicU32::new(50),
-            rebuild: Mutex::new(()),
+            rebuild: Mutex::new(LbPolicy::RoundRobin),
             stats,
         }
     }
@@ -53,16 +55,22 @@ impl Routing {
         self.members.load_full()
     }
 
-    fn set_members(&self, all: Vec<(Arc<Host>, u32, Health)>, panic_threshold: u32) {
+    fn set_members(
+        &self,
+        all: Vec<(Arc<Host>, u32, Health)>,
+        panic_threshold: u32,
+        policy: LbPolicy,
+    ) {
         self.panic_threshold
             .store(panic_threshold, Ordering::Relaxed);
+        *self.rebuild.lock().unwrap_or_else(|e| e.into_inner()) = policy;
         self.members.store(Arc::new(all));
         self.rebuild();
     }
 
     /// Recompute the routable set from the members and their ejections.
     pub fn rebuild(&self) {
-        let _one = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let policy = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
         let all = self.members.load();
         let mut routable: Vec<(Arc<Host>, u32)> = all
             .iter()
@@ -76,7 +84,8 @@ impl Routing {
         if !all.is_empty() && routable.len() * 100 < threshold * all.len() {
             routable = all.iter().map(|(h, w, _)| (h.clone(), *w)).collect();
         }
-        self.routable.store(Arc::new(HostSet::new(routable)));
+        self.routable
+            .store(Arc::new(HostSet::for_policy(routable, *policy)));
     }
 
     /// The set the load balancer picks from now.
@@ -152,8 +161,11 @@ impl ClusterRuntime {
                 .clone()
                 .map(|c| Detector::new(c, &self.registry, &self.name, self.routing.clone()));
         }
-        self.routing
-            .set_members(all.clone(), config.healthy_panic_threshold);
+        self.routing.set_members(
+            all.clone(),
+            config.healthy_panic_threshold,
+            config.lb_policy,
+        );
         let breakers = match &self.breakers {
             Some(b) => {
                 b.configure(&config.circuit_breakers);
@@ -198,12 +210,25 @@ impl UpstreamCluster {
     /// Choose a host for a request or connection whose downstream original
     /// destination is `original_dst`.
     pub fn pick(&self, original_dst: Option<SocketAddr>) -> Option<Arc<Host>> {
+        self.pick_hashed(original_dst, None)
+    }
+
+    /// [`UpstreamCluster::pick`] for a request whose route's hash policy
+    /// produced `hash` (RING_HASH and MAGLEV use it; other policies, and
+    /// hash policies without a hash, pick as without one).
+    pub fn pick_hashed(
+        &self,
+        original_dst: Option<SocketAddr>,
+        hash: Option<u64>,
+    ) -> Option<Arc<Host>> {
         if let Discovery::OriginalDst = self.config.discovery {
             return original_dst.map(|dst| self.original_dst_host(dst));
         }
         let set = self.routing.routable();
-        let mut host = set.pick(self.config.lb_policy, &self.rr)?;
-        if let Some(ss) = &self.config.slow_start {
+        let mut host = set.pick_hashed(self.config.lb_policy, &self.rr, hash)?;
+        // Slow start re-picks only without a hash (a hashed pick is the
+        // key's host, whatever its age).
+        if let (Some(ss), None) = (&self.config.slow_start, hash) {
             for _ in 0..crate::upstream::slow_start::MAX_REPICKS {
                 if ss.admits(host.added, crate::upstream::lb::random()) {
                     break;

@@ -1,13 +1,15 @@
 //! Load balancers over a cluster's routable hosts (Envoy's lb_policy):
 //! ROUND_ROBIN on an atomic counter, LEAST_REQUEST as power of two choices on
-//! active requests, RANDOM; endpoint weights honoured. Also the per-thread fast
-//! RNG used for weighted clusters.
+//! active requests, RANDOM, RING_HASH and MAGLEV (tables in `hash_lb`);
+//! endpoint weights honoured. Also the per-thread fast RNG used for weighted
+//! clusters.
 
 use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::cluster::LbPolicy;
+use crate::upstream::hash_lb::{HashTable, Maglev, Ring};
 use crate::upstream::host::Host;
 
 /// The hosts a load balancer picks from, with their weights.
@@ -17,6 +19,8 @@ pub struct HostSet {
     /// Cumulative weights, empty when all weights are equal.
     cumulative: Vec<u64>,
     total: u64,
+    /// RING_HASH / MAGLEV: the table over `hosts`, built with them.
+    hash: Option<HashTable>,
 }
 
 impl HostSet {
@@ -34,6 +38,24 @@ impl HostSet {
             hosts: weighted.into_iter().map(|(h, _)| h).collect(),
             cumulative,
             total,
+            hash: None,
+        }
+    }
+
+    /// The set for `policy`: with its ring or Maglev table for hash policies.
+    pub fn for_policy(weighted: Vec<(Arc<Host>, u32)>, policy: LbPolicy) -> Self {
+        let hash = match policy {
+            LbPolicy::RingHash { min_size, max_size } => {
+                Some(HashTable::Ring(Ring::new(&weighted, min_size, max_size)))
+            }
+            LbPolicy::Maglev { table_size } => {
+                Some(HashTable::Maglev(Maglev::new(&weighted, table_size)))
+            }
+            _ => None,
+        };
+        HostSet {
+            hash,
+            ..HostSet::new(weighted)
         }
     }
 
@@ -52,8 +74,29 @@ impl HostSet {
         }
     }
 
+    /// Pick a host per `policy` for a request whose hash policy produced
+    /// `hash`: the consistent-hash table's host when the set has a table,
+    /// else as [`HostSet::pick`].
+    pub fn pick_hashed(
+        &self,
+        policy: LbPolicy,
+        counter: &AtomicU64,
+        hash: Option<u64>,
+    ) -> Option<&Arc<Host>> {
+        match (&self.hash, hash) {
+            (Some(table), Some(h)) => table.lookup(h).map(|i| &self.hosts[i]),
+            _ => self.pick(policy, counter),
+        }
+    }
+
     /// Pick a host per `policy`; `counter` is the cluster's round-robin state.
+    /// Hash policies without a hash pick at random, as Envoy.
     pub fn pick(&self, policy: LbPolicy, counter: &AtomicU64) -> Option<&Arc<Host>> {
+        if let Some(table) = &self.hash
+            && self.hosts.len() > 1
+        {
+            return table.lookup(random()).map(|i| &self.hosts[i]);
+        }
         match self.hosts.len() {
             0 => None,
             1 => Some(&self.hosts[0]),
@@ -61,7 +104,9 @@ impl HostSet {
                 LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
                     self.by_value(counter.fetch_add(1, Ordering::Relaxed))
                 }
-                LbPolicy::Random => self.by_value(random()),
+                LbPolicy::Random | LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
+                    self.by_value(random())
+                }
                 LbPolicy::LeastRequest => {
                     let a = self.by_value(random());
                     let b = if self.cumulative.is_empty() {

@@ -5,6 +5,7 @@ pub mod address;
 pub mod circuit;
 pub mod cluster;
 pub mod connect;
+pub mod hash_lb;
 pub mod host;
 pub mod lb;
 pub mod outlier;

@@ -350,3 +350,30 @@ fn config_defaults_and_refusals() {
         assert_eq!(ClusterConfig::try_from(&c).unwrap_err().to_string(), err);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ejection_rebuilds_the_consistent_hash_table_with_the_hosts() {
+    for policy in ["lb_policy: RING_HASH\n", "lb_policy: MAGLEV\n"] {
+        let f = Fixture::new(3, &format!("{policy}{ALL_HOSTS}"));
+        let hash = |k: u64| xxhash_rust::xxh64::xxh64(&k.to_le_bytes(), 0);
+        let before: Vec<_> = (0..300)
+            .map(|k| f.cluster.pick_hashed(None, Some(hash(k))).unwrap())
+            .collect();
+        assert!(before.iter().any(|h| Arc::ptr_eq(h, &f.host(0))));
+        f.report(0, Outcome::Status(503), 5);
+        assert!(f.ejected(0), "{policy}");
+        let mut stayed = 0;
+        for (k, b) in before.iter().enumerate() {
+            let now = f.cluster.pick_hashed(None, Some(hash(k as u64))).unwrap();
+            assert!(
+                !Arc::ptr_eq(&now, &f.host(0)),
+                "{policy}: ejected host picked"
+            );
+            if Arc::ptr_eq(&now, b) {
+                stayed += 1;
+            }
+        }
+        // Keys of the other hosts mostly keep their host.
+        assert!(stayed >= 150, "{policy}: only {stayed} of 300 stayed");
+    }
+}

@@ -535,6 +535,7 @@ pub(super) static ROUTE_ACTION: Schema = Schema {
             true,
             Field::Msg(&MIRROR_POLICY),
         ),
+        ("hash_policy", 15, true, Field::Msg(&HASH_POLICY)),
     ],
     names: &[
         (1, "cluster"),
@@ -574,6 +575,58 @@ pub(super) static ROUTE_ACTION: Schema = Schema {
         (42, "flush_timeout"),
         (44, "host_rewrite"),
         (45, "path_rewrite"),
+    ],
+};
+
+pub(super) static HASH_HEADER: Schema = Schema {
+    message: "envoy.config.route.v3.RouteAction.HashPolicy.Header",
+    allowed: &[("header_name", 1, false, Field::Leaf)],
+    names: &[(1, "header_name"), (2, "regex_rewrite")],
+};
+
+pub(super) static HASH_COOKIE: Schema = Schema {
+    message: "envoy.config.route.v3.RouteAction.HashPolicy.Cookie",
+    allowed: &[
+        ("name", 1, false, Field::Leaf),
+        ("ttl", 2, false, Field::Leaf),
+        ("path", 3, false, Field::Leaf),
+    ],
+    names: &[(1, "name"), (2, "ttl"), (3, "path"), (4, "attributes")],
+};
+
+pub(super) static HASH_CONNECTION: Schema = Schema {
+    message: "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
+    allowed: &[("source_ip", 1, false, Field::Leaf)],
+    names: &[(1, "source_ip")],
+};
+
+pub(super) static HASH_QUERY: Schema = Schema {
+    message: "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter",
+    allowed: &[("name", 1, false, Field::Leaf)],
+    names: &[(1, "name")],
+};
+
+pub(super) static HASH_POLICY: Schema = Schema {
+    message: "envoy.config.route.v3.RouteAction.HashPolicy",
+    allowed: &[
+        ("header", 1, false, Field::Msg(&HASH_HEADER)),
+        ("cookie", 2, false, Field::Msg(&HASH_COOKIE)),
+        (
+            "connection_properties",
+            3,
+            false,
+            Field::Msg(&HASH_CONNECTION),
+        ),
+        ("query_parameter", 5, false, Field::Msg(&HASH_QUERY)),
+        ("terminal", 4, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "header"),
+        (2, "cookie"),
+        (3, "connection_properties"),
+        (4, "terminal"),
+        (5, "query_parameter"),
+        (6, "filter_state"),
     ],
 };
 
@@ -1960,6 +2013,13 @@ pub static CLUSTER: Schema = Schema {
             false,
             Field::Msg(&LR_LB_CONFIG),
         ),
+        (
+            "ring_hash_lb_config",
+            23,
+            false,
+            Field::Msg(&RING_HASH_LB_CONFIG),
+        ),
+        ("maglev_lb_config", 52, false, Field::Msg(&MAGLEV_LB_CONFIG)),
     ],
     names: &[
         (1, "name"),
@@ -2020,6 +2080,26 @@ pub static CLUSTER: Schema = Schema {
         (61, "stats_matcher"),
         (62, "queuing_policies"),
     ],
+};
+
+pub(super) static RING_HASH_LB_CONFIG: Schema = Schema {
+    message: "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
+    allowed: &[
+        ("minimum_ring_size", 1, false, Field::Leaf),
+        ("maximum_ring_size", 4, false, Field::Leaf),
+        ("hash_function", 3, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "minimum_ring_size"),
+        (3, "hash_function"),
+        (4, "maximum_ring_size"),
+    ],
+};
+
+pub(super) static MAGLEV_LB_CONFIG: Schema = Schema {
+    message: "envoy.config.cluster.v3.Cluster.MaglevLbConfig",
+    allowed: &[("table_size", 1, false, Field::Leaf)],
+    names: &[(1, "table_size")],
 };
 
 pub(super) static ENVOY_GRPC: Schema = Schema {
@@ -2206,6 +2286,11 @@ pub(super) static ALL: &[&Schema] = &[
     &REGEX_REWRITE,
     &MAX_STREAM_DURATION,
     &ROUTE_ACTION,
+    &HASH_HEADER,
+    &HASH_COOKIE,
+    &HASH_CONNECTION,
+    &HASH_QUERY,
+    &HASH_POLICY,
     &REDIRECT_ACTION,
     &DATA_SOURCE,
     &DIRECT_RESPONSE_ACTION,
@@ -2269,6 +2354,8 @@ pub(super) static ALL: &[&Schema] = &[
     &RR_LB_CONFIG,
     &LR_LB_CONFIG,
     &CLUSTER,
+    &RING_HASH_LB_CONFIG,
+    &MAGLEV_LB_CONFIG,
     &ENVOY_GRPC,
     &GRPC_SERVICE,
     &API_CONFIG_SOURCE,
