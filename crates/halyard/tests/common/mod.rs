@@ -1,7 +1,9 @@
 //! Harness for end-to-end tests: child processes that die with the test,
-//! free ports, readiness polling with deadlines, the Envoy binary.
+//! free ports, readiness polling with deadlines, the Envoy binary, and
+//! meshes brought up by `halyard up` (`local_mesh`).
 #![allow(dead_code)]
 
+pub mod local_mesh;
 pub mod mesh_tls;
 pub mod sidecar_bootstrap;
 
