@@ -419,6 +419,13 @@ async fn per_try_timeouts_and_back_off_run_on_tokios_clock() {
         start.elapsed()
     );
     assert!(wall.elapsed() < Duration::from_secs(5), "a real sleep");
+    let (_, clusters) = admin_get(proxy.admin_addr(), "/clusters").await;
+    assert!(
+        clusters
+            .lines()
+            .any(|l| l.starts_with("bad::") && l.ends_with("::rq_error::3")),
+        "three 503s count as the host's errors: {clusters}"
+    );
     let (_, stats) = admin_get(proxy.admin_addr(), "/stats").await;
     for want in [
         "cluster.mixed.upstream_rq_per_try_timeout: 1\n",

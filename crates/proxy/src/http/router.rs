@@ -425,9 +425,14 @@ async fn forward(
                 .failure()
                 .is_some_and(|f| p.retries_failure(f, e.unsent.is_none())),
         };
-        match &result {
-            Ok(r) => cluster.stats.record_status(r.status().as_u16()),
-            Err(e) => cluster.stats.record_status(e.error.status().as_u16()),
+        let status = match &result {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.error.status().as_u16(),
+        };
+        cluster.stats.record_status(status);
+        // The host's rq_error in /clusters: 5xx answers and failures.
+        if status >= 500 {
+            host.rq_error.inc();
         }
         let policy = match (retriable, &retry) {
             (true, Some(p)) => p,
