@@ -8,14 +8,16 @@ use api::networking::{self as net, CaptureMode, OutboundTrafficMode, StringMatch
 use api::{Resource, Spec, kube};
 
 use crate::cluster_ip::ClusterIps;
+use crate::delegate::{DelegateVs, Delegates};
+use crate::export::ExportTo;
 use crate::mesh::{EgressListener, HostImport, ListenerPort, Mesh, SidecarScope};
 use crate::model::{
     DOMAIN_SUFFIX, Endpoint, Protocol, Resolution, Service, ServicePort, labels_match, resolve_host,
 };
 use crate::policy::{DestinationPolicy, PolicyParts, Subset, TrafficPolicy};
 use crate::routing::{
-    AbortCode, Destination, DirectResponse, Fault, HeaderEdits, HeaderRules, HttpRoute, Mirror,
-    Redirect, RequestMatch, Rewrite, Share, StrMatch, TcpRoute, VirtualServiceRule,
+    AbortCode, Destination, DirectResponse, Fault, HeaderEdits, HeaderRules, HttpRoute, L4Match,
+    L4Route, Mirror, Redirect, RequestMatch, Rewrite, Share, StrMatch, VirtualServiceRule,
 };
 
 /// Build the mesh from every loaded resource.
@@ -58,8 +60,28 @@ pub fn build_with(resources: &[Resource], options: &BuildOptions) -> Mesh {
     if options.auto_allocate {
         crate::auto_vip::allocate(&mut mesh.services);
     }
+    // VirtualServices without hosts are delegates: they apply only through
+    // the roots that name them.
+    let delegates: Delegates<'_> = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::VirtualService(vs) if vs.hosts.is_empty() => Some((
+                (r.namespace(), r.meta.name.as_str()),
+                DelegateVs {
+                    spec: vs,
+                    export_to: ExportTo::new(&vs.export_to, r.namespace()),
+                },
+            )),
+            _ => None,
+        })
+        .collect();
     for r in resources {
         match &r.spec {
+            Spec::VirtualService(vs) if vs.hosts.is_empty() => {}
+            Spec::VirtualService(vs) if vs.http.iter().any(|h| h.delegate.is_some()) => {
+                let merged = crate::delegate::expand(r.namespace(), vs, &delegates);
+                mesh.virtual_services.push(virtual_service(r, &merged));
+            }
             Spec::VirtualService(vs) => mesh.virtual_services.push(virtual_service(r, vs)),
             Spec::DestinationRule(dr) => mesh.destination_rules.push(destination_rule(r, dr)),
             Spec::Sidecar(sc) => mesh.sidecars.push(sidecar(r, sc)),
@@ -132,6 +154,13 @@ fn kube_service(
         endpoints,
         origin: format!("Service {ns}/{}", r.meta.name),
         subject_alt_names: Vec::new(),
+        export_to: ExportTo::from_annotation(
+            r.meta
+                .annotations
+                .get("networking.istio.io/exportTo")
+                .map(String::as_str),
+            ns,
+        ),
     }
 }
 
@@ -192,6 +221,7 @@ fn service_entry(
             endpoints: endpoints.clone(),
             origin: format!("ServiceEntry {ns}/{}", r.meta.name),
             subject_alt_names: se.subject_alt_names.clone(),
+            export_to: ExportTo::new(&se.export_to, ns),
         })
         .collect()
 }
@@ -441,17 +471,50 @@ fn virtual_service(r: &Resource, vs: &net::VirtualService) -> VirtualServiceRule
         tcp: vs
             .tcp
             .iter()
-            .map(|t| TcpRoute {
-                ports: t.matches.iter().filter_map(|m| m.port).collect(),
-                destinations: weighted(
-                    t.route
-                        .iter()
-                        .map(|d| destination(&d.destination, d.weight, ns))
-                        .collect(),
-                ),
+            .map(|t| L4Route {
+                matches: t
+                    .matches
+                    .iter()
+                    .map(|m| L4Match {
+                        port: m.port,
+                        destination_subnets: m.destination_subnets.clone(),
+                        sni_hosts: Vec::new(),
+                        source_labels: m.source_labels.clone(),
+                        source_namespace: m.source_namespace.clone(),
+                        gateways: m.gateways.clone(),
+                    })
+                    .collect(),
+                destinations: weighted(l4_destinations(&t.route, ns)),
             })
             .collect(),
+        tls: vs
+            .tls
+            .iter()
+            .map(|t| L4Route {
+                matches: t
+                    .matches
+                    .iter()
+                    .map(|m| L4Match {
+                        port: m.port,
+                        destination_subnets: m.destination_subnets.clone(),
+                        sni_hosts: m.sni_hosts.clone(),
+                        source_labels: m.source_labels.clone(),
+                        source_namespace: m.source_namespace.clone(),
+                        gateways: m.gateways.clone(),
+                    })
+                    .collect(),
+                destinations: weighted(l4_destinations(&t.route, ns)),
+            })
+            .collect(),
+        export_to: ExportTo::new(&vs.export_to, ns),
     }
+}
+
+fn l4_destinations(route: &[net::RouteDestination], ns: &str) -> Vec<Destination> {
+    route
+        .iter()
+        .map(|d| destination(&d.destination, d.weight, ns))
+        .collect()
 }
 
 fn traffic_policy(p: Option<&net::TrafficPolicy>) -> TrafficPolicy {
@@ -501,6 +564,7 @@ fn destination_rule(r: &Resource, dr: &net::DestinationRule) -> DestinationPolic
                 policy: traffic_policy(s.traffic_policy.as_ref()),
             })
             .collect(),
+        export_to: ExportTo::new(&dr.export_to, ns),
     }
 }
 

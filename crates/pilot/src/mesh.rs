@@ -179,24 +179,55 @@ impl Mesh {
     }
 
     /// The DestinationRule for a host as Istio picks it: the client's namespace
-    /// first, then the service's namespace, then the root namespace; an exact
-    /// host beats a wildcard.
+    /// first (whatever its `exportTo`), then the service's namespace, then
+    /// the root namespace, there only rules not private to their namespace
+    /// and only if exported to the client's; an exact host beats a wildcard.
     pub fn destination_rule(
         &self,
         host: &str,
         client_ns: &str,
         svc_ns: &str,
     ) -> Option<&DestinationPolicy> {
-        let pick = |ns: &str| {
-            let mut in_ns = self.destination_rules.iter().filter(|r| r.namespace == ns);
+        let pick = |ns: &str, exported_only: bool| {
+            let mut in_ns = self
+                .destination_rules
+                .iter()
+                .filter(|r| r.namespace == ns)
+                .filter(move |r| !exported_only || !r.export_to.private_to(&r.namespace));
             in_ns
                 .clone()
                 .find(|r| r.host == host)
                 .or_else(|| in_ns.find(|r| host_matches(&r.host, host)))
         };
-        pick(client_ns)
-            .or_else(|| pick(svc_ns))
-            .or_else(|| pick(ROOT_NAMESPACE))
+        let exported = |ns: &str| pick(ns, true).filter(|r| r.export_to.visible_to(client_ns));
+        pick(client_ns, false)
+            .or_else(|| exported(svc_ns))
+            .or_else(|| exported(ROOT_NAMESPACE))
+    }
+
+    /// VirtualServices for sidecars in `namespace` that name this host, in
+    /// Istio's order: those private to the namespace, then those exported
+    /// to it by name, then public ones; oldest-defined first within each.
+    pub fn virtual_services_seen_by<'a>(
+        &'a self,
+        host: &'a str,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a VirtualServiceRule> + 'a {
+        let class = move |vs: &VirtualServiceRule| {
+            if vs.export_to.is_public() {
+                2
+            } else if vs.namespace == namespace {
+                0
+            } else {
+                1
+            }
+        };
+        let mut seen: Vec<&VirtualServiceRule> = self
+            .virtual_services_for(host)
+            .filter(|vs| vs.export_to.visible_to(namespace))
+            .collect();
+        seen.sort_by_key(|vs| class(vs));
+        seen.into_iter()
     }
 
     /// VirtualServices for sidecars that name this host, oldest-defined first.
@@ -229,9 +260,16 @@ impl Mesh {
                 .flat_map(|vs| &vs.http)
                 .flat_map(|h| &h.matches)
                 .any(|m| !m.source_labels.is_empty())
+            || self
+                .virtual_services
+                .iter()
+                .flat_map(|vs| vs.tcp.iter().chain(&vs.tls))
+                .flat_map(|r| &r.matches)
+                .any(|m| !m.source_labels.is_empty())
     }
 
     /// Is this service imported by the egress listener (or, with no Sidecar, at all)?
+    /// (Its `exportTo` is checked apart, against the proxy's namespace.)
     pub fn imports(egress: Option<&EgressListener>, sidecar_ns: &str, svc: &Service) -> bool {
         let Some(egress) = egress else { return true };
         egress.hosts.iter().any(|imp| {

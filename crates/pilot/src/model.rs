@@ -100,6 +100,8 @@ pub struct Service {
     pub origin: String,
     /// ServiceEntry `subjectAltNames`: identities its servers may present.
     pub subject_alt_names: Vec<String>,
+    /// ServiceEntry `exportTo` / the Service's `networking.istio.io/exportTo`.
+    pub export_to: crate::export::ExportTo,
 }
 
 impl Service {

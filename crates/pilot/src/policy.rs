@@ -144,6 +144,8 @@ pub struct DestinationPolicy {
     pub workload_selector: bool,
     pub policy: TrafficPolicy,
     pub subsets: Vec<Subset>,
+    /// Which namespaces' proxies see it.
+    pub export_to: crate::export::ExportTo,
 }
 
 impl DestinationPolicy {

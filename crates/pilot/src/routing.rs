@@ -1,5 +1,7 @@
 //! VirtualServices compiled for translation: hosts resolved to FQDNs, HTTP
-//! routes as ordered (matches → weighted destinations), TCP routes by port.
+//! routes as ordered (matches → weighted destinations), TCP and TLS routes
+//! as ordered (L4 matches → weighted destinations). Delegates are already
+//! merged into their roots ([`crate::delegate`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -150,11 +152,41 @@ pub struct DirectResponse {
     pub body: Option<Vec<u8>>,
 }
 
-/// One entry of `tcp:`.
+/// One `match` block of a `tcp` or `tls` route.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct TcpRoute {
-    /// Listener ports this route applies to; empty = all.
-    pub ports: Vec<u32>,
+pub struct L4Match {
+    /// Only for this listener port.
+    pub port: Option<u32>,
+    /// Only to these destination IPs or CIDRs (checked by the proxy).
+    pub destination_subnets: Vec<String>,
+    /// `tls` only: the SNI names (exact or `*.suffix`), checked by the proxy.
+    pub sni_hosts: Vec<String>,
+    /// Only from workloads with these labels.
+    pub source_labels: BTreeMap<String, String>,
+    /// Only from this namespace.
+    pub source_namespace: Option<String>,
+    pub gateways: Vec<String>,
+}
+
+impl L4Match {
+    /// Istio's `matchTCP`/`matchTLS`: the static conditions, for a sidecar
+    /// in `namespace` with `labels` on listener `port`.
+    pub fn applies(&self, port: u32, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.port.is_none_or(|p| p == port)
+            && crate::model::labels_match(&self.source_labels, labels)
+            && self
+                .source_namespace
+                .as_ref()
+                .is_none_or(|ns| ns == namespace)
+            && (self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh"))
+    }
+}
+
+/// One entry of `tcp:` or `tls:`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct L4Route {
+    /// Any one must match; empty = everything.
+    pub matches: Vec<L4Match>,
     pub destinations: Vec<Destination>,
 }
 
@@ -168,7 +200,11 @@ pub struct VirtualServiceRule {
     /// `mesh` when it applies to sidecars (the default).
     pub gateways: Vec<String>,
     pub http: Vec<HttpRoute>,
-    pub tcp: Vec<TcpRoute>,
+    pub tcp: Vec<L4Route>,
+    /// TLS passthrough routes, by SNI.
+    pub tls: Vec<L4Route>,
+    /// Which namespaces' proxies see it.
+    pub export_to: crate::export::ExportTo,
 }
 
 impl VirtualServiceRule {

@@ -300,6 +300,70 @@ fn chains(
     }
 }
 
+/// An outbound listener of tcp/tls route chains ([`super::l4`]): each
+/// chain matches `server_names` (tls_inspector reads the SNI) and
+/// `prefix_ranges` (its subnets, else `vips`), then a tcp_proxy to its
+/// cluster or weighted clusters. Virtual (reached through 15001).
+pub fn outbound_l4(
+    address: &str,
+    port: u32,
+    chains: &[super::l4::L4Chain],
+    vips: &[String],
+) -> Listener {
+    let name = format!("{address}_{port}");
+    let stat_prefix = format!("outbound_{name}");
+    // A chain without subnets takes the VIP's: one equal to an earlier
+    // chain's match is left out (Envoy rejects duplicate matches; Istio
+    // keeps the first).
+    let mut seen = std::collections::BTreeSet::new();
+    let filter_chains: Vec<FilterChain> = chains
+        .iter()
+        .filter(|c| {
+            let ranges = if c.prefix_ranges.is_empty() {
+                vips
+            } else {
+                &c.prefix_ranges
+            };
+            let mut cidrs: Vec<(String, u32)> = ranges
+                .iter()
+                .map(|r| cidr_range(r))
+                .map(|r| (r.address_prefix, r.prefix_len.map_or(0, |l| l.value)))
+                .collect();
+            cidrs.sort();
+            let mut names = c.server_names.clone();
+            names.sort();
+            seen.insert((cidrs, names))
+        })
+        .map(|c| {
+            let ranges: Vec<CidrRange> = if c.prefix_ranges.is_empty() {
+                vips.iter().map(|v| cidr_range(v)).collect()
+            } else {
+                c.prefix_ranges.iter().map(|r| cidr_range(r)).collect()
+            };
+            let m = (!ranges.is_empty() || !c.server_names.is_empty()).then(|| FilterChainMatch {
+                prefix_ranges: ranges,
+                server_names: c.server_names.clone(),
+                ..Default::default()
+            });
+            let filter = match c.clusters.as_slice() {
+                [(one, _)] => tcp_proxy(&stat_prefix, one),
+                many => weighted_tcp_proxy(&stat_prefix, many),
+            };
+            chain(m, filter)
+        })
+        .collect();
+    let sni = chains.iter().any(|c| !c.server_names.is_empty());
+    Listener {
+        name,
+        address: Some(socket_address(address, port)),
+        bind_to_port: Some(BoolValue { value: false }),
+        listener_filters: if sni { vec![tls_inspector()] } else { vec![] },
+        filter_chains,
+        traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
+}
+
 /// Restrict a chain to destination IPs (a TCP service's VIP).
 pub fn with_prefix_ranges(mut l: Listener, ips: &[String]) -> Listener {
     for fc in &mut l.filter_chains {
@@ -389,6 +453,31 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
     let tp = TcpProxy {
         stat_prefix: stat_prefix.into(),
         cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+        ..Default::default()
+    };
+    Filter {
+        name: TCP_PROXY.into(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&tp))),
+    }
+}
+
+/// tcp_proxy over weighted clusters (a tcp/tls route's destinations).
+fn weighted_tcp_proxy(stat_prefix: &str, clusters: &[(String, u32)]) -> Filter {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
+        WeightedCluster, weighted_cluster::ClusterWeight,
+    };
+    let tp = TcpProxy {
+        stat_prefix: stat_prefix.into(),
+        cluster_specifier: Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: clusters
+                .iter()
+                .map(|(name, weight)| ClusterWeight {
+                    name: name.clone(),
+                    weight: *weight,
+                    ..Default::default()
+                })
+                .collect(),
+        })),
         ..Default::default()
     };
     Filter {

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod common;
 pub mod cors;
 pub mod endpoint;
+pub mod l4;
 pub mod listener;
 pub mod retry;
 pub mod route;
@@ -89,6 +90,7 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
     let in_scope = |e: Option<&EgressListener>| -> Vec<&Service> {
         mesh.services
             .iter()
+            .filter(|svc| svc.export_to.visible_to(&proxy.namespace))
             .filter(|svc| Mesh::imports(e, sidecar_ns, svc))
             .collect()
     };
@@ -144,7 +146,15 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
             }
             // The catch-all scope: per-port listeners behind 15001.
             None if proxy.interception != InterceptionMode::None => {
-                outbound_port_listeners(&services, fallback, &claimed, &mut out, &mut http_ports);
+                outbound_port_listeners(
+                    mesh,
+                    proxy,
+                    &services,
+                    fallback,
+                    &claimed,
+                    &mut out,
+                    &mut http_ports,
+                );
             }
             None => {}
         }
@@ -219,6 +229,8 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
 
 /// Per-port listeners for the services in the catch-all scope.
 fn outbound_port_listeners<'a>(
+    mesh: &Mesh,
+    proxy: &ProxyNode,
     services: &[&'a Service],
     fallback: &str,
     claimed: &BTreeSet<u32>,
@@ -269,6 +281,20 @@ fn outbound_port_listeners<'a>(
             let sniffed = entries
                 .iter()
                 .any(|(s, p)| std::ptr::eq(*s, *svc) && *p == Protocol::Auto);
+            let protocol = svc.port(port).map_or(Protocol::Tcp, |p| p.protocol);
+            if !sniffed && l4::routed(mesh, proxy, svc) {
+                // tcp/tls routes: chains by SNI and subnets on each VIP.
+                let chains = l4::chains(mesh, proxy, svc, port, protocol, false);
+                for vip in svc.addresses.iter().filter(|a| !a.contains('/')) {
+                    out.listeners.push(listener::outbound_l4(
+                        vip,
+                        port,
+                        &chains,
+                        std::slice::from_ref(vip),
+                    ));
+                }
+                continue;
+            }
             let serve = if sniffed {
                 Serve::Auto {
                     route: route.clone(),
@@ -283,6 +309,41 @@ fn outbound_port_listeners<'a>(
                     std::slice::from_ref(vip),
                 ));
             }
+        }
+        // VIP-less TCP services with tcp/tls routes or on a TLS port share
+        // `0.0.0.0:PORT` by SNI and subnets; the rest falls through to the
+        // port's usual TCP destination.
+        let vipless: Vec<&Service> = tcp
+            .iter()
+            .copied()
+            .filter(|s| s.addresses.is_empty())
+            .collect();
+        let l4_wildcard = http.is_empty()
+            && cidr_chains.is_empty()
+            && vipless.iter().any(|s| {
+                l4::routed(mesh, proxy, s)
+                    || s.port(port)
+                        .is_some_and(|p| matches!(p.protocol, Protocol::Tls | Protocol::Https))
+            });
+        if l4_wildcard {
+            let mut chains: Vec<l4::L4Chain> = vipless
+                .iter()
+                .flat_map(|s| {
+                    let protocol = s.port(port).map_or(Protocol::Tcp, |p| p.protocol);
+                    l4::chains(mesh, proxy, s, port, protocol, true)
+                })
+                .collect();
+            chains = l4::dedup(chains);
+            if !chains.iter().any(l4::L4Chain::catch_all) {
+                chains.push(l4::L4Chain {
+                    server_names: Vec::new(),
+                    prefix_ranges: Vec::new(),
+                    clusters: vec![(tcp_cluster(&vipless, port, fallback), 100)],
+                });
+            }
+            out.listeners
+                .push(listener::outbound_l4("0.0.0.0", port, &chains, &[]));
+            continue;
         }
         // The port's wildcard listener: HTTP (or sniffed) when an HTTP
         // service claims the port, else TCP for VIP-less services, with the

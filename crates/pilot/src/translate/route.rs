@@ -100,7 +100,10 @@ pub fn domains(svc: &Service, port: u32, client_ns: &str) -> Vec<String> {
 
 /// The routes for one service: its VirtualService's, or a default route.
 fn routes_for(mesh: &Mesh, proxy: &ProxyNode, svc: &Service, port: u32) -> Vec<Route> {
-    if let Some(vs) = mesh.virtual_services_for(&svc.hostname).next() {
+    if let Some(vs) = mesh
+        .virtual_services_seen_by(&svc.hostname, &proxy.namespace)
+        .next()
+    {
         let routes: Vec<Route> = vs
             .http
             .iter()
@@ -331,19 +334,23 @@ fn direct_response_action(d: &DirectResponse) -> DirectResponseAction {
     }
 }
 
+/// Istio's GetDestinationCluster: the destination's port, else the
+/// service's only port, else the listener's.
+pub(crate) fn destination_cluster(mesh: &Mesh, d: &Destination, port: u32) -> String {
+    let dest_port =
+        d.port
+            .unwrap_or_else(|| match mesh.service(&d.host).map(|s| s.ports.as_slice()) {
+                Some([only]) => only.number,
+                _ => port,
+            });
+    outbound_name(dest_port, d.subset.as_deref().unwrap_or_default(), &d.host)
+}
+
 fn route_action(mesh: &Mesh, proxy: &ProxyNode, rule: &HttpRoute, port: u32) -> RouteAction {
     let dests = forwarded(rule);
     // Istio's GetDestinationCluster: the destination's port, else the
     // service's only port, else the listener's.
-    let cluster_of = |d: &Destination| {
-        let dest_port =
-            d.port
-                .unwrap_or_else(|| match mesh.service(&d.host).map(|s| s.ports.as_slice()) {
-                    Some([only]) => only.number,
-                    _ => port,
-                });
-        outbound_name(dest_port, d.subset.as_deref().unwrap_or_default(), &d.host)
-    };
+    let cluster_of = |d: &Destination| destination_cluster(mesh, d, port);
     let timeout = rule.timeout.map(duration);
     let mut action = match dests.as_slice() {
         [one] => to_cluster(cluster_of(one), timeout),
