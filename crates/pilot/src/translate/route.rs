@@ -50,6 +50,8 @@ pub fn outbound(
             name: format!("{}:{port}", svc.hostname),
             domains: domains(svc, port, &proxy.namespace),
             routes: routes_for(mesh, proxy, svc, port),
+            // Istio: every outbound virtual host sends x-envoy-attempt-count.
+            include_request_attempt_count: true,
             ..Default::default()
         })
         .collect();
@@ -67,6 +69,7 @@ pub fn outbound(
             action: Some(Action::Route(to_cluster(cluster.into(), None))),
             ..Default::default()
         }],
+        include_request_attempt_count: true,
         ..Default::default()
     });
     RouteConfiguration {
