@@ -31,6 +31,12 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
     "envoy.extensions.filters.http.cors.v3.Cors",
     "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+    "envoy.extensions.filters.http.rbac.v3.RBAC",
+    "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+    "envoy.extensions.filters.network.rbac.v3.RBAC",
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+    "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
+    "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
 ];
 
 fn collect(prefix: &str, msgs: &[DescriptorProto], file: &str, out: &mut HashMap<String, String>) {

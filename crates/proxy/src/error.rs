@@ -60,6 +60,8 @@ pub enum ResponseFlag {
     UpstreamRetryLimitExceeded,
     /// A circuit breaker refused the request or connection.
     UpstreamOverflow,
+    /// Denied by the RBAC filter (`envoy.filters.http.rbac`).
+    RbacAccessDenied,
 }
 
 impl ResponseFlag {
@@ -77,6 +79,7 @@ impl ResponseFlag {
             ResponseFlag::DownstreamConnectionTermination => "DC",
             ResponseFlag::UpstreamRetryLimitExceeded => "URX",
             ResponseFlag::UpstreamOverflow => "UO",
+            ResponseFlag::RbacAccessDenied => "RBAC",
         }
     }
 }

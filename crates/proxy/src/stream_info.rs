@@ -17,7 +17,7 @@ use crate::error::ResponseFlag;
 pub struct ResponseFlags(u32);
 
 impl ResponseFlags {
-    const ALL: [ResponseFlag; 12] = [
+    const ALL: [ResponseFlag; 13] = [
         ResponseFlag::DownstreamConnectionTermination,
         ResponseFlag::DelayInjected,
         ResponseFlag::FaultInjected,
@@ -30,6 +30,7 @@ impl ResponseFlags {
         ResponseFlag::UpstreamRequestTimeout,
         ResponseFlag::UpstreamRetryLimitExceeded,
         ResponseFlag::DownstreamProtocolError,
+        ResponseFlag::RbacAccessDenied,
     ];
 
     pub fn set(&mut self, flag: ResponseFlag) {
@@ -110,4 +111,38 @@ impl StreamInfo {
 /// logging).
 pub trait StreamObserver: Send + Sync + 'static {
     fn on_stream_end(&self, info: &StreamInfo);
+}
+
+/// A request's dynamic metadata (Envoy's `filter_metadata`): per filter
+/// namespace, a struct of values (JSON, protobuf Struct semantics). Filters
+/// that verify or decide something write here (jwt_authn's payload, rbac's
+/// shadow result); matchers of later filters read it. Empty until a filter
+/// writes: no allocation on requests that never use it.
+#[derive(Debug, Clone, Default)]
+pub struct DynamicMetadata(Vec<(Box<str>, serde_json::Map<String, serde_json::Value>)>);
+
+impl DynamicMetadata {
+    /// The struct of one namespace, if a filter wrote to it.
+    pub fn get(&self, namespace: &str) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.0
+            .iter()
+            .find(|(n, _)| &**n == namespace)
+            .map(|(_, m)| m)
+    }
+
+    /// Set one key of a namespace (Envoy's setDynamicMetadata merges keys).
+    pub fn set(&mut self, namespace: &str, key: impl Into<String>, value: serde_json::Value) {
+        let map = match self.0.iter().position(|(n, _)| &**n == namespace) {
+            Some(i) => &mut self.0[i].1,
+            None => {
+                self.0.push((namespace.into(), serde_json::Map::new()));
+                &mut self.0.last_mut().expect("just pushed").1
+            }
+        };
+        map.insert(key.into(), value);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }

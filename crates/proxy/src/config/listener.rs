@@ -89,6 +89,8 @@ pub struct FilterChain {
     pub name: String,
     pub matcher: FilterChainMatch,
     pub filter: NetworkFilter,
+    /// `envoy.filters.network.rbac` filters before the terminal one, in order.
+    pub network_rbac: Vec<Arc<crate::filters::network::rbac::NetworkRbacFilter>>,
     /// Set to true when the chain leaves the listener (removed, changed, or
     /// the whole listener replaced): its HTTP connections then drain (finish
     /// in-flight requests, close). Unchanged chains keep theirs.
@@ -227,6 +229,12 @@ pub enum HttpFilter {
     /// `envoy.filters.http.cors` under its configured name: it acts on
     /// routes whose per-filter config for that name is a CorsPolicy.
     Cors { name: String },
+    /// `envoy.filters.http.rbac` under its configured name (a route's
+    /// RBACPerRoute for that name replaces its rules).
+    Rbac {
+        name: String,
+        filter: Arc<crate::http::rbac::RbacFilter>,
+    },
 }
 
 #[derive(Debug)]
@@ -454,16 +462,37 @@ impl TryFrom<&xds_listener::FilterChain> for FilterChain {
             None => FilterChainMatch::default(),
             Some(m) => FilterChainMatch::try_from(m).map_err(|e| e.under("filter_chain_match"))?,
         };
-        let [filter] = fc.filters.as_slice() else {
+        let Some((filter, leading)) = fc.filters.split_last() else {
             return Err(ConfigError::new(
                 "filters",
-                "exactly one network filter (http_connection_manager or tcp_proxy) is supported",
+                "a terminal network filter (http_connection_manager or tcp_proxy) is required",
             ));
         };
+        let mut network_rbac = Vec::with_capacity(leading.len());
+        for (i, f) in leading.iter().enumerate() {
+            let path = format!("filters[{i}].typed_config");
+            let Some(xds_listener::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                return Err(ConfigError::new(path, "required"));
+            };
+            let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+            if type_name != super::rbac::NETWORK_FILTER_TYPE {
+                return Err(ConfigError::new(
+                    path,
+                    format!("unsupported type {type_name} before the terminal filter (only envoy.filters.network.rbac)"),
+                ));
+            }
+            use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac;
+            let proto: Rbac = decode_any(any, &path)?;
+            let config = super::rbac::NetworkRbac::try_from(&proto).map_err(|e| e.under(&path))?;
+            network_rbac.push(Arc::new(
+                crate::filters::network::rbac::NetworkRbacFilter::new(config),
+            ));
+        }
+        let last = fc.filters.len() - 1;
         let Some(xds_listener::filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
-            return Err(ConfigError::new("filters[0].typed_config", "required"));
+            return Err(ConfigError::new(format!("filters[{last}].typed_config"), "required"));
         };
-        let path = "filters[0].typed_config";
+        let path = &format!("filters[{last}].typed_config");
         let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
         let filter = match type_name {
             subset::HCM_TYPE => {
@@ -486,6 +515,7 @@ impl TryFrom<&xds_listener::FilterChain> for FilterChain {
             name: fc.name.clone(),
             matcher,
             filter,
+            network_rbac,
             drain: watch::channel(false).0,
             wire: prost::Message::encode_to_vec(fc),
             transport: TransportSocket::parse(fc.transport_socket.as_ref(), End::Downstream)
@@ -683,6 +713,10 @@ fn http_filters(list: &[hcm::HttpFilter]) -> Result<Vec<HttpFilter>, ConfigError
             });
             continue;
         }
+        if let Some(filter) = auth_filter(f, &at)? {
+            out.push(filter);
+            continue;
+        }
         let config = match &f.config_type {
             Some(hcm::http_filter::ConfigType::TypedConfig(any)) => {
                 let fault: FaultProto = super::decode_any(any, &format!("{at}.typed_config"))?;
@@ -702,6 +736,27 @@ fn http_filters(list: &[hcm::HttpFilter]) -> Result<Vec<HttpFilter>, ConfigError
         });
     }
     Ok(out)
+}
+
+/// The authentication and authorization filters (rbac), if `f` is one.
+fn auth_filter(f: &hcm::HttpFilter, at: &str) -> Result<Option<HttpFilter>, ConfigError> {
+    let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Ok(None);
+    };
+    let path = format!("{at}.typed_config");
+    let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+    Ok(Some(match type_name {
+        super::rbac::HTTP_FILTER_TYPE => {
+            use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+            let proto: Rbac = super::decode_any(any, &path)?;
+            let config = super::rbac::HttpRbac::try_from(&proto).map_err(|e| e.under(&path))?;
+            HttpFilter::Rbac {
+                name: f.name.clone(),
+                filter: Arc::new(crate::http::rbac::RbacFilter::new(config)),
+            }
+        }
+        _ => return Ok(None),
+    }))
 }
 
 fn router_type(f: &hcm::HttpFilter) -> bool {

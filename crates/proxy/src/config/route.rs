@@ -66,6 +66,8 @@ pub struct Route {
     pub faults: Vec<(String, Arc<FaultConfig>)>,
     /// `typed_per_filter_config` of CORS filters, by filter name.
     pub cors: Vec<(String, Arc<CorsConfig>)>,
+    /// `typed_per_filter_config` of RBAC filters (RBACPerRoute), by name.
+    pub rbac: Vec<(String, Arc<super::rbac::RbacPerRoute>)>,
 }
 
 impl Route {
@@ -77,6 +79,11 @@ impl Route {
     /// This route's policy for the CORS filter named `name`, if it has one.
     pub fn cors(&self, name: &str) -> Option<&Arc<CorsConfig>> {
         self.cors.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+    }
+
+    /// This route's RBACPerRoute for the RBAC filter named `name`.
+    pub fn rbac(&self, name: &str) -> Option<&super::rbac::RbacPerRoute> {
+        self.rbac.iter().find(|(n, _)| n == name).map(|(_, c)| &**c)
     }
 }
 
@@ -492,6 +499,7 @@ impl TryFrom<&xds_route::Route> for Route {
         )?;
         let mut faults = Vec::new();
         let mut cors = Vec::new();
+        let mut rbac = Vec::new();
         let mut names: Vec<&String> = r.typed_per_filter_config.keys().collect();
         names.sort();
         for name in names {
@@ -501,6 +509,14 @@ impl TryFrom<&xds_route::Route> for Route {
                 let proto: CorsProto = super::decode_any(any, &at)?;
                 let config = CorsConfig::try_from(&proto).map_err(|e| e.under(&at))?;
                 cors.push((name.clone(), Arc::new(config)));
+                continue;
+            }
+            if any.type_url.ends_with(super::rbac::PER_ROUTE_TYPE) {
+                use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
+                let proto: RbacPerRoute = super::decode_any(any, &at)?;
+                let config =
+                    super::rbac::RbacPerRoute::try_from(&proto).map_err(|e| e.under(&at))?;
+                rbac.push((name.clone(), Arc::new(config)));
                 continue;
             }
             let proto: FaultProto = super::decode_any(any, &at)?;
@@ -514,6 +530,7 @@ impl TryFrom<&xds_route::Route> for Route {
             headers,
             faults,
             cors,
+            rbac,
         })
     }
 }
@@ -573,7 +590,7 @@ fn anchored(re: &str, ignore_case: bool) -> Result<Regex, ConfigError> {
 
 // The deprecated direct matchers (exact_match, ...) are still accepted by Envoy.
 #[allow(deprecated)]
-fn header_matcher(h: &xds_route::HeaderMatcher) -> Result<HeaderMatcher, ConfigError> {
+pub(crate) fn header_matcher(h: &xds_route::HeaderMatcher) -> Result<HeaderMatcher, ConfigError> {
     use xds_route::header_matcher::HeaderMatchSpecifier as S;
     let kind = match &h.header_match_specifier {
         None => HeaderMatch::Present(true),

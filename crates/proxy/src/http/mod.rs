@@ -9,5 +9,6 @@ pub mod fault;
 pub mod hash_policy;
 pub mod headers;
 pub mod path_normalization;
+pub mod rbac;
 pub mod route_match;
 pub mod router;

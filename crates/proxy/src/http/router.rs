@@ -24,6 +24,7 @@ use super::headers::{
     X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use super::path_normalization;
+use super::rbac as auth;
 use super::route_match::RequestView;
 use crate::config::cluster::UpstreamProtocol;
 use crate::config::cors::CorsConfig;
@@ -120,14 +121,17 @@ pub fn local_reply(err: &RequestError) -> Response<ResponseBody> {
 /// route and weighted cluster, and its record when streams are observed.
 #[derive(Default)]
 pub(super) struct Mutations {
-    cluster: Option<Arc<LevelHeaders>>,
-    route: Option<Arc<LevelHeaders>>,
-    info: Option<StreamInfo>,
+    pub(super) cluster: Option<Arc<LevelHeaders>>,
+    pub(super) route: Option<Arc<LevelHeaders>>,
+    pub(super) info: Option<StreamInfo>,
     /// Upstream attempts made, when the virtual host reports them
     /// (`include_attempt_count_in_response`), on answers and local replies.
     attempts: Option<u32>,
     /// An allowed CORS request's origin and policy, for the response.
     pub(super) cors: Option<(HeaderValue, Arc<CorsConfig>)>,
+    /// Dynamic metadata the filters wrote (jwt_authn payloads, rbac's
+    /// shadow result), which later filters' matchers read.
+    pub(super) metadata: crate::stream_info::DynamicMetadata,
 }
 
 impl Mutations {
@@ -185,10 +189,17 @@ async fn forward(
             authority,
             headers: req.headers(),
         };
-        let vh = routes
+        let matched = routes
             .virtual_host(authority)
-            .ok_or(RequestError::NoRoute)?;
-        let route = vh.route(&view).ok_or(RequestError::NoRoute)?;
+            .and_then(|vh| vh.route(&view).map(|r| (vh, r)));
+        let Some((vh, route)) = matched else {
+            // Without a route the filters still run (on their own config)
+            // before the router's 404.
+            if let Some(reply) = auth::run(ctx, None, &view, mutations) {
+                return Ok(reply);
+            }
+            return Err(RequestError::NoRoute);
+        };
         mutations.route = route.headers.clone();
         if let Some(info) = &mut mutations.info {
             info.route_name = Some(route.name.as_str().into());
@@ -200,6 +211,11 @@ async fn forward(
                     let config = route.fault(name).unwrap_or(config);
                     if !config.is_empty() {
                         fault = Some(config.clone());
+                    }
+                }
+                HttpFilter::Rbac { .. } => {
+                    if let Some(reply) = auth::one(filter, ctx, Some(route), &view, mutations) {
+                        return Ok(reply);
                     }
                 }
                 HttpFilter::Cors { name } => {
@@ -738,7 +754,8 @@ fn shadow_authority(req: &mut Request<RequestBody>, protocol: Protocol) {
     }
 }
 
-/// A host for a retry: with `previous_hosts`, one not tried yet if the
+/// A host for a retry (with `previous_priorities`, from the priorities not
+/// tried yet): with `previous_hosts`, one not tried yet if the
 /// load balancer offers one within the re-pick budget (a re-pick of a
 /// hashed request uses another hash).
 fn pick_untried(
@@ -748,7 +765,11 @@ fn pick_untried(
     tried: &[Arc<Host>],
     policy: &RetryPolicy,
 ) -> Option<Arc<Host>> {
-    let mut host = cluster.pick_hashed(od, hash)?;
+    let pick = |hash: Option<u64>| match policy.previous_priorities {
+        Some(f) => cluster.pick_retry(od, hash, tried, f),
+        None => cluster.pick_hashed(od, hash),
+    };
+    let mut host = pick(hash)?;
     if !policy.avoid_previous_hosts {
         return Some(host);
     }
@@ -756,7 +777,7 @@ fn pick_untried(
         if !tried.iter().any(|t| Arc::ptr_eq(t, &host)) {
             break;
         }
-        host = cluster.pick_hashed(od, hash.map(|h| hash_policy::rehash(h, n.into())))?;
+        host = pick(hash.map(|h| hash_policy::rehash(h, n.into())))?;
     }
     Some(host)
 }

@@ -280,6 +280,14 @@ async fn handle_connection(
     };
     let filter = chain.filter.clone();
     let drain = chain.drain.subscribe();
+    // Network RBAC filters before the terminal one: a denied connection closes.
+    if !chain
+        .network_rbac
+        .iter()
+        .all(|r| r.allows(&downstream, &store.stats))
+    {
+        return;
+    }
     drop(snapshot);
     match filter {
         NetworkFilter::HttpConnectionManager(hcm) => {

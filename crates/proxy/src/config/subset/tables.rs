@@ -680,6 +680,422 @@ pub(super) static DIRECT_RESPONSE_ACTION: Schema = Schema {
     names: &[(1, "status"), (2, "body"), (3, "body_format")],
 };
 
+pub(super) static PATH_MATCHER: Schema = Schema {
+    message: "envoy.type.matcher.v3.PathMatcher",
+    allowed: &[("path", 1, false, Field::Msg(&STRING_MATCHER))],
+    names: &[(1, "path")],
+};
+
+pub(super) static DOUBLE_RANGE: Schema = Schema {
+    message: "envoy.type.v3.DoubleRange",
+    allowed: &[
+        ("start", 1, false, Field::Leaf),
+        ("end", 2, false, Field::Leaf),
+    ],
+    names: &[(1, "start"), (2, "end")],
+};
+
+pub(super) static DOUBLE_MATCHER: Schema = Schema {
+    message: "envoy.type.matcher.v3.DoubleMatcher",
+    allowed: &[
+        ("range", 1, false, Field::Msg(&DOUBLE_RANGE)),
+        ("exact", 2, false, Field::Leaf),
+    ],
+    names: &[(1, "range"), (2, "exact")],
+};
+
+pub(super) static LIST_MATCHER: Schema = Schema {
+    message: "envoy.type.matcher.v3.ListMatcher",
+    allowed: &[("one_of", 1, false, Field::Msg(&VALUE_MATCHER))],
+    names: &[(1, "one_of")],
+};
+
+pub(super) static OR_MATCHER: Schema = Schema {
+    message: "envoy.type.matcher.v3.OrMatcher",
+    allowed: &[("value_matchers", 1, true, Field::Msg(&VALUE_MATCHER))],
+    names: &[(1, "value_matchers")],
+};
+
+pub(super) static NULL_MATCH: Schema = Schema {
+    message: "envoy.type.matcher.v3.ValueMatcher.NullMatch",
+    allowed: &[],
+    names: &[],
+};
+
+pub(super) static VALUE_MATCHER: Schema = Schema {
+    message: "envoy.type.matcher.v3.ValueMatcher",
+    allowed: &[
+        ("null_match", 1, false, Field::Msg(&NULL_MATCH)),
+        ("double_match", 2, false, Field::Msg(&DOUBLE_MATCHER)),
+        ("string_match", 3, false, Field::Msg(&STRING_MATCHER)),
+        ("bool_match", 4, false, Field::Leaf),
+        ("present_match", 5, false, Field::Leaf),
+        ("list_match", 6, false, Field::Msg(&LIST_MATCHER)),
+        ("or_match", 7, false, Field::Msg(&OR_MATCHER)),
+    ],
+    names: &[
+        (1, "null_match"),
+        (2, "double_match"),
+        (3, "string_match"),
+        (4, "bool_match"),
+        (5, "present_match"),
+        (6, "list_match"),
+        (7, "or_match"),
+    ],
+};
+
+pub(super) static METADATA_PATH_SEGMENT: Schema = Schema {
+    message: "envoy.type.matcher.v3.MetadataMatcher.PathSegment",
+    allowed: &[("key", 1, false, Field::Leaf)],
+    names: &[(1, "key")],
+};
+
+pub(super) static METADATA_MATCHER: Schema = Schema {
+    message: "envoy.type.matcher.v3.MetadataMatcher",
+    allowed: &[
+        ("filter", 1, false, Field::Leaf),
+        ("path", 2, true, Field::Msg(&METADATA_PATH_SEGMENT)),
+        ("value", 3, false, Field::Msg(&VALUE_MATCHER)),
+        ("invert", 4, false, Field::Leaf),
+    ],
+    names: &[(1, "filter"), (2, "path"), (3, "value"), (4, "invert")],
+};
+
+pub(super) static URI_TEMPLATE: Schema = Schema {
+    message: "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+    allowed: &[("path_template", 1, false, Field::Leaf)],
+    names: &[(1, "path_template")],
+};
+
+pub(super) static URI_TEMPLATE_EXT: Schema = Schema {
+    message: "envoy.config.core.v3.TypedExtensionConfig",
+    allowed: &[
+        ("name", 1, false, Field::Leaf),
+        (
+            "typed_config",
+            2,
+            false,
+            Field::Any(&[(
+                "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+                &URI_TEMPLATE,
+            )]),
+        ),
+    ],
+    names: &[(1, "name"), (2, "typed_config")],
+};
+
+pub(super) static PERMISSION_SET: Schema = Schema {
+    message: "envoy.config.rbac.v3.Permission.Set",
+    allowed: &[("rules", 1, true, Field::Msg(&PERMISSION))],
+    names: &[(1, "rules")],
+};
+
+pub(super) static PERMISSION: Schema = Schema {
+    message: "envoy.config.rbac.v3.Permission",
+    allowed: &[
+        ("and_rules", 1, false, Field::Msg(&PERMISSION_SET)),
+        ("or_rules", 2, false, Field::Msg(&PERMISSION_SET)),
+        ("any", 3, false, Field::Leaf),
+        ("header", 4, false, Field::Msg(&HEADER_MATCHER)),
+        ("url_path", 10, false, Field::Msg(&PATH_MATCHER)),
+        ("destination_ip", 5, false, Field::Msg(&CIDR)),
+        ("destination_port", 6, false, Field::Leaf),
+        ("destination_port_range", 11, false, Field::Msg(&PORT_RANGE)),
+        ("metadata", 7, false, Field::Msg(&METADATA_MATCHER)),
+        ("not_rule", 8, false, Field::Msg(&PERMISSION)),
+        (
+            "requested_server_name",
+            9,
+            false,
+            Field::Msg(&STRING_MATCHER),
+        ),
+        ("uri_template", 13, false, Field::Msg(&URI_TEMPLATE_EXT)),
+    ],
+    names: &[
+        (1, "and_rules"),
+        (2, "or_rules"),
+        (3, "any"),
+        (4, "header"),
+        (5, "destination_ip"),
+        (6, "destination_port"),
+        (7, "metadata"),
+        (8, "not_rule"),
+        (9, "requested_server_name"),
+        (10, "url_path"),
+        (11, "destination_port_range"),
+        (12, "matcher"),
+        (13, "uri_template"),
+        (14, "sourced_metadata"),
+    ],
+};
+
+pub(super) static PRINCIPAL_SET: Schema = Schema {
+    message: "envoy.config.rbac.v3.Principal.Set",
+    allowed: &[("ids", 1, true, Field::Msg(&PRINCIPAL))],
+    names: &[(1, "ids")],
+};
+
+pub(super) static AUTHENTICATED: Schema = Schema {
+    message: "envoy.config.rbac.v3.Principal.Authenticated",
+    allowed: &[("principal_name", 2, false, Field::Msg(&STRING_MATCHER))],
+    names: &[(2, "principal_name")],
+};
+
+pub(super) static PRINCIPAL: Schema = Schema {
+    message: "envoy.config.rbac.v3.Principal",
+    allowed: &[
+        ("and_ids", 1, false, Field::Msg(&PRINCIPAL_SET)),
+        ("or_ids", 2, false, Field::Msg(&PRINCIPAL_SET)),
+        ("any", 3, false, Field::Leaf),
+        ("authenticated", 4, false, Field::Msg(&AUTHENTICATED)),
+        ("source_ip", 5, false, Field::Msg(&CIDR)),
+        ("direct_remote_ip", 10, false, Field::Msg(&CIDR)),
+        ("remote_ip", 11, false, Field::Msg(&CIDR)),
+        ("header", 6, false, Field::Msg(&HEADER_MATCHER)),
+        ("url_path", 9, false, Field::Msg(&PATH_MATCHER)),
+        ("metadata", 7, false, Field::Msg(&METADATA_MATCHER)),
+        ("not_id", 8, false, Field::Msg(&PRINCIPAL)),
+    ],
+    names: &[
+        (1, "and_ids"),
+        (2, "or_ids"),
+        (3, "any"),
+        (4, "authenticated"),
+        (5, "source_ip"),
+        (6, "header"),
+        (7, "metadata"),
+        (8, "not_id"),
+        (9, "url_path"),
+        (10, "direct_remote_ip"),
+        (11, "remote_ip"),
+        (12, "filter_state"),
+        (13, "sourced_metadata"),
+        (14, "custom"),
+    ],
+};
+
+pub(super) static RBAC_POLICY: Schema = Schema {
+    message: "envoy.config.rbac.v3.Policy",
+    allowed: &[
+        ("permissions", 1, true, Field::Msg(&PERMISSION)),
+        ("principals", 2, true, Field::Msg(&PRINCIPAL)),
+    ],
+    names: &[
+        (1, "permissions"),
+        (2, "principals"),
+        (3, "condition"),
+        (4, "checked_condition"),
+        (5, "cel_config"),
+    ],
+};
+
+pub(super) static RBAC_POLICIES_ENTRY: Schema = Schema {
+    message: "envoy.config.rbac.v3.RBAC.PoliciesEntry",
+    allowed: &[
+        ("key", 1, false, Field::Leaf),
+        ("value", 2, false, Field::Msg(&RBAC_POLICY)),
+    ],
+    names: &[(1, "key"), (2, "value")],
+};
+
+pub(super) static RBAC_RULES: Schema = Schema {
+    message: "envoy.config.rbac.v3.RBAC",
+    allowed: &[
+        ("action", 1, false, Field::Leaf),
+        ("policies", 2, false, Field::Msg(&RBAC_POLICIES_ENTRY)),
+    ],
+    names: &[(1, "action"), (2, "policies"), (3, "audit_logging_options")],
+};
+
+pub(super) static RBAC_HTTP: Schema = Schema {
+    message: "envoy.extensions.filters.http.rbac.v3.RBAC",
+    allowed: &[
+        ("rules", 1, false, Field::Msg(&RBAC_RULES)),
+        ("rules_stat_prefix", 6, false, Field::Leaf),
+        ("shadow_rules", 2, false, Field::Msg(&RBAC_RULES)),
+        ("shadow_rules_stat_prefix", 3, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "rules"),
+        (2, "shadow_rules"),
+        (3, "shadow_rules_stat_prefix"),
+        (4, "matcher"),
+        (5, "shadow_matcher"),
+        (6, "rules_stat_prefix"),
+        (7, "track_per_rule_stats"),
+    ],
+};
+
+pub(super) static RBAC_PER_ROUTE: Schema = Schema {
+    message: "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+    allowed: &[("rbac", 2, false, Field::Msg(&RBAC_HTTP))],
+    names: &[(2, "rbac")],
+};
+
+pub(super) static RBAC_NETWORK: Schema = Schema {
+    message: "envoy.extensions.filters.network.rbac.v3.RBAC",
+    allowed: &[
+        ("rules", 1, false, Field::Msg(&RBAC_RULES)),
+        ("shadow_rules", 2, false, Field::Msg(&RBAC_RULES)),
+        ("shadow_rules_stat_prefix", 5, false, Field::Leaf),
+        ("stat_prefix", 3, false, Field::Leaf),
+        ("enforcement_type", 4, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "rules"),
+        (2, "shadow_rules"),
+        (3, "stat_prefix"),
+        (4, "enforcement_type"),
+        (5, "shadow_rules_stat_prefix"),
+        (6, "matcher"),
+        (7, "shadow_matcher"),
+        (8, "delay_deny"),
+    ],
+};
+
+pub(super) static JWT_HEADER: Schema = Schema {
+    message: "envoy.extensions.filters.http.jwt_authn.v3.JwtHeader",
+    allowed: &[
+        ("name", 1, false, Field::Leaf),
+        ("value_prefix", 2, false, Field::Leaf),
+    ],
+    names: &[(1, "name"), (2, "value_prefix")],
+};
+
+pub(super) static JWT_CLAIM_TO_HEADER: Schema = Schema {
+    message: "envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader",
+    allowed: &[
+        ("header_name", 1, false, Field::Leaf),
+        ("claim_name", 2, false, Field::Leaf),
+    ],
+    names: &[(1, "header_name"), (2, "claim_name"), (3, "claim_path")],
+};
+
+pub(super) static JWT_PROVIDER: Schema = Schema {
+    message: "envoy.extensions.filters.http.jwt_authn.v3.JwtProvider",
+    allowed: &[
+        ("issuer", 1, false, Field::Leaf),
+        ("audiences", 2, true, Field::Leaf),
+        ("local_jwks", 4, false, Field::Msg(&DATA_SOURCE)),
+        ("forward", 5, false, Field::Leaf),
+        ("from_headers", 6, true, Field::Msg(&JWT_HEADER)),
+        ("from_params", 7, true, Field::Leaf),
+        ("from_cookies", 13, true, Field::Leaf),
+        ("forward_payload_header", 8, false, Field::Leaf),
+        ("pad_forward_payload_header", 11, false, Field::Leaf),
+        ("payload_in_metadata", 9, false, Field::Leaf),
+        ("clock_skew_seconds", 10, false, Field::Leaf),
+        (
+            "claim_to_headers",
+            15,
+            true,
+            Field::Msg(&JWT_CLAIM_TO_HEADER),
+        ),
+        ("require_expiration", 20, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "issuer"),
+        (2, "audiences"),
+        (3, "remote_jwks"),
+        (4, "local_jwks"),
+        (5, "forward"),
+        (6, "from_headers"),
+        (7, "from_params"),
+        (8, "forward_payload_header"),
+        (9, "payload_in_metadata"),
+        (10, "clock_skew_seconds"),
+        (11, "pad_forward_payload_header"),
+        (12, "jwt_cache_config"),
+        (13, "from_cookies"),
+        (14, "header_in_metadata"),
+        (15, "claim_to_headers"),
+        (16, "failed_status_in_metadata"),
+        (17, "clear_route_cache"),
+        (18, "normalize_payload_in_metadata"),
+        (19, "subjects"),
+        (20, "require_expiration"),
+        (21, "max_lifetime"),
+    ],
+};
+
+pub(super) static JWT_PROVIDERS_ENTRY: Schema = Schema {
+    message: "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication.ProvidersEntry",
+    allowed: &[
+        ("key", 1, false, Field::Leaf),
+        ("value", 2, false, Field::Msg(&JWT_PROVIDER)),
+    ],
+    names: &[(1, "key"), (2, "value")],
+};
+
+pub(super) static JWT_REQUIREMENT_OR_LIST: Schema = Schema {
+    message: "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementOrList",
+    allowed: &[("requirements", 1, true, Field::Msg(&JWT_REQUIREMENT))],
+    names: &[(1, "requirements")],
+};
+
+pub(super) static JWT_REQUIREMENT_AND_LIST: Schema = Schema {
+    message: "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementAndList",
+    allowed: &[("requirements", 1, true, Field::Msg(&JWT_REQUIREMENT))],
+    names: &[(1, "requirements")],
+};
+
+pub(super) static JWT_REQUIREMENT: Schema = Schema {
+    message: "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirement",
+    allowed: &[
+        ("provider_name", 1, false, Field::Leaf),
+        (
+            "requires_any",
+            3,
+            false,
+            Field::Msg(&JWT_REQUIREMENT_OR_LIST),
+        ),
+        (
+            "requires_all",
+            4,
+            false,
+            Field::Msg(&JWT_REQUIREMENT_AND_LIST),
+        ),
+        ("allow_missing_or_failed", 5, false, Field::Leaf),
+        ("allow_missing", 6, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "provider_name"),
+        (2, "provider_and_audiences"),
+        (3, "requires_any"),
+        (4, "requires_all"),
+        (5, "allow_missing_or_failed"),
+        (6, "allow_missing"),
+        (7, "extract_only_without_validation"),
+    ],
+};
+
+pub(super) static JWT_RULE: Schema = Schema {
+    message: "envoy.extensions.filters.http.jwt_authn.v3.RequirementRule",
+    allowed: &[
+        ("match", 1, false, Field::Msg(&ROUTE_MATCH)),
+        ("requires", 2, false, Field::Msg(&JWT_REQUIREMENT)),
+    ],
+    names: &[(1, "match"), (2, "requires"), (3, "requirement_name")],
+};
+
+pub(super) static JWT_AUTHN: Schema = Schema {
+    message: "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+    allowed: &[
+        ("providers", 1, false, Field::Msg(&JWT_PROVIDERS_ENTRY)),
+        ("rules", 2, true, Field::Msg(&JWT_RULE)),
+        ("bypass_cors_preflight", 4, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "providers"),
+        (2, "rules"),
+        (3, "filter_state_rules"),
+        (4, "bypass_cors_preflight"),
+        (5, "requirement_map"),
+        (6, "strip_failure_response"),
+        (7, "stat_prefix"),
+    ],
+};
+
 pub(super) static ROUTE: Schema = Schema {
     message: "envoy.config.route.v3.Route",
     allowed: &[
@@ -703,6 +1119,10 @@ pub(super) static ROUTE: Schema = Schema {
                 (
                     "envoy.extensions.filters.http.cors.v3.CorsPolicy",
                     &CORS_POLICY,
+                ),
+                (
+                    "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+                    &RBAC_PER_ROUTE,
                 ),
             ]),
         ),
@@ -850,6 +1270,11 @@ pub(super) static HTTP_FILTER: Schema = Schema {
                 ("envoy.extensions.filters.http.router.v3.Router", &ROUTER),
                 ("envoy.extensions.filters.http.fault.v3.HTTPFault", &FAULT),
                 ("envoy.extensions.filters.http.cors.v3.Cors", &CORS),
+                ("envoy.extensions.filters.http.rbac.v3.RBAC", &RBAC_HTTP),
+                (
+                    "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                    &JWT_AUTHN,
+                ),
             ]),
         ),
     ],
@@ -1043,6 +1468,10 @@ pub(super) static NETWORK_FILTER: Schema = Schema {
                 (
                     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                     &TCP_PROXY,
+                ),
+                (
+                    "envoy.extensions.filters.network.rbac.v3.RBAC",
+                    &RBAC_NETWORK,
                 ),
             ]),
         ),
@@ -1566,11 +1995,23 @@ pub(super) static LOCALITY_LB_ENDPOINTS: Schema = Schema {
     ],
 };
 
+pub(super) static CLA_POLICY: Schema = Schema {
+    message: "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy",
+    allowed: &[("overprovisioning_factor", 3, false, Field::Leaf)],
+    names: &[
+        (2, "drop_overloads"),
+        (3, "overprovisioning_factor"),
+        (4, "endpoint_stale_after"),
+        (6, "weighted_priority_health"),
+    ],
+};
+
 pub static CLUSTER_LOAD_ASSIGNMENT: Schema = Schema {
     message: "envoy.config.endpoint.v3.ClusterLoadAssignment",
     allowed: &[
         ("cluster_name", 1, false, Field::Leaf),
         ("endpoints", 2, true, Field::Msg(&LOCALITY_LB_ENDPOINTS)),
+        ("policy", 4, false, Field::Msg(&CLA_POLICY)),
     ],
     names: &[
         (1, "cluster_name"),
@@ -1731,7 +2172,10 @@ pub(super) static EDS_CLUSTER_CONFIG: Schema = Schema {
 
 pub(super) static COMMON_LB_CONFIG: Schema = Schema {
     message: "envoy.config.cluster.v3.Cluster.CommonLbConfig",
-    allowed: &[("healthy_panic_threshold", 1, false, Field::Leaf)],
+    allowed: &[
+        ("healthy_panic_threshold", 1, false, Field::Leaf),
+        ("locality_weighted_lb_config", 3, false, Field::Leaf),
+    ],
     names: &[
         (1, "healthy_panic_threshold"),
         (2, "zone_aware_lb_config"),
@@ -2294,6 +2738,37 @@ pub(super) static ALL: &[&Schema] = &[
     &REDIRECT_ACTION,
     &DATA_SOURCE,
     &DIRECT_RESPONSE_ACTION,
+    &PATH_MATCHER,
+    &DOUBLE_RANGE,
+    &DOUBLE_MATCHER,
+    &LIST_MATCHER,
+    &OR_MATCHER,
+    &NULL_MATCH,
+    &VALUE_MATCHER,
+    &METADATA_PATH_SEGMENT,
+    &METADATA_MATCHER,
+    &URI_TEMPLATE,
+    &URI_TEMPLATE_EXT,
+    &PERMISSION_SET,
+    &PERMISSION,
+    &PRINCIPAL_SET,
+    &AUTHENTICATED,
+    &PRINCIPAL,
+    &RBAC_POLICY,
+    &RBAC_POLICIES_ENTRY,
+    &RBAC_RULES,
+    &RBAC_HTTP,
+    &RBAC_PER_ROUTE,
+    &RBAC_NETWORK,
+    &JWT_HEADER,
+    &JWT_CLAIM_TO_HEADER,
+    &JWT_PROVIDER,
+    &JWT_PROVIDERS_ENTRY,
+    &JWT_REQUIREMENT_OR_LIST,
+    &JWT_REQUIREMENT_AND_LIST,
+    &JWT_REQUIREMENT,
+    &JWT_RULE,
+    &JWT_AUTHN,
     &ROUTE,
     &VIRTUAL_HOST,
     &ROUTE_CONFIGURATION,
@@ -2332,6 +2807,7 @@ pub(super) static ALL: &[&Schema] = &[
     &ENDPOINT,
     &LB_ENDPOINT,
     &LOCALITY_LB_ENDPOINTS,
+    &CLA_POLICY,
     &CLUSTER_LOAD_ASSIGNMENT,
     &HTTP2_OPTIONS,
     &HTTP_VERSION_CONFIG,
