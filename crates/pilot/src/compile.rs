@@ -248,6 +248,11 @@ fn workload_endpoint(we: &net::WorkloadEntry, ports: &[ServicePort]) -> Option<E
         labels: we.labels.clone(),
         service_account: we.service_account.clone(),
         weight: we.weight.filter(|w| *w > 0),
+        // The entry's `locality`, else its labels (Istio's order).
+        locality: match we.locality.as_deref().filter(|l| !l.is_empty()) {
+            Some(l) => crate::model::Locality::parse(l, '/'),
+            None => crate::model::Locality::from_labels(&we.labels),
+        },
     })
 }
 

@@ -145,8 +145,14 @@ impl SnapshotCache {
                 "" => None,
                 s => rule.and_then(|r| r.subset(s)),
             };
+            let policy = crate::translate::endpoint::policy_for(rule, subset, port);
             rebuilt.push(crate::translate::endpoint::assignment(
-                name, svc, port, subset,
+                name,
+                svc,
+                port,
+                subset,
+                &policy,
+                key.locality(),
             ));
         }
         if stale.is_empty() {

@@ -82,6 +82,71 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     pub service_account: Option<String>,
     pub weight: Option<u32>,
+    /// Where it runs (what locality load balancing groups endpoints by).
+    pub locality: Locality,
+}
+
+/// Istio's label for a locality (`region/zone/subzone`).
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+/// Istio's locality override label, `region.zone.subzone`.
+pub const ISTIO_LOCALITY_LABEL: &str = "istio-locality";
+
+/// A region / zone / subzone triple (Envoy's `Locality`); empty parts are unset.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+impl Locality {
+    /// `region/zone/subzone` (Istio's form; missing parts empty).
+    pub fn parse(s: &str, sep: char) -> Locality {
+        let mut parts = s.splitn(3, sep).map(str::to_string);
+        Locality {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            subzone: parts.next().unwrap_or_default(),
+        }
+    }
+
+    /// From the standard topology labels.
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Locality {
+        if let Some(l) = labels.get(ISTIO_LOCALITY_LABEL).filter(|l| !l.is_empty()) {
+            return Locality::parse(l, '.');
+        }
+        let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        Locality {
+            region: get(REGION_LABEL),
+            zone: get(ZONE_LABEL),
+            subzone: get(SUBZONE_LABEL),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.subzone.is_empty()
+    }
+
+    /// `region/zone/subzone`, as Istio sorts and prints localities.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.region, self.zone, self.subzone)
+    }
+
+    /// A label of `labels`, or for the topology labels this locality's part
+    /// (Istio adds them to workload labels).
+    pub fn label<'a>(&'a self, labels: &'a BTreeMap<String, String>, key: &str) -> &'a str {
+        if let Some(v) = labels.get(key) {
+            return v;
+        }
+        match key {
+            REGION_LABEL => &self.region,
+            ZONE_LABEL => &self.zone,
+            SUBZONE_LABEL => &self.subzone,
+            _ => "",
+        }
+    }
 }
 
 /// A service in the mesh.

@@ -1,6 +1,7 @@
 //! The proxy as the pilot sees it: identity, namespace, labels and capture mode,
 //! read from the Envoy node (id `sidecar~IP~POD.NS~NS.svc.cluster.local` and
-//! Istio's node metadata keys).
+//! Istio's node metadata keys), and its locality (the node's, else its
+//! topology labels).
 
 use std::collections::BTreeMap;
 
@@ -34,6 +35,8 @@ pub struct ProxyNode {
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
     pub interception: InterceptionMode,
+    /// The node's `locality`, else its topology labels.
+    pub locality: crate::model::Locality,
 }
 
 /// Why a node was refused.
@@ -99,6 +102,16 @@ impl ProxyNode {
             Some("NONE") => InterceptionMode::None,
             _ => InterceptionMode::Redirect,
         };
+        let locality = match &node.locality {
+            Some(l) if !(l.region.is_empty() && l.zone.is_empty() && l.sub_zone.is_empty()) => {
+                crate::model::Locality {
+                    region: l.region.clone(),
+                    zone: l.zone.clone(),
+                    subzone: l.sub_zone.clone(),
+                }
+            }
+            _ => crate::model::Locality::from_labels(&labels),
+        };
         Ok(ProxyNode {
             id: node.id.clone(),
             proxy_type,
@@ -110,6 +123,7 @@ impl ProxyNode {
                 .unwrap_or("default")
                 .to_string(),
             interception,
+            locality,
         })
     }
 }
@@ -157,6 +171,39 @@ mod tests {
         assert_eq!(p.ips, vec!["10.0.0.1"]);
         assert_eq!(p.labels["app"], "reviews");
         assert_eq!(p.interception, InterceptionMode::None);
+        assert!(p.locality.is_empty());
+    }
+
+    #[test]
+    fn locality_from_the_node_else_its_labels() {
+        let mut labels = Struct::default();
+        labels
+            .fields
+            .insert("topology.kubernetes.io/region".into(), string("us-east"));
+        labels
+            .fields
+            .insert("topology.kubernetes.io/zone".into(), string("a"));
+        let mut meta = Struct::default();
+        meta.fields.insert(
+            "LABELS".into(),
+            Value {
+                kind: Some(Kind::StructValue(labels)),
+            },
+        );
+        let mut node = Node {
+            id: "sidecar~10.0.0.1~a-0.ns~ns.svc.cluster.local".into(),
+            metadata: Some(meta),
+            ..Default::default()
+        };
+        let p = ProxyNode::from_node(&node).expect("valid");
+        assert_eq!(p.locality.key(), "us-east/a/");
+        node.locality = Some(envoy_types::pb::envoy::config::core::v3::Locality {
+            region: "eu".into(),
+            zone: "b".into(),
+            sub_zone: "s".into(),
+        });
+        let p = ProxyNode::from_node(&node).expect("valid");
+        assert_eq!(p.locality.key(), "eu/b/s");
     }
 
     #[test]

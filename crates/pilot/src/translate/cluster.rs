@@ -14,6 +14,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 
 use super::common::{ads, millis};
 use super::endpoint;
+use super::locality::ProxyLocality;
 use super::tls;
 use super::traffic_policy;
 use crate::mesh::MeshTls;
@@ -51,13 +52,14 @@ pub fn for_service_port(
     port: &ServicePort,
     rule: Option<&DestinationPolicy>,
     mtls: Option<MeshUpstream<'_>>,
+    proxy: ProxyLocality<'_>,
 ) -> Vec<Cluster> {
     let base = rule.map(|r| r.policy.clone()).unwrap_or_default();
     let selector = rule.is_some_and(|r| r.workload_selector);
     let build = |subset: Option<&Subset>| {
         let policy = TrafficPolicy::effective(&base, subset.map(|s| &s.policy), port.number);
         let tls = mtls.map(|m| (m, policy.parts.tls.clone(), selector));
-        cluster(svc, port, subset, &policy, tls)
+        cluster(svc, port, subset, &policy, tls, proxy)
     };
     let mut out = vec![build(None)];
     for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
@@ -174,6 +176,7 @@ fn cluster(
     subset: Option<&Subset>,
     policy: &Effective,
     tls: Option<(MeshUpstream<'_>, Option<ClientTlsSettings>, bool)>,
+    proxy: ProxyLocality<'_>,
 ) -> Cluster {
     let subset_name = subset.map(|s| s.name.as_str()).unwrap_or_default();
     let name = outbound_name(port.number, subset_name, &svc.hostname);
@@ -197,7 +200,7 @@ fn cluster(
                 Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
             c.load_assignment = Some(ClusterLoadAssignment {
                 cluster_name: name.clone(),
-                endpoints: endpoint::locality_endpoints(svc, port, subset),
+                endpoints: endpoint::locality_endpoints(svc, port, subset, policy, proxy),
                 ..Default::default()
             });
         }

@@ -8,6 +8,7 @@ pub mod cors;
 pub mod endpoint;
 pub mod l4;
 pub mod listener;
+pub mod locality;
 pub mod retry;
 pub mod route;
 pub mod tls;
@@ -49,6 +50,11 @@ pub struct ConfigKey {
     interception: InterceptionMode,
     /// The inbound ports its IPs serve (what the IPs matter for).
     inbound: Vec<(u32, u32, Protocol)>,
+    /// Only when some cluster's endpoints depend on it (outlier detection
+    /// or `localityLbSetting.distribute`: [`locality::sensitivity`]).
+    locality: Option<crate::model::Locality>,
+    /// Labels for `failoverPriority` (when `labels` is not kept already).
+    locality_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl ConfigKey {
@@ -56,11 +62,31 @@ impl ConfigKey {
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
+
+    /// The proxy's locality and labels as its endpoints were translated
+    /// for (empty where they did not matter).
+    pub fn locality(&self) -> locality::ProxyLocality<'_> {
+        static NONE: std::sync::OnceLock<(crate::model::Locality, BTreeMap<String, String>)> =
+            std::sync::OnceLock::new();
+        let none = NONE.get_or_init(Default::default);
+        locality::ProxyLocality {
+            locality: self.locality.as_ref().unwrap_or(&none.0),
+            labels: self
+                .labels
+                .as_ref()
+                .or(self.locality_labels.as_ref())
+                .unwrap_or(&none.1),
+        }
+    }
 }
 
 /// The key for a proxy; `label_sensitive` is [`Mesh::label_sensitive`].
 pub fn config_key(mesh: &Mesh, proxy: &ProxyNode, label_sensitive: bool) -> ConfigKey {
+    let (by_locality, by_labels) = locality::sensitivity(mesh.destination_rules.iter());
     ConfigKey {
+        locality: by_locality.then(|| proxy.locality.clone()),
+        locality_labels: (by_locality && by_labels && !label_sensitive)
+            .then(|| proxy.labels.clone()),
         namespace: proxy.namespace.clone(),
         labels: label_sensitive.then(|| proxy.labels.clone()),
         interception: proxy.interception,
@@ -208,15 +234,21 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
             mesh: mesh_tls,
             service_mode: mesh.service_mtls_mode(svc),
         });
+        let at = locality::ProxyLocality {
+            locality: &proxy.locality,
+            labels: &proxy.labels,
+        };
         for port in &svc.ports {
-            for c in cluster::for_service_port(svc, port, rule, mtls) {
+            for c in cluster::for_service_port(svc, port, rule, mtls, at) {
                 if c.eds_cluster_config.is_some() {
                     let subset = rule.and_then(|r| {
                         let name = c.name.split('|').nth(2).unwrap_or_default();
                         r.subset(name)
                     });
-                    out.endpoints
-                        .push(endpoint::assignment(&c.name, svc, port, subset));
+                    let policy = endpoint::policy_for(rule, subset, port);
+                    out.endpoints.push(endpoint::assignment(
+                        &c.name, svc, port, subset, &policy, at,
+                    ));
                 }
                 out.clusters.push(c);
             }

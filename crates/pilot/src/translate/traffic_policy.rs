@@ -1,7 +1,8 @@
 //! A DestinationRule's merged traffic policy laid onto a cluster, as Istio's
 //! `applyTrafficPolicy` does: the HTTP/2 upgrade, the connection pool
 //! (circuit breakers, connect timeout, TCP keepalive, HTTP protocol
-//! options), outlier detection and the load balancer.
+//! options), outlier detection and the load balancer (with
+//! `locality_weighted_lb_config` when `localityLbSetting` asks for it).
 
 use api::networking::{
     ConnectionPoolSettings, ConsistentHashLb, H2UpgradePolicy, LoadBalancerSettings,
@@ -14,6 +15,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{
         CommonLbConfig, LbConfig, LbPolicy, LeastRequestLbConfig, MaglevLbConfig, RingHashLbConfig,
         RoundRobinLbConfig, SlowStartConfig,
+        common_lb_config::{LocalityConfigSpecifier, LocalityWeightedLbConfig},
     },
 };
 use envoy_types::pb::envoy::config::core::v3::{
@@ -85,6 +87,13 @@ pub fn apply_outbound(c: &mut Cluster, policy: &Effective) {
         apply_outlier_detection(c, od);
     }
     apply_load_balancer(c, policy.parts.load_balancer.as_ref());
+    if c.lb_policy != LbPolicy::ClusterProvided as i32 && super::locality::weighted(policy) {
+        c.common_lb_config
+            .get_or_insert_with(CommonLbConfig::default)
+            .locality_config_specifier = Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+            LocalityWeightedLbConfig::default(),
+        ));
+    }
 }
 
 /// Istio's `shouldH2Upgrade` under the mesh default (DO_NOT_UPGRADE): only
