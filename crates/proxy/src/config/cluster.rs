@@ -33,6 +33,9 @@ pub struct ClusterConfig {
     /// Below this percentage of routable hosts the load balancer uses all
     /// hosts (Envoy's panic mode; default 50, 0 disables).
     pub healthy_panic_threshold: u32,
+    /// `common_lb_config.locality_weighted_lb_config`: within a priority,
+    /// pick a locality by its weight times its health first.
+    pub locality_weighted: bool,
     /// STRICT_DNS: how often to re-resolve and which address families to use.
     pub dns_refresh_rate: Duration,
     pub dns_lookup_family: DnsLookupFamily,
@@ -209,6 +212,7 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
                 None => Ok(LoadAssignment {
                     cluster_name: c.name.clone(),
                     endpoints: Vec::new(),
+                    overprovisioning_factor: super::endpoint::DEFAULT_OVERPROVISIONING_FACTOR,
                 }),
             }
         };
@@ -366,6 +370,12 @@ impl TryFrom<&XdsCluster> for ClusterConfig {
             connect_timeout,
             protocol,
             healthy_panic_threshold: healthy_panic_threshold.round() as u32,
+            locality_weighted: matches!(
+                c.common_lb_config
+                    .as_ref()
+                    .and_then(|l| l.locality_config_specifier.as_ref()),
+                Some(xds_cluster::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+            ),
             dns_refresh_rate,
             dns_lookup_family,
             transport: TransportSocket::parse(c.transport_socket.as_ref(), End::Upstream)

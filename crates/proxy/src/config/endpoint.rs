@@ -1,5 +1,6 @@
 //! ClusterLoadAssignment (EDS, or a cluster's inline load_assignment) as the
-//! load balancer uses it: a flat list of endpoints with weight and health.
+//! load balancer uses it: a flat list of endpoints with weight and health,
+//! each with its locality group's priority, locality and locality weight.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,10 +13,26 @@ use crate::error::ConfigError;
 
 pub type XdsClusterLoadAssignment = xds_endpoint::ClusterLoadAssignment;
 
+/// The highest priority level accepted (levels are kept in a small array).
+pub const MAX_PRIORITY: u32 = 127;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadAssignment {
     pub cluster_name: String,
     pub endpoints: Vec<LbEndpoint>,
+    /// `policy.overprovisioning_factor` in percent (Envoy's default 140).
+    pub overprovisioning_factor: u32,
+}
+
+/// Envoy's default `overprovisioning_factor` (1.4).
+pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
+
+/// Where an endpoint is: `LocalityLbEndpoints.locality`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +43,12 @@ pub struct LbEndpoint {
     /// `metadata.filter_metadata["envoy.transport_socket_match"]`: what the
     /// cluster's transport_socket_matches compare (Istio's `tlsMode`).
     pub transport_match: BTreeMap<String, String>,
+    /// Its locality group's `priority` (0 is the highest).
+    pub priority: u32,
+    pub locality: Locality,
+    /// Its locality group's `load_balancing_weight` (what
+    /// `locality_weighted_lb_config` weighs localities by; unset is 0 there).
+    pub locality_weight: Option<u32>,
 }
 
 /// An endpoint's address: an IP, a Unix domain socket (`pipe`), or a DNS
@@ -68,22 +91,55 @@ impl TryFrom<&XdsClusterLoadAssignment> for LoadAssignment {
     fn try_from(cla: &XdsClusterLoadAssignment) -> Result<Self, ConfigError> {
         check_subset(cla, &subset::CLUSTER_LOAD_ASSIGNMENT)?;
         let mut endpoints = Vec::new();
-        for (li, locality) in cla.endpoints.iter().enumerate() {
+        for (li, group) in cla.endpoints.iter().enumerate() {
             let lpath = format!("endpoints[{li}]");
-            if locality.priority != 0 {
+            // Envoy's bound on priorities (PriorityStateManager).
+            if group.priority > MAX_PRIORITY {
                 return Err(ConfigError::new(
                     format!("{lpath}.priority"),
-                    "only priority 0 is supported",
+                    format!("must be at most {MAX_PRIORITY}"),
                 ));
             }
-            for (ei, e) in locality.lb_endpoints.iter().enumerate() {
-                let epath = format!("{lpath}.lb_endpoints[{ei}]");
-                endpoints.push(lb_endpoint(e).map_err(|err| err.under(&epath))?);
+            let locality = group
+                .locality
+                .as_ref()
+                .map(|l| Locality {
+                    region: l.region.clone(),
+                    zone: l.zone.clone(),
+                    sub_zone: l.sub_zone.clone(),
+                })
+                .unwrap_or_default();
+            let locality_weight = group.load_balancing_weight.as_ref().map(|w| w.value);
+            if locality_weight == Some(0) {
+                return Err(ConfigError::new(
+                    format!("{lpath}.load_balancing_weight"),
+                    "must be at least 1",
+                ));
             }
+            for (ei, e) in group.lb_endpoints.iter().enumerate() {
+                let epath = format!("{lpath}.lb_endpoints[{ei}]");
+                let mut ep = lb_endpoint(e).map_err(|err| err.under(&epath))?;
+                ep.priority = group.priority;
+                ep.locality = locality.clone();
+                ep.locality_weight = locality_weight;
+                endpoints.push(ep);
+            }
+        }
+        let overprovisioning_factor = cla
+            .policy
+            .as_ref()
+            .and_then(|p| p.overprovisioning_factor.as_ref())
+            .map_or(DEFAULT_OVERPROVISIONING_FACTOR, |f| f.value);
+        if overprovisioning_factor == 0 {
+            return Err(ConfigError::new(
+                "policy.overprovisioning_factor",
+                "must be at least 1",
+            ));
         }
         Ok(LoadAssignment {
             cluster_name: cla.cluster_name.clone(),
             endpoints,
+            overprovisioning_factor,
         })
     }
 }
@@ -152,6 +208,9 @@ fn lb_endpoint(e: &xds_endpoint::LbEndpoint) -> Result<LbEndpoint, ConfigError> 
         weight,
         health,
         transport_match,
+        priority: 0,
+        locality: Locality::default(),
+        locality_weight: None,
     })
 }
 
@@ -193,8 +252,36 @@ endpoints:
             err.path,
             "endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value"
         );
-        let err = cla("cluster_name: c\nendpoints: [{priority: 1}]").unwrap_err();
+        let err = cla("cluster_name: c\nendpoints: [{priority: 128}]").unwrap_err();
         assert_eq!(err.path, "endpoints[0].priority");
+        let err = cla("cluster_name: c\nendpoints: [{load_balancing_weight: 0}]").unwrap_err();
+        assert_eq!(err.path, "endpoints[0].load_balancing_weight");
+        let err = cla("cluster_name: c\npolicy: {overprovisioning_factor: 0}").unwrap_err();
+        assert_eq!(err.path, "policy.overprovisioning_factor");
+    }
+
+    #[test]
+    fn keeps_priority_locality_and_locality_weight() {
+        let la = cla(r#"
+cluster_name: c
+policy: {overprovisioning_factor: 200}
+endpoints:
+- locality: {region: us-east, zone: a, sub_zone: s1}
+  load_balancing_weight: 80
+  lb_endpoints:
+  - endpoint: {address: {socket_address: {address: 10.0.0.1, port_value: 80}}}
+- priority: 2
+  lb_endpoints:
+  - endpoint: {address: {socket_address: {address: 10.0.0.2, port_value: 80}}}
+"#)
+        .unwrap();
+        assert_eq!(la.overprovisioning_factor, 200);
+        assert_eq!(la.endpoints[0].priority, 0);
+        assert_eq!(la.endpoints[0].locality.zone, "a");
+        assert_eq!(la.endpoints[0].locality_weight, Some(80));
+        assert_eq!(la.endpoints[1].priority, 2);
+        assert_eq!(la.endpoints[1].locality, Locality::default());
+        assert_eq!(la.endpoints[1].locality_weight, None);
     }
 
     #[test]

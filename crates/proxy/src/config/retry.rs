@@ -1,7 +1,8 @@
 //! `RetryPolicy` (route or virtual host) as the router runs it: the
 //! `retry_on` conditions in Envoy's grammar, how many retries, the per-try
 //! timeout, the jittered back-off, the retriable status codes and whether a
-//! retry avoids the hosts already tried (`previous_hosts`).
+//! retry avoids the hosts already tried (`previous_hosts`) and the
+//! priorities already tried (`previous_priorities`).
 
 use std::time::Duration;
 
@@ -117,6 +118,9 @@ pub struct RetryPolicy {
     pub host_selection_max_attempts: u32,
     pub base_interval: Duration,
     pub max_interval: Duration,
+    /// `previous_priorities`' `update_frequency`: every that many attempts,
+    /// a retry's priority load leaves out the priorities already tried.
+    pub previous_priorities: Option<u32>,
 }
 
 impl RetryPolicy {
@@ -228,9 +232,7 @@ impl TryFrom<&xds_route::RetryPolicy> for RetryPolicy {
                 }
             }
         }
-        // Endpoints have one priority (0; others are refused), so
-        // previous_priorities never has another level to move to: accepted
-        // as the no-op it is here.
+        let mut previous_priorities = None;
         if let Some(pr) = &p.retry_priority {
             use xds_route::retry_policy::retry_priority::ConfigType;
             match &pr.config_type {
@@ -243,6 +245,7 @@ impl TryFrom<&xds_route::RetryPolicy> for RetryPolicy {
                             "must be above 0",
                         ));
                     }
+                    previous_priorities = Some(c.update_frequency as u32);
                 }
                 None => {
                     return Err(ConfigError::new(
@@ -298,6 +301,7 @@ impl TryFrom<&xds_route::RetryPolicy> for RetryPolicy {
             host_selection_max_attempts,
             base_interval,
             max_interval,
+            previous_priorities,
         })
     }
 }
@@ -316,6 +320,7 @@ mod tests {
             host_selection_max_attempts: 5,
             base_interval: DEFAULT_BASE_INTERVAL,
             max_interval: DEFAULT_BASE_INTERVAL * 10,
+            previous_priorities: None,
         }
     }
 

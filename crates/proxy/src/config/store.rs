@@ -16,12 +16,12 @@ use super::cluster::{ClusterConfig, Discovery, XdsCluster};
 use super::endpoint::{EndpointAddress, Health, LoadAssignment, XdsClusterLoadAssignment};
 use super::listener::{ListenerConfig, NetworkFilter, RouteSource, XdsListener};
 use super::route::{RouteConfig, XdsRouteConfiguration};
-use super::transport::TransportSocket;
 use crate::error::ConfigError;
 use crate::stats::{Stats, XdsStats};
 use crate::stream_info::StreamObserver;
 use crate::upstream::UpstreamAddr;
-use crate::upstream::cluster::{ClusterRuntime, UpstreamCluster};
+use crate::upstream::cluster::{ClusterEndpoint, ClusterRuntime, UpstreamCluster};
+use crate::upstream::priority::Placement;
 
 /// A STRICT_DNS endpoint to resolve: host, port, weight, health.
 pub type DnsTarget = (String, u16, u32, Health);
@@ -533,32 +533,46 @@ impl ConfigStore {
         let configs: Vec<Arc<ClusterConfig>> = all_clusters(state).cloned().collect();
         let mut clusters = HashMap::new();
         for config in configs {
-            let endpoints: Vec<(UpstreamAddr, u32, Health, TransportSocket)> =
-                match &config.discovery {
-                    Discovery::Static(la) => ip_endpoints(la, &config),
-                    Discovery::Eds(service) => state
-                        .endpoints
-                        .get(service)
-                        .map(|v| ip_endpoints(&v.config, &config))
-                        .unwrap_or_default(),
-                    Discovery::StrictDns(_) => state
-                        .dns
-                        .get(&config.name)
-                        .map(|v| {
-                            v.iter()
-                                .map(|(a, w, h)| ((*a).into(), *w, *h, config.transport.clone()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    Discovery::OriginalDst => Vec::new(),
-                };
+            let mut factor = crate::config::endpoint::DEFAULT_OVERPROVISIONING_FACTOR;
+            let endpoints: Vec<ClusterEndpoint> = match &config.discovery {
+                Discovery::Static(la) => {
+                    factor = la.overprovisioning_factor;
+                    ip_endpoints(la, &config)
+                }
+                Discovery::Eds(service) => state
+                    .endpoints
+                    .get(service)
+                    .map(|v| {
+                        factor = v.config.overprovisioning_factor;
+                        ip_endpoints(&v.config, &config)
+                    })
+                    .unwrap_or_default(),
+                Discovery::StrictDns(_) => state
+                    .dns
+                    .get(&config.name)
+                    .map(|v| {
+                        v.iter()
+                            .map(|(a, w, h)| {
+                                (
+                                    (*a).into(),
+                                    *w,
+                                    *h,
+                                    config.transport.clone(),
+                                    Placement::default(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                Discovery::OriginalDst => Vec::new(),
+            };
             let runtime = state
                 .runtime
                 .entry(config.name.clone())
                 .or_insert_with(|| ClusterRuntime::new(&self.stats, &config.stat_name));
             clusters.insert(
                 config.name.clone(),
-                Arc::new(runtime.build(config.clone(), &endpoints)),
+                Arc::new(runtime.build(config.clone(), &endpoints, factor)),
             );
         }
         state.runtime.retain(|name, _| clusters.contains_key(name));
@@ -668,10 +682,7 @@ fn all_listeners(state: &State) -> impl Iterator<Item = &Arc<ListenerConfig>> {
 
 /// The endpoints the proxy connects to as given (IPs and pipes), each with
 /// the transport socket the cluster picks for it.
-fn ip_endpoints(
-    la: &LoadAssignment,
-    config: &ClusterConfig,
-) -> Vec<(UpstreamAddr, u32, Health, TransportSocket)> {
+fn ip_endpoints(la: &LoadAssignment, config: &ClusterConfig) -> Vec<ClusterEndpoint> {
     la.endpoints
         .iter()
         .filter_map(|e| {
@@ -685,6 +696,11 @@ fn ip_endpoints(
                 e.weight,
                 e.health,
                 config.transport_for(&e.transport_match),
+                Placement {
+                    priority: e.priority,
+                    locality: e.locality.clone(),
+                    locality_weight: e.locality_weight.unwrap_or(0),
+                },
             ))
         })
         .collect()

@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::cluster::{ClusterConfig, Discovery, LbPolicy};
+use crate::config::cluster::{ClusterConfig, Discovery};
 use crate::config::endpoint::Health;
 use crate::config::transport::TransportSocket;
 use crate::error::RequestError;
@@ -18,25 +18,28 @@ use crate::stats::{ClusterStats, Stats};
 use crate::upstream::address::UpstreamAddr;
 use crate::upstream::circuit::{CircuitBreakers, Permit, Resource};
 use crate::upstream::host::{ActiveRequest, Host};
-use crate::upstream::lb::HostSet;
 use crate::upstream::outlier::{Detector, Outcome};
+use crate::upstream::priority::{Balancing, Placement, PrioritySet};
+
+/// An endpoint as a cluster is built from: address, weight, EDS health,
+/// transport socket, and where it sits.
+pub type ClusterEndpoint = (UpstreamAddr, u32, Health, TransportSocket, Placement);
 
 /// ORIGINAL_DST hosts kept before idle ones are forgotten.
 const MAX_ORIGINAL_DST_HOSTS: usize = 1024;
 
 /// The hosts of a cluster as the load balancer sees them: every member with
-/// its weight and EDS health, and the routable set built from them (healthy,
-/// not ejected by outlier detection, or all of them in panic mode), swapped
-/// whole when membership or an ejection changes it (with its consistent-hash
-/// table, so the table always matches the hosts).
+/// its weight and EDS health (and where it sits: priority, locality), and
+/// the routable view built from them (see [`PrioritySet`]), swapped whole
+/// when membership or an ejection changes it (with its consistent-hash
+/// tables, so the tables always match the hosts).
 #[derive(Debug)]
 pub struct Routing {
     members: ArcSwap<Vec<(Arc<Host>, u32, Health)>>,
-    routable: ArcSwap<HostSet>,
-    panic_threshold: AtomicU32,
-    /// Serialises rebuilds (membership updates and ejections; never requests),
-    /// and holds the policy whose table the routable set carries.
-    rebuild: Mutex<LbPolicy>,
+    routable: ArcSwap<PrioritySet>,
+    /// Serialises rebuilds (membership updates and ejections; never
+    /// requests), and holds the members' placement and how to balance.
+    rebuild: Mutex<(Vec<Placement>, Balancing)>,
     stats: ClusterStats,
 }
 
@@ -45,8 +48,7 @@ impl Routing {
         Routing {
             members: ArcSwap::default(),
             routable: ArcSwap::default(),
-            panic_threshold: AtomicU32::new(50),
-            rebuild: Mutex::new(LbPolicy::RoundRobin),
+            rebuild: Mutex::new((Vec::new(), Balancing::default())),
             stats,
         }
     }
@@ -58,38 +60,35 @@ impl Routing {
     fn set_members(
         &self,
         all: Vec<(Arc<Host>, u32, Health)>,
-        panic_threshold: u32,
-        policy: LbPolicy,
+        placement: Vec<Placement>,
+        balancing: Balancing,
     ) {
-        self.panic_threshold
-            .store(panic_threshold, Ordering::Relaxed);
-        *self.rebuild.lock().unwrap_or_else(|e| e.into_inner()) = policy;
+        let mut layout = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        *layout = (placement, balancing);
         self.members.store(Arc::new(all));
-        self.rebuild();
+        self.rebuild_locked(&layout);
     }
 
-    /// Recompute the routable set from the members and their ejections.
+    /// Recompute the routable view from the members and their ejections.
     pub fn rebuild(&self) {
-        let policy = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let layout = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        self.rebuild_locked(&layout);
+    }
+
+    fn rebuild_locked(&self, (placement, balancing): &(Vec<Placement>, Balancing)) {
         let all = self.members.load();
-        let mut routable: Vec<(Arc<Host>, u32)> = all
+        let healthy = all
             .iter()
             .filter(|(h, _, health)| health.routable() && !h.outlier.is_ejected())
-            .map(|(h, w, _)| (h.clone(), *w))
-            .collect();
+            .count();
         self.stats.membership_total.set(all.len() as i64);
-        self.stats.membership_healthy.set(routable.len() as i64);
-        // Envoy's panic mode: too few healthy hosts, so balance over all.
-        let threshold = self.panic_threshold.load(Ordering::Relaxed) as usize;
-        if !all.is_empty() && routable.len() * 100 < threshold * all.len() {
-            routable = all.iter().map(|(h, w, _)| (h.clone(), *w)).collect();
-        }
+        self.stats.membership_healthy.set(healthy as i64);
         self.routable
-            .store(Arc::new(HostSet::for_policy(routable, *policy)));
+            .store(Arc::new(PrioritySet::build(&all, placement, *balancing)));
     }
 
-    /// The set the load balancer picks from now.
-    pub fn routable(&self) -> arc_swap::Guard<Arc<HostSet>> {
+    /// The view the load balancer picks from now.
+    pub fn routable(&self) -> arc_swap::Guard<Arc<PrioritySet>> {
         self.routable.load()
     }
 }
@@ -129,15 +128,18 @@ impl ClusterRuntime {
     }
 
     /// Build the data-path view of `config` with these endpoints (address,
-    /// weight, health), reusing hosts whose address is unchanged.
+    /// weight, health, socket, placement), reusing hosts whose address is
+    /// unchanged; `overprovisioning_factor` is the assignment's.
     pub fn build(
         &mut self,
         config: Arc<ClusterConfig>,
-        endpoints: &[(UpstreamAddr, u32, Health, TransportSocket)],
+        endpoints: &[ClusterEndpoint],
+        overprovisioning_factor: u32,
     ) -> UpstreamCluster {
         let mut all = Vec::with_capacity(endpoints.len());
+        let mut placement = Vec::with_capacity(endpoints.len());
         let mut next = HashMap::with_capacity(endpoints.len());
-        for (addr, weight, health, transport) in endpoints {
+        for (addr, weight, health, transport, place) in endpoints {
             let key = (addr.clone(), transport.key());
             let host = self.hosts.get(&key).cloned().unwrap_or_else(|| {
                 if self.built {
@@ -146,8 +148,10 @@ impl ClusterRuntime {
                     Host::with_transport(addr.clone(), transport.clone())
                 }
             });
+            host.priority.store(place.priority, Ordering::Relaxed);
             next.insert(key, host.clone());
             all.push((host, *weight, *health));
+            placement.push(place.clone());
         }
         self.hosts = next;
         self.built = true;
@@ -163,8 +167,13 @@ impl ClusterRuntime {
         }
         self.routing.set_members(
             all.clone(),
-            config.healthy_panic_threshold,
-            config.lb_policy,
+            placement.clone(),
+            Balancing {
+                policy: config.lb_policy,
+                panic_threshold: config.healthy_panic_threshold,
+                overprovisioning_factor,
+                locality_weighted: config.locality_weighted,
+            },
         );
         let breakers = match &self.breakers {
             Some(b) => {
@@ -180,6 +189,7 @@ impl ClusterRuntime {
         UpstreamCluster {
             config,
             all,
+            placement,
             routing: self.routing.clone(),
             outlier: self.outlier.clone(),
             breakers,
@@ -197,6 +207,8 @@ pub struct UpstreamCluster {
     pub config: Arc<ClusterConfig>,
     /// Every host with its weight and health, for `/clusters`.
     pub all: Vec<(Arc<Host>, u32, Health)>,
+    /// Where each of `all` sits (same order).
+    pub placement: Vec<Placement>,
     routing: Arc<Routing>,
     outlier: Option<Arc<Detector>>,
     /// The cluster's circuit breakers (shared by its versions).
@@ -239,9 +251,34 @@ impl UpstreamCluster {
         Some(host.clone())
     }
 
-    /// The hosts the load balancer picks from now.
-    pub fn routable(&self) -> Arc<HostSet> {
+    /// The view the load balancer picks from now.
+    pub fn routable(&self) -> Arc<PrioritySet> {
         self.routing.routable().clone()
+    }
+
+    /// A host for a retry after attempts on `tried`, with Envoy's
+    /// `previous_priorities` (`update_frequency`): once `tried` holds a
+    /// multiple of it, the priorities of those hosts get no load.
+    pub fn pick_retry(
+        &self,
+        original_dst: Option<SocketAddr>,
+        hash: Option<u64>,
+        tried: &[Arc<Host>],
+        update_frequency: u32,
+    ) -> Option<Arc<Host>> {
+        let f = update_frequency.max(1) as usize;
+        if matches!(self.config.discovery, Discovery::OriginalDst) || tried.len() < f {
+            return self.pick_hashed(original_dst, hash);
+        }
+        let counted = tried.len() / f * f;
+        let excluded = tried[..counted]
+            .iter()
+            .map(|h| h.priority.load(Ordering::Relaxed))
+            .filter(|p| *p < 128)
+            .fold(0u128, |m, p| m | (1u128 << p));
+        let set = self.routing.routable();
+        set.pick_excluding(self.config.lb_policy, &self.rr, hash, excluded)
+            .cloned()
     }
 
     /// Report one upstream result of `host` to outlier detection (a no-op

@@ -3,6 +3,7 @@
 //! updates that keep its address, so pooled connections survive EDS pushes.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use crate::config::transport::TransportSocket;
 use crate::stats::Counter;
@@ -29,6 +30,9 @@ pub struct Host {
     /// When it joined a running cluster (slow start); None for the
     /// cluster's first endpoints and hosts made outside a cluster update.
     pub added: Option<tokio::time::Instant>,
+    /// Its priority level in the cluster's latest assignment (what
+    /// `previous_priorities` retries exclude).
+    pub priority: AtomicU32,
     pub(crate) pool: HostPool,
 }
 
@@ -49,6 +53,7 @@ impl Host {
             cx_connect_fail: Counter::default(),
             outlier: HostOutlier::default(),
             added: None,
+            priority: AtomicU32::new(0),
             pool: HostPool::default(),
         })
     }

@@ -10,6 +10,7 @@ pub mod host;
 pub mod lb;
 pub mod outlier;
 pub mod pool;
+pub mod priority;
 pub mod slow_start;
 
 pub use address::{UpstreamAddr, UpstreamStream};

@@ -34,10 +34,11 @@ impl Fixture {
                     1,
                     Health::Healthy,
                     TransportSocket::RawBuffer,
+                    crate::upstream::priority::Placement::default(),
                 )
             })
             .collect();
-        let cluster = runtime.build(config, &endpoints);
+        let cluster = runtime.build(config, &endpoints, 140);
         Fixture {
             stats,
             _runtime: runtime,
@@ -63,7 +64,7 @@ impl Fixture {
     }
 
     fn routable(&self) -> usize {
-        self.cluster.routable().hosts.len()
+        self.cluster.routable().hosts().count()
     }
 
     fn ejected(&self, i: usize) -> bool {
@@ -87,8 +88,7 @@ async fn five_consecutive_5xx_eject_and_a_success_resets_the_count() {
     assert!(
         f.cluster
             .routable()
-            .hosts
-            .iter()
+            .hosts()
             .all(|h| !Arc::ptr_eq(h, &f.host(0)))
     );
     assert_eq!(f.stat("ejections_active"), 1);
