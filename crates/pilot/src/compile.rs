@@ -92,6 +92,23 @@ pub fn build_with(resources: &[Resource], options: &BuildOptions) -> Mesh {
                     spec: pa.clone(),
                 })
             }
+            Spec::AuthorizationPolicy(ap) => {
+                mesh.authorization_policies
+                    .push(crate::translate::authz::AuthzPolicy {
+                        namespace: r.namespace().to_string(),
+                        name: r.meta.name.clone(),
+                        dry_run: crate::translate::authz::dry_run(&r.meta.annotations),
+                        spec: ap.clone(),
+                    })
+            }
+            Spec::RequestAuthentication(ra) => {
+                mesh.request_authentications
+                    .push(crate::translate::jwt::JwtPolicy {
+                        namespace: r.namespace().to_string(),
+                        name: r.meta.name.clone(),
+                        spec: ra.clone(),
+                    })
+            }
             _ => {}
         }
     }

@@ -18,6 +18,10 @@ pub fn endpoint_only_change(old: &Mesh, new: &Mesh) -> Option<BTreeSet<String>> 
         || old.virtual_services != new.virtual_services
         || old.destination_rules != new.destination_rules
         || old.peer_authentications != new.peer_authentications
+        || old.authorization_policies != new.authorization_policies
+        || old.request_authentications != new.request_authentications
+        || old.extension_providers != new.extension_providers
+        || old.jwks != new.jwks
         || old.services.len() != new.services.len()
     {
         return None;

@@ -91,6 +91,14 @@ pub struct Mesh {
     pub tls: Option<MeshTls>,
     /// PeerAuthentications (mesh-wide ones in [`ROOT_NAMESPACE`]).
     pub peer_authentications: Vec<PeerAuthnRule>,
+    /// AuthorizationPolicies (mesh-wide ones in [`ROOT_NAMESPACE`]).
+    pub authorization_policies: Vec<crate::translate::authz::AuthzPolicy>,
+    /// RequestAuthentications (mesh-wide ones in [`ROOT_NAMESPACE`]).
+    pub request_authentications: Vec<crate::translate::jwt::JwtPolicy>,
+    /// meshConfig `extensionProviders` (CUSTOM authorization's ext_authz).
+    pub extension_providers: Vec<api::mesh_config::MeshExtensionProvider>,
+    /// The `jwksUri` documents the pilot fetched, by URI ([`crate::jwks`]).
+    pub jwks: BTreeMap<String, String>,
     /// Sorted by hostname.
     pub services: Vec<Service>,
     pub virtual_services: Vec<VirtualServiceRule>,
@@ -247,6 +255,18 @@ impl Mesh {
     /// labels get the same config.
     pub fn label_sensitive(&self) -> bool {
         self.sidecars.iter().any(|s| s.selector.is_some())
+            || self.authorization_policies.iter().any(|p| {
+                p.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| !s.match_labels.is_empty())
+            })
+            || self.request_authentications.iter().any(|p| {
+                p.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| !s.match_labels.is_empty())
+            })
             || (self.tls.is_some()
                 && self.peer_authentications.iter().any(|p| {
                     p.spec

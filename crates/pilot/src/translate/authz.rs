@@ -120,7 +120,11 @@ pub fn tcp_filters_json(policies: &[&AuthzPolicy], cx: &Context<'_>) -> Vec<(Str
 
 /// The HTTP filters for the policies, ready for an HTTP connection manager.
 pub fn http_filters(policies: &[&AuthzPolicy], cx: &Context<'_>) -> Vec<HttpFilter> {
-    http_filters_json(policies, cx)
+    to_http(http_filters_json(policies, cx))
+}
+
+fn to_http(built: Built) -> Vec<HttpFilter> {
+    built
         .into_iter()
         .filter_map(|(name, config)| match json_any(&config) {
             Ok(any) => Some(HttpFilter {
@@ -138,7 +142,11 @@ pub fn http_filters(policies: &[&AuthzPolicy], cx: &Context<'_>) -> Vec<HttpFilt
 
 /// The network filters for a TCP chain.
 pub fn tcp_filters(policies: &[&AuthzPolicy], cx: &Context<'_>) -> Vec<Filter> {
-    tcp_filters_json(policies, cx)
+    to_tcp(tcp_filters_json(policies, cx))
+}
+
+fn to_tcp(built: Built) -> Vec<Filter> {
+    built
         .into_iter()
         .filter_map(|(name, config)| match json_any(&config) {
             Ok(any) => Some(Filter {
@@ -330,6 +338,17 @@ fn rbac_filter(
 }
 
 fn build(policies: &[&AuthzPolicy], cx: &Context<'_>, for_tcp: bool) -> Vec<(String, Value)> {
+    let (mut custom, rest) = build_split(policies, cx, for_tcp);
+    custom.extend(rest);
+    custom
+}
+
+/// Built filters: (name, typed config as Envoy JSON).
+type Built = Vec<(String, Value)>;
+
+/// The CUSTOM filters, and the AUDIT/DENY/ALLOW ones: Istio's inbound HTTP
+/// chain puts jwt_authn between the two.
+fn build_split(policies: &[&AuthzPolicy], cx: &Context<'_>, for_tcp: bool) -> (Built, Built) {
     let by = |a: AuthorizationAction| -> Vec<&AuthzPolicy> {
         policies
             .iter()
@@ -338,7 +357,8 @@ fn build(policies: &[&AuthzPolicy], cx: &Context<'_>, for_tcp: bool) -> Vec<(Str
             .collect()
     };
     let tds = &cx.trust_domains;
-    let mut out = build_custom(&by(AuthorizationAction::Custom), cx, for_tcp);
+    let custom = build_custom(&by(AuthorizationAction::Custom), cx, for_tcp);
+    let mut out = Vec::new();
     for (action, group) in [
         (Action::Log, by(AuthorizationAction::Audit)),
         (Action::Deny, by(AuthorizationAction::Deny)),
@@ -353,7 +373,7 @@ fn build(policies: &[&AuthzPolicy], cx: &Context<'_>, for_tcp: bool) -> Vec<(Str
             ));
         }
     }
-    out
+    (custom, out)
 }
 
 /// CUSTOM: per provider (sorted), a shadow RBAC that marks the requests the
@@ -1363,6 +1383,103 @@ fn expand_trust_domains(tds: &[String], values: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+// ------------------------------------------------------------- inbound hook
+
+/// Put the workload's authentication and authorization filters on every
+/// chain of its inbound listener (the pass-through chains too, as Istio
+/// does: a deny-all covers undeclared ports): HTTP chains get jwt_authn,
+/// then the CUSTOM/AUDIT/DENY/ALLOW filters, first in the connection
+/// manager's chain (before fault, CORS and the router); TCP chains get the
+/// network RBAC/ext_authz filters before tcp_proxy.
+pub fn secure_inbound(
+    mesh: &crate::mesh::Mesh,
+    proxy: &crate::node::ProxyNode,
+    listener: &mut envoy_types::pb::envoy::config::listener::v3::Listener,
+) {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use prost::{Message, Name};
+
+    let root = crate::mesh::ROOT_NAMESPACE;
+    let policies = applicable(
+        &mesh.authorization_policies,
+        root,
+        &proxy.namespace,
+        &proxy.labels,
+    );
+    let jwt_policies = super::jwt::applicable(
+        &mesh.request_authentications,
+        root,
+        &proxy.namespace,
+        &proxy.labels,
+    );
+    if policies.is_empty() && jwt_policies.is_empty() {
+        return;
+    }
+    let trust_domains: Vec<String> = match &mesh.tls {
+        Some(t) => t.trust_domains().map(str::to_string).collect(),
+        None => vec!["cluster.local".to_string()],
+    };
+    let resolve = |ns: Option<&str>, host: &str| -> Option<String> {
+        mesh.services
+            .iter()
+            .filter(|s| ns.is_none_or(|n| s.namespace == n))
+            .find(|s| {
+                s.hostname == host
+                    || ns.is_some_and(|n| {
+                        s.hostname == format!("{host}.{n}.svc.{}", crate::model::DOMAIN_SUFFIX)
+                    })
+            })
+            .map(|s| s.hostname.clone())
+    };
+    let cx = Context {
+        trust_domains,
+        providers: &mesh.extension_providers,
+        resolve_service: &resolve,
+    };
+    let jwks = |uri: &str| mesh.jwks.get(uri).cloned();
+    // Istio's inbound order: CUSTOM (shadow RBAC + ext_authz), jwt_authn,
+    // then AUDIT, DENY, ALLOW.
+    let (custom, rest) = build_split(&policies, &cx, false);
+    let mut http = to_http(custom);
+    http.extend(super::jwt::http_filter(&jwt_policies, &jwks));
+    http.extend(to_http(rest));
+    let tcp = tcp_filters(&policies, &cx);
+    let chains = listener
+        .filter_chains
+        .iter_mut()
+        .chain(listener.default_filter_chain.as_mut());
+    for chain in chains {
+        let mut out = Vec::with_capacity(chain.filters.len() + tcp.len());
+        for f in chain.filters.drain(..) {
+            let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                out.push(f);
+                continue;
+            };
+            if any.type_url.ends_with(&HttpConnectionManager::full_name()) {
+                match HttpConnectionManager::decode(any.value.as_slice()) {
+                    Ok(mut hcm) => {
+                        hcm.http_filters.splice(0..0, http.iter().cloned());
+                        out.push(Filter {
+                            name: f.name,
+                            config_type: Some(filter::ConfigType::TypedConfig(Any {
+                                type_url: any.type_url.clone(),
+                                value: hcm.encode_to_vec(),
+                            })),
+                        });
+                    }
+                    Err(_) => out.push(f),
+                }
+            } else if f.name == "envoy.filters.network.tcp_proxy" {
+                out.extend(tcp.iter().cloned());
+                out.push(f);
+            } else {
+                out.push(f);
+            }
+        }
+        chain.filters = out;
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod common;
 pub mod cors;
 pub mod endpoint;
+pub mod jwt;
 pub mod l4;
 pub mod listener;
 pub mod locality;
@@ -203,13 +204,17 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
             .tls
             .as_ref()
             .map(|t| (t, mesh.mtls_for(&proxy.namespace, &proxy.labels)));
-        out.listeners.push(listener::virtual_inbound(
+        let mut inbound_listener = listener::virtual_inbound(
             &chains,
             cluster::INBOUND_PASSTHROUGH,
             modes
                 .as_ref()
                 .map(|(mesh, modes)| listener::InboundTls { mesh, modes }),
-        ));
+        );
+        // AuthorizationPolicy/RequestAuthentication read the namespace and
+        // labels (labels are a ConfigKey field when a policy has a selector).
+        authz::secure_inbound(mesh, proxy, &mut inbound_listener);
+        out.listeners.push(inbound_listener);
         out.clusters
             .push(cluster::passthrough(cluster::INBOUND_PASSTHROUGH));
     }

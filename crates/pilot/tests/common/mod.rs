@@ -21,6 +21,7 @@ pub fn golden_case(dir: &Path) -> (pilot::mesh::Mesh, Node) {
             trust_domain_aliases: mc.trust_domain_aliases.clone(),
             auto_mtls: mc.enable_auto_mtls.unwrap_or(true),
         });
+        mesh.extension_providers = mc.extension_providers.clone();
     }
     let node: Node = xds::json::from_json(
         &serde_json::from_str::<Value>(
