@@ -66,11 +66,19 @@ async fn answer(
         .get("x-envoy-attempt-count")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
+    // With the other x-envoy-* headers that reached the backend.
+    let mut envoy_headers: Vec<&str> = req
+        .headers()
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| k.starts_with("x-envoy-") && *k != "x-envoy-attempt-count")
+        .collect();
+    envoy_headers.sort();
     hits.lock()
         .unwrap()
         .entry((name.to_string(), path.clone()))
         .or_default()
-        .push(attempt.clone());
+        .push(format!("{attempt}|{}", envoy_headers.join(",")));
     let body = req.into_body().collect().await.map(|b| b.to_bytes());
     let reply = |status: u16, body: Bytes| {
         let mut r = Response::new(Full::new(body));
@@ -495,5 +503,116 @@ async fn post(addr: SocketAddr, host: &str, path: &str, body: String) -> Reply {
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// The client's own retry headers (`x-envoy-retry-on`, `-retry-grpc-on`,
+/// `-max-retries`, `-retriable-status-codes`): the attempts each request
+/// costs and the x-envoy-* headers the backend sees, with Envoy's default
+/// (no address is internal, so they are dropped) and with
+/// `internal_address_config` naming 10.0.0.0/8 (a request whose one
+/// x-forwarded-for address is in it is internal and may steer retries).
+#[tokio::test]
+async fn client_retry_headers_as_envoy_honours_them() {
+    let xff = ("x-forwarded-for", "10.1.2.3");
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        ("/none/503", &[("x-envoy-retry-on", "5xx")]),
+        ("/none/503", &[("x-envoy-retry-on", "5xx"), xff]),
+        (
+            "/none/503",
+            &[
+                ("x-envoy-retry-on", "5xx"),
+                ("x-envoy-max-retries", "3"),
+                xff,
+            ],
+        ),
+        (
+            "/none/503",
+            &[
+                ("x-envoy-retry-on", "retriable-status-codes"),
+                ("x-envoy-retriable-status-codes", "503"),
+                xff,
+            ],
+        ),
+        (
+            "/none/503",
+            &[("x-envoy-retry-on", "retriable-status-codes"), xff],
+        ),
+        ("/bad/503", &[("x-envoy-max-retries", "0")]),
+        ("/bad/503", &[("x-envoy-max-retries", "0"), xff]),
+        (
+            "/bad/503",
+            &[
+                ("x-envoy-max-retries", "1"),
+                ("x-forwarded-for", "127.0.0.1"),
+            ],
+        ),
+        (
+            "/bad/503",
+            &[
+                ("x-envoy-max-retries", "1"),
+                ("x-forwarded-for", "10.1.2.3, 10.1.2.4"),
+            ],
+        ),
+        ("/bad/503", &[("x-envoy-max-retries", "x"), xff]),
+        ("/none/503", &[("x-envoy-retry-on", "bogus,5xx"), xff]),
+        ("/none/503", &[("x-envoy-retry-on", "gateway-error"), xff]),
+        (
+            "/none/503",
+            &[("x-envoy-retry-grpc-on", "unavailable"), xff],
+        ),
+        (
+            "/none/ok",
+            &[
+                ("x-envoy-upstream-rq-timeout-ms", "5"),
+                ("x-envoy-ip-tags", "a"),
+                xff,
+            ],
+        ),
+        (
+            "/none/ok",
+            &[
+                ("x-envoy-upstream-rq-timeout-ms", "5"),
+                ("x-envoy-ip-tags", "a"),
+            ],
+        ),
+        (
+            "/none/ok",
+            &[("x-envoy-internal", "true"), ("x-envoy-foo", "1")],
+        ),
+    ];
+    for internal in [false, true] {
+        let mut m = mesh(false).await;
+        if internal {
+            m.yaml = m.yaml.replace(
+                "stat_prefix: retries\n",
+                "stat_prefix: retries\n          internal_address_config: {cidr_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}\n",
+            );
+            assert!(m.yaml.contains("internal_address_config"));
+        }
+        let case = async |l: SocketAddr, m: &Mesh| {
+            let mut o = Outcome::default();
+            for (path, headers) in cases {
+                m.hits.lock().unwrap().clear();
+                let r = get(l, "svc", path, headers).await;
+                o.statuses.push(r.status);
+                let mut seen: Vec<String> =
+                    m.hits.lock().unwrap().values().flatten().cloned().collect();
+                seen.sort();
+                o.attempts.push(seen.join(" "));
+            }
+            o
+        };
+        let (ours, envoy) = both(&m, case).await;
+        if let Some(envoy) = envoy {
+            for (i, (a, b)) in ours.attempts.iter().zip(&envoy.attempts).enumerate() {
+                assert_eq!(
+                    a, b,
+                    "internal={internal} case {i} {:?}: ours vs Envoy",
+                    cases[i]
+                );
+            }
+            assert_eq!(ours.statuses, envoy.statuses);
+        }
     }
 }

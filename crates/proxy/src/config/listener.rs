@@ -176,6 +176,11 @@ pub struct HttpConnectionManager {
     pub http_filters: Vec<HttpFilter>,
     pub websocket: bool,
     pub use_remote_address: bool,
+    /// `internal_address_config.cidr_ranges`: a request from one of these
+    /// (its one x-forwarded-for address, or the peer with
+    /// `use_remote_address`) is internal and keeps its `x-envoy-*` control
+    /// headers. Empty: nothing is internal (Envoy's default).
+    pub internal_cidrs: Vec<Cidr>,
     pub normalize_path: bool,
     pub merge_slashes: bool,
     /// `forward_client_cert_details` and `set_current_client_cert_details`.
@@ -644,6 +649,22 @@ impl TryFrom<&hcm::HttpConnectionManager> for HttpConnectionManager {
             http_filters,
             websocket,
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
+            internal_cidrs: h
+                .internal_address_config
+                .as_ref()
+                .map(|c| {
+                    c.cidr_ranges
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| {
+                            cidr(r).map_err(|e| {
+                                e.under(&format!("internal_address_config.cidr_ranges[{i}]"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .unwrap_or_default(),
             normalize_path: h.normalize_path.as_ref().is_some_and(|b| b.value),
             merge_slashes: h.merge_slashes,
             forward_client_cert: {

@@ -4,6 +4,7 @@
 //! retry avoids the hosts already tried (`previous_hosts`) and the
 //! priorities already tried (`previous_priorities`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3 as xds_route;
@@ -81,6 +82,22 @@ impl RetryOn {
             }
         }
         Ok(on)
+    }
+
+    /// A request's `x-envoy-retry-on` (HTTP conditions) or, with `grpc`,
+    /// `x-envoy-retry-grpc-on`: tokens it does not know are ignored, as
+    /// Envoy does for headers.
+    pub fn parse_header(s: &str, grpc: bool) -> RetryOn {
+        let mut on = RetryOn(0);
+        for token in s.split(',').map(str::trim) {
+            if let Some((_, bit)) = RetryOn::TOKENS.iter().find(|(name, _)| *name == token) {
+                let is_grpc = bit.0 >= RetryOn::GRPC_CANCELLED.0;
+                if is_grpc == grpc {
+                    on.0 |= bit.0;
+                }
+            }
+        }
+        on
     }
 
     pub fn has(self, other: RetryOn) -> bool {
@@ -179,6 +196,71 @@ impl RetryPolicy {
                 !sent && on.has(RetryOn::RESET_BEFORE_REQUEST)
             }
         }
+    }
+
+    /// The route's policy as an internal request's own retry headers
+    /// change it (Envoy's `RetryStateImpl`): `x-envoy-retry-on` and
+    /// `x-envoy-retry-grpc-on` add conditions (a policy of one retry when
+    /// the route has none), `x-envoy-retriable-status-codes` adds codes,
+    /// `x-envoy-max-retries` sets the count once any condition is on. The
+    /// headers are consumed: none goes upstream. Only a request that has
+    /// `x-envoy-*` headers pays for more than one scan of the names.
+    pub fn with_request_headers(
+        route: Option<&Arc<RetryPolicy>>,
+        h: &mut http::HeaderMap,
+    ) -> Option<Arc<RetryPolicy>> {
+        use crate::http::headers::{
+            X_ENVOY_MAX_RETRIES, X_ENVOY_RETRIABLE_STATUS_CODES, X_ENVOY_RETRY_GRPC_ON,
+            X_ENVOY_RETRY_ON,
+        };
+        if !h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+            return route.cloned();
+        }
+        let text = |v: http::HeaderValue| v.to_str().map(str::to_owned).unwrap_or_default();
+        let retry_on = h.remove(&X_ENVOY_RETRY_ON).map(text);
+        let grpc_on = h.remove(&X_ENVOY_RETRY_GRPC_ON).map(text);
+        let max = h.remove(&X_ENVOY_MAX_RETRIES).map(text);
+        let codes = h.remove(&X_ENVOY_RETRIABLE_STATUS_CODES).map(text);
+        for other in [
+            "x-envoy-hedge-on-per-try-timeout",
+            "x-envoy-retriable-header-names",
+        ] {
+            h.remove(other);
+        }
+        if retry_on.is_none() && grpc_on.is_none() && max.is_none() && codes.is_none() {
+            return route.cloned();
+        }
+        let mut p = match route {
+            Some(r) => RetryPolicy::clone(r),
+            None if retry_on.is_some() || grpc_on.is_some() => RetryPolicy {
+                on: RetryOn(0),
+                num_retries: 1,
+                per_try_timeout: None,
+                retriable_status_codes: Vec::new(),
+                avoid_previous_hosts: false,
+                host_selection_max_attempts: 1,
+                base_interval: DEFAULT_BASE_INTERVAL,
+                max_interval: DEFAULT_BASE_INTERVAL * 10,
+                previous_priorities: None,
+            },
+            None => return None,
+        };
+        if let Some(v) = &retry_on {
+            p.on.0 |= RetryOn::parse_header(v, false).0;
+        }
+        if let Some(v) = &grpc_on {
+            p.on.0 |= RetryOn::parse_header(v, true).0;
+        }
+        if let Some(v) = &codes {
+            p.retriable_status_codes
+                .extend(v.split(',').filter_map(|c| c.trim().parse::<u16>().ok()));
+        }
+        if !p.on.is_empty()
+            && let Some(n) = max.as_deref().and_then(|m| m.trim().parse::<u32>().ok())
+        {
+            p.num_retries = n;
+        }
+        Some(Arc::new(p))
     }
 
     /// The wait before retry `n` (1-based): uniformly random below

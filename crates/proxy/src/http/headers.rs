@@ -187,6 +187,94 @@ pub fn is_grpc(h: &http::HeaderMap) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
+pub static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+pub static X_ENVOY_RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on");
+pub static X_ENVOY_RETRY_GRPC_ON: HeaderName = HeaderName::from_static("x-envoy-retry-grpc-on");
+pub static X_ENVOY_MAX_RETRIES: HeaderName = HeaderName::from_static("x-envoy-max-retries");
+pub static X_ENVOY_RETRIABLE_STATUS_CODES: HeaderName =
+    HeaderName::from_static("x-envoy-retriable-status-codes");
+pub static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+pub static X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
+
+/// The `x-envoy-*` headers only an internal request may carry (Envoy's
+/// `cleanInternalHeaders`), and those an edge request loses besides.
+const INTERNAL_ONLY: [&str; 15] = [
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-internal",
+];
+const EDGE_ONLY: [&str; 3] = [
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+];
+
+/// Envoy's internal request: with `use_remote_address`, the peer; else the
+/// one address of `x-forwarded-for` (none, or several, is not internal);
+/// internal when it is in `internal_address_config`.
+pub fn is_internal(h: &HeaderMap, hcm: &HttpConnectionManager, peer: std::net::IpAddr) -> bool {
+    if hcm.internal_cidrs.is_empty() {
+        return false;
+    }
+    let ip = if hcm.use_remote_address {
+        Some(peer)
+    } else {
+        let mut xff = h.get_all(&X_FORWARDED_FOR).iter();
+        match (xff.next(), xff.next()) {
+            (Some(v), None) => v
+                .to_str()
+                .ok()
+                .filter(|s| !s.contains(','))
+                .and_then(|s| s.trim().parse().ok()),
+            _ => None,
+        }
+    };
+    ip.is_some_and(|ip| hcm.internal_cidrs.iter().any(|c| c.contains(ip)))
+}
+
+/// Mark an internal request (`x-envoy-internal: true`), or drop the
+/// control headers a client outside may not send (and, at the edge, the
+/// downstream-identity ones). One pass over the names when none is there.
+pub fn internal_headers(h: &mut HeaderMap, internal: bool, edge: bool) {
+    if internal {
+        h.insert(&X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
+        return;
+    }
+    if !h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        return;
+    }
+    for name in INTERNAL_ONLY {
+        h.remove(name);
+    }
+    if edge {
+        for name in EDGE_ONLY {
+            h.remove(name);
+        }
+    }
+}
+
+/// A millisecond count header, removed (`x-envoy-upstream-rq-timeout-ms`
+/// and the per-try one: the router consumes them). 0 means no timeout.
+pub fn take_millis(h: &mut HeaderMap, name: &HeaderName) -> Option<std::time::Duration> {
+    let v = h.remove(name)?;
+    let ms: u64 = v.to_str().ok()?.trim().parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,7 @@ use super::fault::{self, FaultConfig};
 use super::hash_policy;
 use super::headers::{
     self, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_PATH,
+    X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS, X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
     X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use super::path_normalization;
@@ -158,6 +159,14 @@ async fn forward(
         return Err(RequestError::Http10);
     }
     normalize_uri(&mut req, ctx);
+    // Envoy's internal-request rule: a client outside may not steer
+    // retries and timeouts with x-envoy-* headers.
+    let internal = headers::is_internal(req.headers(), &ctx.hcm, ctx.downstream.peer.ip());
+    headers::internal_headers(
+        req.headers_mut(),
+        internal,
+        ctx.hcm.use_remote_address && !internal,
+    );
     let authority = req
         .uri()
         .authority()
@@ -299,6 +308,19 @@ async fn forward(
     if let Some((path, host)) = rewritten {
         rewrite(&mut req, path, host);
     }
+    // An internal request's own timeouts (consumed; 0 turns one off).
+    let (mut timeout, mut header_per_try) = (timeout, None);
+    if internal {
+        if let Some(t) = headers::take_millis(req.headers_mut(), &X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
+            timeout = Some(t).filter(|t| !t.is_zero());
+        }
+        header_per_try =
+            headers::take_millis(req.headers_mut(), &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
+    }
+    let route = RetrySetup {
+        retry: RetryPolicy::with_request_headers(route.retry.as_ref(), req.headers_mut()),
+        ..route
+    };
     // The fault filter runs before the router: a delay, then maybe an abort.
     if let Some(fault) = fault
         && let Some(reply) = inject_fault(&fault, &req, ctx, &mut mutations.info).await
@@ -340,7 +362,10 @@ async fn forward(
     };
     // An upgraded stream cannot be sent twice.
     let retry = route.retry.filter(|_| !upgrade);
-    let per_try = retry.as_ref().and_then(|p| p.per_try_timeout);
+    let per_try = match header_per_try {
+        Some(t) => Some(t).filter(|t| !t.is_zero()),
+        None => retry.as_ref().and_then(|p| p.per_try_timeout),
+    };
     let expected = match (timeout, per_try) {
         (Some(t), Some(p)) => Some(t.min(p)),
         (t, p) => t.or(p),

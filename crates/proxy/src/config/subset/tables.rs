@@ -1314,6 +1314,15 @@ pub(super) static SET_CURRENT_CERT: Schema = Schema {
     ],
 };
 
+pub(super) static INTERNAL_ADDRESS_CONFIG: Schema = Schema {
+    message: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
+    allowed: &[
+        ("unix_sockets", 1, false, Field::Leaf),
+        ("cidr_ranges", 2, true, Field::Msg(&CIDR)),
+    ],
+    names: &[(1, "unix_sockets"), (2, "cidr_ranges")],
+};
+
 pub(super) static HCM: Schema = Schema {
     message: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
     allowed: &[
@@ -1333,6 +1342,12 @@ pub(super) static HCM: Schema = Schema {
         ("use_remote_address", 14, false, Field::Leaf),
         ("normalize_path", 30, false, Field::Leaf),
         ("merge_slashes", 33, false, Field::Leaf),
+        (
+            "internal_address_config",
+            25,
+            false,
+            Field::Msg(&INTERNAL_ADDRESS_CONFIG),
+        ),
     ],
     names: &[
         (1, "codec_type"),
@@ -2777,6 +2792,7 @@ pub(super) static ALL: &[&Schema] = &[
     &HTTP_FILTER,
     &UPGRADE_CONFIG,
     &SET_CURRENT_CERT,
+    &INTERNAL_ADDRESS_CONFIG,
     &HCM,
     &TCP_CLUSTER_WEIGHT,
     &TCP_WEIGHTED_CLUSTERS,
