@@ -47,13 +47,24 @@ pub struct RbacStats {
 impl RbacStats {
     /// `prefix` is the full one up to `rbac.` (e.g. `http.inbound_8080.`).
     pub fn new(stats: &Stats, prefix: &str, rules: &str, shadow: &str) -> RbacStats {
-        let at = |p: &str, n: &str| stats.counter(format!("{prefix}rbac.{p}{n}"));
+        // Envoy joins each prefix with a dot unless it ends with one.
+        let base = join(prefix, "rbac.");
+        let at = |p: &str, n: &str| stats.counter(join(&join(&base, p), n));
         RbacStats {
             allowed: at(rules, "allowed"),
             denied: at(rules, "denied"),
             shadow_allowed: at(shadow, "shadow_allowed"),
             shadow_denied: at(shadow, "shadow_denied"),
         }
+    }
+}
+
+/// Envoy's statPrefixJoin.
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() || prefix.ends_with('.') {
+        format!("{prefix}{name}")
+    } else {
+        format!("{prefix}.{name}")
     }
 }
 
@@ -70,7 +81,7 @@ impl RbacFilter {
         self.stats.get_or_init(|| {
             RbacStats::new(
                 registry,
-                &format!("http.{hcm_prefix}."),
+                &format!("http.{hcm_prefix}"),
                 &self.config.rules_stat_prefix,
                 &self.config.shadow_rules_stat_prefix,
             )
@@ -206,10 +217,8 @@ pub(super) fn one(
         }
         _ => return None,
     };
-    // A filter's local reply never reaches the router, which is what applies
-    // the route's response mutations in Envoy.
-    m.route = None;
-    m.cluster = None;
+    // Envoy applies the matched route's response headers to this local
+    // reply too (the route is resolved before the filters run).
     Some(reply)
 }
 
