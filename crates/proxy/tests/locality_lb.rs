@@ -185,3 +185,133 @@ async fn priorities_and_locality_weights_like_envoy() {
     eprintln!("envoy: {theirs:?}");
     check("envoy", &theirs);
 }
+
+/// A port with nothing listening (bound, then closed).
+async fn closed_port() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Retries and ejections across priorities: priority 0 is one host that
+/// refuses connections (healthy as far as EDS knows), priority 1 is `c`.
+/// Without `previous_priorities` every retry stays on priority 0 and the
+/// request fails; with `update_frequency: 1` the first retry leaves it;
+/// with 2, the second. Then outlier detection ejects the dead host of a
+/// two-host priority 0, which keeps 70 % and spills 30 %.
+fn retry_bootstrap(dead: SocketAddr, a: SocketAddr, c: SocketAddr) -> String {
+    let route = |prefix: &str, retries: u32, frequency: Option<u32>| {
+        let priority = frequency.map_or(String::new(), |f| {
+            format!(
+                ", retry_priority: {{name: envoy.retry_priorities.previous_priorities, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig, update_frequency: {f}}}}}"
+            )
+        });
+        format!(
+            "  - match: {{prefix: {prefix}}}\n    route: {{cluster: failover, retry_policy: {{retry_on: connect-failure, num_retries: {retries}{priority}}}}}\n"
+        )
+    };
+    let routes = format!(
+        "- name: all\n  domains: [\"*\"]\n  routes:\n{}{}{}{}  - match: {{prefix: /eject}}\n    route: {{cluster: ejecting}}",
+        route("/stay", 2, None),
+        route("/leave-1", 1, Some(1)),
+        route("/leave-2-early", 1, Some(2)),
+        route("/leave-2", 2, Some(2)),
+    );
+    let yaml = http_bootstrap("retry_priority", &routes, &[]);
+    let h = "HEALTHY";
+    yaml + &format!(
+        "  - name: failover\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment: {{cluster_name: failover, endpoints: [{{priority: 0, lb_endpoints: [{}]}}, {{priority: 1, lb_endpoints: [{}]}}]}}\n",
+        ep(dead, h),
+        ep(c, h)
+    ) + &format!(
+        "  - name: ejecting\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: ROUND_ROBIN\n    outlier_detection: {{consecutive_5xx: 1, max_ejection_percent: 100, base_ejection_time: 300s, interval: 300s}}\n    load_assignment: {{cluster_name: ejecting, endpoints: [{{priority: 0, lb_endpoints: [{}, {}]}}, {{priority: 1, lb_endpoints: [{}]}}]}}\n",
+        ep(a, h),
+        ep(dead, h),
+        ep(c, h)
+    )
+}
+
+#[derive(Debug, PartialEq)]
+struct RetrySeen {
+    /// Status per retry route.
+    statuses: BTreeMap<&'static str, u16>,
+    /// Requests before the dead host's first failure, and the answers after.
+    before_ejection: usize,
+    after: BTreeMap<String, usize>,
+}
+
+async fn run_retries(addr: SocketAddr) -> RetrySeen {
+    let mut statuses = BTreeMap::new();
+    for path in ["/stay", "/leave-1", "/leave-2-early", "/leave-2"] {
+        let r = get(addr, "svc", path, &[]).await;
+        statuses.insert(path, r.status);
+    }
+    let mut c = H1::connect(addr).await;
+    let mut before_ejection = 0;
+    for _ in 0..10 {
+        before_ejection += 1;
+        if c.get("svc", "/eject", &[]).await.status == 503 {
+            break;
+        }
+    }
+    let mut after = BTreeMap::new();
+    for _ in 0..REQUESTS {
+        let r = c.get("svc", "/eject", &[]).await;
+        let key = if r.status == 200 {
+            r.body.clone()
+        } else {
+            r.status.to_string()
+        };
+        *after.entry(key).or_insert(0) += 1;
+    }
+    RetrySeen {
+        statuses,
+        before_ejection,
+        after,
+    }
+}
+
+fn check_retries(who: &str, s: &RetrySeen) {
+    let want: BTreeMap<&str, u16> = [
+        ("/stay", 503),
+        ("/leave-1", 200),
+        ("/leave-2-early", 503),
+        ("/leave-2", 200),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(s.statuses, want, "{who}");
+    assert!(s.before_ejection <= 2, "{who}: {s:?}");
+    let a = *s.after.get("a").unwrap_or(&0) as f64 / REQUESTS as f64;
+    let c = *s.after.get("c").unwrap_or(&0) as f64 / REQUESTS as f64;
+    assert!(
+        (a - 0.7).abs() <= 0.08 && (c - 0.3).abs() <= 0.08,
+        "{who}: {s:?}"
+    );
+    assert_eq!(
+        s.after.get("503"),
+        None,
+        "{who}: the ejected host was picked: {s:?}"
+    );
+}
+
+#[tokio::test]
+async fn retries_leave_tried_priorities_and_ejections_spill_like_envoy() {
+    let (a, c) = (backend("a").await, backend("c").await);
+    let dead = closed_port().await;
+    let yaml = retry_bootstrap(dead, a.addr, c.addr);
+    let proxy = start_static(&yaml).await;
+    let ours = run_retries(proxy.listener_addr("http").unwrap()).await;
+    eprintln!("ours:  {ours:?}");
+    check_retries("ours", &ours);
+
+    let Some(bin) = envoy::envoy_binary() else {
+        eprintln!("no envoy binary: skipping the Envoy half");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let e = envoy::start(&bin, &yaml, dir.path()).await;
+    let theirs = run_retries(e.listener(Some("http")).await).await;
+    eprintln!("envoy: {theirs:?}");
+    check_retries("envoy", &theirs);
+    assert_eq!(ours.statuses, theirs.statuses);
+}
