@@ -253,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 auto_allocate: args.auto_allocate,
                 push_throttle: args.push_throttle,
                 send_timeout: (!args.send_timeout.is_zero()).then_some(args.send_timeout),
+                extension_providers: mesh_config.extension_providers.clone(),
                 ca,
             };
             tokio::select! {

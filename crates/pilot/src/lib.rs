@@ -15,6 +15,7 @@ pub mod delegate;
 pub mod discovery;
 pub mod export;
 pub mod incremental;
+pub mod jwks;
 pub mod mesh;
 pub mod model;
 pub mod names;
@@ -69,6 +70,8 @@ pub struct PilotOptions {
     pub send_timeout: Option<Duration>,
     /// The mesh CA and the TLS port (Istio's 15012), when enabled.
     pub ca: Option<CaOptions>,
+    /// meshConfig `extensionProviders` (CUSTOM AuthorizationPolicy providers).
+    pub extension_providers: Vec<api::mesh_config::MeshExtensionProvider>,
 }
 
 /// The CA and xDS over TLS.
@@ -166,6 +169,10 @@ pub async fn run(
     });
     let mut mesh = compile::build_with(&loaded.resources, &build);
     mesh.tls = mesh_tls.clone();
+    mesh.extension_providers = opts.extension_providers.clone();
+    // RequestAuthentication `jwksUri` documents, fetched and inlined.
+    let jwks_cache = Arc::new(jwks::JwksCache::default());
+    jwks::fill(&jwks_cache, &mut mesh).await;
     if mesh_tls.is_none() && strict_anywhere(&mesh) {
         tracing::warn!(
             "a PeerAuthentication asks for STRICT mTLS but the pilot has no CA \
@@ -231,6 +238,25 @@ pub async fn run(
         });
     }
 
+    // Mesh rebuilds (config reloads, JWKS refreshes) one at a time, so a
+    // refresh never pushes a mesh older than the last reload.
+    let rebuild = Arc::new(tokio::sync::Mutex::new(()));
+    let jwks_task = {
+        let (discovery, cache, rebuild) = (discovery.clone(), jwks_cache.clone(), rebuild.clone());
+        async move {
+            loop {
+                tokio::time::sleep(jwks::REFRESH_INTERVAL).await;
+                let _guard = rebuild.lock().await;
+                let mut mesh = (*discovery.mesh()).clone();
+                let old = mesh.jwks.clone();
+                jwks::fill(&cache, &mut mesh).await;
+                if old != mesh.jwks {
+                    tracing::info!(changed = ?jwks::changed(&old, &mesh.jwks), "jwksUri documents changed");
+                    discovery.update(mesh);
+                }
+            }
+        }
+    };
     let watch = async {
         let mut loads = 1;
         loop {
@@ -241,8 +267,11 @@ pub async fn run(
             loads += 1;
             // Push first, then publish the report: once /debug/configz shows a
             // resource, every proxy's snapshot already includes it.
+            let _guard = rebuild.lock().await;
             let mut mesh = compile::build_with(&loaded.resources, &build);
             mesh.tls = mesh_tls.clone();
+            mesh.extension_providers = opts.extension_providers.clone();
+            jwks::fill(&jwks_cache, &mut mesh).await;
             let compile_ms = started.elapsed().as_millis() - load_ms;
             if let Some(dns) = &dns {
                 dns.set(names::table(&mesh));
@@ -268,6 +297,7 @@ pub async fn run(
         r = secure_task => r.map_err(|e| PilotError::Debug(std::io::Error::other(e)))??,
         r = debug_task => r.map_err(|e| PilotError::Debug(std::io::Error::other(e)))?.map_err(PilotError::Debug)?,
         () = watch => {}
+        () = jwks_task => {}
     }
     Ok(())
 }

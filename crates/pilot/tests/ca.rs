@@ -22,6 +22,7 @@ async fn start(dir: &Path, token_key: &Path) -> std::net::SocketAddr {
         auto_allocate: false,
         push_throttle: pilot::DEFAULT_PUSH_THROTTLE,
         send_timeout: Some(pilot::DEFAULT_SEND_TIMEOUT),
+        extension_providers: Vec::new(),
         ca: Some(pilot::CaOptions {
             dir: dir.join("ca"),
             token_key: token_key.to_path_buf(),
@@ -160,6 +161,7 @@ async fn a_broken_ca_directory_stops_the_pilot_naming_the_file() {
         auto_allocate: false,
         push_throttle: pilot::DEFAULT_PUSH_THROTTLE,
         send_timeout: None,
+        extension_providers: Vec::new(),
         ca: Some(pilot::CaOptions {
             dir: ca,
             token_key,

@@ -109,6 +109,7 @@ impl PilotUnderTest {
             auto_allocate: false,
             push_throttle: pilot::DEFAULT_PUSH_THROTTLE,
             send_timeout: Some(send_timeout),
+            extension_providers: Vec::new(),
             ca: None,
         };
         let task = tokio::spawn(async move {
