@@ -616,3 +616,95 @@ async fn client_retry_headers_as_envoy_honours_them() {
         }
     }
 }
+
+/// A backend that answers the head and 2 of 10 body bytes at once, and the
+/// rest after `stall`.
+async fn slow_body(stall: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nab")
+                    .await;
+                tokio::time::sleep(stall).await;
+                let _ = s.write_all(b"cdefghij").await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+/// What a raw HTTP/1.1 client got before the connection closed.
+async fn raw_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Envoy's route timeout runs to the last byte of the response: a body
+/// that stalls past it is cut off (the connection closes after the bytes
+/// already sent) and counted in upstream_rq_timeout. A body that ends in
+/// time is whole.
+#[tokio::test]
+async fn a_route_timeout_covers_the_response_body_like_envoy() {
+    let slow = slow_body(Duration::from_millis(1500)).await;
+    let fast = slow_body(Duration::from_millis(10)).await;
+    let yaml = http_bootstrap(
+        "timeouts",
+        "- name: all\n  domains: [\"*\"]\n  routes:\n  - match: {prefix: /slow}\n    route: {cluster: slow, timeout: 0.4s}\n  - match: {prefix: /fast}\n    route: {cluster: fast, timeout: 0.4s}",
+        &[("slow", slow), ("fast", fast)],
+    );
+    let outcome = async |listener: SocketAddr| {
+        let cut = raw_get(listener, "/slow").await;
+        let whole = raw_get(listener, "/fast").await;
+        (cut, whole)
+    };
+    let ours = start_static(&yaml).await;
+    let (cut, whole) = outcome(ours.listener_addr("http").unwrap()).await;
+    assert!(cut.starts_with("HTTP/1.1 200"), "{cut}");
+    assert!(
+        cut.ends_with("\r\n\r\nab"),
+        "cut after the bytes sent: {cut:?}"
+    );
+    assert!(whole.ends_with("abcdefghij"), "{whole:?}");
+    let (_, stats) = admin_get(ours.admin_addr(), "/stats").await;
+    assert!(
+        stats.contains("cluster.slow.upstream_rq_timeout: 1\n"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("cluster.fast.upstream_rq_timeout: 0\n"),
+        "{stats}"
+    );
+    let Some(bin) = envoy::envoy_binary() else {
+        eprintln!("no envoy binary: differential half skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let e = envoy::start(&bin, &yaml, dir.path()).await;
+    let (e_cut, e_whole) = outcome(e.listener(Some("http")).await).await;
+    let body = |r: &str| r.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    assert_eq!(body(&cut), body(&e_cut), "ours {cut:?}\nenvoy {e_cut:?}");
+    assert_eq!(body(&whole), body(&e_whole));
+    let timeouts = e.stats("upstream_rq_timeout").await;
+    assert!(
+        timeouts.contains(&("cluster.slow.upstream_rq_timeout".to_string(), 1)),
+        "{timeouts:?}"
+    );
+}

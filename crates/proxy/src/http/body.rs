@@ -14,6 +14,9 @@ use crate::upstream::pool::UpstreamBody;
 
 pub struct ResponseBody {
     inner: Inner,
+    /// The route timeout still running while the body streams: Envoy's
+    /// covers the whole response, so the stream is reset if it fires.
+    deadline: Option<Deadline>,
     /// `upstream_rq_time`, recorded when the body is done with.
     upstream_timer: Option<EndTimer>,
     /// `downstream_rq_time` and `downstream_rq_completed`, likewise.
@@ -50,6 +53,7 @@ impl ResponseBody {
     fn new(inner: Inner) -> Self {
         ResponseBody {
             inner,
+            deadline: None,
             upstream_timer: None,
             downstream_timer: None,
         }
@@ -66,6 +70,18 @@ impl ResponseBody {
         let mut b = Self::new(Inner::Upstream(body));
         b.upstream_timer = Some(timer);
         b
+    }
+
+    /// Reset the stream (and count `timeouts`) if the body has not ended
+    /// by `at`.
+    pub fn with_deadline(mut self, at: tokio::time::Instant, timeouts: Counter) -> Self {
+        if !self.is_end_stream() {
+            self.deadline = Some(Deadline {
+                sleep: Box::pin(tokio::time::sleep_until(at)),
+                timeouts,
+            });
+        }
+        self
     }
 
     /// Record the connection manager's `downstream_rq_time` when done.
@@ -118,16 +134,79 @@ impl Drop for Tracked {
     }
 }
 
+/// A route timeout past the response headers.
+pub struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    timeouts: Counter,
+}
+
+/// Why a response body stopped short.
+#[derive(Debug)]
+pub enum BodyError {
+    Upstream(hyper::Error),
+    /// The route timeout fired before the last byte.
+    Timeout,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Upstream(e) => write!(f, "{e}"),
+            BodyError::Timeout => f.write_str("upstream request timeout"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = this.poll_inner(cx);
+        if polled.is_pending() {
+            if let Some(d) = &mut this.deadline
+                && d.sleep.as_mut().poll(cx).is_ready()
+            {
+                d.timeouts.inc();
+                this.deadline = None;
+                return Poll::Ready(Some(Err(BodyError::Timeout)));
+            }
+        } else if this.deadline.is_some() && this.is_end_stream() {
+            this.deadline = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Local(b) => b.is_none(),
+            Inner::Tracked(t) => t.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Tracked(t) => t.inner.size_hint(),
+        }
+    }
+}
+
+impl ResponseBody {
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Upstream),
             Inner::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             Inner::Tracked(t) => {
                 let polled = Pin::new(&mut t.inner).poll_frame(cx);
@@ -146,22 +225,6 @@ impl Body for ResponseBody {
                 }
                 polled
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Upstream(b) => b.is_end_stream(),
-            Inner::Local(b) => b.is_none(),
-            Inner::Tracked(t) => t.inner.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::Upstream(b) => b.size_hint(),
-            Inner::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Inner::Tracked(t) => t.inner.size_hint(),
         }
     }
 }

@@ -133,6 +133,8 @@ pub(super) struct Mutations {
     /// Dynamic metadata the filters wrote (jwt_authn payloads, rbac's
     /// shadow result), which later filters' matchers read.
     pub(super) metadata: crate::stream_info::DynamicMetadata,
+    /// Request header edits of verified JWTs (applied before forwarding).
+    pub(super) jwt_edits: Vec<super::jwt_authn::HeaderEdit>,
 }
 
 impl Mutations {
@@ -222,7 +224,7 @@ async fn forward(
                         fault = Some(config.clone());
                     }
                 }
-                HttpFilter::Rbac { .. } => {
+                HttpFilter::Rbac { .. } | HttpFilter::JwtAuthn { .. } => {
                     if let Some(reply) = auth::one(filter, ctx, Some(route), &view, mutations) {
                         return Ok(reply);
                     }
@@ -305,6 +307,7 @@ async fn forward(
         }
         (cluster, timeout, retry)
     };
+    super::jwt_authn::apply_edits(std::mem::take(&mut mutations.jwt_edits), req.headers_mut());
     if let Some((path, host)) = rewritten {
         rewrite(&mut req, path, host);
     }
@@ -555,7 +558,16 @@ async fn forward(
         histogram: cluster.stats.upstream_rq_time.clone(),
         completed: None,
     };
-    Ok(resp.map(|body| ResponseBody::upstream(body, timer)))
+    let body = |body| {
+        let body = ResponseBody::upstream(body, timer);
+        match deadline {
+            Some(at) if !upgrade => {
+                body.with_deadline(at, cluster.stats.upstream_rq_timeout.clone())
+            }
+            _ => body,
+        }
+    };
+    Ok(resp.map(body))
 }
 
 /// What the router needs from the route and virtual host to retry.
