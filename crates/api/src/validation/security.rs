@@ -416,6 +416,19 @@ pub(super) fn request_authentication(cx: &mut Ctx, ra: &RequestAuthentication) {
                 ),
             }
         }
+        if let Some(jwks) = r.jwks.as_deref().filter(|j| !j.is_empty()) {
+            match serde_json::from_str::<serde_json::Value>(jwks) {
+                Ok(v) if v.get("keys").is_some_and(serde_json::Value::is_array) => {}
+                Ok(_) => cx.err(
+                    format!("{path}.jwks"),
+                    "jwks must be a JSON Web Key Set (an object with a `keys` array)",
+                ),
+                Err(e) => cx.err(
+                    format!("{path}.jwks"),
+                    format!("jwks is not valid JSON: {e}"),
+                ),
+            }
+        }
         if r.jwks.is_some() && r.jwks_uri.is_some() {
             cx.warn(
                 format!("{path}.jwks"),
