@@ -769,36 +769,7 @@ fn policy_parts(
             lb.warmup_duration_secs,
         );
         if let Some(loc) = &lb.locality_lb_setting {
-            let locp = format!("{lp}.localityLbSetting");
-            if !loc.distribute.is_empty() && !loc.failover.is_empty() {
-                cx.err(
-                    &locp,
-                    "can not simultaneously set both distribute and failover",
-                );
-            }
-            for (i, d) in loc.distribute.iter().enumerate() {
-                let total: u64 = d.to.values().map(|v| u64::from(*v)).sum();
-                if total != 100 {
-                    cx.err(
-                        format!("{locp}.distribute[{i}].to"),
-                        format!("total weight {total} must be 100"),
-                    );
-                }
-            }
-            for (i, f) in loc.failover.iter().enumerate() {
-                if f.from == f.to {
-                    cx.err(
-                        format!("{locp}.failover[{i}]"),
-                        "locality lb failover settings must specify different regions",
-                    );
-                }
-                if f.from.contains('/') || f.to.contains('/') || f.from.contains('*') {
-                    cx.err(
-                        format!("{locp}.failover[{i}]"),
-                        "locality lb failover only specifies regions",
-                    );
-                }
-            }
+            locality_lb_setting(cx, &format!("{lp}.localityLbSetting"), loc, od);
         }
     }
     if let Some(pool) = pool {
@@ -1459,4 +1430,132 @@ pub(super) fn sidecar(cx: &mut Ctx, sc: &Sidecar) {
         }
         destination(cx, "spec.outboundTrafficPolicy.egressProxy", ep);
     }
+}
+
+/// Istio's `ValidateLocalityLbSetting`: `distribute` and `failover` are
+/// exclusive, as are `failover` and topology labels in `failoverPriority`;
+/// each `to` weight is 1..=100 and they sum to 100; localities are
+/// `region[/zone[/subzone]]` with at most one trailing `*` and do not
+/// overlap; failover names two different plain regions; failover without
+/// outlier detection is a warning (it never happens).
+fn locality_lb_setting(
+    cx: &mut Ctx,
+    path: &str,
+    loc: &crate::networking::LocalityLbSetting,
+    od: Option<&OutlierDetection>,
+) {
+    const TOPOLOGY: [&str; 3] = [
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+        "topology.istio.io/subzone",
+    ];
+    if !loc.distribute.is_empty() && !loc.failover.is_empty() {
+        cx.err(
+            path,
+            "can not simultaneously specify 'distribute' and 'failover'",
+        );
+        return;
+    }
+    if !loc.failover.is_empty()
+        && let Some(l) = loc
+            .failover_priority
+            .iter()
+            .find(|l| TOPOLOGY.contains(&l.as_str()))
+    {
+        cx.err(
+            format!("{path}.failoverPriority"),
+            format!(
+                "can not simultaneously set 'failover' and topology label '{l}' in 'failover_priority'"
+            ),
+        );
+        return;
+    }
+    for (i, d) in loc.distribute.iter().enumerate() {
+        let dp = format!("{path}.distribute[{i}]");
+        if let Some((to, _)) = d.to.iter().find(|(_, w)| **w == 0 || **w > 100) {
+            cx.err(
+                format!("{dp}.to[{to}]"),
+                "locality weight must be in range [1, 100]",
+            );
+            return;
+        }
+        let total: u64 = d.to.values().map(|v| u64::from(*v)).sum();
+        if total != 100 {
+            cx.err(
+                format!("{dp}.to"),
+                format!("total locality weight {total} != 100"),
+            );
+            return;
+        }
+        if let Err(e) = localities(d.to.keys().map(String::as_str)) {
+            cx.err(format!("{dp}.to"), e);
+        }
+    }
+    if let Err(e) = localities(loc.distribute.iter().map(|d| d.from.as_str())) {
+        cx.err(format!("{path}.distribute"), e);
+    }
+    if (!loc.failover.is_empty() || !loc.failover_priority.is_empty()) && od.is_none() {
+        cx.warn(
+            path,
+            "outlier detection policy must be provided for failover",
+        );
+    }
+    for (i, f) in loc.failover.iter().enumerate() {
+        let fp = format!("{path}.failover[{i}]");
+        if f.from == f.to {
+            cx.err(
+                &fp,
+                "locality lb failover settings must specify different regions",
+            );
+        }
+        if f.from.contains('/') || f.to.contains('/') {
+            cx.err(&fp, "locality lb failover only specify region");
+        }
+        if f.from.contains('*') || f.to.contains('*') {
+            cx.err(
+                &fp,
+                "locality lb failover region should not contain '*' wildcard",
+            );
+        }
+    }
+}
+
+/// Istio's `validateLocalities`: the first problem among `localities`.
+fn localities<'a>(localities: impl Iterator<Item = &'a str>) -> Result<(), String> {
+    // What earlier entries cover: (region, zone, subzone), "*" for all.
+    let mut seen: Vec<[&str; 3]> = Vec::new();
+    for l in localities {
+        let stars = l.matches('*').count();
+        if stars > 1 || (stars == 1 && !l.ends_with('*')) {
+            return Err(format!(
+                "locality {l} wildcard '*' number can not exceed 1 and must be in the end"
+            ));
+        }
+        let overlap = || format!("locality {l} overlap with previous specified ones");
+        if seen.iter().any(|s| s[0] == "*") {
+            return Err(overlap());
+        }
+        let items: Vec<&str> = l.splitn(3, '/').collect();
+        if items.iter().any(|i| i.is_empty()) {
+            return Err(format!(
+                "locality {l} must not contain empty region/zone/subzone info"
+            ));
+        }
+        let (region, zone, subzone) = (
+            items[0],
+            items.get(1).copied().unwrap_or("*"),
+            items.get(2).copied().unwrap_or("*"),
+        );
+        let clash = seen.iter().any(|s| {
+            s[0] == region
+                && (items.len() == 1
+                    || s[1] == "*"
+                    || (s[1] == zone && (items.len() == 2 || s[2] == "*" || s[2] == subzone)))
+        });
+        if clash {
+            return Err(overlap());
+        }
+        seen.push([region, zone, subzone]);
+    }
+    Ok(())
 }

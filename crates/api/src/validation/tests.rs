@@ -212,3 +212,104 @@ fn authorization_policy_and_request_authentication_rules() {
     );
     assert!(w.iter().any(|m| m.contains("jwks is used")), "{w:?}");
 }
+
+fn dr_locality(setting: &str, outlier: bool) -> (Vec<String>, Vec<String>) {
+    let od = if outlier {
+        "    outlierDetection: {consecutive5xxErrors: 5}\n"
+    } else {
+        ""
+    };
+    problems(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: ns}}\nspec:\n  host: reviews\n  trafficPolicy:\n{od}    loadBalancer:\n      localityLbSetting:\n{setting}"
+    ))
+}
+
+#[test]
+fn locality_lb_setting_as_istio() {
+    let at = "spec.trafficPolicy.loadBalancer.localityLbSetting";
+    let (e, w) = dr_locality(
+        "        distribute:\n        - from: us-east/zone1/*\n          to: {\"us-east/zone1/*\": 80, \"us-east/zone2/*\": 20}\n",
+        false,
+    );
+    assert!(e.is_empty() && w.is_empty(), "{e:?} {w:?}");
+    let (e, w) = dr_locality(
+        "        failover: [{from: us-east, to: eu-west}]\n        failoverPriority: [version]\n",
+        true,
+    );
+    assert!(e.is_empty() && w.is_empty(), "{e:?} {w:?}");
+    for (setting, outlier, want) in [
+        (
+            "        distribute: [{from: a/*, to: {a/*: 100}}]\n        failover: [{from: a, to: b}]\n",
+            true,
+            format!("{at}: can not simultaneously specify 'distribute' and 'failover'"),
+        ),
+        (
+            "        failover: [{from: a, to: b}]\n        failoverPriority: [topology.kubernetes.io/zone]\n",
+            true,
+            format!(
+                "{at}.failoverPriority: can not simultaneously set 'failover' and topology label 'topology.kubernetes.io/zone' in 'failover_priority'"
+            ),
+        ),
+        (
+            "        distribute: [{from: a/*, to: {a/*: 0, b/*: 100}}]\n",
+            false,
+            format!("{at}.distribute[0].to[a/*]: locality weight must be in range [1, 100]"),
+        ),
+        (
+            "        distribute: [{from: a/*, to: {a/*: 30, b/*: 30}}]\n",
+            false,
+            format!("{at}.distribute[0].to: total locality weight 60 != 100"),
+        ),
+        (
+            "        distribute: [{from: a/*, to: {a/*/x: 50, b: 50}}]\n",
+            false,
+            format!(
+                "{at}.distribute[0].to: locality a/*/x wildcard '*' number can not exceed 1 and must be in the end"
+            ),
+        ),
+        (
+            "        distribute: [{from: a/*, to: {a: 50, a/z1: 50}}]\n",
+            false,
+            format!("{at}.distribute[0].to: locality a/z1 overlap with previous specified ones"),
+        ),
+        (
+            "        distribute: [{from: a//x, to: {a: 100}}]\n",
+            false,
+            format!(
+                "{at}.distribute: locality a//x must not contain empty region/zone/subzone info"
+            ),
+        ),
+        (
+            "        failover: [{from: a, to: a}]\n",
+            true,
+            format!(
+                "{at}.failover[0]: locality lb failover settings must specify different regions"
+            ),
+        ),
+        (
+            "        failover: [{from: a/z, to: b}]\n",
+            true,
+            format!("{at}.failover[0]: locality lb failover only specify region"),
+        ),
+        (
+            "        failover: [{from: a, to: '*'}]\n",
+            true,
+            format!(
+                "{at}.failover[0]: locality lb failover region should not contain '*' wildcard"
+            ),
+        ),
+    ] {
+        let (e, _) = dr_locality(setting, outlier);
+        assert!(
+            e.iter().any(|m| m.ends_with(&want)),
+            "want {want}\n got {e:?}"
+        );
+    }
+    let (e, w) = dr_locality("        failover: [{from: a, to: b}]\n", false);
+    assert!(e.is_empty(), "{e:?}");
+    assert!(
+        w.iter()
+            .any(|m| m.ends_with("outlier detection policy must be provided for failover")),
+        "{w:?}"
+    );
+}
