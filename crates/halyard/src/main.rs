@@ -3,6 +3,7 @@
 
 mod agent;
 mod analyze;
+mod authz_cmd;
 mod bootstrap;
 mod mesh_cmd;
 mod progress;
@@ -42,6 +43,9 @@ enum Command {
     /// What a proxy holds (istioctl proxy-config): `secret`.
     #[command(subcommand)]
     ProxyConfig(proxy_config::ProxyConfigCommand),
+    /// Experimental (istioctl x): `authz check POD`.
+    #[command(subcommand)]
+    X(authz_cmd::XCommand),
     /// Service-account tokens for the CA: create a signing key, or issue a token.
     Token(token::TokenArgs),
     /// The test application: echoes requests as JSON, makes calls on request.
@@ -299,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Echo(args) => runtime(None)?.block_on(echo::run(args)),
         Command::Token(args) => token::run(&args),
         Command::ProxyConfig(cmd) => proxy_config::run(&cmd),
+        Command::X(cmd) => authz_cmd::run(&cmd),
         Command::Agent(args) => runtime(None)?.block_on(agent::run(args)),
         Command::Validate(args) => std::process::exit(validate::run(&args)),
         Command::Analyze(args) => std::process::exit(analyze::run(&args)),

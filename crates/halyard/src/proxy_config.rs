@@ -44,12 +44,12 @@ pub struct SecretRow {
     pub identity: String,
 }
 
-fn http_get(admin: &str, path: &str) -> anyhow::Result<String> {
+pub(crate) fn http_get(admin: &str, path: &str) -> anyhow::Result<String> {
     let conn = TcpStream::connect(admin).with_context(|| format!("connect to {admin}"))?;
     http_get_on(conn, admin, path)
 }
 
-fn http_get_on(mut conn: TcpStream, admin: &str, path: &str) -> anyhow::Result<String> {
+pub(crate) fn http_get_on(mut conn: TcpStream, admin: &str, path: &str) -> anyhow::Result<String> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         conn,
