@@ -151,7 +151,7 @@ pub fn clusters(store: &ConfigStore) -> String {
                 "{name}::outlier::success_rate_ejection_threshold::-1\n"
             ));
         }
-        for (host, weight, health) in c.hosts_for_admin() {
+        for (host, weight, health, place) in c.hosts_for_admin() {
             let p = format!("{name}::{}", host.addr);
             out.push_str(&format!("{p}::cx_active::{}\n", host.cx_active.get()));
             out.push_str(&format!(
@@ -167,6 +167,13 @@ pub fn clusters(store: &ConfigStore) -> String {
                 "{p}::health_flags::{}\n",
                 health_flags(&host, health)
             ));
+            // Where it sits, as Envoy prints it.
+            let l = &place.locality;
+            out.push_str(&format!("{p}::region::{}\n", l.region));
+            out.push_str(&format!("{p}::zone::{}\n", l.zone));
+            out.push_str(&format!("{p}::sub_zone::{}\n", l.sub_zone));
+            out.push_str(&format!("{p}::canary::false\n"));
+            out.push_str(&format!("{p}::priority::{}\n", place.priority));
         }
     }
     out

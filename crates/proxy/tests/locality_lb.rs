@@ -174,6 +174,7 @@ async fn priorities_and_locality_weights_like_envoy() {
     let ours = run(proxy.listener_addr("http").unwrap()).await;
     eprintln!("ours:  {ours:?}");
     check("ours", &ours);
+    let ours_admin = where_hosts_sit(proxy.admin_addr(), &backends).await;
 
     let Some(bin) = envoy::envoy_binary() else {
         eprintln!("no envoy binary: skipping the Envoy half");
@@ -184,6 +185,30 @@ async fn priorities_and_locality_weights_like_envoy() {
     let theirs = run(e.listener(Some("http")).await).await;
     eprintln!("envoy: {theirs:?}");
     check("envoy", &theirs);
+    assert_eq!(ours_admin, where_hosts_sit(e.admin, &backends).await);
+}
+
+/// `/clusters` lines of the `spill` cluster's hosts: region, zone,
+/// sub_zone, canary and priority, as Envoy prints them.
+async fn where_hosts_sit(admin: SocketAddr, b: &Backends) -> Vec<String> {
+    let (_, text) = admin_get(admin, "/clusters").await;
+    let wanted = ["region", "zone", "sub_zone", "canary", "priority"];
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            [b.a, b.c]
+                .iter()
+                .any(|a| l.starts_with(&format!("spill::{a}::")))
+                && wanted.iter().any(|w| l.contains(&format!("::{w}::")))
+        })
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 10, "{text}");
+    assert!(
+        lines.contains(&format!("spill::{}::priority::1", b.c)),
+        "{lines:?}"
+    );
+    lines
 }
 
 /// A port with nothing listening (bound, then closed).

@@ -367,16 +367,25 @@ impl UpstreamCluster {
         created.unwrap_or_else(|| Host::with_transport(dst, self.config.transport.clone()))
     }
 
-    /// Hosts shown by `/clusters` (ORIGINAL_DST ones as they are created).
-    pub fn hosts_for_admin(&self) -> Vec<(Arc<Host>, u32, Health)> {
+    /// Hosts shown by `/clusters` (ORIGINAL_DST ones as they are created),
+    /// with where each sits.
+    pub fn hosts_for_admin(&self) -> Vec<(Arc<Host>, u32, Health, Placement)> {
         if let Discovery::OriginalDst = self.config.discovery {
             return self
                 .original_dst
                 .load()
                 .values()
-                .map(|h| (h.clone(), 1, Health::Healthy))
+                .map(|h| (h.clone(), 1, Health::Healthy, Placement::default()))
                 .collect();
         }
-        self.all.clone()
+        self.all
+            .iter()
+            .zip(
+                self.placement
+                    .iter()
+                    .chain(std::iter::repeat(&Placement::default())),
+            )
+            .map(|((h, w, health), p)| (h.clone(), *w, *health, p.clone()))
+            .collect()
     }
 }
