@@ -240,6 +240,11 @@ pub enum HttpFilter {
         name: String,
         filter: Arc<crate::http::rbac::RbacFilter>,
     },
+    /// `envoy.filters.http.jwt_authn`.
+    JwtAuthn {
+        name: String,
+        filter: Arc<crate::http::jwt_authn::JwtFilter>,
+    },
 }
 
 #[derive(Debug)]
@@ -759,7 +764,8 @@ fn http_filters(list: &[hcm::HttpFilter]) -> Result<Vec<HttpFilter>, ConfigError
     Ok(out)
 }
 
-/// The authentication and authorization filters (rbac), if `f` is one.
+/// The authentication and authorization filters (rbac, jwt_authn), if `f`
+/// is one.
 fn auth_filter(f: &hcm::HttpFilter, at: &str) -> Result<Option<HttpFilter>, ConfigError> {
     let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
         return Ok(None);
@@ -774,6 +780,16 @@ fn auth_filter(f: &hcm::HttpFilter, at: &str) -> Result<Option<HttpFilter>, Conf
             HttpFilter::Rbac {
                 name: f.name.clone(),
                 filter: Arc::new(crate::http::rbac::RbacFilter::new(config)),
+            }
+        }
+        super::jwt_authn::FILTER_TYPE => {
+            use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
+            let proto: JwtAuthentication = super::decode_any(any, &path)?;
+            let config =
+                super::jwt_authn::JwtAuthn::try_from(&proto).map_err(|e| e.under(&path))?;
+            HttpFilter::JwtAuthn {
+                name: f.name.clone(),
+                filter: Arc::new(crate::http::jwt_authn::JwtFilter::new(config)),
             }
         }
         _ => return Ok(None),

@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod fault;
 pub mod hash_policy;
 pub mod header_ops;
+pub mod jwt_authn;
 pub mod listener;
 pub mod matcher;
 pub mod outlier;

@@ -8,6 +8,7 @@ pub mod cors;
 pub mod fault;
 pub mod hash_policy;
 pub mod headers;
+pub mod jwt_authn;
 pub mod path_normalization;
 pub mod rbac;
 pub mod route_match;

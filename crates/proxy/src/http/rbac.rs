@@ -186,8 +186,9 @@ pub fn remote_ip(headers: &HeaderMap, downstream: &Downstream, use_remote_addres
         .unwrap_or(peer)
 }
 
-/// Run one filter of the chain if it is an authorization one (the router
-/// calls this in chain order). Some(reply) ends the request here.
+/// Run one filter of the chain if it is an authentication or authorization
+/// one (jwt_authn, rbac; the router calls this in chain order). Some(reply)
+/// ends the request here.
 pub(super) fn one(
     filter: &HttpFilter,
     ctx: &HttpContext,
@@ -214,6 +215,10 @@ pub(super) fn one(
                 info.flags.set(ResponseFlag::RbacAccessDenied);
             }
             reply
+        }
+        HttpFilter::JwtAuthn { filter, .. } => {
+            let stats = filter.stats(&ctx.store.stats, &ctx.hcm.stat_prefix);
+            super::jwt_authn::decode(filter, view, stats, &mut m.metadata, &mut m.jwt_edits)?
         }
         _ => return None,
     };

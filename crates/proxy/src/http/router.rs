@@ -307,7 +307,7 @@ async fn forward(
         }
         (cluster, timeout, retry)
     };
-    super::jwt_authn::apply_edits(std::mem::take(&mut mutations.jwt_edits), req.headers_mut());
+    super::jwt_authn::apply_edits(std::mem::take(&mut mutations.jwt_edits), &mut req);
     if let Some((path, host)) = rewritten {
         rewrite(&mut req, path, host);
     }

@@ -991,7 +991,6 @@ pub(super) static JWT_PROVIDER: Schema = Schema {
             true,
             Field::Msg(&JWT_CLAIM_TO_HEADER),
         ),
-        ("require_expiration", 20, false, Field::Leaf),
     ],
     names: &[
         (1, "issuer"),
