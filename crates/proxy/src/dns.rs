@@ -1,6 +1,7 @@
 //! STRICT_DNS clusters: resolve every endpoint host at start, then again every
 //! cluster's dns_refresh_rate (Envoy's default 5 s); each address of each name
-//! (of the cluster's dns_lookup_family) becomes a host.
+//! (of the cluster's dns_lookup_family) becomes a host, in its endpoint's
+//! priority and locality.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,13 +22,13 @@ pub async fn resolve_once(store: &ConfigStore) {
 }
 
 async fn resolve(store: &ConfigStore, cluster: &DnsCluster) {
-    let mut resolved = Vec::new();
-    for (host, port, weight, health) in &cluster.targets {
+    let mut resolved: Vec<crate::config::store::DnsHost> = Vec::new();
+    for (host, port, weight, health, place) in &cluster.targets {
         match tokio::net::lookup_host((host.as_str(), *port)).await {
             Ok(addrs) => {
                 for a in cluster.family.filter(addrs.collect()) {
-                    if !resolved.iter().any(|(r, _, _)| *r == a) {
-                        resolved.push((a, *weight, *health));
+                    if !resolved.iter().any(|(r, ..)| *r == a) {
+                        resolved.push((a, *weight, *health, place.clone()));
                     }
                 }
             }

@@ -45,20 +45,26 @@ fn bootstrap(b: &Backends) -> String {
   - match: {prefix: /weighted}
     route: {cluster: weighted}
   - match: {prefix: /degraded-zone}
-    route: {cluster: degraded_zone}"#,
+    route: {cluster: degraded_zone}
+  - match: {prefix: /dns-spill}
+    route: {cluster: dns_spill}"#,
         &[],
     );
-    let cluster = |name: &str, weighted: bool, groups: &[String]| {
-        let common = if weighted {
-            "\n    common_lb_config: {locality_weighted_lb_config: {}}"
-        } else {
-            ""
-        };
-        format!(
-            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: ROUND_ROBIN{common}\n    load_assignment: {{cluster_name: {name}, endpoints: [{}]}}\n",
-            groups.join(", ")
-        )
+    let typed = |kind: &'static str| {
+        move |name: &str, weighted: bool, groups: &[String]| {
+            let common = if weighted {
+                "\n    common_lb_config: {locality_weighted_lb_config: {}}"
+            } else {
+                ""
+            };
+            format!(
+                "  - name: {name}\n    type: {kind}\n    dns_lookup_family: V4_ONLY\n    connect_timeout: 1s\n    lb_policy: ROUND_ROBIN{common}\n    load_assignment: {{cluster_name: {name}, endpoints: [{}]}}\n",
+                groups.join(", ")
+            )
+        }
     };
+    let cluster = typed("STATIC");
+    let dns_cluster = typed("STRICT_DNS");
     let group = |priority: u32, zone: &str, weight: Option<u32>, eps: &[String]| {
         let w = weight.map_or(String::new(), |w| format!(", load_balancing_weight: {w}"));
         format!(
@@ -95,6 +101,13 @@ fn bootstrap(b: &Backends) -> String {
             group(0, "za", Some(80), &[ep(b.a, h)]),
             group(0, "zb", Some(20), &[ep(b.b, h)]),
         ],
+    ) + &dns_cluster(
+        "dns_spill",
+        false,
+        &[
+            group(0, "z0", None, &[ep(b.a, h), ep(b.x, u)]),
+            group(1, "z1", None, &[ep(b.c, h)]),
+        ],
     ) + &cluster(
         "degraded_zone",
         true,
@@ -108,7 +121,14 @@ fn bootstrap(b: &Backends) -> String {
 /// Which backend answered, counted, for each path.
 async fn run(addr: SocketAddr) -> BTreeMap<&'static str, BTreeMap<String, usize>> {
     let mut out = BTreeMap::new();
-    for path in ["/healthy", "/spill", "/dead", "/weighted", "/degraded-zone"] {
+    for path in [
+        "/healthy",
+        "/spill",
+        "/dead",
+        "/weighted",
+        "/degraded-zone",
+        "/dns-spill",
+    ] {
         let mut seen = BTreeMap::new();
         let mut c = H1::connect(addr).await;
         for _ in 0..REQUESTS {
@@ -143,11 +163,14 @@ fn check(who: &str, s: &BTreeMap<&'static str, BTreeMap<String, usize>>) {
     );
     near("/healthy", "a", 0.5, 0.01);
     // Never an unhealthy host; 70 / 30 by the priority load (random).
-    for path in ["/spill", "/dead", "/degraded-zone"] {
+    for path in ["/spill", "/dead", "/degraded-zone", "/dns-spill"] {
         assert_eq!(share(&s[path], "x"), 0.0, "{who}: {path}: {:?}", s[path]);
     }
     near("/spill", "a", 0.7, 0.08);
     near("/spill", "c", 0.3, 0.08);
+    // The same from STRICT_DNS hosts (resolved into their priorities).
+    near("/dns-spill", "a", 0.7, 0.08);
+    near("/dns-spill", "c", 0.3, 0.08);
     assert_eq!(share(&s["/dead"], "c"), 1.0, "{who}: {:?}", s["/dead"]);
     // Locality weights 80 / 20 (a schedule, not random).
     near("/weighted", "a", 0.8, 0.03);

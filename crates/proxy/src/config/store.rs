@@ -23,8 +23,12 @@ use crate::upstream::UpstreamAddr;
 use crate::upstream::cluster::{ClusterEndpoint, ClusterRuntime, UpstreamCluster};
 use crate::upstream::priority::Placement;
 
-/// A STRICT_DNS endpoint to resolve: host, port, weight, health.
-pub type DnsTarget = (String, u16, u32, Health);
+/// A STRICT_DNS endpoint to resolve: host, port, weight, health, and where
+/// its hosts sit (priority, locality).
+pub type DnsTarget = (String, u16, u32, Health, Placement);
+
+/// A resolved STRICT_DNS host: address, weight, health, placement.
+pub type DnsHost = (SocketAddr, u32, Health, Placement);
 
 /// A STRICT_DNS cluster to resolve: name, what to resolve, family, refresh rate.
 #[derive(Debug, Clone)]
@@ -88,7 +92,7 @@ pub(crate) struct State {
     pub routes: BTreeMap<String, Versioned<RouteConfig, XdsRouteConfiguration>>,
     pub endpoints: BTreeMap<String, Versioned<LoadAssignment, XdsClusterLoadAssignment>>,
     /// Resolved addresses of STRICT_DNS clusters, by cluster name.
-    pub dns: HashMap<String, Vec<(SocketAddr, u32, Health)>>,
+    pub dns: HashMap<String, Vec<DnsHost>>,
     pub versions: HashMap<&'static str, String>,
     /// LDS, CDS and the EDS/RDS they need have all arrived (or static-only).
     pub warm: bool,
@@ -489,13 +493,14 @@ impl ConfigStore {
                     targets: la
                         .endpoints
                         .iter()
-                        .map(|e| match &e.address {
-                            EndpointAddress::Dns(h, p) => (h.clone(), *p, e.weight, e.health),
-                            EndpointAddress::Ip(a) => {
-                                (a.ip().to_string(), a.port(), e.weight, e.health)
-                            }
-                            // Refused for STRICT_DNS at conversion.
-                            EndpointAddress::Pipe(_) => (String::new(), 0, e.weight, e.health),
+                        .map(|e| {
+                            let (host, port) = match &e.address {
+                                EndpointAddress::Dns(h, p) => (h.clone(), *p),
+                                EndpointAddress::Ip(a) => (a.ip().to_string(), a.port()),
+                                // Refused for STRICT_DNS at conversion.
+                                EndpointAddress::Pipe(_) => (String::new(), 0),
+                            };
+                            (host, port, e.weight, e.health, placement(e))
                         })
                         .collect(),
                     family: c.dns_lookup_family,
@@ -507,7 +512,7 @@ impl ConfigStore {
     }
 
     /// Record the resolved addresses of a STRICT_DNS cluster.
-    pub fn set_dns(&self, cluster: &str, resolved: Vec<(SocketAddr, u32, Health)>) {
+    pub fn set_dns(&self, cluster: &str, resolved: Vec<DnsHost>) {
         let mut state = self.lock();
         if state.dns.get(cluster) == Some(&resolved) {
             return;
@@ -547,23 +552,20 @@ impl ConfigStore {
                         ip_endpoints(&v.config, &config)
                     })
                     .unwrap_or_default(),
-                Discovery::StrictDns(_) => state
-                    .dns
-                    .get(&config.name)
-                    .map(|v| {
-                        v.iter()
-                            .map(|(a, w, h)| {
-                                (
-                                    (*a).into(),
-                                    *w,
-                                    *h,
-                                    config.transport.clone(),
-                                    Placement::default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                Discovery::StrictDns(la) => {
+                    factor = la.overprovisioning_factor;
+                    state
+                        .dns
+                        .get(&config.name)
+                        .map(|v| {
+                            v.iter()
+                                .map(|(a, w, h, place)| {
+                                    ((*a).into(), *w, *h, config.transport.clone(), place.clone())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                }
                 Discovery::OriginalDst => Vec::new(),
             };
             let runtime = state
@@ -696,14 +698,19 @@ fn ip_endpoints(la: &LoadAssignment, config: &ClusterConfig) -> Vec<ClusterEndpo
                 e.weight,
                 e.health,
                 config.transport_for(&e.transport_match),
-                Placement {
-                    priority: e.priority,
-                    locality: e.locality.clone(),
-                    locality_weight: e.locality_weight.unwrap_or(0),
-                },
+                placement(e),
             ))
         })
         .collect()
+}
+
+/// Where an endpoint sits, as the load balancer keeps it.
+fn placement(e: &super::endpoint::LbEndpoint) -> Placement {
+    Placement {
+        priority: e.priority,
+        locality: e.locality.clone(),
+        locality_weight: e.locality_weight.unwrap_or(0),
+    }
 }
 
 fn eds_names(state: &State) -> Vec<String> {
