@@ -464,9 +464,6 @@ pub struct NetworkRbac {
     pub rules: Option<Rules>,
     pub shadow_rules: Option<Rules>,
     pub shadow_rules_stat_prefix: String,
-    /// CONTINUOUS (re-check on every read) vs ONE_TIME_ON_FIRST_BYTE; with
-    /// connection-level inputs only, both decide on the first byte.
-    pub continuous: bool,
 }
 
 impl TryFrom<&net_rbac::Rbac> for NetworkRbac {
@@ -482,11 +479,18 @@ impl TryFrom<&net_rbac::Rbac> for NetworkRbac {
         if r.stat_prefix.is_empty() {
             return Err(ConfigError::new("stat_prefix", "must not be empty"));
         }
-        let continuous = match net_rbac::rbac::EnforcementType::try_from(r.enforcement_type) {
-            Ok(net_rbac::rbac::EnforcementType::OneTimeOnFirstByte) => false,
-            Ok(net_rbac::rbac::EnforcementType::Continuous) => true,
-            Err(_) => return Err(ConfigError::new("enforcement_type", "unknown value")),
-        };
+        // CONTINUOUS re-decides (and counts) on every read; Istio never
+        // sets it, and the decision could not change here (connection-level
+        // inputs only), so only the one-time mode is run.
+        match net_rbac::rbac::EnforcementType::try_from(r.enforcement_type) {
+            Ok(net_rbac::rbac::EnforcementType::OneTimeOnFirstByte) => {}
+            _ => {
+                return Err(ConfigError::new(
+                    "enforcement_type",
+                    "only ONE_TIME_ON_FIRST_BYTE is supported",
+                ));
+            }
+        }
         Ok(NetworkRbac {
             stat_prefix: r.stat_prefix.clone(),
             rules: r
@@ -502,7 +506,71 @@ impl TryFrom<&net_rbac::Rbac> for NetworkRbac {
                 .transpose()
                 .map_err(|e| e.under("shadow_rules"))?,
             shadow_rules_stat_prefix: r.shadow_rules_stat_prefix.clone(),
-            continuous,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::listener::{ListenerConfig, XdsListener};
+
+    fn listener(http_filter: &str, network_filter: &str) -> Result<ListenerConfig, String> {
+        let yaml = format!(
+            r#"
+name: l
+address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}
+filter_chains:
+- filters:
+  {network_filter}
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: h
+      rds: {{config_source: {{ads: {{}}}}, route_config_name: r}}
+      http_filters:
+      {http_filter}
+      - {{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}
+"#
+        );
+        let l: XdsListener = xds::json::from_yaml(&yaml).expect("parses");
+        ListenerConfig::try_from(&l).map_err(|e| e.to_string())
+    }
+
+    const HTTP: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+    const NET: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
+
+    #[test]
+    fn bad_rbac_configs_are_refused_naming_the_field() {
+        let ok = format!(
+            r#"- {{name: envoy.filters.http.rbac, typed_config: {{"@type": {HTTP}, rules: {{policies: {{p: {{permissions: [{{header: {{name: x, string_match: {{safe_regex: {{regex: "a+"}}}}}}}}], principals: [{{any: true}}]}}}}}}}}}}"#
+        );
+        assert!(listener(&ok, "").is_ok());
+        let err = listener(&ok.replace("a+", "a("), "").unwrap_err();
+        assert!(
+            err.starts_with("filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.rules.policies[p].permissions[0].header.string_match.safe_regex"),
+            "{err}"
+        );
+        let empty = ok.replace("principals: [{any: true}]", "principals: []");
+        assert!(listener(&empty, "").unwrap_err().contains("policies[p]"));
+        let net = format!(
+            r#"- {{name: envoy.filters.network.rbac, typed_config: {{"@type": {NET}, stat_prefix: t., enforcement_type: CONTINUOUS, rules: {{}}}}}}"#
+        );
+        let err = listener("", &net).unwrap_err();
+        assert!(
+            err.contains("filters[0].typed_config.enforcement_type"),
+            "{err}"
+        );
+        let ok_net = net.replace("enforcement_type: CONTINUOUS, ", "");
+        let l = listener("", &ok_net).unwrap();
+        assert_eq!(l.filter_chains[0].network_rbac.len(), 1);
+        let before_tcp = listener(
+            "",
+            "- {name: envoy.filters.network.tcp_proxy, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c}}",
+        )
+        .unwrap_err();
+        assert!(
+            before_tcp.contains("filters[0].typed_config"),
+            "{before_tcp}"
+        );
     }
 }
