@@ -675,8 +675,9 @@ impl Mesh {
         }
     }
 
-    /// Has the pilot taken in every ready pod and has every sidecar ACKed
-    /// what it was last sent? (Then the first request after `up` is routed.)
+    /// Has the pilot taken in every ready pod, sent every sidecar its latest
+    /// snapshot (no push in flight) and had it ACKed? (Then the first
+    /// request after `up` is routed, and no late update resets a cluster.)
     pub fn converged(&self) -> bool {
         let debug = SocketAddr::from((GATEWAY, DEBUG_PORT));
         let ns = self.net.mesh_ns();
@@ -697,9 +698,12 @@ impl Mesh {
         let sidecars = self.pods.values().filter(|r| r.plan.sidecar).count();
         let acked = proxies.iter().all(|p| {
             p["types"].as_object().is_some_and(|types| {
-                types
-                    .values()
-                    .all(|t| t["acked_version"] == t["sent_version"] && t["nack"].is_null())
+                types.values().all(|t| {
+                    t["acked_version"] == t["sent_version"]
+                        && t["nack"].is_null()
+                        && (t["latest_version"].is_null()
+                            || t["latest_version"] == t["sent_version"])
+                })
             })
         });
         registered && proxies.len() == sidecars && acked

@@ -59,6 +59,21 @@ async fn syncz(State(s): State<DebugState>) -> Json<Value> {
             let d = dropped
                 .get(id)
                 .map_or(Value::Array(Vec::new()), |d| json!(d.as_slice()));
+            // The version each type's latest snapshot has: until the stream
+            // has sent it, `sent_version` lags behind (a push in flight).
+            let latest = s.discovery.snapshot_for(id);
+            if let (Some(snap), Some(types)) =
+                (latest, p.get_mut("types").and_then(Value::as_object_mut))
+            {
+                for (url, t) in &snap.types {
+                    if let Some(status) = types
+                        .get_mut(&xds::status::type_key(url))
+                        .and_then(Value::as_object_mut)
+                    {
+                        status.insert("latest_version".into(), json!(t.version));
+                    }
+                }
+            }
             if let Some(obj) = p.as_object_mut() {
                 obj.insert("dropped".into(), d);
             }

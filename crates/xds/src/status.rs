@@ -277,7 +277,7 @@ impl SyncStatus {
 }
 
 /// The key a type is shown under: its short name, or the URL for unknown types.
-fn type_key(type_url: &str) -> String {
+pub fn type_key(type_url: &str) -> String {
     match crate::type_url::short(type_url) {
         "?" => type_url.to_string(),
         short => short.to_string(),
