@@ -37,6 +37,8 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
     "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
     "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+    "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
 ];
 
 fn collect(prefix: &str, msgs: &[DescriptorProto], file: &str, out: &mut HashMap<String, String>) {

@@ -62,6 +62,8 @@ pub enum ResponseFlag {
     UpstreamOverflow,
     /// Denied by the RBAC filter (`envoy.filters.http.rbac`).
     RbacAccessDenied,
+    /// Denied by the external authorization service (ext_authz).
+    UnauthorizedExternalService,
 }
 
 impl ResponseFlag {
@@ -80,6 +82,7 @@ impl ResponseFlag {
             ResponseFlag::UpstreamRetryLimitExceeded => "URX",
             ResponseFlag::UpstreamOverflow => "UO",
             ResponseFlag::RbacAccessDenied => "RBAC",
+            ResponseFlag::UnauthorizedExternalService => "UAEX",
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::error::ResponseFlag;
 pub struct ResponseFlags(u32);
 
 impl ResponseFlags {
-    const ALL: [ResponseFlag; 13] = [
+    const ALL: [ResponseFlag; 14] = [
         ResponseFlag::DownstreamConnectionTermination,
         ResponseFlag::DelayInjected,
         ResponseFlag::FaultInjected,
@@ -31,6 +31,7 @@ impl ResponseFlags {
         ResponseFlag::UpstreamRetryLimitExceeded,
         ResponseFlag::DownstreamProtocolError,
         ResponseFlag::RbacAccessDenied,
+        ResponseFlag::UnauthorizedExternalService,
     ];
 
     pub fn set(&mut self, flag: ResponseFlag) {

@@ -89,8 +89,9 @@ pub struct FilterChain {
     pub name: String,
     pub matcher: FilterChainMatch,
     pub filter: NetworkFilter,
-    /// `envoy.filters.network.rbac` filters before the terminal one, in order.
-    pub network_rbac: Vec<Arc<crate::filters::network::rbac::NetworkRbacFilter>>,
+    /// `envoy.filters.network.rbac` and `envoy.filters.network.ext_authz`
+    /// filters before the terminal one, in order.
+    pub network_auth: Vec<NetworkAuth>,
     /// Set to true when the chain leaves the listener (removed, changed, or
     /// the whole listener replaced): its HTTP connections then drain (finish
     /// in-flight requests, close). Unchanged chains keep theirs.
@@ -245,6 +246,18 @@ pub enum HttpFilter {
         name: String,
         filter: Arc<crate::http::jwt_authn::JwtFilter>,
     },
+    /// `envoy.filters.http.ext_authz` (gRPC service).
+    ExtAuthz {
+        name: String,
+        filter: Arc<crate::http::ext_authz::ExtAuthzFilter>,
+    },
+}
+
+/// A network filter before the terminal one.
+#[derive(Debug, Clone)]
+pub enum NetworkAuth {
+    Rbac(Arc<crate::filters::network::rbac::NetworkRbacFilter>),
+    ExtAuthz(Arc<crate::http::ext_authz::ExtAuthzFilter>),
 }
 
 #[derive(Debug)]
@@ -478,29 +491,47 @@ impl TryFrom<&xds_listener::FilterChain> for FilterChain {
                 "a terminal network filter (http_connection_manager or tcp_proxy) is required",
             ));
         };
-        let mut network_rbac = Vec::with_capacity(leading.len());
+        let mut network_auth = Vec::with_capacity(leading.len());
         for (i, f) in leading.iter().enumerate() {
             let path = format!("filters[{i}].typed_config");
             let Some(xds_listener::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
                 return Err(ConfigError::new(path, "required"));
             };
             let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+            if type_name == super::ext_authz::NETWORK_FILTER_TYPE {
+                use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3::ExtAuthz;
+                let proto: ExtAuthz = decode_any(any, &path)?;
+                let config =
+                    super::ext_authz::ExtAuthz::try_from(&proto).map_err(|e| e.under(&path))?;
+                if config.stat_prefix.is_empty() {
+                    return Err(ConfigError::new(format!("{path}.stat_prefix"), "required"));
+                }
+                network_auth.push(NetworkAuth::ExtAuthz(Arc::new(
+                    crate::http::ext_authz::ExtAuthzFilter::new(config),
+                )));
+                continue;
+            }
             if type_name != super::rbac::NETWORK_FILTER_TYPE {
                 return Err(ConfigError::new(
                     path,
-                    format!("unsupported type {type_name} before the terminal filter (only envoy.filters.network.rbac)"),
+                    format!(
+                        "unsupported type {type_name} before the terminal filter (only envoy.filters.network.rbac and ext_authz)"
+                    ),
                 ));
             }
             use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac;
             let proto: Rbac = decode_any(any, &path)?;
             let config = super::rbac::NetworkRbac::try_from(&proto).map_err(|e| e.under(&path))?;
-            network_rbac.push(Arc::new(
+            network_auth.push(NetworkAuth::Rbac(Arc::new(
                 crate::filters::network::rbac::NetworkRbacFilter::new(config),
-            ));
+            )));
         }
         let last = fc.filters.len() - 1;
         let Some(xds_listener::filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
-            return Err(ConfigError::new(format!("filters[{last}].typed_config"), "required"));
+            return Err(ConfigError::new(
+                format!("filters[{last}].typed_config"),
+                "required",
+            ));
         };
         let path = &format!("filters[{last}].typed_config");
         let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
@@ -525,7 +556,7 @@ impl TryFrom<&xds_listener::FilterChain> for FilterChain {
             name: fc.name.clone(),
             matcher,
             filter,
-            network_rbac,
+            network_auth,
             drain: watch::channel(false).0,
             wire: prost::Message::encode_to_vec(fc),
             transport: TransportSocket::parse(fc.transport_socket.as_ref(), End::Downstream)
@@ -764,8 +795,8 @@ fn http_filters(list: &[hcm::HttpFilter]) -> Result<Vec<HttpFilter>, ConfigError
     Ok(out)
 }
 
-/// The authentication and authorization filters (rbac, jwt_authn), if `f`
-/// is one.
+/// The authentication and authorization filters (rbac, jwt_authn,
+/// ext_authz), if `f` is one.
 fn auth_filter(f: &hcm::HttpFilter, at: &str) -> Result<Option<HttpFilter>, ConfigError> {
     let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
         return Ok(None);
@@ -790,6 +821,16 @@ fn auth_filter(f: &hcm::HttpFilter, at: &str) -> Result<Option<HttpFilter>, Conf
             HttpFilter::JwtAuthn {
                 name: f.name.clone(),
                 filter: Arc::new(crate::http::jwt_authn::JwtFilter::new(config)),
+            }
+        }
+        super::ext_authz::HTTP_FILTER_TYPE => {
+            use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz;
+            let proto: ExtAuthz = super::decode_any(any, &path)?;
+            let config =
+                super::ext_authz::ExtAuthz::try_from(&proto).map_err(|e| e.under(&path))?;
+            HttpFilter::ExtAuthz {
+                name: f.name.clone(),
+                filter: Arc::new(crate::http::ext_authz::ExtAuthzFilter::new(config)),
             }
         }
         _ => return Ok(None),

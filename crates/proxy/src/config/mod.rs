@@ -6,6 +6,7 @@ pub mod circuit_breakers;
 pub mod cluster;
 pub mod cors;
 pub mod endpoint;
+pub mod ext_authz;
 pub mod fault;
 pub mod hash_policy;
 pub mod header_ops;

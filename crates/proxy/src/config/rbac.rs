@@ -562,7 +562,7 @@ filter_chains:
         );
         let ok_net = net.replace("enforcement_type: CONTINUOUS, ", "");
         let l = listener("", &ok_net).unwrap();
-        assert_eq!(l.filter_chains[0].network_rbac.len(), 1);
+        assert_eq!(l.filter_chains[0].network_auth.len(), 1);
         let before_tcp = listener(
             "",
             "- {name: envoy.filters.network.tcp_proxy, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c}}",

@@ -5,6 +5,7 @@
 pub mod body;
 pub mod connection_manager;
 pub mod cors;
+pub mod ext_authz;
 pub mod fault;
 pub mod hash_policy;
 pub mod headers;

@@ -240,3 +240,106 @@ pub(super) fn run(
         .iter()
         .find_map(|f| one(f, ctx, route, view, m))
 }
+
+/// An ext_authz filter met in the chain: called later if its metadata gate
+/// (Istio's CUSTOM shadow policy) is open now.
+pub(super) fn gate_ext_authz(
+    filter: &std::sync::Arc<super::ext_authz::ExtAuthzFilter>,
+    ctx: &HttpContext,
+    m: &mut Mutations,
+) {
+    if filter.enabled(&m.metadata) {
+        m.ext_authz.push(filter.clone());
+    } else {
+        ext_authz_stats(filter, ctx).disabled.inc();
+    }
+}
+
+fn ext_authz_stats<'f>(
+    filter: &'f super::ext_authz::ExtAuthzFilter,
+    ctx: &HttpContext,
+) -> &'f super::ext_authz::ExtAuthzStats {
+    let extra = &filter.config.stat_prefix;
+    let prefix = if extra.is_empty() {
+        format!("http.{}.ext_authz.", ctx.hcm.stat_prefix)
+    } else {
+        format!("http.{}.ext_authz.{extra}.", ctx.hcm.stat_prefix)
+    };
+    filter.stats(&ctx.store.stats, &prefix)
+}
+
+/// Call the gated ext_authz filters in order. Some(reply) ends the request.
+pub(super) async fn ext_authz(
+    ctx: &HttpContext,
+    req: &mut http::Request<hyper::body::Incoming>,
+    m: &mut Mutations,
+) -> Option<Response<ResponseBody>> {
+    use super::ext_authz::{Verdict, denied_reply, error_reply, http_check, ok_edits};
+    for filter in std::mem::take(&mut m.ext_authz) {
+        let stats = ext_authz_stats(&filter, ctx);
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let check = {
+            let view = RequestView {
+                method: req.method(),
+                path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                authority: &authority,
+                headers: req.headers(),
+            };
+            http_check(
+                &view,
+                &ctx.downstream,
+                filter.config.include_peer_certificate,
+                req.version() == http::Version::HTTP_2,
+            )
+        };
+        match filter.check(&ctx.store, check).await {
+            Verdict::Ok(resp) => {
+                stats.ok.inc();
+                for (name, value, append) in ok_edits(&resp) {
+                    match value {
+                        Some(v) if append => {
+                            req.headers_mut().append(name, v);
+                        }
+                        Some(v) => {
+                            req.headers_mut().insert(name, v);
+                        }
+                        None => {
+                            req.headers_mut().remove(name);
+                        }
+                    }
+                }
+            }
+            Verdict::Denied(resp) => {
+                stats.denied.inc();
+                flag(m);
+                return Some(denied_reply(&resp));
+            }
+            Verdict::Error => {
+                stats.error.inc();
+                if filter.config.failure_mode_allow {
+                    stats.failure_mode_allowed.inc();
+                    continue;
+                }
+                flag(m);
+                return Some(error_reply(filter.config.status_on_error));
+            }
+        }
+    }
+    None
+}
+
+fn flag(m: &mut Mutations) {
+    if let Some(info) = &mut m.info {
+        info.flags.set(ResponseFlag::UnauthorizedExternalService);
+    }
+}

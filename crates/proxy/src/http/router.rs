@@ -135,6 +135,9 @@ pub(super) struct Mutations {
     pub(super) metadata: crate::stream_info::DynamicMetadata,
     /// Request header edits of verified JWTs (applied before forwarding).
     pub(super) jwt_edits: Vec<super::jwt_authn::HeaderEdit>,
+    /// ext_authz filters whose gate opened, to call once the chain's
+    /// other filters have run.
+    pub(super) ext_authz: Vec<Arc<super::ext_authz::ExtAuthzFilter>>,
 }
 
 impl Mutations {
@@ -224,6 +227,7 @@ async fn forward(
                         fault = Some(config.clone());
                     }
                 }
+                HttpFilter::ExtAuthz { filter, .. } => auth::gate_ext_authz(filter, ctx, mutations),
                 HttpFilter::Rbac { .. } | HttpFilter::JwtAuthn { .. } => {
                     if let Some(reply) = auth::one(filter, ctx, Some(route), &view, mutations) {
                         return Ok(reply);
@@ -308,6 +312,9 @@ async fn forward(
         (cluster, timeout, retry)
     };
     super::jwt_authn::apply_edits(std::mem::take(&mut mutations.jwt_edits), &mut req);
+    if let Some(reply) = auth::ext_authz(ctx, &mut req, mutations).await {
+        return Ok(reply);
+    }
     if let Some((path, host)) = rewritten {
         rewrite(&mut req, path, host);
     }

@@ -280,15 +280,13 @@ async fn handle_connection(
     };
     let filter = chain.filter.clone();
     let drain = chain.drain.subscribe();
-    // Network RBAC filters before the terminal one: a denied connection closes.
-    if !chain
-        .network_rbac
-        .iter()
-        .all(|r| r.allows(&downstream, &store.stats))
-    {
+    let auth = chain.network_auth.clone();
+    drop(snapshot);
+    // Network RBAC and ext_authz filters before the terminal one: a denied
+    // connection closes.
+    if !auth.is_empty() && !crate::filters::network::rbac::admit(&auth, &downstream, &store).await {
         return;
     }
-    drop(snapshot);
     match filter {
         NetworkFilter::HttpConnectionManager(hcm) => {
             connection_manager::serve(stream, downstream, hcm, store, drain).await

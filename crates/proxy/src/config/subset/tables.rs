@@ -953,6 +953,135 @@ pub(super) static RBAC_NETWORK: Schema = Schema {
     ],
 };
 
+pub(super) static EXT_AUTHZ_ENVOY_GRPC: Schema = Schema {
+    message: "envoy.config.core.v3.GrpcService.EnvoyGrpc",
+    allowed: &[
+        ("cluster_name", 1, false, Field::Leaf),
+        ("authority", 2, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "cluster_name"),
+        (2, "authority"),
+        (3, "retry_policy"),
+        (4, "max_receive_message_length"),
+        (5, "skip_envoy_headers"),
+    ],
+};
+
+pub(super) static EXT_AUTHZ_GRPC_SERVICE: Schema = Schema {
+    message: "envoy.config.core.v3.GrpcService",
+    allowed: &[
+        ("envoy_grpc", 1, false, Field::Msg(&EXT_AUTHZ_ENVOY_GRPC)),
+        ("timeout", 3, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "envoy_grpc"),
+        (2, "google_grpc"),
+        (3, "timeout"),
+        (5, "initial_metadata"),
+        (6, "retry_policy"),
+    ],
+};
+
+pub(super) static HTTP_STATUS: Schema = Schema {
+    message: "envoy.type.v3.HttpStatus",
+    allowed: &[("code", 1, false, Field::Leaf)],
+    names: &[(1, "code")],
+};
+
+pub(super) static EXT_AUTHZ_HTTP: Schema = Schema {
+    message: "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+    allowed: &[
+        (
+            "grpc_service",
+            1,
+            false,
+            Field::Msg(&EXT_AUTHZ_GRPC_SERVICE),
+        ),
+        ("transport_api_version", 12, false, Field::Leaf),
+        ("failure_mode_allow", 2, false, Field::Leaf),
+        ("status_on_error", 7, false, Field::Msg(&HTTP_STATUS)),
+        (
+            "filter_enabled_metadata",
+            14,
+            false,
+            Field::Msg(&METADATA_MATCHER),
+        ),
+        ("stat_prefix", 13, false, Field::Leaf),
+        ("include_peer_certificate", 10, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "grpc_service"),
+        (2, "failure_mode_allow"),
+        (3, "http_service"),
+        (5, "with_request_body"),
+        (6, "clear_route_cache"),
+        (7, "status_on_error"),
+        (8, "metadata_context_namespaces"),
+        (9, "filter_enabled"),
+        (10, "include_peer_certificate"),
+        (11, "deny_at_disable"),
+        (12, "transport_api_version"),
+        (13, "stat_prefix"),
+        (14, "filter_enabled_metadata"),
+        (15, "bootstrap_metadata_labels_key"),
+        (16, "typed_metadata_context_namespaces"),
+        (17, "allowed_headers"),
+        (18, "include_tls_session"),
+        (19, "failure_mode_allow_header_add"),
+        (20, "charge_cluster_response_stats"),
+        (21, "route_metadata_context_namespaces"),
+        (22, "route_typed_metadata_context_namespaces"),
+        (23, "encode_raw_headers"),
+        (24, "validate_mutations"),
+        (25, "disallowed_headers"),
+        (26, "decoder_header_mutation_rules"),
+        (27, "enable_dynamic_metadata_ingestion"),
+        (28, "filter_metadata"),
+        (29, "emit_filter_state_stats"),
+        (30, "max_denied_response_body_bytes"),
+        (31, "enforce_response_header_limits"),
+        (32, "shadow_mode"),
+        (33, "emit_client_span"),
+    ],
+};
+
+pub(super) static EXT_AUTHZ_NETWORK: Schema = Schema {
+    message: "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
+    allowed: &[
+        (
+            "grpc_service",
+            2,
+            false,
+            Field::Msg(&EXT_AUTHZ_GRPC_SERVICE),
+        ),
+        ("transport_api_version", 5, false, Field::Leaf),
+        ("failure_mode_allow", 3, false, Field::Leaf),
+        (
+            "filter_enabled_metadata",
+            6,
+            false,
+            Field::Msg(&METADATA_MATCHER),
+        ),
+        ("stat_prefix", 1, false, Field::Leaf),
+        ("include_peer_certificate", 4, false, Field::Leaf),
+    ],
+    names: &[
+        (1, "stat_prefix"),
+        (2, "grpc_service"),
+        (3, "failure_mode_allow"),
+        (4, "include_peer_certificate"),
+        (5, "transport_api_version"),
+        (6, "filter_enabled_metadata"),
+        (7, "bootstrap_metadata_labels_key"),
+        (8, "include_tls_session"),
+        (9, "send_tls_alert_on_denial"),
+        (10, "metadata_context_namespaces"),
+        (11, "typed_metadata_context_namespaces"),
+        (12, "shadow_mode"),
+    ],
+};
+
 pub(super) static JWT_HEADER: Schema = Schema {
     message: "envoy.extensions.filters.http.jwt_authn.v3.JwtHeader",
     allowed: &[
@@ -1274,6 +1403,10 @@ pub(super) static HTTP_FILTER: Schema = Schema {
                     "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
                     &JWT_AUTHN,
                 ),
+                (
+                    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                    &EXT_AUTHZ_HTTP,
+                ),
             ]),
         ),
     ],
@@ -1486,6 +1619,10 @@ pub(super) static NETWORK_FILTER: Schema = Schema {
                 (
                     "envoy.extensions.filters.network.rbac.v3.RBAC",
                     &RBAC_NETWORK,
+                ),
+                (
+                    "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
+                    &EXT_AUTHZ_NETWORK,
                 ),
             ]),
         ),
@@ -2774,6 +2911,11 @@ pub(super) static ALL: &[&Schema] = &[
     &RBAC_HTTP,
     &RBAC_PER_ROUTE,
     &RBAC_NETWORK,
+    &EXT_AUTHZ_ENVOY_GRPC,
+    &EXT_AUTHZ_GRPC_SERVICE,
+    &HTTP_STATUS,
+    &EXT_AUTHZ_HTTP,
+    &EXT_AUTHZ_NETWORK,
     &JWT_HEADER,
     &JWT_CLAIM_TO_HEADER,
     &JWT_PROVIDER,

@@ -5,13 +5,78 @@
 //! is looked at), so a client that never sends is counted too, and
 //! server-first protocols are not held up.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+use crate::config::listener::NetworkAuth;
 use crate::config::rbac::{Input, NetworkRbac};
+use crate::config::store::ConfigStore;
 use crate::downstream::Downstream;
+use crate::http::ext_authz::{Verdict, peers};
 use crate::http::rbac::RbacStats;
 use crate::stats::Stats;
 use crate::stream_info::DynamicMetadata;
+
+/// The connection metadata namespace the filter writes.
+pub const METADATA_NAMESPACE: &str = "envoy.filters.network.rbac";
+
+/// Run a chain's RBAC and ext_authz filters in order; false = close.
+pub async fn admit(
+    filters: &[NetworkAuth],
+    downstream: &Downstream,
+    store: &Arc<ConfigStore>,
+) -> bool {
+    let mut metadata = DynamicMetadata::default();
+    for f in filters {
+        match f {
+            NetworkAuth::Rbac(r) => {
+                if !r.allows(downstream, &store.stats, &mut metadata) {
+                    return false;
+                }
+            }
+            NetworkAuth::ExtAuthz(a) => {
+                let prefix = if a.config.stat_prefix.ends_with('.') {
+                    format!("{}ext_authz.", a.config.stat_prefix)
+                } else {
+                    format!("{}.ext_authz.", a.config.stat_prefix)
+                };
+                let stats = a.stats(&store.stats, &prefix);
+                if !a.enabled(&metadata) {
+                    stats.disabled.inc();
+                    continue;
+                }
+                stats.total.inc();
+                let (source, destination) = peers(downstream, a.config.include_peer_certificate);
+                let req = CheckRequest {
+                    attributes: Some(AttributeContext {
+                        source: Some(source),
+                        destination: Some(destination),
+                        ..Default::default()
+                    }),
+                };
+                match a.check(store, req).await {
+                    Verdict::Ok(_) => stats.ok.inc(),
+                    Verdict::Denied(_) => {
+                        stats.denied.inc();
+                        stats.cx_closed.inc();
+                        return false;
+                    }
+                    Verdict::Error => {
+                        stats.error.inc();
+                        if a.config.failure_mode_allow {
+                            stats.failure_mode_allowed.inc();
+                        } else {
+                            stats.cx_closed.inc();
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    true
+}
 
 /// One network RBAC filter of a chain, with its counters.
 #[derive(Debug)]
@@ -40,25 +105,51 @@ impl NetworkRbacFilter {
         })
     }
 
-    /// Whether the connection may go on (shadow rules only count).
-    pub fn allows(&self, downstream: &Downstream, registry: &Stats) -> bool {
+    /// Whether the connection may go on (shadow rules only count, and say
+    /// what they decided in the connection's metadata).
+    pub fn allows(
+        &self,
+        downstream: &Downstream,
+        registry: &Stats,
+        metadata: &mut DynamicMetadata,
+    ) -> bool {
         let stats = self.stats(registry);
-        let metadata = DynamicMetadata::default();
-        let input = Input {
-            downstream,
-            remote_ip: downstream.peer.ip(),
-            request: None,
-            metadata: &metadata,
-        };
         if let Some(shadow) = &self.config.shadow_rules {
-            if shadow.evaluate(&input).0 {
+            let input = Input {
+                downstream,
+                remote_ip: downstream.peer.ip(),
+                request: None,
+                metadata,
+            };
+            let (allowed, policy) = shadow.evaluate(&input);
+            let policy = policy.map(str::to_string);
+            if allowed {
                 stats.shadow_allowed.inc();
             } else {
                 stats.shadow_denied.inc();
             }
+            let prefix = &self.config.shadow_rules_stat_prefix;
+            if let Some(id) = policy {
+                metadata.set(
+                    METADATA_NAMESPACE,
+                    format!("{prefix}shadow_effective_policy_id"),
+                    id.into(),
+                );
+            }
+            metadata.set(
+                METADATA_NAMESPACE,
+                format!("{prefix}shadow_engine_result"),
+                if allowed { "allowed" } else { "denied" }.into(),
+            );
         }
         let Some(rules) = &self.config.rules else {
             return true;
+        };
+        let input = Input {
+            downstream,
+            remote_ip: downstream.peer.ip(),
+            request: None,
+            metadata,
         };
         let (allowed, policy) = rules.evaluate(&input);
         if allowed {
