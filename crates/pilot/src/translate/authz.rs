@@ -1486,6 +1486,68 @@ pub fn secure_inbound(
 mod tests {
     use super::*;
 
+    fn inbound_filters(
+        mesh: &crate::mesh::Mesh,
+        labels: &[(&str, &str)],
+    ) -> (Vec<String>, Vec<String>) {
+        use envoy_types::pb::envoy::config::core::v3::Node;
+        use prost::Message;
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let node: Node = xds::json::from_json(&json!({
+            "id": "sidecar~10.2.0.5~payments-0.pay~pay.svc.cluster.local",
+            "metadata": {"NAMESPACE": "pay", "LABELS": labels}}))
+        .expect("node");
+        let proxy = crate::node::ProxyNode::from_node(&node).expect("proxy");
+        let out = crate::translate::translate(mesh, &proxy);
+        let inbound = out
+            .listeners
+            .iter()
+            .find(|l| l.name == "virtualInbound")
+            .expect("virtualInbound");
+        let (mut http, mut tcp) = (Vec::new(), Vec::new());
+        for c in inbound
+            .filter_chains
+            .iter()
+            .chain(inbound.default_filter_chain.as_ref())
+        {
+            for f in &c.filters {
+                let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                    continue;
+                };
+                if f.name == "envoy.filters.network.http_connection_manager" {
+                    let hcm = envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+                    http = hcm.http_filters.iter().map(|h| h.name.clone()).collect();
+                } else {
+                    tcp.push(f.name.clone());
+                }
+            }
+        }
+        (http, tcp)
+    }
+
+    #[test]
+    fn selectors_pick_the_workloads_policies_and_make_config_label_sensitive() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: payments, namespace: pay}\nspec:\n  selector: {app: payments}\n  ports: [{name: http-api, port: 8080}]\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: payments-0, namespace: pay}\nspec: {address: 10.2.0.5, labels: {app: payments}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: only-v2, namespace: pay}\nspec:\n  selector: {matchLabels: {version: v2}}\n  action: DENY\n  rules: [{}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: other-ns, namespace: shop}\nspec: {}\n";
+        let (resources, errors) = api::load::load_str(std::path::Path::new("t.yaml"), yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mesh = crate::compile::build(&resources);
+        assert_eq!(mesh.authorization_policies.len(), 2);
+        assert!(mesh.label_sensitive());
+        let (http, _) = inbound_filters(&mesh, &[("app", "payments")]);
+        assert!(!http.iter().any(|n| n == HTTP_RBAC), "{http:?}");
+        let (http, tcp) = inbound_filters(&mesh, &[("app", "payments"), ("version", "v2")]);
+        assert_eq!(
+            http.first().map(String::as_str),
+            Some(HTTP_RBAC),
+            "{http:?}"
+        );
+        // The pass-through chain is covered too.
+        assert!(tcp.iter().any(|n| n == TCP_RBAC), "{tcp:?}");
+    }
+
     #[test]
     fn string_matchers_follow_istio() {
         assert_eq!(string_matcher("*", "spiffe://"), regex(".+"));
