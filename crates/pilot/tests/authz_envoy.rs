@@ -286,3 +286,155 @@ fn stock_envoy_enforces_the_built_filters() {
             .collect::<Vec<_>>()
     );
 }
+
+/// A TCP echo server on loopback (one thread per connection, bounded by the test).
+fn echo_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// What comes back for `ping` on a TCP connection (empty: closed).
+fn tcp_echo(port: u16) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let _ = s.write_all(b"ping");
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+#[test]
+fn stock_envoy_enforces_tcp_semantics() {
+    let Some(bin) = envoy() else {
+        eprintln!("HALYARD_ENVOY not set; skipping");
+        return;
+    };
+    let echo = echo_server();
+    let (deny_port, allow_port, http_only_port, admin) =
+        (free_port(), free_port(), free_port(), free_port());
+    let resolve = |_: Option<&str>, _: &str| None;
+    let cx = Context {
+        trust_domains: vec!["cluster.local".into()],
+        providers: &[],
+        resolve_service: &resolve,
+    };
+    let listener = |port: u16, policy: &AuthzPolicy| {
+        let mut filters: Vec<serde_json::Value> = authz::tcp_filters_json(&[policy], &cx)
+            .into_iter()
+            .map(|(name, config)| json!({"name": name, "typed_config": config}))
+            .collect();
+        filters.push(
+            json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": format!("tcp_{port}"), "cluster": "echo"}}),
+        );
+        json!({"name": format!("l{port}"),
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": filters}]})
+    };
+    // DENY from loopback with an HTTP-only field: on TCP the method is left
+    // out, so the rule denies every loopback connection.
+    let deny = policy(
+        "deny-get",
+        false,
+        "action: DENY\nrules:\n- from: [{source: {ipBlocks: [127.0.0.1/32]}}]\n  to: [{operation: {methods: [GET]}}]\n",
+    );
+    // ALLOW on the listener's port: allowed.
+    let allow = policy(
+        "allow-port",
+        false,
+        &format!("rules:\n- to: [{{operation: {{ports: ['{allow_port}']}}}}]\n"),
+    );
+    // ALLOW with only an HTTP field: the rule is dropped, nothing is allowed.
+    let http_only = policy(
+        "allow-get",
+        false,
+        "rules:\n- to: [{operation: {methods: [GET]}}]\n",
+    );
+    let bootstrap = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [listener(deny_port, &deny), listener(allow_port, &allow),
+                listener(http_only_port, &http_only)],
+            "clusters": [{"name": "echo", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address":
+                        {"address": "127.0.0.1", "port_value": echo}}}}]}]}}],
+        },
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("envoy.json");
+    std::fs::write(&cfg, bootstrap.to_string()).expect("write");
+    let log = dir.path().join("envoy.log");
+    let mut child = std::process::Command::new(&bin)
+        .arg("-c")
+        .arg(&cfg)
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+        ])
+        .args(["--base-id", "41901"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn envoy");
+    let start = Instant::now();
+    while !admin_get(admin, "/ready").contains("LIVE") {
+        if start.elapsed() > Duration::from_secs(20) || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "envoy did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = (
+        tcp_echo(deny_port),
+        tcp_echo(allow_port),
+        tcp_echo(http_only_port),
+    );
+    let stats = admin_get(admin, "/stats");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        got,
+        (String::new(), "ping".to_string(), String::new()),
+        "(DENY with an HTTP-only field, ALLOW on the port, ALLOW with only an HTTP field)"
+    );
+    let denied: u64 = stats
+        .lines()
+        .filter(|l| l.contains("rbac.denied") && l.starts_with("tcp."))
+        .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        denied,
+        2,
+        "{:?}",
+        stats
+            .lines()
+            .filter(|l| l.contains("rbac"))
+            .collect::<Vec<_>>()
+    );
+}
