@@ -26,6 +26,19 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// The request's authority: the URI's (h2, absolute form), else Host.
+pub fn authority<B>(req: &http::Request<B>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
+        .unwrap_or("")
+}
+
 /// Whether the request asks for a protocol upgrade of the given type.
 pub fn is_upgrade(headers: &HeaderMap, upgrade_type: &str) -> bool {
     let connection_upgrade = headers.get_all(header::CONNECTION).iter().any(|v| {

@@ -277,17 +277,7 @@ pub(super) async fn ext_authz(
     use super::ext_authz::{Verdict, denied_reply, error_reply, http_check, ok_edits};
     for filter in std::mem::take(&mut m.ext_authz) {
         let stats = ext_authz_stats(&filter, ctx);
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
+        let authority = super::headers::authority(req).to_string();
         let check = {
             let view = RequestView {
                 method: req.method(),

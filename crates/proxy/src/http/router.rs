@@ -172,16 +172,7 @@ async fn forward(
         internal,
         ctx.hcm.use_remote_address && !internal,
     );
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-        })
-        .unwrap_or("");
+    let authority = headers::authority(&req);
 
     // Route, cluster and host, from one consistent snapshot.
     let mut fault: Option<Arc<FaultConfig>> = None;
@@ -758,17 +749,7 @@ fn shadow(
 /// The shadow's authority: `host-shadow[:port]`, carried as the protocol
 /// wants it (Host and origin-form for HTTP/1.1, `:authority` for h2).
 fn shadow_authority(req: &mut Request<RequestBody>, protocol: Protocol) {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(String::from)
-        })
-        .unwrap_or_default();
+    let authority = headers::authority(req).to_string();
     let shadowed = match split_port(&authority) {
         (h, Some(p)) => format!("{h}-shadow:{p}"),
         (h, None) => format!("{h}-shadow"),
