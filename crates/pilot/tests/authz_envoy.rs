@@ -438,3 +438,146 @@ fn stock_envoy_enforces_tcp_semantics() {
             .collect::<Vec<_>>()
     );
 }
+
+/// An HTTP ext_authz server on loopback: 200 when the check carries
+/// `x-allow: yes`, else 403; counts the checks.
+fn authz_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let status = if text.contains("\r\nx-allow: yes\r\n") {
+                    "200 OK"
+                } else {
+                    "403 Forbidden"
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            });
+        }
+    });
+    (port, calls)
+}
+
+#[test]
+fn stock_envoy_calls_the_custom_provider_only_for_selected_requests() {
+    use std::sync::atomic::Ordering;
+    let Some(bin) = envoy() else {
+        eprintln!("HALYARD_ENVOY not set; skipping");
+        return;
+    };
+    let (authz_port, calls) = authz_server();
+    let providers: Vec<api::mesh_config::MeshExtensionProvider> = spec(&format!(
+        "- name: ext\n  envoyExtAuthzHttp:\n    service: pay/ext-authz.pay.svc.cluster.local\n    port: {authz_port}\n    timeout: 2s\n    includeRequestHeadersInCheck: [x-allow]\n"
+    ));
+    let resolve = |_: Option<&str>, host: &str| {
+        (host == "ext-authz.pay.svc.cluster.local").then(|| host.to_string())
+    };
+    let cx = Context {
+        trust_domains: vec!["cluster.local".into()],
+        providers: &providers,
+        resolve_service: &resolve,
+    };
+    let custom = policy(
+        "admin",
+        false,
+        "action: CUSTOM\nprovider: {name: ext}\nrules:\n- to: [{operation: {paths: ['/admin/*']}}]\n",
+    );
+    let mut http_filters: Vec<serde_json::Value> = authz::http_filters_json(&[&custom], &cx)
+        .into_iter()
+        .map(|(name, config)| json!({"name": name, "typed_config": config}))
+        .collect();
+    assert_eq!(http_filters.len(), 2, "{http_filters:#?}");
+    http_filters.push(
+        json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+    );
+    let (port, admin) = (free_port(), free_port());
+    let cluster = format!("outbound|{authz_port}||ext-authz.pay.svc.cluster.local");
+    let bootstrap = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "inbound",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "inbound",
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"},
+                                "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]},
+                        "http_filters": http_filters,
+                    }}]}],
+            }],
+            "clusters": [{"name": cluster, "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address":
+                        {"address": "127.0.0.1", "port_value": authz_port}}}}]}]}}],
+        },
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("envoy.json");
+    std::fs::write(&cfg, bootstrap.to_string()).expect("write");
+    let log = dir.path().join("envoy.log");
+    let mut child = std::process::Command::new(&bin)
+        .arg("-c")
+        .arg(&cfg)
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+        ])
+        .args(["--base-id", "41902"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn envoy");
+    let start = Instant::now();
+    while !admin_get(admin, "/ready").contains("LIVE") {
+        if start.elapsed() > Duration::from_secs(20) || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "envoy did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = [
+        request(port, "GET", "/public", &[]).0,
+        request(port, "GET", "/admin/users", &[]).0,
+        request(port, "GET", "/admin/users", &[("x-allow", "yes")]).0,
+    ];
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got, [200, 403, 200], "(not selected, denied, allowed)");
+    // Only the two /admin requests reached the authorizer.
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
