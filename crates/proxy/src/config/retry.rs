@@ -46,6 +46,8 @@ impl RetryOn {
     pub const GRPC_RESOURCE_EXHAUSTED: RetryOn = RetryOn(1 << 11);
     pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 12);
     pub const GRPC_INTERNAL: RetryOn = RetryOn(1 << 13);
+    /// Any of the gRPC conditions.
+    const GRPC_ANY: RetryOn = RetryOn(0b11111 << 9);
 
     /// Every token of Envoy's `retry_on` grammar this proxy enforces.
     /// `http3-post-connect-failure` is accepted and means nothing here: the
@@ -142,25 +144,28 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// Whether a response with this status (and headers) should be retried.
+    /// A 2xx without `grpc-status` costs no header lookup unless a gRPC
+    /// condition is on.
     pub fn retries_response(&self, status: u16, headers: &http::HeaderMap) -> bool {
+        static OVERLOADED: http::HeaderName = http::HeaderName::from_static("x-envoy-overloaded");
+        static RATELIMITED: http::HeaderName = http::HeaderName::from_static("x-envoy-ratelimited");
         let on = self.on;
-        if headers.contains_key("x-envoy-overloaded") {
-            return false;
-        }
-        (on.has(RetryOn::FIVE_XX) && (500..600).contains(&status))
+        let wanted = (on.has(RetryOn::FIVE_XX) && (500..600).contains(&status))
             || (on.has(RetryOn::GATEWAY_ERROR) && matches!(status, 502..=504))
             || (on.has(RetryOn::RETRIABLE_4XX) && status == 409)
             || (on.has(RetryOn::RETRIABLE_STATUS_CODES)
                 && self.retriable_status_codes.contains(&status))
-            || (on.has(RetryOn::ENVOY_RATELIMITED) && headers.contains_key("x-envoy-ratelimited"))
-            || self.retries_grpc(headers)
+            || (on.has(RetryOn::ENVOY_RATELIMITED) && headers.contains_key(&RATELIMITED))
+            || (on.0 & RetryOn::GRPC_ANY.0 != 0 && self.retries_grpc(headers));
+        wanted && !headers.contains_key(&OVERLOADED)
     }
 
     /// The gRPC conditions: a `grpc-status` in the response headers (a
     /// trailers-only response).
     fn retries_grpc(&self, headers: &http::HeaderMap) -> bool {
+        static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
         let Some(code) = headers
-            .get("grpc-status")
+            .get(&GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u32>().ok())
         else {
@@ -203,17 +208,19 @@ impl RetryPolicy {
     /// `x-envoy-retry-grpc-on` add conditions (a policy of one retry when
     /// the route has none), `x-envoy-retriable-status-codes` adds codes,
     /// `x-envoy-max-retries` sets the count once any condition is on. The
-    /// headers are consumed: none goes upstream. Only a request that has
-    /// `x-envoy-*` headers pays for more than one scan of the names.
+    /// headers are consumed: none goes upstream. `steered`: an internal
+    /// request came with `x-envoy-*` headers (the one scan of the names,
+    /// done by `headers::internal_headers`); without, nothing is looked up.
     pub fn with_request_headers(
         route: Option<&Arc<RetryPolicy>>,
         h: &mut http::HeaderMap,
+        steered: bool,
     ) -> Option<Arc<RetryPolicy>> {
         use crate::http::headers::{
             X_ENVOY_MAX_RETRIES, X_ENVOY_RETRIABLE_STATUS_CODES, X_ENVOY_RETRY_GRPC_ON,
             X_ENVOY_RETRY_ON,
         };
-        if !h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        if !steered {
             return route.cloned();
         }
         let text = |v: http::HeaderValue| v.to_str().map(str::to_owned).unwrap_or_default();

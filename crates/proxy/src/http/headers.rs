@@ -26,6 +26,27 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// A number as a header value (`x-envoy-attempt-count`,
+/// `x-envoy-upstream-service-time`): static below 100, so the common case
+/// allocates nothing.
+pub fn count_value(n: u64) -> HeaderValue {
+    const DIGITS: &[u8; 200] = b"\
+        0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    match n {
+        0..=9 => HeaderValue::from_static(static_str(&DIGITS[2 * n as usize + 1..][..1])),
+        10..=99 => HeaderValue::from_static(static_str(&DIGITS[2 * n as usize..][..2])),
+        _ => HeaderValue::from(n),
+    }
+}
+
+fn static_str(b: &'static [u8]) -> &'static str {
+    std::str::from_utf8(b).unwrap_or("0")
+}
+
 /// The request's authority: the URI's (h2, absolute form), else Host.
 pub fn authority<B>(req: &http::Request<B>) -> &str {
     req.uri()
@@ -261,23 +282,26 @@ pub fn is_internal(h: &HeaderMap, hcm: &HttpConnectionManager, peer: std::net::I
 
 /// Mark an internal request (`x-envoy-internal: true`), or drop the
 /// control headers a client outside may not send (and, at the edge, the
-/// downstream-identity ones). One pass over the names when none is there.
-pub fn internal_headers(h: &mut HeaderMap, internal: bool, edge: bool) {
+/// downstream-identity ones). Whether the client sent any `x-envoy-*`
+/// header: one pass over the names, and nothing more when none is there.
+pub fn internal_headers(h: &mut HeaderMap, internal: bool, edge: bool) -> bool {
+    let any = h.keys().any(|k| k.as_str().starts_with("x-envoy-"));
     if internal {
         h.insert(&X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
-        return;
+        return any;
     }
-    if !h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
-        return;
-    }
-    for name in INTERNAL_ONLY {
-        h.remove(name);
-    }
-    if edge {
-        for name in EDGE_ONLY {
+    if any {
+        for name in INTERNAL_ONLY {
             h.remove(name);
         }
+        if edge {
+            for name in EDGE_ONLY {
+                h.remove(name);
+            }
+        }
     }
+    // What is left of them steers nothing.
+    false
 }
 
 /// A millisecond count header, removed (`x-envoy-upstream-rq-timeout-ms`
@@ -291,6 +315,13 @@ pub fn take_millis(h: &mut HeaderMap, name: &HeaderName) -> Option<std::time::Du
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_read_the_same_static_or_formatted() {
+        for n in [0, 1, 2, 9, 10, 11, 42, 99, 100, 4096] {
+            assert_eq!(count_value(n), HeaderValue::from(n), "{n}");
+        }
+    }
 
     #[test]
     fn strips_hop_by_hop_and_named_headers() {

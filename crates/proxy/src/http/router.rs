@@ -77,7 +77,7 @@ pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
     }
     if let Some(n) = mutations.attempts {
         resp.headers_mut()
-            .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(n));
+            .insert(&X_ENVOY_ATTEMPT_COUNT, headers::count_value(n.into()));
     }
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("envoy"));
@@ -167,7 +167,7 @@ async fn forward(
     // Envoy's internal-request rule: a client outside may not steer
     // retries and timeouts with x-envoy-* headers.
     let internal = headers::is_internal(req.headers(), &ctx.hcm, ctx.downstream.peer.ip());
-    headers::internal_headers(
+    let steered = headers::internal_headers(
         req.headers_mut(),
         internal,
         ctx.hcm.use_remote_address && !internal,
@@ -311,7 +311,7 @@ async fn forward(
     }
     // An internal request's own timeouts (consumed; 0 turns one off).
     let (mut timeout, mut header_per_try) = (timeout, None);
-    if internal {
+    if steered {
         if let Some(t) = headers::take_millis(req.headers_mut(), &X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
             timeout = Some(t).filter(|t| !t.is_zero());
         }
@@ -319,7 +319,7 @@ async fn forward(
             headers::take_millis(req.headers_mut(), &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
     }
     let route = RetrySetup {
-        retry: RetryPolicy::with_request_headers(route.retry.as_ref(), req.headers_mut()),
+        retry: RetryPolicy::with_request_headers(route.retry.as_ref(), req.headers_mut(), steered),
         ..route
     };
     // The fault filter runs before the router: a delay, then maybe an abort.
@@ -411,15 +411,13 @@ async fn forward(
             info.upstream_host = Some(host.addr.to_string().into());
         }
         let last = retry.as_ref().is_none_or(|p| attempt > p.num_retries) && mirrors.is_empty();
-        let mut request = attempts.next(last);
         if route.attempt_count_downstream {
             mutations.attempts = Some(attempt);
         }
-        if route.attempt_count_upstream {
-            request
-                .headers_mut()
-                .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
-        }
+        let count = route
+            .attempt_count_upstream
+            .then(|| headers::count_value(attempt.into()));
+        let request = attempts.next(last, count);
         let active = cluster.start_request(host.clone())?;
         cluster.stats.upstream_rq_total.inc();
         let send = pool::send(active, protocol, request, &dial, upgrade);
@@ -546,7 +544,10 @@ async fn forward(
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     let elapsed = start.elapsed().as_millis() as u64;
-    h.insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(elapsed));
+    h.insert(
+        &X_ENVOY_UPSTREAM_SERVICE_TIME,
+        headers::count_value(elapsed),
+    );
     if let Some(cookie) = hashed.set_cookie {
         h.append(header::SET_COOKIE, cookie);
     }
@@ -616,11 +617,19 @@ impl Attempts {
         }
     }
 
-    /// The next attempt's request; `last` when no retry can follow it (the
-    /// head is then moved rather than copied).
-    fn next(&mut self, last: bool) -> Request<RequestBody> {
-        if let Some(r) = self.unsent.take() {
+    /// The next attempt's request with its `x-envoy-attempt-count`; `last`
+    /// when no retry can follow it (the head is then moved rather than
+    /// copied). The count goes into the kept head before it is copied, so
+    /// the copy never grows.
+    fn next(&mut self, last: bool, count: Option<HeaderValue>) -> Request<RequestBody> {
+        if let Some(mut r) = self.unsent.take() {
+            if let Some(v) = count {
+                r.headers_mut().insert(&X_ENVOY_ATTEMPT_COUNT, v);
+            }
             return r;
+        }
+        if let (Some(h), Some(v)) = (&mut self.head, count) {
+            h.headers.insert(&X_ENVOY_ATTEMPT_COUNT, v);
         }
         let head = match (last, &self.head) {
             (false, Some(h)) => copy_head(h),
@@ -652,7 +661,8 @@ impl Attempts {
 
     /// A copy of the request for a shadow (None: its body was not kept).
     fn copy(&self) -> Option<Request<RequestBody>> {
-        let head = copy_head(self.head.as_ref()?);
+        let mut head = copy_head(self.head.as_ref()?);
+        head.headers.remove(&X_ENVOY_ATTEMPT_COUNT);
         let body = match &self.body {
             AttemptBody::Empty => Replay::empty(),
             AttemptBody::Recorded(h) => h.replay()?,
