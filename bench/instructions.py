@@ -44,7 +44,17 @@ VARIANTS = {
     "none": ("", ""),
     "istio-retries": ("include_request_attempt_count: true, ", ISTIO_RETRY_POLICY),
     "attempt-count": ("include_request_attempt_count: true, ", ""),
+    # Istio's standard metrics on: a node that names its workload and an
+    # OUTBOUND listener (the proxy reports as `source`).
+    "istio-metrics": ("", ""),
 }
+
+# Variants that change the node and the listener rather than the route.
+ISTIO_NODE = (
+    "node: {id: bench, metadata: {NAMESPACE: bench, NAME: client-1, "
+    "WORKLOAD_NAME: client, CLUSTER_ID: Kubernetes, LABELS: {app: client, version: v1}}}\n"
+)
+NODE = {"istio-metrics": (ISTIO_NODE, "    traffic_direction: OUTBOUND\n")}
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -58,12 +68,13 @@ def free_port():
 
 def bootstrap(listen, upstream, admin, variant):
     vh, route = VARIANTS[variant]
-    return f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+    node, direction = NODE.get(variant, ("", ""))
+    return node + f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
   listeners:
   - name: out
     address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
+{direction}    filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config: {{"@type": {HCM}, stat_prefix: out, http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": {ROUTER}}}}}], route_config: {{name: r, virtual_hosts: [{{name: all, domains: ["*"], {vh}routes: [{{match: {{prefix: /}}, route: {{cluster: up{route}}}}}]}}]}}}}

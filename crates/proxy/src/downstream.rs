@@ -21,6 +21,29 @@ pub struct Downstream {
     pub original_dst: Option<SocketAddr>,
     /// Set when the filter chain terminated TLS.
     pub tls: Option<Arc<PeerTls>>,
+    /// The listener's `traffic_direction` (Istio's metrics read it: INBOUND
+    /// reports as the destination, OUTBOUND as the source).
+    pub direction: TrafficDirection,
+}
+
+/// A listener's `traffic_direction`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum TrafficDirection {
+    #[default]
+    Unspecified,
+    Inbound,
+    Outbound,
+}
+
+impl TrafficDirection {
+    /// From Envoy's enum value (1 INBOUND, 2 OUTBOUND).
+    pub fn from_xds(v: i32) -> Self {
+        match v {
+            1 => TrafficDirection::Inbound,
+            2 => TrafficDirection::Outbound,
+            _ => TrafficDirection::Unspecified,
+        }
+    }
 }
 
 /// An accepted connection as the network filters read it: the socket, or

@@ -24,6 +24,7 @@ pub mod error;
 pub mod filters;
 pub mod http;
 mod io_enum;
+pub mod istio_metrics;
 pub mod listener;
 pub mod request_body;
 pub mod stats;
@@ -93,6 +94,11 @@ impl Proxy {
         let cfg = BootstrapConfig::try_from(&bootstrap)?;
         let stats = Arc::new(stats::Stats::default());
         let store = ConfigStore::new(cfg.listeners, cfg.clusters, cfg.ads.is_some(), stats);
+        // Istio's standard metrics, for a node that says which workload it is.
+        if let Some(local) = istio_metrics::Workload::from_node(&cfg.node) {
+            let metrics = istio_metrics::IstioMetrics::new(local, store.stats.clone());
+            store.add_stream_observer(Arc::new(metrics));
+        }
         let mut tasks = Vec::new();
 
         dns::resolve_once(&store).await;

@@ -88,6 +88,18 @@ impl Histogram {
         cells.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Record one plain value (bytes), bucketed as if milliseconds.
+    #[inline]
+    pub fn record_value(&self, v: u64) {
+        let at = DEFAULT_BUCKETS.partition_point(|b| *b < v as f64);
+        let cells = &self.0;
+        cells.buckets[at].fetch_add(1, Ordering::Relaxed);
+        cells
+            .sum_us
+            .fetch_add(v.saturating_mul(1000), Ordering::Relaxed);
+        cells.count.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut total = 0;
         let cumulative = self

@@ -45,6 +45,11 @@ impl ResponseFlags {
     pub fn is_empty(&self) -> bool {
         self.0 == 0
     }
+
+    /// The set as bits (a compact key for labelled series).
+    pub fn bits(&self) -> u32 {
+        self.0
+    }
 }
 
 /// Envoy's `%RESPONSE_FLAGS%`: codes joined by commas, `-` when none.
@@ -80,6 +85,9 @@ pub struct StreamInfo {
     pub flags: ResponseFlags,
     /// Response body bytes sent downstream (`%BYTES_SENT%`).
     pub bytes_sent: u64,
+    /// Request body bytes, as the request's `content-length` declared
+    /// (0 for a chunked or empty body).
+    pub bytes_received: u64,
     /// When the response headers were ready (`%RESPONSE_DURATION%`).
     pub response_start: Option<Instant>,
     /// When the last body byte went out, or the stream was dropped.
@@ -97,6 +105,7 @@ impl StreamInfo {
             response_code: 0,
             flags: ResponseFlags::default(),
             bytes_sent: 0,
+            bytes_received: 0,
             response_start: None,
             end: None,
         }

@@ -51,6 +51,8 @@ pub struct ListenerConfig {
     pub default_filter_chain: Option<Arc<FilterChain>>,
     /// Listener `stat_prefix`, else the address as `IP_PORT`.
     pub stat_prefix: String,
+    /// `traffic_direction` (Istio's metrics take the reporter from it).
+    pub direction: crate::downstream::TrafficDirection,
     stats: OnceLock<ListenerStats>,
 }
 
@@ -472,6 +474,7 @@ impl TryFrom<&XdsListener> for ListenerConfig {
             } else {
                 l.stat_prefix.clone()
             },
+            direction: crate::downstream::TrafficDirection::from_xds(l.traffic_direction),
             stats: OnceLock::new(),
         })
     }

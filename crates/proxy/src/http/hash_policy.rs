@@ -204,6 +204,7 @@ mod tests {
             destination: "10.0.0.9:8080".parse().unwrap(),
             original_dst: None,
             tls: None,
+            direction: Default::default(),
         }
     }
 

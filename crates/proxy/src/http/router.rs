@@ -49,9 +49,15 @@ pub async fn handle(req: Request<Incoming>, ctx: &HttpContext) -> Response<Respo
     stats.downstream_rq_total.inc();
     let observers = ctx.store.stream_observers();
     let mut mutations = Mutations {
-        info: observers
-            .as_ref()
-            .map(|_| StreamInfo::new(ctx.downstream.clone())),
+        info: observers.as_ref().map(|_| {
+            let mut info = StreamInfo::new(ctx.downstream.clone());
+            info.bytes_received = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+            info
+        }),
         ..Mutations::default()
     };
     let mut resp = match forward(req, ctx, &mut mutations).await {

@@ -185,6 +185,7 @@ async fn handle_connection(
         destination: local,
         original_dst: None,
         tls: None,
+        direction: Default::default(),
     };
     if listener.original_dst
         && let Some(dst) = original_dst::original_dst(&stream)
@@ -197,6 +198,7 @@ async fn handle_connection(
             listener = target.clone();
         }
     }
+    downstream.direction = listener.direction;
     let stats = listener.stats(&store.stats).clone();
     let port = downstream.destination.port();
     let timeout = listener.listener_filters_timeout;
