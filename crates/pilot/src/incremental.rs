@@ -22,6 +22,7 @@ pub fn endpoint_only_change(old: &Mesh, new: &Mesh) -> Option<BTreeSet<String>> 
         || old.request_authentications != new.request_authentications
         || old.extension_providers != new.extension_providers
         || old.jwks != new.jwks
+        || old.access_log != new.access_log
         || old.services.len() != new.services.len()
     {
         return None;

@@ -72,6 +72,9 @@ pub struct PilotOptions {
     pub ca: Option<CaOptions>,
     /// meshConfig `extensionProviders` (CUSTOM AuthorizationPolicy providers).
     pub extension_providers: Vec<api::mesh_config::MeshExtensionProvider>,
+    /// meshConfig `accessLogFile`/`accessLogEncoding`/`accessLogFormat`
+    /// (None: access logs off).
+    pub access_log: Option<translate::access_log::AccessLogConfig>,
 }
 
 /// The CA and xDS over TLS.
@@ -170,6 +173,7 @@ pub async fn run(
     let mut mesh = compile::build_with(&loaded.resources, &build);
     mesh.tls = mesh_tls.clone();
     mesh.extension_providers = opts.extension_providers.clone();
+    mesh.access_log = opts.access_log.clone();
     // RequestAuthentication `jwksUri` documents, fetched and inlined.
     let jwks_cache = Arc::new(jwks::JwksCache::default());
     jwks::fill(&jwks_cache, &mut mesh).await;
@@ -271,6 +275,7 @@ pub async fn run(
             let mut mesh = compile::build_with(&loaded.resources, &build);
             mesh.tls = mesh_tls.clone();
             mesh.extension_providers = opts.extension_providers.clone();
+            mesh.access_log = opts.access_log.clone();
             jwks::fill(&jwks_cache, &mut mesh).await;
             let compile_ms = started.elapsed().as_millis() - load_ms;
             if let Some(dns) = &dns {

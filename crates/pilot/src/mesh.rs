@@ -106,6 +106,8 @@ pub struct Mesh {
     pub sidecars: Vec<SidecarScope>,
     /// Mesh-wide `outboundTrafficPolicy` (ALLOW_ANY unless set).
     pub registry_only: bool,
+    /// meshConfig `accessLogFile` and its format (None: access logs off).
+    pub access_log: Option<crate::translate::access_log::AccessLogConfig>,
     /// (service index, endpoint index) by endpoint address, built on first
     /// use (a mesh is not changed once built).
     endpoint_index: std::sync::OnceLock<std::collections::HashMap<String, Vec<(usize, usize)>>>,

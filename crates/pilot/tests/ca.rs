@@ -23,6 +23,7 @@ async fn start(dir: &Path, token_key: &Path) -> std::net::SocketAddr {
         push_throttle: pilot::DEFAULT_PUSH_THROTTLE,
         send_timeout: Some(pilot::DEFAULT_SEND_TIMEOUT),
         extension_providers: Vec::new(),
+        access_log: None,
         ca: Some(pilot::CaOptions {
             dir: dir.join("ca"),
             token_key: token_key.to_path_buf(),
@@ -162,6 +163,7 @@ async fn a_broken_ca_directory_stops_the_pilot_naming_the_file() {
         push_throttle: pilot::DEFAULT_PUSH_THROTTLE,
         send_timeout: None,
         extension_providers: Vec::new(),
+        access_log: None,
         ca: Some(pilot::CaOptions {
             dir: ca,
             token_key,

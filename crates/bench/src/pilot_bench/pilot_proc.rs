@@ -110,6 +110,7 @@ impl PilotUnderTest {
             push_throttle: pilot::DEFAULT_PUSH_THROTTLE,
             send_timeout: Some(send_timeout),
             extension_providers: Vec::new(),
+            access_log: None,
             ca: None,
         };
         let task = tokio::spawn(async move {

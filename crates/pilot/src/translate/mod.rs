@@ -1,6 +1,7 @@
 //! Pure translation from the mesh snapshot to one proxy's Envoy resources.
 //! Same input, same output: golden-tested in `tests/golden.rs`.
 
+pub mod access_log;
 pub mod authz;
 pub mod cluster;
 pub mod common;
@@ -217,6 +218,11 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
         out.listeners.push(inbound_listener);
         out.clusters
             .push(cluster::passthrough(cluster::INBOUND_PASSTHROUGH));
+    }
+
+    // meshConfig access logs on every listener, HCM and tcp_proxy built above.
+    if let Some(cfg) = &mesh.access_log {
+        access_log::apply(cfg, &mut out.listeners);
     }
 
     for (port, hosts) in &http_ports {
