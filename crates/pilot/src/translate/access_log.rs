@@ -292,6 +292,46 @@ mod tests {
     }
 
     #[test]
+    fn every_hcm_tcp_proxy_and_listener_gets_it() {
+        use crate::translate::common::any;
+        use envoy_types::pb::envoy::config::listener::v3::FilterChain;
+        let cfg = AccessLogConfig::from_mesh_config(&mesh("accessLogFile: /dev/stdout")).unwrap();
+        let chain = FilterChain {
+            filters: vec![
+                Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(any(
+                        &HttpConnectionManager::default(),
+                    ))),
+                },
+                Filter {
+                    name: "envoy.filters.network.tcp_proxy".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(any(&TcpProxy::default()))),
+                },
+            ],
+            ..Default::default()
+        };
+        let mut listeners = vec![Listener {
+            filter_chains: vec![chain.clone()],
+            default_filter_chain: Some(chain),
+            ..Default::default()
+        }];
+        apply(&cfg, &mut listeners);
+        let l = &listeners[0];
+        assert_eq!(l.access_log, vec![cfg.access_log(Some(no_route_filter()))]);
+        for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+            let typed = |i: usize| match &chain.filters[i].config_type {
+                Some(filter::ConfigType::TypedConfig(a)) => a.value.clone(),
+                _ => panic!("typed"),
+            };
+            let hcm = HttpConnectionManager::decode(typed(0).as_slice()).unwrap();
+            assert_eq!(hcm.access_log, vec![cfg.access_log(None)]);
+            let tp = TcpProxy::decode(typed(1).as_slice()).unwrap();
+            assert_eq!(tp.access_log, vec![cfg.access_log(None)]);
+        }
+    }
+
+    #[test]
     fn off_without_a_file() {
         assert_eq!(AccessLogConfig::from_mesh_config(&mesh("{}")), None);
         assert_eq!(
