@@ -51,9 +51,50 @@ pub struct MeshConfig {
     pub connect_timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol_detection_timeout: Option<Duration>,
+    /// How sidecars normalize request paths before routing and
+    /// authorization (default `BASE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_normalization: Option<ProxyPathNormalization>,
+}
+
+/// `pathNormalization`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ProxyPathNormalization {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<PathNormalization>,
+}
+
+/// `pathNormalization.normalization`: what the HTTP connection manager does
+/// to `:path` (Istio's mapping: `NONE` leaves it alone; `BASE` removes dot
+/// segments, decodes unreserved escapes and turns `\` into `/`;
+/// `MERGE_SLASHES` also collapses `//`; `DECODE_AND_MERGE_SLASHES` also
+/// decodes `%2F` and `%5C`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    /// Same as `BASE`.
+    Default,
+    None,
+    #[default]
+    Base,
+    MergeSlashes,
+    DecodeAndMergeSlashes,
 }
 
 impl MeshConfig {
+    /// `pathNormalization.normalization`, default `BASE`.
+    pub fn path_normalization(&self) -> PathNormalization {
+        match self
+            .path_normalization
+            .as_ref()
+            .and_then(|p| p.normalization)
+        {
+            None | Some(PathNormalization::Default) => PathNormalization::Base,
+            Some(n) => n,
+        }
+    }
+
     /// `trustDomain`, default `cluster.local`.
     pub fn trust_domain(&self) -> &str {
         self.trust_domain.as_deref().unwrap_or("cluster.local")
@@ -306,6 +347,28 @@ mod tests {
             m.extension_providers[0].service(),
             Some(("authz.foo.svc.cluster.local", Some(8000)))
         );
+    }
+
+    #[test]
+    fn path_normalization() {
+        assert_eq!(
+            parse("{}\n").unwrap().path_normalization(),
+            PathNormalization::Base
+        );
+        for (text, want) in [
+            ("DEFAULT", PathNormalization::Base),
+            ("NONE", PathNormalization::None),
+            ("MERGE_SLASHES", PathNormalization::MergeSlashes),
+            (
+                "DECODE_AND_MERGE_SLASHES",
+                PathNormalization::DecodeAndMergeSlashes,
+            ),
+        ] {
+            let m = parse(&format!("pathNormalization: {{normalization: {text}}}\n")).unwrap();
+            assert_eq!(m.path_normalization(), want, "{text}");
+        }
+        let e = parse("pathNormalization: {normalization: MERGE}\n").unwrap_err();
+        assert!(e.to_string().contains("normalization"), "{e}");
     }
 
     #[test]

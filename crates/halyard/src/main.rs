@@ -258,6 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 push_throttle: args.push_throttle,
                 send_timeout: (!args.send_timeout.is_zero()).then_some(args.send_timeout),
                 extension_providers: mesh_config.extension_providers.clone(),
+                path_normalization: mesh_config.path_normalization(),
                 access_log: pilot::translate::access_log::AccessLogConfig::from_mesh_config(
                     &mesh_config,
                 ),

@@ -21,6 +21,7 @@ pub fn endpoint_only_change(old: &Mesh, new: &Mesh) -> Option<BTreeSet<String>> 
         || old.authorization_policies != new.authorization_policies
         || old.request_authentications != new.request_authentications
         || old.extension_providers != new.extension_providers
+        || old.path_normalization != new.path_normalization
         || old.jwks != new.jwks
         || old.access_log != new.access_log
         || old.services.len() != new.services.len()

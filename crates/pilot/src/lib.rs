@@ -75,6 +75,8 @@ pub struct PilotOptions {
     /// meshConfig `accessLogFile`/`accessLogEncoding`/`accessLogFormat`
     /// (None: access logs off).
     pub access_log: Option<translate::access_log::AccessLogConfig>,
+    /// meshConfig `pathNormalization`.
+    pub path_normalization: api::mesh_config::PathNormalization,
 }
 
 /// The CA and xDS over TLS.
@@ -174,6 +176,7 @@ pub async fn run(
     mesh.tls = mesh_tls.clone();
     mesh.extension_providers = opts.extension_providers.clone();
     mesh.access_log = opts.access_log.clone();
+    mesh.path_normalization = opts.path_normalization;
     // RequestAuthentication `jwksUri` documents, fetched and inlined.
     let jwks_cache = Arc::new(jwks::JwksCache::default());
     jwks::fill(&jwks_cache, &mut mesh).await;
@@ -276,6 +279,7 @@ pub async fn run(
             mesh.tls = mesh_tls.clone();
             mesh.extension_providers = opts.extension_providers.clone();
             mesh.access_log = opts.access_log.clone();
+            mesh.path_normalization = opts.path_normalization;
             jwks::fill(&jwks_cache, &mut mesh).await;
             let compile_ms = started.elapsed().as_millis() - load_ms;
             if let Some(dns) = &dns {

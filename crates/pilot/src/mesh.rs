@@ -97,6 +97,8 @@ pub struct Mesh {
     pub request_authentications: Vec<crate::translate::jwt::JwtPolicy>,
     /// meshConfig `extensionProviders` (CUSTOM authorization's ext_authz).
     pub extension_providers: Vec<api::mesh_config::MeshExtensionProvider>,
+    /// meshConfig `pathNormalization` (every HTTP connection manager).
+    pub path_normalization: api::mesh_config::PathNormalization,
     /// The `jwksUri` documents the pilot fetched, by URI ([`crate::jwks`]).
     pub jwks: BTreeMap<String, String>,
     /// Sorted by hostname.

@@ -24,6 +24,7 @@ async fn start(dir: &Path, token_key: &Path) -> std::net::SocketAddr {
         send_timeout: Some(pilot::DEFAULT_SEND_TIMEOUT),
         extension_providers: Vec::new(),
         access_log: None,
+        path_normalization: Default::default(),
         ca: Some(pilot::CaOptions {
             dir: dir.join("ca"),
             token_key: token_key.to_path_buf(),
@@ -164,6 +165,7 @@ async fn a_broken_ca_directory_stops_the_pilot_naming_the_file() {
         send_timeout: None,
         extension_providers: Vec::new(),
         access_log: None,
+        path_normalization: Default::default(),
         ca: Some(pilot::CaOptions {
             dir: ca,
             token_key,

@@ -111,6 +111,7 @@ impl PilotUnderTest {
             send_timeout: Some(send_timeout),
             extension_providers: Vec::new(),
             access_log: None,
+            path_normalization: Default::default(),
             ca: None,
         };
         let task = tokio::spawn(async move {

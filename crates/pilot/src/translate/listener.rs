@@ -15,7 +15,8 @@ use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::Ori
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
-    http_connection_manager::ForwardClientCertDetails, http_connection_manager::RouteSpecifier,
+    http_connection_manager::ForwardClientCertDetails,
+    http_connection_manager::PathWithEscapedSlashesAction, http_connection_manager::RouteSpecifier,
     http_connection_manager::SetCurrentClientCertDetails, http_connection_manager::UpgradeConfig,
     http_filter,
 };
@@ -28,6 +29,7 @@ use super::common::{ads, any, socket_address};
 use super::tls;
 use crate::mesh::MeshTls;
 use crate::peer_authn::{Effective, Mode};
+use api::mesh_config::PathNormalization;
 
 pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
 pub const VIRTUAL_INBOUND: &str = "virtualInbound";
@@ -540,6 +542,7 @@ fn hcm(stat_prefix: &str, route_specifier: RouteSpecifier, xfcc: bool) -> Filter
         }],
         ..Default::default()
     };
+    set_path_normalization(&mut hcm, PathNormalization::Base);
     if xfcc {
         hcm.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
         hcm.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
@@ -552,5 +555,49 @@ fn hcm(stat_prefix: &str, route_specifier: RouteSpecifier, xfcc: bool) -> Filter
     Filter {
         name: HCM.into(),
         config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+    }
+}
+
+/// meshConfig `pathNormalization` on one connection manager, as Istio maps
+/// it: escaped slashes kept unless `DECODE_AND_MERGE_SLASHES` (which
+/// unescapes and forwards them); `NONE` turns `normalize_path` off, every
+/// other value on; the `MERGE_SLASHES` values add `merge_slashes`.
+fn set_path_normalization(hcm: &mut HttpConnectionManager, n: PathNormalization) {
+    use PathNormalization as P;
+    hcm.normalize_path = Some(BoolValue {
+        value: n != P::None,
+    });
+    hcm.merge_slashes = matches!(n, P::MergeSlashes | P::DecodeAndMergeSlashes);
+    hcm.path_with_escaped_slashes_action = if n == P::DecodeAndMergeSlashes {
+        PathWithEscapedSlashesAction::UnescapeAndForward
+    } else {
+        PathWithEscapedSlashesAction::KeepUnchanged
+    } as i32;
+}
+
+/// Apply a non-default `pathNormalization` to every connection manager of
+/// `listener` (they are built with `BASE`).
+pub fn apply_path_normalization(listener: &mut Listener, n: PathNormalization) {
+    use prost::{Message, Name};
+    if matches!(n, PathNormalization::Base | PathNormalization::Default) {
+        return;
+    }
+    let chains = listener
+        .filter_chains
+        .iter_mut()
+        .chain(listener.default_filter_chain.as_mut());
+    for chain in chains {
+        for f in &mut chain.filters {
+            let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
+                continue;
+            };
+            if !any.type_url.ends_with(&HttpConnectionManager::full_name()) {
+                continue;
+            }
+            if let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) {
+                set_path_normalization(&mut hcm, n);
+                any.value = hcm.encode_to_vec();
+            }
+        }
     }
 }

@@ -268,6 +268,9 @@ pub fn translate(mesh: &Mesh, proxy: &ProxyNode) -> ProxyResources {
     out.clusters
         .push(cluster::passthrough(cluster::PASSTHROUGH));
     out.clusters.push(cluster::blackhole());
+    for l in &mut out.listeners {
+        listener::apply_path_normalization(l, mesh.path_normalization);
+    }
     out
 }
 

@@ -22,6 +22,7 @@ pub fn golden_case(dir: &Path) -> (pilot::mesh::Mesh, Node) {
             auto_mtls: mc.enable_auto_mtls.unwrap_or(true),
         });
         mesh.extension_providers = mc.extension_providers.clone();
+        mesh.path_normalization = mc.path_normalization();
         mesh.access_log = pilot::translate::access_log::AccessLogConfig::from_mesh_config(&mc);
     }
     let node: Node = xds::json::from_json(

@@ -186,6 +186,8 @@ pub struct HttpConnectionManager {
     pub internal_cidrs: Vec<Cidr>,
     pub normalize_path: bool,
     pub merge_slashes: bool,
+    /// `path_with_escaped_slashes_action`.
+    pub escaped_slashes: crate::http::path_normalization::EscapedSlashes,
     /// `forward_client_cert_details` and `set_current_client_cert_details`.
     pub forward_client_cert: ForwardClientCert,
     pub client_cert_details: ClientCertDetails,
@@ -706,6 +708,22 @@ impl TryFrom<&hcm::HttpConnectionManager> for HttpConnectionManager {
                 .unwrap_or_default(),
             normalize_path: h.normalize_path.as_ref().is_some_and(|b| b.value),
             merge_slashes: h.merge_slashes,
+            escaped_slashes: {
+                use crate::http::path_normalization::EscapedSlashes as E;
+                use hcm::http_connection_manager::PathWithEscapedSlashesAction as A;
+                match A::try_from(h.path_with_escaped_slashes_action) {
+                    Ok(A::ImplementationSpecificDefault | A::KeepUnchanged) => E::KeepUnchanged,
+                    Ok(A::RejectRequest) => E::RejectRequest,
+                    Ok(A::UnescapeAndRedirect) => E::UnescapeAndRedirect,
+                    Ok(A::UnescapeAndForward) => E::UnescapeAndForward,
+                    Err(_) => {
+                        return Err(ConfigError::new(
+                            "path_with_escaped_slashes_action",
+                            format!("unknown value {}", h.path_with_escaped_slashes_action),
+                        ));
+                    }
+                }
+            },
             forward_client_cert: {
                 use hcm::http_connection_manager::ForwardClientCertDetails as F;
                 match F::try_from(h.forward_client_cert_details) {

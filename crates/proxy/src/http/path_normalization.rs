@@ -3,6 +3,94 @@
 //! backslash to slash, remove dot segments (RFC 3986 5.2.4); collapse repeated
 //! slashes. The query string is left alone.
 
+/// `path_with_escaped_slashes_action`: what to do with `%2F`, `%2f`, `%5C`
+/// and `%5c` in the path (never the query).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// Leave them (Envoy's default, Istio's unless DECODE_AND_MERGE_SLASHES).
+    #[default]
+    KeepUnchanged,
+    /// 400 when the path has one.
+    RejectRequest,
+    /// Unescape them, then answer 307 to the normalized path.
+    UnescapeAndRedirect,
+    /// Unescape them and go on with the normalized path.
+    UnescapeAndForward,
+}
+
+/// What the connection manager does with a request's path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Already normal: go on with it as it is.
+    Unchanged,
+    /// Go on with this path (and query).
+    Forward(String),
+    /// Answer 307 with this `location`.
+    Redirect(String),
+    /// Answer 400.
+    Reject,
+}
+
+/// Envoy's order: unescape slashes (by `escaped`), then `normalize_path`,
+/// then `merge_slashes`.
+pub fn apply(
+    path_and_query: &str,
+    normalize_path: bool,
+    merge_slashes: bool,
+    escaped: EscapedSlashes,
+) -> Outcome {
+    let unescaped = match escaped {
+        EscapedSlashes::KeepUnchanged => None,
+        _ => unescape_slashes(path_and_query),
+    };
+    let redirect = match (&unescaped, escaped) {
+        (Some(_), EscapedSlashes::RejectRequest) => return Outcome::Reject,
+        (Some(_), EscapedSlashes::UnescapeAndRedirect) => true,
+        _ => false,
+    };
+    let input = unescaped.as_deref().unwrap_or(path_and_query);
+    let out = match normalize(input, normalize_path, merge_slashes) {
+        Some(n) => n,
+        None if unescaped.is_some() => input.to_string(),
+        None => return Outcome::Unchanged,
+    };
+    if redirect {
+        Outcome::Redirect(out)
+    } else {
+        Outcome::Forward(out)
+    }
+}
+
+/// `%2F`/`%2f` to `/` and `%5C`/`%5c` to `\\` in the path part; None when
+/// there are none.
+fn unescape_slashes(path_and_query: &str) -> Option<String> {
+    let end = path_and_query.find('?').unwrap_or(path_and_query.len());
+    let (path, query) = path_and_query.split_at(end);
+    let b = path.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i + 2 < b.len() {
+        let c = match (b[i], b[i + 1], b[i + 2].to_ascii_uppercase()) {
+            (b'%', b'2', b'F') => '/',
+            (b'%', b'5', b'C') => '\\',
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let o = out.get_or_insert_with(|| String::with_capacity(path_and_query.len()));
+        o.push_str(&path[copied..i]);
+        o.push(c);
+        i += 3;
+        copied = i;
+    }
+    let mut o = out?;
+    o.push_str(&path[copied..]);
+    o.push_str(query);
+    Some(o)
+}
+
 /// The normalized `:path`, or None when it is already normal (the common case,
 /// which costs no allocation).
 pub fn normalize(
@@ -123,5 +211,44 @@ mod tests {
         assert_eq!(normalize("/plain/path?x", true, true), None);
         assert_eq!(normalize("/a//b", true, false), None);
         assert_eq!(normalize("/a//b", false, true).as_deref(), Some("/a/b"));
+    }
+
+    #[test]
+    fn escaped_slashes() {
+        use EscapedSlashes as E;
+        let fwd = |p: &str| match apply(p, true, true, E::UnescapeAndForward) {
+            Outcome::Forward(p) => p,
+            Outcome::Unchanged => p.to_string(),
+            o => panic!("{o:?}"),
+        };
+        // Istio's DECODE_AND_MERGE_SLASHES expectations.
+        assert_eq!(fwd("/app/%2f"), "/app/");
+        assert_eq!(fwd("/app%2f/"), "/app/");
+        assert_eq!(fwd("/%2Fapp%5cadmin%5Cabc"), "/app/admin/abc");
+        assert_eq!(
+            fwd("/%5Capp%2f%5c%2F%2e%2e%2fadmin%5c\\abc"),
+            "/app/admin/abc"
+        );
+        assert_eq!(fwd("/a%2Fb?x=%2F"), "/a/b?x=%2F");
+        assert_eq!(
+            apply("/a%2Fb", true, false, E::KeepUnchanged),
+            Outcome::Unchanged
+        );
+        assert_eq!(
+            apply("/a%2Fb", true, false, E::RejectRequest),
+            Outcome::Reject
+        );
+        assert_eq!(
+            apply("/a?%2F", true, false, E::RejectRequest),
+            Outcome::Unchanged
+        );
+        assert_eq!(
+            apply("/a%2fb?q", false, false, E::UnescapeAndRedirect),
+            Outcome::Redirect("/a/b?q".into())
+        );
+        assert_eq!(
+            apply("/a%2F", false, false, E::UnescapeAndForward),
+            Outcome::Forward("/a/".into())
+        );
     }
 }

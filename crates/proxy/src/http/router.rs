@@ -169,7 +169,9 @@ async fn forward(
     if req.version() == Version::HTTP_10 {
         return Err(RequestError::Http10);
     }
-    normalize_uri(&mut req, ctx);
+    if let Some(reply) = normalize_uri(&mut req, ctx) {
+        return Ok(reply);
+    }
     // Envoy's internal-request rule: a client outside may not steer
     // retries and timeouts with x-envoy-* headers.
     let internal = headers::is_internal(req.headers(), &ctx.hcm, ctx.downstream.peer.ip());
@@ -1073,18 +1075,45 @@ fn rewrite(req: &mut Request<Incoming>, path: Option<String>, host: Option<Heade
     }
 }
 
-/// Apply the HCM's normalize_path / merge_slashes to the request URI.
-fn normalize_uri(req: &mut Request<Incoming>, ctx: &HttpContext) {
-    if !(ctx.hcm.normalize_path || ctx.hcm.merge_slashes) {
-        return;
+/// Apply the HCM's path_with_escaped_slashes_action, normalize_path and
+/// merge_slashes to the request URI; Some: the connection manager's own
+/// answer (Envoy's 400 for a rejected path, 307 for a redirect to the
+/// unescaped one).
+fn normalize_uri(req: &mut Request<Incoming>, ctx: &HttpContext) -> Option<Response<ResponseBody>> {
+    use path_normalization::{EscapedSlashes, Outcome};
+    let escaped = ctx.hcm.escaped_slashes;
+    if !(ctx.hcm.normalize_path
+        || ctx.hcm.merge_slashes
+        || escaped != EscapedSlashes::KeepUnchanged)
+    {
+        return None;
     }
-    let Some(pq) = req.uri().path_and_query() else {
-        return;
-    };
-    let Some(normal) =
-        path_normalization::normalize(pq.as_str(), ctx.hcm.normalize_path, ctx.hcm.merge_slashes)
-    else {
-        return;
+    let pq = req.uri().path_and_query()?;
+    let normal = match path_normalization::apply(
+        pq.as_str(),
+        ctx.hcm.normalize_path,
+        ctx.hcm.merge_slashes,
+        escaped,
+    ) {
+        Outcome::Unchanged => return None,
+        Outcome::Forward(p) => p,
+        Outcome::Reject => {
+            let mut resp = Response::new(ResponseBody::local(""));
+            *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            return Some(resp);
+        }
+        Outcome::Redirect(location) => {
+            let mut resp = Response::new(ResponseBody::local(""));
+            *resp.status_mut() = http::StatusCode::TEMPORARY_REDIRECT;
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::try_from(location) {
+                h.insert(header::LOCATION, v);
+            }
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            return Some(resp);
+        }
     };
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     if let Ok(pq) = PathAndQuery::try_from(normal) {
@@ -1093,6 +1122,7 @@ fn normalize_uri(req: &mut Request<Incoming>, ctx: &HttpContext) {
     if let Ok(uri) = Uri::from_parts(parts) {
         *req.uri_mut() = uri;
     }
+    None
 }
 
 #[cfg(test)]

@@ -1474,6 +1474,7 @@ pub(super) static HCM: Schema = Schema {
         ("use_remote_address", 14, false, Field::Leaf),
         ("normalize_path", 30, false, Field::Leaf),
         ("merge_slashes", 33, false, Field::Leaf),
+        ("path_with_escaped_slashes_action", 45, false, Field::Leaf),
         (
             "internal_address_config",
             25,
