@@ -19,7 +19,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3 as core;
 
-use crate::downstream::TrafficDirection;
+use crate::downstream::{Downstream, TrafficDirection};
 use crate::stats::{Counter, Histogram, Labels, Stats};
 use crate::stream_info::{StreamInfo, StreamObserver};
 
@@ -111,6 +111,8 @@ impl Workload {
 /// The compact per-request key of a label set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
+    /// A TCP connection's series (no response code, `request_protocol` tcp).
+    tcp: bool,
     outbound: bool,
     code: u16,
     flags: u32,
@@ -129,11 +131,24 @@ struct Series {
     response_bytes: Histogram,
 }
 
-/// The observer that keeps Istio's HTTP metrics of one proxy.
+/// One TCP label set's series (`istio_tcp_*`).
+#[derive(Debug)]
+pub struct TcpSeries {
+    pub opened: Counter,
+    pub closed: Counter,
+    /// To the downstream peer.
+    pub sent: Counter,
+    /// From the downstream peer.
+    pub received: Counter,
+}
+
+/// The observer that keeps Istio's HTTP metrics of one proxy, and the
+/// `istio_tcp_*` series tcp_proxy asks for per connection.
 pub struct IstioMetrics {
     local: Workload,
     stats: Arc<Stats>,
     series: ArcSwap<HashMap<Key, Arc<Series>>>,
+    tcp: ArcSwap<HashMap<Key, Arc<TcpSeries>>>,
     dropped: Counter,
 }
 
@@ -149,9 +164,21 @@ fn hash(s: Option<&str>) -> u64 {
     s.map_or(0, |s| xxhash_rust::xxh64::xxh64(s.as_bytes(), 0x15710))
 }
 
+/// (flat name, Prometheus name, labels) of one metric of a label set.
+fn stat_names(labels: &Labels) -> impl Fn(&str) -> (String, String, Labels) + '_ {
+    let mut flat = String::new();
+    for (k, v) in labels {
+        flat.push('.');
+        flat.push_str(k);
+        flat.push('.');
+        flat.push_str(v);
+    }
+    move |name: &str| (format!("{name}{flat}"), name.to_string(), labels.clone())
+}
+
 /// The verified peer's SPIFFE id, when the connection was mTLS.
-fn peer_principal(info: &StreamInfo) -> Option<&str> {
-    let tls = info.downstream.tls.as_ref()?;
+fn peer_principal(conn: &Downstream) -> Option<&str> {
+    let tls = conn.tls.as_ref()?;
     let cert = tls.peer.as_ref()?;
     cert.names
         .uris
@@ -192,31 +219,41 @@ impl IstioMetrics {
             local,
             stats,
             series: ArcSwap::default(),
+            tcp: ArcSwap::default(),
             dropped,
         }
     }
 
     fn key(info: &StreamInfo) -> Option<Key> {
-        let outbound = match info.downstream.direction {
+        let mut key = Self::conn_key(&info.downstream, info.cluster.as_deref())?;
+        key.code = info.response_code;
+        key.flags = info.flags.bits();
+        Some(key)
+    }
+
+    fn conn_key(conn: &Downstream, cluster: Option<&str>) -> Option<Key> {
+        let outbound = match conn.direction {
             TrafficDirection::Inbound => false,
             TrafficDirection::Outbound => true,
             TrafficDirection::Unspecified => return None,
         };
-        let peer = peer_principal(info);
+        let peer = peer_principal(conn);
         Some(Key {
+            tcp: false,
             outbound,
-            code: info.response_code,
-            flags: info.flags.bits(),
+            code: 0,
+            flags: 0,
             mtls: !outbound && peer.is_some(),
-            cluster: hash(info.cluster.as_deref()),
+            cluster: hash(cluster),
             peer: hash(peer),
         })
     }
 
-    /// Istio's 25 labels, in the order Istio emits them.
-    fn labels(&self, key: &Key, info: &StreamInfo) -> Labels {
-        let peer = peer_principal(info);
-        let service = info.cluster.as_deref().and_then(cluster_service);
+    /// Istio's labels in the order Istio emits them: 25 for HTTP, 23 for
+    /// TCP (no `response_code`, `grpc_response_status`).
+    fn labels(&self, key: &Key, conn: &Downstream, cluster: Option<&str>, flags: String) -> Labels {
+        let peer = peer_principal(conn);
+        let service = cluster.and_then(cluster_service);
         let local = &self.local;
         let (reporter, src, dst, src_principal, dst_principal, security);
         let remote;
@@ -229,8 +266,7 @@ impl IstioMetrics {
             remote = Workload::unknown(peer.and_then(spiffe_namespace));
             (reporter, src, dst) = ("destination", &remote, local);
             src_principal = peer.unwrap_or(UNKNOWN).to_string();
-            dst_principal = info
-                .downstream
+            dst_principal = conn
                 .tls
                 .as_ref()
                 .and_then(|t| t.local_uri.as_deref())
@@ -248,7 +284,7 @@ impl IstioMetrics {
             }
             None => (UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into()),
         };
-        vec![
+        let mut labels = vec![
             ("reporter", reporter.into()),
             ("source_workload", src.workload.clone()),
             ("source_canonical_service", src.canonical_service.clone()),
@@ -275,24 +311,27 @@ impl IstioMetrics {
             ("destination_service_name", svc_name),
             ("destination_service_namespace", svc_ns),
             ("destination_cluster", dst.cluster.clone()),
-            ("request_protocol", "http".into()),
-            ("response_code", key.code.to_string()),
-            ("grpc_response_status", String::new()),
-            ("response_flags", info.flags.to_string()),
-            ("connection_security_policy", security.into()),
-        ]
+        ];
+        if key.tcp {
+            labels.push(("request_protocol", "tcp".into()));
+        } else {
+            labels.push(("request_protocol", "http".into()));
+            labels.push(("response_code", key.code.to_string()));
+            labels.push(("grpc_response_status", String::new()));
+        }
+        labels.push(("response_flags", flags));
+        labels.push(("connection_security_policy", security.into()));
+        labels
     }
 
     fn make(&self, key: &Key, info: &StreamInfo) -> Arc<Series> {
-        let labels = self.labels(key, info);
-        let mut flat = String::new();
-        for (k, v) in &labels {
-            flat.push('.');
-            flat.push_str(k);
-            flat.push('.');
-            flat.push_str(v);
-        }
-        let stat = |name: &str| (format!("{name}{flat}"), name.to_string(), labels.clone());
+        let labels = self.labels(
+            key,
+            &info.downstream,
+            info.cluster.as_deref(),
+            info.flags.to_string(),
+        );
+        let stat = stat_names(&labels);
         let (f, p, l) = stat("istio_requests_total");
         let requests = self.stats.tagged_counter(f, p, l);
         let (f, p, l) = stat("istio_request_duration_milliseconds");
@@ -307,6 +346,38 @@ impl IstioMetrics {
             request_bytes,
             response_bytes,
         })
+    }
+
+    /// The `istio_tcp_*` series of one tcp_proxy connection to `cluster`
+    /// (None: the listener has no direction, or the series cap is reached).
+    pub fn tcp(&self, conn: &Downstream, cluster: &str) -> Option<Arc<TcpSeries>> {
+        let mut key = Self::conn_key(conn, Some(cluster))?;
+        key.tcp = true;
+        if let Some(s) = self.tcp.load().get(&key) {
+            return Some(s.clone());
+        }
+        if self.tcp.load().len() >= MAX_SERIES {
+            self.dropped.inc();
+            return None;
+        }
+        let labels = self.labels(&key, conn, Some(cluster), "-".into());
+        let stat = stat_names(&labels);
+        let counter = |name: &str| {
+            let (f, p, l) = stat(name);
+            self.stats.tagged_counter(f, p, l)
+        };
+        let made = Arc::new(TcpSeries {
+            opened: counter("istio_tcp_connections_opened_total"),
+            closed: counter("istio_tcp_connections_closed_total"),
+            sent: counter("istio_tcp_sent_bytes_total"),
+            received: counter("istio_tcp_received_bytes_total"),
+        });
+        self.tcp.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(key).or_insert_with(|| made.clone());
+            map
+        });
+        Some(made)
     }
 
     fn series(&self, key: Key, info: &StreamInfo) -> Option<Arc<Series>> {

@@ -96,8 +96,9 @@ impl Proxy {
         let store = ConfigStore::new(cfg.listeners, cfg.clusters, cfg.ads.is_some(), stats);
         // Istio's standard metrics, for a node that says which workload it is.
         if let Some(local) = istio_metrics::Workload::from_node(&cfg.node) {
-            let metrics = istio_metrics::IstioMetrics::new(local, store.stats.clone());
-            store.add_stream_observer(Arc::new(metrics));
+            let metrics = Arc::new(istio_metrics::IstioMetrics::new(local, store.stats.clone()));
+            let _ = store.istio_metrics.set(metrics.clone());
+            store.add_stream_observer(metrics);
         }
         let mut tasks = Vec::new();
 

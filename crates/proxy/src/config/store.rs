@@ -119,6 +119,9 @@ pub struct ConfigStore {
     stream_observers: ArcSwap<Vec<Arc<dyn StreamObserver>>>,
     /// SDS secrets the TLS sockets use (`default`, `ROOTCA`).
     pub secrets: Arc<crate::tls::Secrets>,
+    /// Istio's standard metrics, when the node names its workload
+    /// (tcp_proxy takes its `istio_tcp_*` series from here).
+    pub istio_metrics: std::sync::OnceLock<Arc<crate::istio_metrics::IstioMetrics>>,
 }
 
 impl std::fmt::Debug for ConfigStore {
@@ -154,6 +157,7 @@ impl ConfigStore {
             dns_proxy: std::sync::OnceLock::new(),
             stream_observers: ArcSwap::from_pointee(Vec::new()),
             secrets: Arc::default(),
+            istio_metrics: std::sync::OnceLock::new(),
         });
         let mut state = store.lock();
         store.publish(&mut state);

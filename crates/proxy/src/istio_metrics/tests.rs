@@ -150,12 +150,7 @@ const HTTP_LABELS: [&str; 25] = [
     "connection_security_policy",
 ];
 
-fn find<'a>(
-    samples: &'a [Sample],
-    name: &str,
-    reporter: &str,
-    code: &str,
-) -> &'a Sample {
+fn find<'a>(samples: &'a [Sample], name: &str, reporter: &str, code: &str) -> &'a Sample {
     samples
         .iter()
         .find(|(n, l, _)| {

@@ -73,5 +73,20 @@ pub async fn proxy(
     cluster.report(&host, Outcome::LocalOriginConnectSuccessFinal);
     let _cx = ConnectionGuard::new(&host, &cluster.stats, Some(permit));
     let _active = ActiveRequest::new(host.clone(), cluster.stats.upstream_rq_active.clone());
-    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+    let istio = store
+        .istio_metrics
+        .get()
+        .and_then(|m| m.tcp(&conn, cluster_name));
+    if let Some(s) = &istio {
+        s.opened.inc();
+    }
+    let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+    if let Some(s) = istio {
+        // (from the downstream, to the downstream)
+        if let Ok((received, sent)) = copied {
+            s.received.add(received as i64);
+            s.sent.add(sent as i64);
+        }
+        s.closed.inc();
+    }
 }
